@@ -1,0 +1,168 @@
+"""The ``crossmodal`` command: index photos and texts, search them, describe a collection."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from platformdirs import user_data_dir
+from rich.console import Console
+from rich.table import Table
+
+from .collection.collection import Collection
+from .collection.manifest import ModelMismatchError
+from .search.query import Term, parse_term
+from .sources.captions import CaptionFileError
+from .sources.images import DEFAULT_MAX_PIXELS, ImageError
+
+app = typer.Typer(
+    help="Cross-modal retrieval: find photos by describing them, captions for a photo, similar photos.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+
+def default_collection() -> Path:
+    """$CROSSMODAL_COLLECTION, else a per-user data folder."""
+    env = os.environ.get("CROSSMODAL_COLLECTION")
+    return Path(env) if env else Path(user_data_dir("crossmodal")) / "default"
+
+
+CollectionOpt = Annotated[
+    Path | None,
+    typer.Option("--collection", "-c", help="Collection folder [env: CROSSMODAL_COLLECTION; default: per-user "
+                 "data folder].", show_default=False),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Model: 'lite' (offline default), a transformers id or folder. "
+                 "Only for a new collection; an existing one uses the model it was built with."),
+]
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn expected failures into one clear line and a non-zero exit, never a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]: finished batches are saved; run the same command again to resume.")
+            raise typer.Exit(130) from None
+        except (FileNotFoundError, FileExistsError, ValueError, ModelMismatchError, ImageError,
+                CaptionFileError, KeyError) as e:
+            err.print(f"[red]error[/]: {e}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _fields(specs: list[str] | None) -> dict[str, Any]:
+    out = {}
+    for spec in specs or []:
+        key, sep, value = spec.partition("=")
+        if not sep or not key:
+            raise ValueError(f"bad --field {spec!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+@app.command()
+@friendly
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="Photo folders or files; with --texts, caption files.")],
+    texts: Annotated[bool, typer.Option("--texts", help="PATHS are caption files (TSV/CSV/JSONL/TXT).")] = False,
+    collection: CollectionOpt = None,
+    model: ModelOpt = None,
+    prune: Annotated[bool, typer.Option(help="Drop stored items whose files were deleted.")] = True,
+    field: Annotated[list[str] | None, typer.Option("--field", help="KEY=VALUE stored with each photo.")] = None,
+    max_pixels: Annotated[int, typer.Option(help="Skip images larger than this many pixels.")] = DEFAULT_MAX_PIXELS,
+    hidden: Annotated[bool, typer.Option("--hidden", help="Also index hidden files and folders.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Embed every photo below the given folders (or the captions in the given files) into the collection.
+
+    Running it again adds new files, re-embeds changed ones, drops deleted ones and resumes an
+    interrupted run. Unreadable files are reported once and skipped.
+    """
+    for path in paths:
+        if not path.expanduser().exists():
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    extra = _fields(field)
+    with Collection.open(collection or default_collection(), model=model) as c:
+        for path in paths:
+            if texts:
+                report, problems = c.index_captions(path, prune=prune, progress=not quiet)
+                for line in problems:
+                    err.print(line, highlight=False)
+                err.print(f"{path}: {report.summary()}", highlight=False)
+            else:
+                report = c.index_folder(path, prune=prune, include_hidden=hidden, fields=extra,
+                                        max_pixels=max_pixels, progress=not quiet)
+                err.print(f"{path}: {report.summary()}", highlight=False)
+        err.print(f"collection {c.folder}: {c.store.count('image')} photos, {c.store.count('text')} texts")
+
+
+@app.command()
+@friendly
+def search(
+    query: Annotated[str | None, typer.Argument(help="What to look for, in words.")] = None,
+    image: Annotated[Path | None, typer.Option("--image", "-i", help="Find items like this photo.")] = None,
+    plus: Annotated[list[str] | None, typer.Option("--plus", help="[WEIGHT:]TEXT or photo path to add.")] = None,
+    minus: Annotated[list[str] | None, typer.Option("--minus", help="[WEIGHT:]TEXT or photo path to "
+                                                    "steer away from.")] = None,
+    top: Annotated[int, typer.Option("--top", "-k", help="How many results.", min=1)] = 10,
+    texts: Annotated[bool, typer.Option("--texts", help="Return texts instead of photos.")] = False,
+    path: Annotated[str | None, typer.Option("--path", help="Only items whose path matches this glob.")] = None,
+    where: Annotated[list[str] | None, typer.Option("--where", help="Only items with KEY=VALUE (also !=, <, "
+                                                    "<=, >, >=); KEY is a field or size/mtime/path.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+    collection: CollectionOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Search the collection by text, by photo, or by a weighted mix: prints score <TAB> path, best first."""
+    terms: list[Term] = [parse_term(s) for s in plus or []] + [parse_term(s, -1.0) for s in minus or []]
+    if query is None and image is None and not terms:
+        raise ValueError("nothing to search for: give a QUERY, --image PATH, or --plus")
+    if image is not None and not image.expanduser().is_file():
+        raise FileNotFoundError(f"{image}: no such file")
+    with Collection.open(collection or default_collection(), model=model, create=False) as c:
+        hits = c.search(query, image=image.expanduser() if image else None, terms=terms, k=top,
+                        kind="text" if texts else "image", path=path, where=where or [])
+    if as_json:
+        print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))
+        return
+    if not hits:
+        err.print("no results (is the collection empty, or do the filters match nothing?)")
+    for h in hits:
+        print(f"{h.score:.4f}\t{h.path if h.kind == 'image' else h.text}")
+
+
+@app.command()
+@friendly
+def info(
+    collection: CollectionOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    errors: Annotated[bool, typer.Option("--errors", help="List the unreadable files.")] = False,
+) -> None:
+    """What is in the collection: model, counts, size on disk, unreadable files."""
+    with Collection.open(collection or default_collection(), create=False) as c:
+        facts = c.info()
+        failures = c.store.failures() if errors else []
+    if as_json:
+        print(json.dumps({**facts, **({"errors": dict(failures)} if errors else {})}, indent=2))
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in facts.items():
+        table.add_row(key, f"{value / 1e6:.1f} MB" if key == "bytes_on_disk" else str(value))
+    Console().print(table)
+    for path, reason in failures:
+        print(f"{path}\t{reason}")

@@ -1,0 +1,224 @@
+"""``Collection``: the Python API. A folder of vectors and metadata, bound to the model that made them.
+
+    >>> c = Collection.open("~/photos.cm", model="lite")
+    >>> c.index_folder("~/Pictures")
+    >>> for hit in c.search("a dog running on a beach", k=5): print(hit.score, hit.path)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..encoders import load_encoder
+from ..encoders.base import Encoder
+from ..search.exact import topk
+from ..search.filters import Condition, parse_condition, where_clause
+from ..search.query import Term, query_vector
+from ..sources.captions import CaptionRecord, read_captions
+from ..sources.folders import iter_images
+from ..sources.images import DEFAULT_MAX_PIXELS
+from .manifest import MANIFEST, Manifest, ModelMismatchError
+from .store import KINDS, ItemStore
+from .sync import IndexReport, content_hash, index_images, index_texts
+
+DEFAULT_MODEL = "lite"
+
+
+@dataclass
+class Hit:
+    """One search result. ``path`` is set for photos, ``text`` for texts."""
+
+    id: int
+    score: float
+    kind: str
+    path: str | None = None
+    text: str | None = None
+    fields: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+class Collection:
+    """Photos and texts embedded by one model, stored in one folder."""
+
+    def __init__(self, folder: Path, manifest: Manifest, encoder: Encoder | None = None) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        self._encoder = encoder
+        self.store = ItemStore(folder, manifest.dim)
+
+    @classmethod
+    def open(cls, folder: str | Path, model: str | Encoder | None = None, create: bool = True) -> Collection:
+        """Open the collection in ``folder``, creating it (with ``model``, default ``lite``) if needed.
+
+        Raises ModelMismatchError if ``model`` is given and is not the model the collection was built with.
+        """
+        folder = Path(folder).expanduser()
+        if (folder / MANIFEST).is_file():
+            manifest = Manifest.read(folder)
+            encoder = None
+            if model is not None:
+                encoder = load_encoder(model) if isinstance(model, str) else model
+                manifest.check(encoder.name, encoder.fingerprint)
+            return cls(folder, manifest, encoder)
+        if not create:
+            raise FileNotFoundError(f"no collection at {folder} (run `crossmodal index` first)")
+        if folder.exists() and any(folder.iterdir()):
+            raise FileExistsError(f"{folder} exists, is not empty, and is not a crossmodal collection")
+        encoder = load_encoder(model or DEFAULT_MODEL) if not isinstance(model, Encoder) else model
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest = Manifest(model=encoder.name, fingerprint=encoder.fingerprint, dim=encoder.dim)
+        manifest.write(folder)
+        return cls(folder, manifest, encoder)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def encoder(self) -> Encoder:
+        """The collection's model, loaded on first use and checked against the manifest."""
+        if self._encoder is None:
+            encoder = load_encoder(self.manifest.model)
+            self.manifest.check(encoder.name, encoder.fingerprint)
+            self._encoder = encoder
+        return self._encoder
+
+    def __len__(self) -> int:
+        return self.store.count()
+
+    # -- adding ------------------------------------------------------------------------------------
+
+    def index_folder(self, folder: str | Path, *, prune: bool = True, include_hidden: bool = False,
+                     fields: dict[str, Any] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     progress: bool = True, **kwargs: Any) -> IndexReport:
+        """Sync the photos below ``folder``: add new, re-embed changed, drop deleted (with ``prune``)."""
+        folder = Path(folder).expanduser()
+        if not folder.exists():
+            raise FileNotFoundError(f"{folder}: no such file or folder")
+        paths = list(iter_images(folder, include_hidden=include_hidden))
+        root = str(folder.absolute()) if folder.is_dir() else None
+        return index_images(self.store, self.encoder, paths, root=root, fields=fields, max_pixels=max_pixels,
+                            prune=prune, progress=progress, **kwargs)
+
+    def add_images(self, paths: Iterable[str | Path], *, fields: dict[str, Any] | None = None,
+                   max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False, **kwargs: Any) -> IndexReport:
+        """Add (or refresh) the given photo files; never removes anything."""
+        return index_images(self.store, self.encoder, list(paths), fields=fields, max_pixels=max_pixels,
+                            progress=progress, **kwargs)
+
+    def add_texts(self, texts: Sequence[str | CaptionRecord], *, progress: bool = False) -> IndexReport:
+        """Add texts (strings, or CaptionRecords carrying fields); empty texts are refused."""
+        records = [t if isinstance(t, CaptionRecord) else CaptionRecord(str(t)) for t in texts]
+        if any(not r.text.strip() for r in records):
+            raise ValueError("empty text: every text must have at least one non-space character")
+        return index_texts(self.store, self.encoder, records, progress=progress)
+
+    def index_captions(self, path: str | Path, *, prune: bool = True, progress: bool = True) -> tuple[
+            IndexReport, list[str]]:
+        """Sync the captions of a TSV/CSV/JSONL/text file; returns (report, problems with single rows)."""
+        path = Path(path).expanduser().absolute()
+        records, problems = read_captions(path)
+        report = index_texts(self.store, self.encoder, records, source=str(path), prune=prune, progress=progress)
+        return report, problems
+
+    def remove(self, ids: Iterable[int]) -> int:
+        """Delete items by id; returns how many were deleted."""
+        with self.store.transaction() as db:
+            before = self.store.count()
+            self.store.delete(db, ids)
+        return before - self.store.count()
+
+    # -- searching ---------------------------------------------------------------------------------
+
+    def search(
+        self,
+        text: str | None = None,
+        *,
+        image: str | Path | None = None,
+        terms: Sequence[Term] = (),
+        k: int = 10,
+        kind: str = "image",
+        path: str | None = None,
+        where: Sequence[str | Condition] = (),
+        exclude_query_image: bool = True,
+    ) -> list[Hit]:
+        """Top-``k`` items of ``kind`` for a text, a photo, or a weighted mix of ``terms``.
+
+        ``path`` is a glob on stored paths and ``where`` holds conditions such as ``"album=paris"`` or
+        ``"size>100000"``; both restrict the candidates before ranking, so the page is full when at least
+        ``k`` items match. A query photo that is itself in the collection is left out of the results.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, not {k}")
+        all_terms = list(terms)
+        if text is not None:
+            all_terms.insert(0, Term.text(text))
+        if image is not None:
+            all_terms.insert(0, Term.image(image))
+        vector = query_vector(self.encoder, all_terms)
+        exclude = self._query_image_ids(all_terms) if exclude_query_image and kind == "image" else []
+        conditions = [c if isinstance(c, Condition) else parse_condition(c) for c in where]
+        return self.search_vector(vector, k=k, kind=kind, path=path, where=conditions, exclude=exclude)
+
+    def search_vector(self, vector: np.ndarray, *, k: int = 10, kind: str = "image", path: str | None = None,
+                      where: Sequence[Condition] = (), exclude: Iterable[int] = ()) -> list[Hit]:
+        """Top-``k`` items for an already encoded query vector (same model as the collection)."""
+        vector = np.asarray(vector, dtype=np.float32)
+        if vector.shape != (self.manifest.dim,):
+            raise ModelMismatchError(f"query vector has shape {vector.shape}; this collection stores "
+                                     f"{self.manifest.dim}-d vectors of {self.manifest.model!r}")
+        ids, vectors = self.store.matrix(kind)
+        mask = None
+        exclude = list(exclude)
+        if path or where or exclude:
+            sql, params = where_clause(kind, path, list(where))
+            allowed = self.store.ids_where(sql, params)
+            mask = np.isin(ids, allowed) & ~np.isin(ids, np.asarray(exclude, dtype=np.int64))
+        scores, rows = topk(vectors, vector, k, mask)
+        hit_ids = ids[rows[0]]
+        items = self.store.get(hit_ids)
+        return [
+            Hit(id=int(i), score=float(s), kind=kind, path=items[int(i)].path,
+                text=items[int(i)].text, fields=items[int(i)].fields or None)
+            for i, s in zip(hit_ids, scores[0], strict=True) if int(i) in items
+        ]
+
+    def _query_image_ids(self, terms: Sequence[Term]) -> list[int]:
+        """Ids of stored photos with the same content as a query photo (the photo itself, its copies)."""
+        out: list[int] = []
+        for term in terms:
+            if term.is_image and term.weight > 0 and os.path.isfile(term.value):
+                digest = content_hash(Path(term.value).read_bytes())
+                out += [it.id for it in self.store.by_hash(digest, "image")]
+        return out
+
+    # -- facts -------------------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """What is in the collection: model, counts, size on disk, unreadable files."""
+        return {
+            "collection": str(self.folder),
+            "model": self.manifest.model,
+            "fingerprint": self.manifest.fingerprint,
+            "dim": self.manifest.dim,
+            "images": self.store.count("image"),
+            "texts": self.store.count("text"),
+            "unreadable": len(self.store.failures()),
+            "bytes_on_disk": self.store.disk_bytes(),
+            "format_version": self.manifest.format_version,
+        }

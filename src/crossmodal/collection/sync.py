@@ -1,0 +1,265 @@
+"""Bringing a collection up to date with photos on disk and captions in files.
+
+Unchanged files (same size and mtime) are skipped without reading them, so a second run over a
+large folder takes seconds and an interrupted run resumes where it stopped. Changed files are
+hashed: a touched file keeps its vector, a renamed file keeps its id and vector, a duplicate reuses
+the vector, and only new content is decoded and encoded. Each batch is one transaction. Deleted
+files are dropped only after a complete scan, so an interrupted run never removes anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ..encoders.base import Encoder
+from ..sources.captions import CaptionRecord
+from ..sources.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from .store import Item, ItemStore, NewItem
+
+Reporter = Callable[[str], None]
+
+
+@dataclass
+class IndexReport:
+    """What one index run did; ``failed`` holds (path, reason) for each unusable file."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    moved: int = 0
+    reused: int = 0
+    removed: int = 0
+    skipped_known_bad: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{self.added} added", f"{self.updated} updated", f"{self.unchanged} unchanged"]
+        for name in ("moved", "reused", "removed"):
+            if getattr(self, name):
+                parts.append(f"{getattr(self, name)} {name}")
+        if self.failed:
+            parts.append(f"{len(self.failed)} unreadable")
+        if self.skipped_known_bad:
+            parts.append(f"{self.skipped_known_bad} known unreadable (unchanged since last run)")
+        return ", ".join(parts)
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def text_hash(text: str) -> str:
+    return content_hash(text.encode("utf-8"))
+
+
+def _warn(message: str) -> None:
+    tqdm.write(message)
+
+
+@dataclass
+class _Pending:
+    path: str
+    stat: os.stat_result
+    item: Item | None
+
+
+def index_images(
+    store: ItemStore,
+    encoder: Encoder,
+    paths: Iterable[str | Path],
+    *,
+    root: str | None = None,
+    fields: dict[str, Any] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    batch_size: int | None = None,
+    prune: bool = True,
+    progress: bool = True,
+    report: Reporter = _warn,
+) -> IndexReport:
+    """Add new photos, re-embed changed ones and, when ``root`` is given and ``prune`` is set, drop
+    stored photos below ``root`` that no longer exist."""
+    result = IndexReport()
+    fields = dict(fields or {})
+    files = [os.path.abspath(p) for p in paths]
+    if root is not None:
+        root = os.path.abspath(root)
+        known = store.images_under(root)
+        known_bad = store.failures_under(root)
+    else:
+        known = {p: it for p in files if (it := store.image_by_path(p)) is not None}
+        known_bad = {}
+    todo: list[_Pending] = []
+    refields: list[Item] = []
+    for path in files:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            result.failed.append((path, e.strerror or str(e)))
+            report(f"skipped {path}: {e.strerror or e}")
+            continue
+        item = known.get(path)
+        if item is not None and item.size == st.st_size and item.mtime == st.st_mtime:
+            result.unchanged += 1
+            if any(item.fields.get(k) != v for k, v in fields.items()):
+                refields.append(item)
+        elif item is None and known_bad.get(path) == (st.st_size, st.st_mtime):
+            result.skipped_known_bad += 1
+        else:
+            todo.append(_Pending(path, st, item))
+    if refields:
+        with store.transaction() as db:
+            for item in refields:
+                db.execute("UPDATE items SET fields = ? WHERE id = ?",
+                           (json.dumps({**item.fields, **fields}), item.id))
+
+    moved_ids: set[int] = set()
+    size = batch_size or encoder.batch_size
+    bar = tqdm(total=len(todo), unit="photo", desc="indexing", disable=not progress or not todo)
+    for start in range(0, len(todo), size):
+        batch = todo[start:start + size]
+        _index_batch(store, encoder, batch, fields, max_pixels, result, moved_ids, report)
+        bar.update(len(batch))
+    bar.close()
+
+    if root is not None and prune:
+        present = set(files)
+        gone = [it.id for p, it in known.items() if p not in present and it.id not in moved_ids]
+        stale_bad = [p for p in known_bad if p not in present]
+        if gone or stale_bad:
+            with store.transaction() as db:
+                result.removed = store.delete(db, gone)
+                store.clear_failures(db, stale_bad)
+    return result
+
+
+def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Pending], fields: dict[str, Any],
+                 max_pixels: int, result: IndexReport, moved_ids: set[int], report: Reporter) -> None:
+    """Hash, decode and encode one batch, then write it in one transaction."""
+    writes: list[NewItem] = []
+    moves: list[tuple[int, _Pending]] = []
+    failures: list[tuple[_Pending, str]] = []
+    to_encode: list[tuple[_Pending, str, Any]] = []
+    for entry in batch:
+        try:
+            with open(entry.path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            failures.append((entry, f"cannot read: {e.strerror or e}"))
+            continue
+        digest = content_hash(data)
+        item = entry.item
+        if item is not None and item.hash == digest:  # touched, not changed
+            writes.append(_image_item(entry, digest, store.vector(item.id), {**item.fields, **fields}, item.id))
+            result.unchanged += 1
+            continue
+        twins = [t for t in store.by_hash(digest, "image") if t.path != entry.path]
+        vanished = [t for t in twins if t.id not in moved_ids and not os.path.exists(t.path)]
+        if item is None and vanished:  # renamed or moved: keep its id and vector
+            moves.append((vanished[0].id, entry))
+            moved_ids.add(vanished[0].id)
+            continue
+        if twins:  # a duplicate of stored content: reuse the vector
+            base = item.fields if item else {}
+            writes.append(_image_item(entry, digest, store.vector(twins[0].id), {**base, **fields},
+                                      item.id if item else None))
+            result.reused += 1
+            continue
+        try:
+            image = load_image(data, max_pixels=max_pixels)
+        except ImageError as e:
+            failures.append((entry, str(e)))
+            continue
+        to_encode.append((entry, digest, image))
+    if to_encode:
+        vectors = encoder.encode_images([image for _, _, image in to_encode])
+        for (entry, digest, _), vector in zip(to_encode, vectors, strict=True):
+            item = entry.item
+            writes.append(_image_item(entry, digest, vector, {**(item.fields if item else {}), **fields},
+                                      item.id if item else None))
+            if item is None:
+                result.added += 1
+            else:
+                result.updated += 1
+    for entry, reason in failures:
+        report(f"skipped {entry.path}: {reason}")
+        result.failed.append((entry.path, reason))
+    with store.transaction() as db:
+        for new in writes:
+            store.put(db, new)
+        for item_id, entry in moves:
+            store.move(db, item_id, entry.path, entry.stat.st_size, entry.stat.st_mtime)
+            result.moved += 1
+        for entry, reason in failures:
+            if entry.item is not None:  # a stored photo that became unreadable: drop its stale vector
+                store.delete(db, [entry.item.id])
+            store.record_failure(db, entry.path, entry.stat.st_size, entry.stat.st_mtime, reason)
+        store.clear_failures(db, [w.path for w in writes] + [e.path for _, e in moves])
+
+
+def _image_item(entry: _Pending, digest: str, vector: Any, fields: dict[str, Any], item_id: int | None) -> NewItem:
+    return NewItem(kind="image", vector=vector, hash=digest, path=entry.path, size=entry.stat.st_size,
+                   mtime=entry.stat.st_mtime, fields=fields, id=item_id)
+
+
+def index_texts(
+    store: ItemStore,
+    encoder: Encoder,
+    records: list[CaptionRecord],
+    *,
+    source: str | None = None,
+    prune: bool = True,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> IndexReport:
+    """Store texts. With a ``source`` (a caption file), re-indexing it adds new captions and drops
+    captions no longer in it; identical texts reuse their stored vector."""
+    result = IndexReport()
+    existing = store.select("kind = 'text' AND path IS ?", (source,)) if source is not None else []
+    available = Counter(_text_key(it.text or "", it.fields) for it in existing)
+    new: list[CaptionRecord] = []
+    for rec in records:
+        key = _text_key(rec.text, rec.fields)
+        if available[key] > 0:
+            available[key] -= 1
+            result.unchanged += 1
+        else:
+            new.append(rec)
+    bar = tqdm(total=len(new), unit="text", desc="indexing texts", disable=not progress or not new)
+    for start in range(0, len(new), batch_size):
+        batch = new[start:start + batch_size]
+        hashes = [text_hash(r.text) for r in batch]
+        reuse = {h: store.by_hash(h, "text") for h in set(hashes)}
+        need = sorted({r.text for r, h in zip(batch, hashes, strict=True) if not reuse[h]})
+        encoded = dict(zip(need, encoder.encode_texts(need), strict=True)) if need else {}
+        with store.transaction() as db:
+            for rec, h in zip(batch, hashes, strict=True):
+                vector = store.vector(reuse[h][0].id) if reuse[h] else encoded[rec.text]
+                store.put(db, NewItem(kind="text", vector=vector, hash=h, path=source, text=rec.text,
+                                      fields=rec.fields))
+                result.added += 1
+        bar.update(len(batch))
+    bar.close()
+    if source is not None and prune:
+        stale = []
+        for it in existing:
+            key = _text_key(it.text or "", it.fields)
+            if available[key] > 0:
+                available[key] -= 1
+                stale.append(it.id)
+        if stale:
+            with store.transaction() as db:
+                result.removed = store.delete(db, stale)
+    return result
+
+
+def _text_key(text: str, fields: dict[str, Any]) -> str:
+    return text + "\0" + json.dumps(dict(sorted(fields.items())))

@@ -1,0 +1,58 @@
+"""The one interface every encoder backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+
+class Encoder(ABC):
+    """Maps photos and texts into one L2-normalised embedding space.
+
+    ``name`` is what loads the model again (``load_encoder(name)``); ``fingerprint`` identifies the
+    exact weights, so a collection can refuse queries encoded by a different model.
+    """
+
+    name: str
+    fingerprint: str
+    dim: int
+    batch_size: int = 32
+
+    @abstractmethod
+    def _encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Encode one batch of RGB images to (N, dim) float32, not yet normalised."""
+
+    @abstractmethod
+    def _encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode one batch of texts to (N, dim) float32, not yet normalised."""
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Encode RGB images to L2-normalised (N, dim) float32 vectors."""
+        return self._run(self._encode_images, list(images))
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode texts to L2-normalised (N, dim) float32 vectors."""
+        return self._run(self._encode_texts, list(texts))
+
+    def _run(self, fn, items: list) -> np.ndarray:
+        if not items:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = np.concatenate([fn(chunk) for chunk in _chunks(items, self.batch_size)]).astype(np.float32)
+        return normalize(out)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim})"
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """L2-normalise rows; zero rows stay zero instead of turning into NaN."""
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

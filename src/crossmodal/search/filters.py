@@ -1,0 +1,62 @@
+"""Filters on path globs and metadata fields, compiled to SQL so they apply before ranking."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+COLUMNS = {"path", "text", "size", "mtime", "hash", "added", "id"}
+_OPS = ("<=", ">=", "!=", "=", "<", ">")
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """``key OP value``; key is a built-in column (path, size, mtime, ...) or a user field."""
+
+    key: str
+    op: str
+    value: Any
+
+    def sql(self) -> tuple[str, list[Any]]:
+        if self.key in COLUMNS:
+            lhs, params = self.key, []
+        else:
+            lhs, params = "json_extract(fields, ?)", [f'$."{self.key}"']
+        return f"{lhs} {self.op} ?", [*params, self.value]
+
+
+def parse_condition(spec: str) -> Condition:
+    """Parse ``key=value``, ``key!=value``, ``key>=3`` ...; numbers compare as numbers."""
+    for op in _OPS:
+        key, sep, value = spec.partition(op)
+        if sep:
+            key = key.strip()
+            if not _KEY.match(key):
+                raise ValueError(f"bad filter {spec!r}: field names are letters, digits, '_', '.', '-'")
+            return Condition(key, op, _coerce(value.strip()))
+    raise ValueError(f"bad filter {spec!r}: expected KEY=VALUE (or !=, <, <=, >, >=)")
+
+
+def _coerce(value: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def where_clause(kind: str, path_glob: str | None = None, conditions: list[Condition] | None = None
+                 ) -> tuple[str, list[Any]]:
+    """SQL WHERE text and parameters selecting the items of ``kind`` that pass every filter."""
+    parts, params = ["kind = ?"], [kind]
+    if path_glob:
+        parts.append("path GLOB ?")
+        params.append(path_glob)
+    for cond in conditions or []:
+        sql, p = cond.sql()
+        parts.append(sql)
+        params += p
+    return " AND ".join(parts), params

@@ -1,0 +1,69 @@
+"""Queries: weighted sums of text and photo terms, e.g. "beach" - "people" + 0.5 * "sunset"."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..encoders.base import Encoder, normalize
+from ..sources.images import is_image_path, load_image
+
+
+@dataclass(frozen=True)
+class Term:
+    """One part of a query: a text or a photo path, with a weight (negative to steer away)."""
+
+    value: str | Path
+    weight: float = 1.0
+    is_image: bool = False
+
+    @classmethod
+    def text(cls, text: str, weight: float = 1.0) -> Term:
+        return cls(text, weight, False)
+
+    @classmethod
+    def image(cls, path: str | Path, weight: float = 1.0) -> Term:
+        return cls(Path(path), weight, True)
+
+
+def parse_term(spec: str, sign: float = 1.0) -> Term:
+    """Parse ``[WEIGHT:]VALUE``; VALUE is a photo when it names an existing image file, else text.
+
+    ``0.5:sunset`` -> text "sunset" weight 0.5; ``./me.jpg`` -> that photo, weight 1.
+    """
+    weight = 1.0
+    head, sep, rest = spec.partition(":")
+    if sep:
+        try:
+            weight = float(head)
+            spec = rest
+        except ValueError:
+            pass
+    path = Path(spec).expanduser()
+    if is_image_path(path) and path.is_file():
+        return Term.image(path, sign * weight)
+    return Term.text(spec, sign * weight)
+
+
+def query_vector(encoder: Encoder, terms: list[Term], max_pixels: int | None = None) -> np.ndarray:
+    """Encode every term and combine them into one L2-normalised query vector."""
+    if not terms:
+        raise ValueError("empty query: give a text, an image, or both")
+    texts = [t for t in terms if not t.is_image]
+    images = [t for t in terms if t.is_image]
+    for t in texts:
+        if not str(t.value).strip():
+            raise ValueError("empty text in the query")
+    total = np.zeros(encoder.dim, dtype=np.float32)
+    if texts:
+        vecs = encoder.encode_texts([str(t.value) for t in texts])
+        total += np.asarray([t.weight for t in texts], dtype=np.float32) @ vecs
+    if images:
+        kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
+        vecs = encoder.encode_images([load_image(t.value, **kwargs) for t in images])
+        total += np.asarray([t.weight for t in images], dtype=np.float32) @ vecs
+    if not np.any(total):
+        raise ValueError("the query terms cancel out: nothing left to search for")
+    return normalize(total)
