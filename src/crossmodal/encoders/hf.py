@@ -23,6 +23,8 @@ TEXT_PADDING = {
     "siglip2": {"padding": "max_length", "max_length": 64},
     "align": {"padding": "max_length", "max_length": 64},
 }
+# Text towers with RoBERTa-style positions, which start after the padding index.
+POSITION_OFFSET = {"altclip": 2}
 SUPPORTED = ("clip", "siglip", "siglip2", "align", "altclip", "chinese_clip")
 
 
@@ -66,12 +68,20 @@ class HFDualEncoder(Encoder):
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.image_processor = AutoImageProcessor.from_pretrained(folder)
         self.text_kwargs = TEXT_PADDING.get(model_type, {"padding": True})
-        limit = getattr(getattr(self.model.config, "text_config", None), "max_position_embeddings", None)
-        self.text_kwargs = {"truncation": True, "max_length": min(limit or 77, 512), **self.text_kwargs}
+        self.text_kwargs = {"truncation": True, "max_length": self._max_tokens(), **self.text_kwargs}
         accepted = inspect.signature(self.model.get_text_features).parameters
         self._text_inputs = [k for k in ("input_ids", "attention_mask", "token_type_ids", "position_ids")
                              if k in accepted]
         self.dim = int(self._encode_texts(["a"]).shape[-1])
+
+    def _max_tokens(self) -> int:
+        """The longest input the text tower takes: its position table (less RoBERTa's offset of 2) or
+        the tokenizer's own limit, whichever is smaller."""
+        text_config = getattr(self.model.config, "text_config", self.model.config)
+        limit = getattr(text_config, "max_position_embeddings", 77) - POSITION_OFFSET.get(
+            self.model.config.model_type, 0)
+        tokenizer_limit = getattr(self.tokenizer, "model_max_length", limit) or limit
+        return int(min(limit, tokenizer_limit, 512))
 
     @torch.inference_mode()
     def _encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
