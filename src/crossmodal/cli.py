@@ -37,13 +37,13 @@ def default_collection() -> Path:
 
 CollectionOpt = Annotated[
     Path | None,
-    typer.Option("--collection", "-c", help="Collection folder [env: CROSSMODAL_COLLECTION; default: per-user "
-                 "data folder].", show_default=False),
+    typer.Option("--collection", "-c", help="Collection folder (default: $CROSSMODAL_COLLECTION, else a "
+                 "per-user data folder).", show_default=False),
 ]
 ModelOpt = Annotated[
     str | None,
     typer.Option("--model", "-m", help="Model: 'lite' (offline default), a transformers id or folder. "
-                 "Only for a new collection; an existing one uses the model it was built with."),
+                 "A new collection is built with it; an existing one keeps its own model and refuses another."),
 ]
 
 

@@ -34,8 +34,17 @@ class Encoder(ABC):
         return self._run(self._encode_images, list(images))
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Encode texts to L2-normalised (N, dim) float32 vectors."""
-        return self._run(self._encode_texts, list(texts))
+        """Encode texts to L2-normalised (N, dim) float32 vectors.
+
+        Texts are batched in order of length, so each batch pads to similar lengths (much less work
+        for large caption sets); the result is in the caller's order.
+        """
+        texts = list(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = self._run(self._encode_texts, [texts[i] for i in order])
+        result = np.empty_like(out)
+        result[order] = out
+        return result
 
     def _run(self, fn, items: list) -> np.ndarray:
         if not items:
