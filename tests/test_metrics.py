@@ -26,9 +26,11 @@ def test_recall_with_several_captions_per_image() -> None:
     i2t, t2i = retrieval_ranks(image, text, owner)
     # image 0 scores texts [0, 1, 0, .6]: its caption 1 is first -> rank 0
     # image 1 scores texts [1, 0, 1, .8]: caption 0 (wrong) ties caption 2 at 1.0, lower index first -> rank 1
-    assert i2t.tolist() == [0, 1]
+    assert i2t[:, 0].tolist() == [0, 1]
+    # image 0: caption 0 (score 0) is behind captions 1 and 3, ahead of its tie caption 2 -> rank 2
+    assert i2t.tolist() == [[0, 2], [1, 2]]  # every positive's rank, sorted
     # caption 0 prefers image 1 -> rank 1; caption 1 -> 0; caption 2 -> 0; caption 3 -> 0
-    assert t2i.tolist() == [1, 0, 0, 0]
+    assert t2i[:, 0].tolist() == [1, 0, 0, 0]
     m = recall_metrics(image, text, owner)
     assert m["i2t_R@1"] == 50.0 and m["t2i_R@1"] == 75.0 and m["i2t_R@5"] == 100.0
     assert m["rsum"] == pytest.approx(50 + 100 + 100 + 75 + 100 + 100)

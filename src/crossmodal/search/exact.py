@@ -7,6 +7,11 @@ import numpy as np
 BLOCK = 65536
 
 
+def scores(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Inner products (Q, N) of queries against stored vectors: the one place a search score is computed."""
+    return np.atleast_2d(np.asarray(queries, dtype=np.float32)) @ np.asarray(vectors, dtype=np.float32).T
+
+
 def topk(vectors: np.ndarray, queries: np.ndarray, k: int, mask: np.ndarray | None = None
          ) -> tuple[np.ndarray, np.ndarray]:
     """Best ``k`` rows of ``vectors`` for each query by inner product.
@@ -26,10 +31,9 @@ def topk(vectors: np.ndarray, queries: np.ndarray, k: int, mask: np.ndarray | No
     for start in range(0, len(rows), BLOCK):
         block_rows = rows[start:start + BLOCK]
         block = vectors[start:start + BLOCK] if contiguous else vectors[block_rows]
-        scores = np.asarray(block, dtype=np.float32) @ queries.T  # (B, Q)
-        scores = scores.T
-        best_scores = np.concatenate([best_scores, scores], axis=1)
-        best_rows = np.concatenate([best_rows, np.broadcast_to(block_rows, scores.shape)], axis=1)
+        block_scores = scores(block, queries)
+        best_scores = np.concatenate([best_scores, block_scores], axis=1)
+        best_rows = np.concatenate([best_rows, np.broadcast_to(block_rows, block_scores.shape)], axis=1)
         if best_scores.shape[1] > k:
             keep = np.argpartition(-best_scores, k - 1, axis=1)[:, :k]
             best_scores = np.take_along_axis(best_scores, keep, axis=1)
