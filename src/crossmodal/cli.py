@@ -166,3 +166,77 @@ def info(
     Console().print(table)
     for path, reason in failures:
         print(f"{path}\t{reason}")
+
+
+eval_app = typer.Typer(help="Measure retrieval quality with the published protocol (CLIP_benchmark definitions).")
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.callback(invoke_without_command=True)
+@friendly
+def evaluate(
+    ctx: typer.Context,
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", "-d", help="A Flickr-layout folder, karpathy:FILE.json, or a .csv/.tsv/.jsonl image,caption table."
+    )] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="'lite', a transformers id or folder.")] = "lite",
+    split: Annotated[str, typer.Option(help="Split to evaluate (dev is Karpathy's val).")] = "test",
+    images: Annotated[Path | None, typer.Option(help="Image root for Karpathy JSON or tables.")] = None,
+    k: Annotated[list[int] | None, typer.Option("--k", help="Extra K for R@K (1, 5, 10 always).")] = None,
+    folds: Annotated[int | None, typer.Option(help="Also average over N equal folds (COCO 1K: 5).")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write report.json, report.md and "
+                                                "recall_curves.png into this folder.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Evaluate a model on an image-caption dataset: R@K both ways, RSUM, mAP@R, R-Precision, ranks."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if dataset is None:
+        raise ValueError("give --dataset (a Flickr-layout folder, karpathy:FILE.json or a table)")
+    from .encoders import load_encoder
+    from .evaluation.report import finish_report, write_report
+    from .evaluation.runner import evaluate as run
+    from .sources.datasets import load_dataset
+
+    data = load_dataset(dataset, split, images)
+    command = ["crossmodal", "eval", "--dataset", dataset, "--model", model, "--split", split]
+    command += ["--images", str(images)] if images else []
+    command += [a for x in k or () for a in ("--k", str(x))] + (["--folds", str(folds)] if folds else [])
+    result = finish_report(run(load_encoder(model), data, tuple(k or ()), folds, progress=not quiet), split,
+                           command)
+    if report is not None:
+        for path in write_report(result, report):
+            err.print(f"wrote {path}", highlight=False)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    m = result["metrics"]
+    table = Table(title=f"{result['model']['name']} on {result['dataset']['name']} "
+                        f"({result['dataset']['images']} photos, {result['dataset']['texts']} captions)")
+    for col in ("direction", *(f"R@{x}" for x in sorted({1, 5, 10, *(k or ())})), "mAP@R", "MedR"):
+        table.add_column(col, justify="right" if col != "direction" else "left")
+    for d, label in (("i2t", "image->text"), ("t2i", "text->image")):
+        table.add_row(label, *(f"{m[f'{d}_R@{x}']:.2f}" for x in sorted({1, 5, 10, *(k or ())})),
+                      f"{m[f'{d}_mAP@R']:.2f}", f"{m[f'{d}_medr']:.0f}")
+    Console().print(table)
+    print(f"RSUM {m['rsum']:.2f}")
+
+
+@eval_app.command("compare")
+@friendly
+def compare_reports(
+    a: Annotated[Path, typer.Argument(help="First report.json (or its folder).")],
+    b: Annotated[Path, typer.Argument(help="Second report.json (or its folder).")],
+) -> None:
+    """Print every metric of two reports side by side with the change from A to B."""
+    from .evaluation.report import compare, load_report
+
+    ra, rb = load_report(a), load_report(b)
+    table = Table(title=f"A: {ra['model']['name']} on {ra['dataset']['name']}   "
+                        f"B: {rb['model']['name']} on {rb['dataset']['name']}")
+    for col in ("metric", "A", "B", "B - A"):
+        table.add_column(col, justify="right" if col != "metric" else "left")
+    for name, va, vb, delta in compare(ra, rb):
+        table.add_row(name, f"{va:.2f}", f"{vb:.2f}", f"{delta:+.2f}")
+    Console(width=120).print(table)

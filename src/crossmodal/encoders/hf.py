@@ -54,6 +54,9 @@ class HFDualEncoder(Encoder):
 
     def __init__(self, name_or_path: str, device: str = "cpu", batch_size: int = 32) -> None:
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         folder = resolve_folder(name_or_path)
         self.name = name_or_path if not Path(name_or_path).expanduser().is_dir() else str(folder)

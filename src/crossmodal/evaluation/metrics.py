@@ -100,7 +100,7 @@ def r_precision_and_map_at_r(ranks: np.ndarray) -> tuple[float, float]:
     within = valid & (ranks < n_pos[:, None])
     r_prec = within.sum(1) / n_pos
     hits_so_far = np.cumsum(valid, axis=1)  # j-th positive (sorted) has j+1 positives at or above it
-    precision_at_hit = np.where(within, hits_so_far / (ranks + 1), 0.0)
+    precision_at_hit = np.where(within, hits_so_far / np.maximum(ranks + 1, 1), 0.0)
     map_r = precision_at_hit.sum(1) / n_pos
     return 100.0 * float(r_prec.mean()), 100.0 * float(map_r.mean())
 
@@ -109,6 +109,8 @@ def rank_summary(ranks: np.ndarray) -> dict[str, float]:
     """Median and mean 1-based rank of the first positive."""
     first = ranks[:, 0]
     first = first[first >= 0] + 1
+    if not len(first):
+        return {"medr": float("nan"), "meanr": float("nan")}
     return {"medr": float(np.median(first)), "meanr": float(first.mean())}
 
 
