@@ -1,0 +1,55 @@
+"""Vector indexes behind one interface: exact flat, HNSW, IVF-PQ and binary codes (all FAISS)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import VectorIndex, VectorLookup, read_faiss
+from .binary import BinaryIndex
+from .flat import FlatIndex
+from .hnsw import HNSWIndex
+from .ivfpq import IVFPQIndex
+
+KINDS: dict[str, type[VectorIndex]] = {cls.kind: cls for cls in (FlatIndex, HNSWIndex, IVFPQIndex, BinaryIndex)}
+
+
+def make_index(kind: str, dim: int, **params: Any) -> VectorIndex:
+    """A new empty index of ``kind`` with ``params`` (unknown kinds and parameters are refused)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
+    try:
+        return KINDS[kind](dim, **params)
+    except TypeError as e:
+        raise ValueError(f"bad parameters for a {kind} index: {e}") from None
+
+
+def load_index(path: Path, mmap: bool = True) -> VectorIndex:
+    """Read an index written by ``VectorIndex.save``; memory-mapped where FAISS supports it."""
+    meta = json.loads(path.with_suffix(".json").read_text())
+    kind, dim, params = meta["kind"], meta["dim"], meta["params"]
+    index = read_faiss(path, mmap=mmap and kind in ("flat", "ivfpq"), binary=kind == "binary")
+    if kind == "hnsw":
+        labels = np.load(path.with_suffix(".labels.npy"))
+        alive = np.load(path.with_suffix(".alive.npy"))
+        return HNSWIndex(dim, **params, index=index, labels=labels, alive=alive)
+    return KINDS[kind](dim, **params, index=index)
+
+
+def build_index(kind: str, ids: np.ndarray, vectors: np.ndarray, train_size: int = 200_000, seed: int = 0,
+                batch: int = 100_000, **params: Any) -> VectorIndex:
+    """Build an index of ``kind`` over all ``vectors``, training on a random sample where needed."""
+    index = make_index(kind, vectors.shape[1], **params)
+    if index.needs_training:
+        rng = np.random.default_rng(seed)
+        sample = np.sort(rng.choice(len(vectors), size=min(train_size, len(vectors)), replace=False))
+        index.train(np.asarray(vectors[sample], dtype=np.float32))
+    for start in range(0, len(vectors), batch):
+        index.add(ids[start:start + batch], np.asarray(vectors[start:start + batch], dtype=np.float32))
+    return index
+
+
+__all__ = ["KINDS", "VectorIndex", "VectorLookup", "build_index", "load_index", "make_index"]

@@ -1,0 +1,60 @@
+"""Binary codes (the sign of each dimension, 1 bit each) searched by Hamming distance with FAISS, the
+top candidates rescored exactly from the stored full vectors: 32x smaller than float32, very fast."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faiss
+import numpy as np
+
+from .base import VectorIndex, VectorLookup, as_ids, as_vectors, exact_rescore
+
+
+def binarize(vectors: np.ndarray) -> np.ndarray:
+    """Pack the sign bits of each row: (N, dim) float -> (N, dim / 8) uint8."""
+    return np.packbits(as_vectors(vectors) > 0, axis=1)
+
+
+class BinaryIndex(VectorIndex):
+    """``rescore`` candidates per result are re-ranked with the stored vectors (needs dim % 8 == 0)."""
+
+    kind = "binary"
+    rescores = True
+
+    def __init__(self, dim: int, rescore: int = 20, index: Any = None) -> None:
+        if dim % 8:
+            raise ValueError(f"binary codes need a dimension divisible by 8, not {dim}")
+        super().__init__(dim, rescore=rescore)
+        self.index = index if index is not None else faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(dim))
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self.remove(ids)
+        self.index.add_with_ids(binarize(vectors), as_ids(ids))
+
+    def remove(self, ids: np.ndarray) -> None:
+        if self.index.ntotal:
+            self.index.remove_ids(faiss.IDSelectorBatch(as_ids(ids)))
+
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
+               lookup: VectorLookup | None = None) -> tuple[np.ndarray, np.ndarray]:
+        fetch = k * self.params["rescore"]
+        params = None
+        if allowed is not None:
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(as_ids(allowed)))
+        distances, ids = self.index.search(binarize(queries), fetch, params=params)
+        if lookup is None:  # without stored vectors: rank by Hamming similarity only
+            scores = 1.0 - 2.0 * distances[:, :k].astype(np.float32) / self.dim
+            return scores, ids[:, :k]
+        return exact_rescore(queries, ids, k, lookup)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def nbytes(self) -> int:
+        return self.ntotal * (self.dim // 8 + 8)
+
+    def _faiss(self) -> Any:
+        return self.index
