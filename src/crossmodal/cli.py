@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -65,6 +66,22 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def parse_size(text: str | None) -> int | None:
+    """'2GB', '512MB', '1.5G', '1000000' -> bytes (powers of 1024); None stays None."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
+    if not match:
+        raise ValueError(f"bad size {text!r}: use e.g. 2GB, 512MB or a number of bytes")
+    return int(float(match[1]) * 1024 ** " KMGT".index(match[2] or " "))
+
+
+IndexKindOpt = Annotated[str | None, typer.Option("--index", help="Index kind: auto (the planner picks from size, "
+                                                  "--memory and --recall), flat, hnsw, ivfpq or binary.")]
+MemoryOpt = Annotated[str | None, typer.Option("--memory", help="Memory budget for the index, e.g. 2GB.")]
+RecallOpt = Annotated[float | None, typer.Option("--recall", help="Recall@10 target for approximate kinds.")]
+
+
 def _fields(specs: list[str] | None) -> dict[str, Any]:
     out = {}
     for spec in specs or []:
@@ -86,6 +103,9 @@ def index(
     field: Annotated[list[str] | None, typer.Option("--field", help="KEY=VALUE stored with each photo.")] = None,
     max_pixels: Annotated[int, typer.Option(help="Skip images larger than this many pixels.")] = DEFAULT_MAX_PIXELS,
     hidden: Annotated[bool, typer.Option("--hidden", help="Also index hidden files and folders.")] = False,
+    index_kind: IndexKindOpt = None,
+    memory: MemoryOpt = None,
+    recall: RecallOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Embed every photo below the given folders (or the captions in the given files) into the collection.
@@ -97,6 +117,7 @@ def index(
         if not path.expanduser().exists():
             raise FileNotFoundError(f"{path}: no such file or folder")
     extra = _fields(field)
+    budget = parse_size(memory)
     with Collection.open(collection or default_collection(), model=model) as c:
         for path in paths:
             if texts:
@@ -108,7 +129,36 @@ def index(
                 report = c.index_folder(path, prune=prune, include_hidden=hidden, fields=extra,
                                         max_pixels=max_pixels, progress=not quiet)
                 err.print(f"{path}: {report.summary()}", highlight=False)
-        err.print(f"collection {c.folder}: {c.store.count('image')} photos, {c.store.count('text')} texts")
+        if index_kind is not None or memory is not None or recall is not None:
+            settings = c.manifest.index
+            c.configure_index(index_kind or settings.get("kind", "auto"), budget if memory else settings.get("memory"),
+                              recall or settings.get("recall", 0.95))
+        else:
+            c.refresh_indexes()
+        err.print(f"collection {c.folder}: {c.store.count('image')} photos, {c.store.count('text')} texts; "
+                  f"index: {_plan_line(c)}", highlight=False)
+
+
+def _plan_line(c: Collection) -> str:
+    plan = c.manifest.index.get("image") or {}
+    return f"{plan.get('kind', 'flat')} {plan.get('params', {})}".strip()
+
+
+@app.command()
+@friendly
+def reindex(
+    index_kind: Annotated[str, typer.Option("--index", help="auto, flat, hnsw, ivfpq or binary.")] = "auto",
+    memory: MemoryOpt = None,
+    recall: Annotated[float, typer.Option("--recall", help="Recall@10 target for approximate kinds.")] = 0.95,
+    collection: CollectionOpt = None,
+) -> None:
+    """Rebuild the collection's vector indexes with another kind, memory budget or recall target."""
+    with Collection.open(collection or default_collection(), create=False) as c:
+        c.configure_index(index_kind, parse_size(memory), recall)
+        for kind in ("image", "text"):
+            plan = c.manifest.index.get(kind)
+            if plan:
+                err.print(f"{kind}: {plan['kind']} {plan['params']} ({plan['reason']})", highlight=False)
 
 
 @app.command()
@@ -162,7 +212,12 @@ def info(
         return
     table = Table(show_header=False, box=None)
     for key, value in facts.items():
-        table.add_row(key, f"{value / 1e6:.1f} MB" if key == "bytes_on_disk" else str(value))
+        if key == "index":
+            for kind in ("image", "text"):
+                if value.get(kind):
+                    table.add_row(f"index ({kind})", f"{value[kind]['kind']} {value[kind]['params']}")
+        else:
+            table.add_row(key, f"{value / 1e6:.1f} MB" if key == "bytes_on_disk" else str(value))
     Console().print(table)
     for path, reason in failures:
         print(f"{path}\t{reason}")

@@ -17,12 +17,14 @@ import numpy as np
 
 from ..encoders import load_encoder
 from ..encoders.base import Encoder
+from ..index import KINDS as INDEX_KINDS
 from ..search.exact import topk
 from ..search.filters import Condition, parse_condition, where_clause
 from ..search.query import Term, query_vector
 from ..sources.captions import CaptionRecord, read_captions
 from ..sources.folders import iter_images
 from ..sources.images import DEFAULT_MAX_PIXELS
+from .indexes import IndexManager
 from .manifest import MANIFEST, Manifest, ModelMismatchError
 from .store import KINDS, ItemStore
 from .sync import IndexReport, content_hash, index_images, index_texts
@@ -53,6 +55,7 @@ class Collection:
         self.manifest = manifest
         self._encoder = encoder
         self.store = ItemStore(folder, manifest.dim)
+        self.indexes = IndexManager(folder, self.store, manifest)
 
     @classmethod
     def open(cls, folder: str | Path, model: str | Encoder | None = None, create: bool = True) -> Collection:
@@ -183,19 +186,30 @@ class Collection:
             raise ModelMismatchError(f"query vector has shape {vector.shape}; this collection stores "
                                      f"{self.manifest.dim}-d vectors of {self.manifest.model!r}")
         ids, vectors = self.store.matrix(kind)
-        mask = None
-        exclude = list(exclude)
-        if path or where or exclude:
+        exclude = np.asarray(list(exclude), dtype=np.int64)
+        allowed = None
+        if path or where:
             sql, params = where_clause(kind, path, list(where))
             allowed = self.store.ids_where(sql, params)
-            mask = np.isin(ids, allowed) & ~np.isin(ids, np.asarray(exclude, dtype=np.int64))
-        scores, rows = topk(vectors, vector, k, mask)
-        hit_ids = ids[rows[0]]
+        index = self.indexes.get(kind)
+        if index is None:
+            mask = None
+            if allowed is not None or len(exclude):
+                mask = np.isin(ids, ids if allowed is None else allowed) & ~np.isin(ids, exclude)
+            scores, rows = topk(vectors, vector, k, mask)
+            hit_scores, hit_ids = scores[0], ids[rows[0]]
+        else:
+            if allowed is not None and len(exclude):
+                allowed = np.setdiff1d(allowed, exclude)
+            extra = 0 if allowed is not None else len(exclude)
+            scores, found = index.query(vector, k + extra, allowed=allowed, lookup=self.indexes.lookup(kind))
+            keep = (found[0] >= 0) & ~np.isin(found[0], exclude)
+            hit_scores, hit_ids = scores[0][keep][:k], found[0][keep][:k]
         items = self.store.get(hit_ids)
         return [
             Hit(id=int(i), score=float(s), kind=kind, path=items[int(i)].path,
                 text=items[int(i)].text, fields=items[int(i)].fields or None)
-            for i, s in zip(hit_ids, scores[0], strict=True) if int(i) in items
+            for i, s in zip(hit_ids, hit_scores, strict=True) if int(i) in items
         ]
 
     def _query_image_ids(self, terms: Sequence[Term]) -> list[int]:
@@ -206,6 +220,24 @@ class Collection:
                 digest = content_hash(Path(term.value).read_bytes())
                 out += [it.id for it in self.store.by_hash(digest, "image")]
         return out
+
+    # -- indexes -----------------------------------------------------------------------------------
+
+    def configure_index(self, kind: str = "auto", memory: int | None = None, recall: float = 0.95) -> None:
+        """Choose how vectors are indexed (``auto`` lets the planner decide) and rebuild the indexes."""
+        if kind != "auto" and kind not in INDEX_KINDS:
+            raise ValueError(f"unknown index kind {kind!r}; choose auto or one of {', '.join(INDEX_KINDS)}")
+        if not 0 < recall <= 1:
+            raise ValueError(f"recall must be in (0, 1], not {recall}")
+        self.manifest.index.update({"kind": kind, "memory": memory, "recall": recall})
+        self.manifest.write(self.folder)
+        for item_kind in KINDS:
+            self.indexes.rebuild(item_kind)
+
+    def refresh_indexes(self) -> None:
+        """Bring every index up to date now (otherwise the next search does it)."""
+        for item_kind in KINDS:
+            self.indexes.get(item_kind)
 
     # -- facts -------------------------------------------------------------------------------------
 
@@ -221,4 +253,5 @@ class Collection:
             "unreadable": len(self.store.failures()),
             "bytes_on_disk": self.store.disk_bytes(),
             "format_version": self.manifest.format_version,
+            "index": {k: v for k, v in self.manifest.index.items()},
         }

@@ -27,6 +27,9 @@ class Manifest:
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     created: float = field(default_factory=time.time)
+    # How to index the vectors: {"kind": "auto" or a kind, "memory": bytes or None, "recall": target},
+    # and, per item kind, the plan the planner chose from them (see index/planner.py).
+    index: dict = field(default_factory=lambda: {"kind": "auto", "memory": None, "recall": 0.95})
     crossmodal_version: str = __version__
 
     @classmethod

@@ -36,11 +36,13 @@ CREATE TABLE IF NOT EXISTS items (
     hash TEXT NOT NULL,
     fields TEXT NOT NULL DEFAULT '{}',
     added REAL NOT NULL,
+    seq INTEGER NOT NULL DEFAULT 0,  -- generation in which the vector was last written
     vector BLOB NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS items_image_path ON items(path) WHERE kind = 'image';
 CREATE INDEX IF NOT EXISTS items_source ON items(kind, path);
 CREATE INDEX IF NOT EXISTS items_hash ON items(hash);
+CREATE INDEX IF NOT EXISTS items_seq ON items(kind, seq);
 CREATE TABLE IF NOT EXISTS failures (
     path TEXT PRIMARY KEY,
     size INTEGER,
@@ -163,6 +165,10 @@ class ItemStore:
             raise KeyError(f"no item with id {item_id}")
         return np.frombuffer(row[0], dtype=np.float32).copy()
 
+    def written_since(self, kind: str, generation: int) -> np.ndarray:
+        """Ids of items of ``kind`` whose vector was written after ``generation`` (new or re-embedded)."""
+        return self.ids_where("kind = ? AND seq > ?", (kind, generation))
+
     def failures_under(self, root: str) -> dict[str, tuple[int, float]]:
         prefix = root.rstrip("/") + "/"
         rows = self.db.execute(
@@ -181,16 +187,17 @@ class ItemStore:
         if vector.shape != (self.dim,):
             raise ValueError(f"vector has shape {vector.shape}, the collection stores ({self.dim},)")
         values = (item.kind, item.path, item.text, item.size, item.mtime, item.hash, json.dumps(item.fields),
-                  vector.tobytes())
+                  vector.tobytes(), self.generation + 1)
         if item.id is not None:
             db.execute(
-                "UPDATE items SET kind=?, path=?, text=?, size=?, mtime=?, hash=?, fields=?, vector=? WHERE id=?",
+                "UPDATE items SET kind=?, path=?, text=?, size=?, mtime=?, hash=?, fields=?, vector=?, seq=? "
+                "WHERE id=?",
                 (*values, item.id),
             )
             return item.id
         cur = db.execute(
-            "INSERT INTO items (kind, path, text, size, mtime, hash, fields, vector, added) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO items (kind, path, text, size, mtime, hash, fields, vector, seq, added) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (*values, time.time()),
         )
         return int(cur.lastrowid)

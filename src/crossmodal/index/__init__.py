@@ -31,12 +31,10 @@ def load_index(path: Path, mmap: bool = True) -> VectorIndex:
     """Read an index written by ``VectorIndex.save``; memory-mapped where FAISS supports it."""
     meta = json.loads(path.with_suffix(".json").read_text())
     kind, dim, params = meta["kind"], meta["dim"], meta["params"]
-    index = read_faiss(path, mmap=mmap and kind in ("flat", "ivfpq"), binary=kind == "binary")
-    if kind == "hnsw":
-        labels = np.load(path.with_suffix(".labels.npy"))
-        alive = np.load(path.with_suffix(".alive.npy"))
-        return HNSWIndex(dim, **params, index=index, labels=labels, alive=alive)
-    return KINDS[kind](dim, **params, index=index)
+    index = KINDS[kind](dim, **params, index=read_faiss(path, mmap=mmap and kind in ("flat", "ivfpq"),
+                                                        binary=kind == "binary"))
+    index._load_extra(path)
+    return index
 
 
 def build_index(kind: str, ids: np.ndarray, vectors: np.ndarray, train_size: int = 200_000, seed: int = 0,

@@ -89,6 +89,9 @@ class VectorIndex(ABC):
     def _save_extra(self, path: Path) -> None:  # noqa: B027 - only kinds with state beyond FAISS
         """Write state FAISS does not hold (e.g. HNSW tombstones) beside the index."""
 
+    def _load_extra(self, path: Path) -> None:  # noqa: B027 - the counterpart of _save_extra
+        """Read what ``_save_extra`` wrote."""
+
 
 def read_faiss(path: Path, mmap: bool, binary: bool = False) -> Any:
     """Read a FAISS index, memory-mapped when asked (FAISS maps the kinds that support it)."""

@@ -1,19 +1,23 @@
-"""Binary codes (the sign of each dimension, 1 bit each) searched by Hamming distance with FAISS, the
-top candidates rescored exactly from the stored full vectors: 32x smaller than float32, very fast."""
+"""Binary codes (the sign of each dimension after centring, 1 bit each) searched by Hamming distance
+with FAISS, the top candidates rescored exactly from the stored full vectors: 32x smaller than
+float32, very fast. Centring on the mean vector first matters: embeddings often share a direction,
+and raw signs would then be nearly the same for every item."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
+from ..collection.atomic import atomic_write
 from .base import VectorIndex, VectorLookup, as_ids, as_vectors, exact_rescore
 
 
-def binarize(vectors: np.ndarray) -> np.ndarray:
-    """Pack the sign bits of each row: (N, dim) float -> (N, dim / 8) uint8."""
-    return np.packbits(as_vectors(vectors) > 0, axis=1)
+def binarize(vectors: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """Pack the sign bits of each centred row: (N, dim) float -> (N, dim / 8) uint8."""
+    return np.packbits(as_vectors(vectors) > center, axis=1)
 
 
 class BinaryIndex(VectorIndex):
@@ -27,10 +31,24 @@ class BinaryIndex(VectorIndex):
             raise ValueError(f"binary codes need a dimension divisible by 8, not {dim}")
         super().__init__(dim, rescore=rescore)
         self.index = index if index is not None else faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(dim))
+        self.center: np.ndarray | None = None
+
+    @property
+    def needs_training(self) -> bool:
+        return self.center is None
+
+    def train(self, vectors: np.ndarray) -> None:
+        self.center = as_vectors(vectors).mean(axis=0)
+
+    def _save_extra(self, path: Path) -> None:
+        atomic_write(path.with_suffix(".center.npy"), lambda f: np.save(f, self.center))
+
+    def _load_extra(self, path: Path) -> None:
+        self.center = np.load(path.with_suffix(".center.npy"))
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         self.remove(ids)
-        self.index.add_with_ids(binarize(vectors), as_ids(ids))
+        self.index.add_with_ids(binarize(vectors, self.center), as_ids(ids))
 
     def remove(self, ids: np.ndarray) -> None:
         if self.index.ntotal:
@@ -42,7 +60,7 @@ class BinaryIndex(VectorIndex):
         params = None
         if allowed is not None:
             params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(as_ids(allowed)))
-        distances, ids = self.index.search(binarize(queries), fetch, params=params)
+        distances, ids = self.index.search(binarize(queries, self.center), fetch, params=params)
         if lookup is None:  # without stored vectors: rank by Hamming similarity only
             scores = 1.0 - 2.0 * distances[:, :k].astype(np.float32) / self.dim
             return scores, ids[:, :k]

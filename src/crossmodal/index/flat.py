@@ -39,10 +39,12 @@ class FlatIndex(VectorIndex):
         self.index.train(as_vectors(vectors))
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self.remove(ids)  # re-embedded items replace their old vector
         self.index.add_with_ids(as_vectors(vectors), as_ids(ids))
 
     def remove(self, ids: np.ndarray) -> None:
-        self.index.remove_ids(faiss.IDSelectorBatch(as_ids(ids)))
+        if self.index.ntotal:
+            self.index.remove_ids(faiss.IDSelectorBatch(as_ids(ids)))
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
                lookup: VectorLookup | None = None) -> tuple[np.ndarray, np.ndarray]:

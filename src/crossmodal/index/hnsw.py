@@ -24,16 +24,15 @@ class HNSWIndex(VectorIndex):
     kind = "hnsw"
 
     def __init__(self, dim: int, m: int = 32, ef_construction: int = 80, ef_search: int = 64,
-                 storage: str = "fp32", index: Any = None, labels: np.ndarray | None = None,
-                 alive: np.ndarray | None = None) -> None:
+                 storage: str = "fp32", index: Any = None) -> None:
         super().__init__(dim, m=m, ef_construction=ef_construction, ef_search=ef_search, storage=storage)
         if index is None:
             index = (faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT) if storage == "fp32"
                      else faiss.IndexHNSWSQ(dim, STORAGE[storage], m, faiss.METRIC_INNER_PRODUCT))
             index.hnsw.efConstruction = ef_construction
         self.index = index
-        self.labels = np.zeros(0, dtype=np.int64) if labels is None else labels  # internal -> item id
-        self.alive = np.zeros(0, dtype=bool) if alive is None else alive
+        self.labels = np.zeros(0, dtype=np.int64)  # internal node -> item id
+        self.alive = np.zeros(0, dtype=bool)
 
     @property
     def rescores(self) -> bool:  # type: ignore[override]
@@ -94,3 +93,7 @@ class HNSWIndex(VectorIndex):
     def _save_extra(self, path: Path) -> None:
         atomic_write(path.with_suffix(".labels.npy"), lambda f: np.save(f, self.labels))
         atomic_write(path.with_suffix(".alive.npy"), lambda f: np.save(f, self.alive))
+
+    def _load_extra(self, path: Path) -> None:
+        self.labels = np.load(path.with_suffix(".labels.npy"))
+        self.alive = np.load(path.with_suffix(".alive.npy"))

@@ -8,6 +8,8 @@ from typing import Any
 
 # Below this many vectors exact search answers in a few milliseconds: no approximation needed.
 EXACT_UNTIL = 50_000
+# IVF-PQ learns 256 centroids per sub-vector and nlist cells: below this it cannot train well.
+IVFPQ_MIN = 2_000
 # ef_search for a recall@10 target; measured at 1M x 512 clustered vectors (benchmarks/search.py).
 EF_FOR_RECALL = ((0.90, 32), (0.95, 64), (0.98, 128), (0.99, 256))
 HNSW_M = 32
@@ -47,7 +49,7 @@ def plan_index(n: int, dim: int, memory: int | None = None, recall: float = 0.95
     """Pick an index for ``n`` vectors of ``dim`` within ``memory`` bytes (None: no limit) reaching
     recall@10 >= ``recall``. ``kind`` forces the kind and only the parameters are planned."""
     flat = n * dim * 4
-    nlist = max(16, min(65536, 1 << max(4, round(2 * (n ** 0.5)).bit_length() - 1)))
+    nlist = min(65536, 1 << max(4, round(2 * n ** 0.5).bit_length() - 1))  # a power of two near 2 sqrt(n)
     if kind is None and n <= EXACT_UNTIL:
         return IndexPlan("flat", {"storage": "fp32"}, flat, f"{n} vectors: exact search is fast enough")
     ef = _ef(recall)
@@ -63,10 +65,13 @@ def plan_index(n: int, dim: int, memory: int | None = None, recall: float = 0.95
         storage = "fp32" if memory is None or flat <= memory else ("fp16" if flat // 2 <= memory else "int8")
         per = {"fp32": 4, "fp16": 2, "int8": 1}[storage]
         return IndexPlan("flat", {"storage": storage}, n * dim * per, f"exact search, {storage} storage")
+    if kind == "ivfpq" and n < IVFPQ_MIN:
+        return IndexPlan("flat", {"storage": "fp32"}, flat,
+                         f"{n} vectors are too few to train IVF-PQ; exact search until {IVFPQ_MIN}")
     if kind == "binary":
         return IndexPlan("binary", {"rescore": 20}, n * (dim // 8 + 8), "sign codes, rescored exactly")
     for m in (64, 48, 32, 16, 8):
-        if dim % m == 0 and (memory is None or ivfpq_bytes(n, dim, m, nlist) <= memory):
+        if dim % m == 0 and m <= dim and (memory is None or ivfpq_bytes(n, dim, m, nlist) <= memory):
             return IndexPlan("ivfpq", {"nlist": nlist, "m": m, "nprobe": 32, "rescore": 10},
                              ivfpq_bytes(n, dim, m, nlist),
                              f"IVF-PQ ({m} bytes per vector) with exact rescoring fits the memory budget")

@@ -1,0 +1,177 @@
+"""Index kinds: exact answers (or the recall each promises), adds and deletes, full filtered pages,
+reloading from disk, the planner, and the collection keeping its index in step with the store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ColorEncoder, make_photo
+from crossmodal import Collection
+from crossmodal.index import build_index, load_index
+from crossmodal.index.planner import plan_index
+
+DIM = 64
+# kind, params, recall@10 the kind promises on this data
+KINDS = [
+    ("flat", {"storage": "fp32"}, 1.0),
+    ("flat", {"storage": "fp16"}, 0.99),
+    ("flat", {"storage": "int8"}, 0.99),
+    ("hnsw", {"storage": "fp32", "ef_search": 64}, 0.98),
+    ("hnsw", {"storage": "int8", "ef_search": 64}, 0.98),
+    ("ivfpq", {"nlist": 16, "m": 16, "nprobe": 8, "rescore": 10}, 0.95),
+    ("binary", {"rescore": 20}, 0.95),
+]
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(20, DIM))
+    x = centers[rng.integers(0, 20, 3000)] + 0.7 * rng.normal(size=(3000, DIM))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    q = centers[rng.integers(0, 20, 40)] + 0.7 * rng.normal(size=(40, DIM))
+    q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    ids = np.arange(3000, dtype=np.int64) * 7 + 5  # ids are not row numbers
+    return ids, x, q
+
+
+def _lookup(ids: np.ndarray, x: np.ndarray):
+    return lambda wanted: x[np.searchsorted(ids, wanted)]
+
+
+def _exact(ids: np.ndarray, x: np.ndarray, q: np.ndarray, k: int = 10) -> np.ndarray:
+    return ids[np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :k]]
+
+
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)]))
+
+
+@pytest.mark.parametrize(("kind", "params", "promise"), KINDS, ids=lambda v: str(v))
+def test_kind_finds_the_exact_neighbours(data, kind: str, params: dict, promise: float, tmp_path: Path) -> None:
+    ids, x, q = data
+    index = build_index(kind, ids, x, **params)
+    scores, found = index.query(q, 10, lookup=_lookup(ids, x))
+    truth = _exact(ids, x, q)
+    assert _recall(found, truth) >= promise
+    hits = found[0][found[0] >= 0]
+    if index.rescores or kind == "flat" and params["storage"] == "fp32":
+        assert np.allclose(scores[0][: len(hits)], x[np.searchsorted(ids, hits)] @ q[0], atol=1e-5)
+
+    index.save(tmp_path / "i.faiss")
+    again = load_index(tmp_path / "i.faiss")
+    assert np.array_equal(again.query(q, 10, lookup=_lookup(ids, x))[1], found)
+
+
+@pytest.mark.parametrize(("kind", "params", "promise"), KINDS, ids=lambda v: str(v))
+def test_adds_and_deletes_are_visible(data, kind: str, params: dict, promise: float) -> None:
+    ids, x, q = data
+    index = build_index(kind, ids, x, **params)
+    lookup_x, lookup_ids = x.copy(), ids.copy()
+    top = index.query(q[:1], 10, lookup=_lookup(lookup_ids, lookup_x))[1][0, 0]
+    index.remove(np.array([top]))
+    assert top not in index.query(q[:1], 10, lookup=_lookup(lookup_ids, lookup_x))[1][0]
+    new_id = ids.max() + 1
+    lookup_ids, lookup_x = np.append(ids, new_id), np.vstack([x, q[:1]])
+    index.add(np.array([new_id]), q[:1])
+    assert index.query(q[:1], 10, lookup=_lookup(lookup_ids, lookup_x))[1][0, 0] == new_id
+    assert index.ntotal == len(ids)
+
+
+@pytest.mark.parametrize(("kind", "params", "promise"), KINDS, ids=lambda v: str(v))
+def test_filters_give_full_pages(data, kind: str, params: dict, promise: float) -> None:
+    ids, x, q = data
+    index = build_index(kind, ids, x, **params)
+    rng = np.random.default_rng(1)
+    for share in (0.005, 0.6):  # a few matches (searched exactly) and most items (through the index)
+        allowed = np.sort(rng.choice(ids, size=int(share * len(ids)), replace=False))
+        _, found = index.query(q, 10, allowed=allowed, lookup=_lookup(ids, x))
+        assert (found >= 0).all() and np.isin(found, allowed).all()
+        truth = allowed[np.argsort(-(q @ x[np.searchsorted(ids, allowed)].T), axis=1, kind="stable")[:, :10]]
+        assert _recall(found, truth) >= promise - 0.05
+
+
+def test_planner_choices() -> None:
+    assert plan_index(10_000, 512).kind == "flat"
+    default = plan_index(1_000_000, 512)
+    assert default.kind == "hnsw" and default.params["storage"] == "fp32"
+    tight = plan_index(1_000_000, 512, memory=1 << 30)
+    assert tight.kind == "hnsw" and tight.params["storage"] == "int8" and tight.bytes <= 1 << 30
+    tiny = plan_index(1_000_000, 512, memory=100 << 20)
+    assert tiny.kind == "ivfpq" and tiny.bytes <= 100 << 20 and tiny.params["m"] <= 96
+    assert plan_index(1_000_000, 512, recall=0.99).params["ef_search"] > default.params["ef_search"]
+    assert plan_index(5000, 512, kind="ivfpq").kind == "ivfpq"
+    assert plan_index(100, 512, kind="ivfpq").kind == "flat"  # too few to train
+    with pytest.raises(ValueError, match="raise --memory"):
+        plan_index(1_000_000, 512, memory=1 << 20)
+
+
+@pytest.fixture
+def col(tmp_path: Path) -> Collection:
+    c = Collection.open(tmp_path / "col", model=ColorEncoder(dim=16))
+    rng = np.random.default_rng(2)
+    for i in range(40):
+        make_photo(tmp_path / "p" / f"{i:02d}.png", tuple(int(v) for v in rng.integers(0, 255, 3)), noise=20)
+    c.index_folder(tmp_path / "p", progress=False)
+    return c
+
+
+@pytest.mark.parametrize(("kind", "planned"), [("hnsw", "hnsw"), ("binary", "binary"), ("flat", "flat"),
+                                               ("ivfpq", "flat")])  # 40 photos are too few to train IVF-PQ
+def test_collection_with_an_index_answers_like_exact_search(col: Collection, kind: str, planned: str,
+                                                            tmp_path: Path) -> None:
+    exact = [h.id for h in col.search("red green", k=5)]
+    col.configure_index(kind)
+    assert col.manifest.index["image"]["kind"] == planned
+    assert json.loads((col.folder / "manifest.json").read_text())["index"]["image"]["kind"] == planned
+    assert (col.indexes.get("image") is not None) == (planned != "flat")
+    assert [h.id for h in col.search("red green", k=5)] == exact
+    victim = exact[0]
+    col.remove([victim])
+    make_photo(tmp_path / "p" / "new.png", (1, 2, 3))
+    col.add_images([tmp_path / "p" / "new.png"])
+    after = [h.id for h in col.search("red green", k=5)]
+    assert victim not in after and len(after) == 5
+    new = col.store.image_by_path(str(tmp_path / "p" / "new.png"))
+    assert col.search(image=tmp_path / "p" / "new.png", k=1, exclude_query_image=False)[0].id == new.id
+    assert col.search(image=tmp_path / "p" / "new.png", k=3)[0].id != new.id  # itself left out
+    col.close()
+    reopened = Collection.open(col.folder, model=ColorEncoder(dim=16))
+    assert [h.id for h in reopened.search("red green", k=5)] == after
+
+
+def test_text_collection_with_ivfpq(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    words = [f"w{i}" for i in range(300)]
+    c = Collection.open(tmp_path / "texts", model=ColorEncoder(dim=32))
+    c.add_texts([" ".join(rng.choice(words, 6)) for _ in range(2500)])
+    queries = [" ".join(rng.choice(words, 3)) for _ in range(20)]
+    exact = [[h.score for h in c.search(q, kind="text", k=10)] for q in queries]
+    c.configure_index("ivfpq")
+    assert c.manifest.index["text"]["kind"] == "ivfpq" and c.indexes.get("text").kind == "ivfpq"
+    approx = [[h.score for h in c.search(q, kind="text", k=10)] for q in queries]
+    # hashed words tie a lot, so compare by score: the share of results as good as the exact 10th
+    good = [np.mean(np.array(a) >= e[-1] - 1e-6) for a, e in zip(approx, exact, strict=True)]
+    assert np.mean(good) >= 0.9
+    hits = c.search(queries[0], kind="text", k=10, where=["id<500"])
+    assert len(hits) == 10 and all(h.id < 500 for h in hits)
+
+
+def test_index_updates_in_place_and_rebuilds_on_threshold(col: Collection) -> None:
+    col.configure_index("hnsw")
+    state_path = col.folder / "index" / "image.state.json"
+    first = json.loads(state_path.read_text())
+    ids = col.store.ids_where("kind = 'image'")
+    col.remove(ids[:3])  # 3 of 40 deleted: tombstones under the threshold, updated in place
+    col.search("x", k=3)
+    second = json.loads(state_path.read_text())
+    assert second["generation"] > first["generation"] and second["built_n"] == first["built_n"] == 40
+    assert col.indexes.get("image").stale_fraction == pytest.approx(3 / 40)
+    col.remove(ids[3:12])  # now 12 of 40: over 20%, rebuilt from the snapshot
+    col.search("x", k=3)
+    third = json.loads(state_path.read_text())
+    assert third["built_n"] == 28 and col.indexes.get("image").stale_fraction == 0
