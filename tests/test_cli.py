@@ -104,3 +104,19 @@ def test_model_mismatch_message(demo: Path, tmp_path: Path) -> None:
     LiteHeads().save(heads, {})
     result = runner.invoke(app, ["search", "dog", "--model", str(heads), "-c", str(demo)])
     assert result.exit_code == 2 and "built with model 'lite'" in result.output
+
+
+def test_reindex_changes_the_index_and_keeps_the_answers(demo: Path) -> None:
+    before = json.loads(runner.invoke(app, ["search", "a dog", "--json", "-c", str(demo)]).stdout)
+    result = runner.invoke(app, ["reindex", "--index", "hnsw", "-c", str(demo)])
+    assert result.exit_code == 0 and "image: hnsw" in result.output, result.output
+    info = json.loads(runner.invoke(app, ["info", "--json", "-c", str(demo)]).stdout)
+    assert info["index"]["image"]["kind"] == "hnsw" and info["index"]["kind"] == "hnsw"
+    after = json.loads(runner.invoke(app, ["search", "a dog", "--json", "-c", str(demo)]).stdout)
+    assert [h["id"] for h in after] == [h["id"] for h in before]
+    result = runner.invoke(app, ["reindex", "--index", "auto", "-c", str(demo)])
+    assert result.exit_code == 0 and "image: flat" in result.output
+    bad = runner.invoke(app, ["reindex", "--memory", "lots", "-c", str(demo)])
+    assert bad.exit_code == 2 and "bad size" in bad.output
+    bad = runner.invoke(app, ["reindex", "--index", "annoy", "-c", str(demo)])
+    assert bad.exit_code == 2 and "unknown index kind" in bad.output

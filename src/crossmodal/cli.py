@@ -295,3 +295,27 @@ def compare_reports(
     for name, va, vb, delta in compare(ra, rb):
         table.add_row(name, f"{va:.2f}", f"{vb:.2f}", f"{delta:+.2f}")
     Console(width=120).print(table)
+
+
+@app.command()
+@friendly
+def serve(
+    collection: Annotated[Path | None, typer.Argument(help="Collection folder (default: as for the other "
+                                                      "commands).", show_default=False)] = None,
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the server to the network.")] =
+    "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    api_key: Annotated[str | None, typer.Option(envvar="CROSSMODAL_API_KEY", help="Key that write endpoints "
+                                                "(upload, delete) require [env: CROSSMODAL_API_KEY].")] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload.")] = 20.0,
+) -> None:
+    """Serve the HTTP API (OpenAPI docs at /docs) and the search page at http://HOST:PORT/."""
+    import uvicorn
+
+    from .server.app import create_app
+
+    folder = collection or default_collection()
+    Collection.open(folder, create=False).close()  # fail fast, with a clear message, on a wrong folder
+    err.print(f"serving {folder} on http://{host}:{port}/  (API docs: /docs)", highlight=False)
+    uvicorn.run(create_app(folder, api_key=api_key, max_upload_mb=max_upload_mb), host=host, port=port,
+                log_level="warning")

@@ -97,7 +97,8 @@ class ItemStore:
     def __init__(self, folder: Path, dim: int) -> None:
         self.folder = Path(folder)
         self.dim = dim
-        self.db = sqlite3.connect(self.folder / DB, timeout=60, isolation_level=None)
+        # One connection; the HTTP server shares it between threads and serialises access itself.
+        self.db = sqlite3.connect(self.folder / DB, timeout=60, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)

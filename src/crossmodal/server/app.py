@@ -1,0 +1,335 @@
+"""The HTTP API and web page (FastAPI): search by text, photo upload, item id or weighted mixes;
+add and delete items; health, readiness and Prometheus metrics.
+
+Every bad request gets a 4xx whose ``detail`` says what to fix; the server keeps serving.
+"""
+
+import hmac
+import io
+import threading
+import time
+from contextlib import asynccontextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field, model_validator
+from starlette.concurrency import run_in_threadpool
+
+from .. import __version__
+from ..collection.collection import Collection, Hit
+from ..collection.sync import content_hash
+from ..encoders.base import normalize
+from ..search.filters import COLUMNS, parse_condition
+from ..sources.images import ImageError, is_image_path, load_image
+from .batcher import EncodeBatcher
+from .metrics import Metrics
+
+STATIC = Path(__file__).parent / "static"
+MAX_K = 200
+MAX_OFFSET = 10_000
+
+
+class TermIn(BaseModel):
+    """One weighted part of a query: a text or a stored item (by id)."""
+
+    text: str | None = Field(None, max_length=2000)
+    image_id: int | None = None
+    weight: float = Field(1.0, ge=-10, le=10)
+
+    @model_validator(mode="after")
+    def one_of(self) -> "TermIn":
+        if (self.text is None) == (self.image_id is None):
+            raise ValueError("each term needs exactly one of 'text' or 'image_id'")
+        return self
+
+
+class SearchIn(BaseModel):
+    """A search: a text, an item id ("more like this"), extra weighted terms, filters and a page."""
+
+    text: str | None = Field(None, max_length=2000, description="What to look for, in words.")
+    image_id: int | None = Field(None, description="Find items like this stored item.")
+    terms: list[TermIn] = Field(default_factory=list, max_length=16)
+    k: int = Field(20, ge=1, le=MAX_K, description="Results per page.")
+    offset: int = Field(0, ge=0, le=MAX_OFFSET, description="Results to skip (paging).")
+    kind: Literal["image", "text"] = "image"
+    path: str | None = Field(None, max_length=1000, description="Glob on stored paths.")
+    where: list[str] = Field(default_factory=list, max_length=16, description='Conditions like "album=paris".')
+
+
+class HitOut(BaseModel):
+    id: int
+    score: float
+    kind: str
+    path: str | None = None
+    text: str | None = None
+    fields: dict[str, Any] | None = None
+    thumbnail: str | None = None
+
+
+class SearchOut(BaseModel):
+    results: list[HitOut]
+    k: int
+    offset: int
+    took_ms: float
+
+
+def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb: float = 20.0,
+               max_batch: int = 32) -> FastAPI:
+    """Build the app over one collection; the model loads once, at start."""
+    state: dict[str, Any] = {}
+    lock = threading.RLock()  # one SQLite connection, shared by the worker threads
+    metrics = Metrics()
+    max_upload = int(max_upload_mb * 1024 * 1024)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        c = Collection.open(collection, create=False)
+        state["collection"] = c
+        state["batcher"] = EncodeBatcher(c.encoder, max_batch=max_batch, on_batch=metrics.batch_size.observe)
+        await run_in_threadpool(_locked, c.refresh_indexes)
+        state["ready"] = True
+        yield
+        state["ready"] = False
+        state["batcher"].close()
+        c.close()
+
+    def _locked(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return fn(*args, **kwargs)
+
+    app = FastAPI(title="crossmodal", version=__version__, lifespan=lifespan,
+                  description="Cross-modal search over one collection: photos by text, by photo, by example.")
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Any) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = route.path if route is not None else "unmatched"
+        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+        metrics.latency.labels(path).observe(time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
+                    for e in exc.errors()]
+        return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+    def col() -> Collection:
+        if not state.get("ready"):
+            raise HTTPException(503, "starting up: the model is loading")
+        return state["collection"]
+
+    def require_key(x_api_key: Annotated[str | None, Header()] = None,
+                    authorization: Annotated[str | None, Header()] = None) -> None:
+        if api_key is None:
+            return
+        given = x_api_key or (authorization or "").removeprefix("Bearer ").strip()
+        if not given or not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise HTTPException(401, "this endpoint needs the API key: send it as X-API-Key or Authorization: Bearer")
+
+    def known_fields(c: Collection) -> set[str]:
+        return _field_names(c, c.store.generation)
+
+    @lru_cache(maxsize=4)
+    def _field_names(c: Collection, generation: int) -> set[str]:
+        rows = _locked(c.store.db.execute, "SELECT DISTINCT key FROM items, json_each(items.fields)").fetchall()
+        return {r[0] for r in rows}
+
+    def check_filters(c: Collection, where: list[str]) -> list[Any]:
+        conditions = []
+        for spec in where:
+            try:
+                cond = parse_condition(spec)
+            except ValueError as e:
+                raise HTTPException(400, str(e)) from None
+            if cond.key not in COLUMNS and cond.key not in known_fields(c):
+                known = sorted(known_fields(c) | COLUMNS)
+                raise HTTPException(400, f"unknown filter field {cond.key!r}; known: {', '.join(known)}")
+            conditions.append(cond)
+        return conditions
+
+    def stored_vector(c: Collection, item_id: int) -> np.ndarray:
+        try:
+            return _locked(c.store.vector, item_id)
+        except KeyError:
+            raise HTTPException(404, f"no item with id {item_id}") from None
+
+    async def run_search(c: Collection, vector: np.ndarray, body: SearchIn, exclude: list[int]) -> SearchOut:
+        start = time.perf_counter()
+        conditions = check_filters(c, body.where)
+        hits = await run_in_threadpool(_locked, c.search_vector, vector, k=body.k + body.offset, kind=body.kind,
+                                       path=body.path, where=conditions, exclude=exclude)
+        page = hits[body.offset:]
+        return SearchOut(results=[_hit(h) for h in page], k=body.k, offset=body.offset,
+                         took_ms=(time.perf_counter() - start) * 1000)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/health", summary="Liveness: the process answers.")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="Readiness: model loaded and collection open.")
+    async def ready() -> JSONResponse:
+        if not state.get("ready"):
+            return JSONResponse({"status": "starting"}, status_code=503)
+        c = state["collection"]
+        return JSONResponse({"status": "ready", "model": c.manifest.model,
+                             "images": _locked(c.store.count, "image"), "texts": _locked(c.store.count, "text")})
+
+    @app.get("/metrics", summary="Prometheus metrics.", include_in_schema=False)
+    async def prometheus() -> Response:
+        if state.get("ready"):
+            c = state["collection"]
+            for kind in ("image", "text"):
+                metrics.items.labels(kind).set(_locked(c.store.count, kind))
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    @app.get("/api/info", summary="The collection: model, counts, index.")
+    async def info(c: Annotated[Collection, Depends(col)]) -> dict[str, Any]:
+        facts = await run_in_threadpool(_locked, c.info)
+        facts["fields"] = sorted(known_fields(c))
+        return facts
+
+    @app.post("/api/search", response_model=SearchOut, summary="Search by text, item id and weighted terms.")
+    async def search(body: SearchIn, c: Annotated[Collection, Depends(col)]) -> SearchOut:
+        parts: list[tuple[float, np.ndarray]] = []
+        if body.text is not None:
+            if not body.text.strip():
+                raise HTTPException(400, "text is empty: type something to search for")
+            parts.append((1.0, await state["batcher"].text(body.text)))
+        if body.image_id is not None:
+            parts.append((1.0, stored_vector(c, body.image_id)))
+        for term in body.terms:
+            if term.text is not None:
+                if not term.text.strip():
+                    raise HTTPException(400, "a term's text is empty")
+                parts.append((term.weight, await state["batcher"].text(term.text)))
+            else:
+                parts.append((term.weight, stored_vector(c, term.image_id)))
+        if not parts:
+            raise HTTPException(400, "nothing to search for: give text, image_id or terms")
+        total = sum(w * v for w, v in parts)
+        if not np.any(total):
+            raise HTTPException(400, "the query terms cancel out")
+        exclude = [i for i in [body.image_id, *(t.image_id for t in body.terms if t.weight > 0)] if i is not None]
+        return await run_search(c, normalize(np.asarray(total, dtype=np.float32)), body, exclude)
+
+    @app.post("/api/search/image", response_model=SearchOut, summary="Search by an uploaded photo.")
+    async def search_image(c: Annotated[Collection, Depends(col)], file: Annotated[UploadFile, File()],
+                           k: Annotated[int, Form(ge=1, le=MAX_K)] = 20,
+                           offset: Annotated[int, Form(ge=0, le=MAX_OFFSET)] = 0,
+                           kind: Annotated[Literal["image", "text"], Form()] = "image",
+                           path: Annotated[str | None, Form()] = None) -> SearchOut:
+        data = await read_upload(file)
+        image = decode(data)
+        vector = await state["batcher"].image(image)
+        same = await run_in_threadpool(_locked, c.store.by_hash, content_hash(data), "image")
+        return await run_search(c, vector, SearchIn(k=k, offset=offset, kind=kind, path=path),
+                                [it.id for it in same])
+
+    @app.get("/api/items/{item_id}/similar", response_model=SearchOut, summary="More like this item.")
+    async def similar(item_id: int, c: Annotated[Collection, Depends(col)],
+                      k: Annotated[int, Field(ge=1, le=MAX_K)] = 20,
+                      offset: Annotated[int, Field(ge=0, le=MAX_OFFSET)] = 0,
+                      kind: Literal["image", "text"] = "image") -> SearchOut:
+        if not 1 <= k <= MAX_K or not 0 <= offset <= MAX_OFFSET:
+            raise HTTPException(422, f"k must be 1..{MAX_K} and offset 0..{MAX_OFFSET}")
+        return await run_search(c, stored_vector(c, item_id), SearchIn(k=k, offset=offset, kind=kind), [item_id])
+
+    @app.get("/api/items/{item_id}", response_model=HitOut, summary="One item's metadata.")
+    async def item(item_id: int, c: Annotated[Collection, Depends(col)]) -> HitOut:
+        found = _locked(c.store.get, [item_id]).get(item_id)
+        if found is None:
+            raise HTTPException(404, f"no item with id {item_id}")
+        return _hit(Hit(found.id, 1.0, found.kind, found.path, found.text, found.fields or None))
+
+    @app.get("/api/items/{item_id}/thumbnail", summary="A JPEG thumbnail of a stored photo.")
+    async def thumbnail(item_id: int, c: Annotated[Collection, Depends(col)], size: int = 256) -> Response:
+        if not 16 <= size <= 1024:
+            raise HTTPException(422, "size must be 16..1024")
+        found = _locked(c.store.get, [item_id]).get(item_id)
+        if found is None or found.kind != "image":
+            raise HTTPException(404, f"no photo with id {item_id}")
+        try:
+            data = await run_in_threadpool(_thumbnail, found.path, found.hash, size)
+        except ImageError as e:
+            raise HTTPException(410, f"the photo can no longer be read: {e}") from None
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
+
+    @app.post("/api/items", summary="Upload photos into the collection (API key).",
+              dependencies=[Depends(require_key)])
+    async def upload(c: Annotated[Collection, Depends(col)], files: Annotated[list[UploadFile], File()]
+                     ) -> dict[str, Any]:
+        uploads = Path(c.folder) / "uploads"
+        saved = []
+        for f in files:
+            data = await read_upload(f)
+            decode(data)
+            suffix = Path(f.filename or "").suffix.lower()
+            suffix = suffix if is_image_path(Path("x" + suffix)) else ".jpg"
+            target = uploads / f"{content_hash(data)}{suffix}"
+            uploads.mkdir(exist_ok=True)
+            if not target.exists():
+                target.write_bytes(data)
+            saved.append(target)
+        report = await run_in_threadpool(_locked, c.add_images, saved)
+        ids = [_locked(c.store.image_by_path, str(p)).id for p in saved]
+        return {"ids": ids, "added": report.added, "reused": report.reused + report.unchanged}
+
+    @app.post("/api/texts", summary="Add texts (API key).", dependencies=[Depends(require_key)])
+    async def add_texts(texts: Annotated[list[str], Field(min_length=1, max_length=1000)],
+                        c: Annotated[Collection, Depends(col)]) -> dict[str, Any]:
+        if any(not t.strip() for t in texts):
+            raise HTTPException(400, "empty text: every text needs a non-space character")
+        report = await run_in_threadpool(_locked, c.add_texts, texts)
+        return {"added": report.added}
+
+    @app.delete("/api/items/{item_id}", summary="Delete an item (API key).", dependencies=[Depends(require_key)])
+    async def delete(item_id: int, c: Annotated[Collection, Depends(col)]) -> dict[str, Any]:
+        if not await run_in_threadpool(_locked, c.remove, [item_id]):
+            raise HTTPException(404, f"no item with id {item_id}")
+        return {"deleted": item_id}
+
+    async def read_upload(file: UploadFile) -> bytes:
+        data = await file.read(max_upload + 1)
+        if len(data) > max_upload:
+            raise HTTPException(413, f"upload over the {max_upload_mb:g} MB limit")
+        if not data:
+            raise HTTPException(400, "the uploaded file is empty")
+        return data
+
+    return app
+
+
+def decode(data: bytes) -> Any:
+    try:
+        return load_image(data)
+    except ImageError as e:
+        raise HTTPException(400, f"the upload is not a usable image: {e}") from None
+
+
+def _hit(h: Hit) -> HitOut:
+    thumb = f"/api/items/{h.id}/thumbnail" if h.kind == "image" else None
+    return HitOut(id=h.id, score=h.score, kind=h.kind, path=h.path, text=h.text, fields=h.fields, thumbnail=thumb)
+
+
+@lru_cache(maxsize=2048)
+def _thumbnail(path: str, digest: str, size: int) -> bytes:
+    """JPEG thumbnail bytes; cached by content hash, so a changed file gets a new one."""
+    image = load_image(path)
+    image.thumbnail((size, size))
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=85)
+    return out.getvalue()

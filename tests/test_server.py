@@ -1,0 +1,173 @@
+"""The HTTP API: every endpoint, each bad request answered with a clear 4xx, and batching."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from conftest import SAMPLES, ColorEncoder
+from crossmodal import Collection
+from crossmodal.server.app import create_app
+from crossmodal.server.batcher import EncodeBatcher
+
+KEY = "s3cret"
+DOG = "1679557684_50a206e4a9.jpg"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("serve")
+    photos = root / "photos"
+    shutil.copytree(SAMPLES / "photos", photos)
+    with Collection.open(root / "col") as c:
+        c.index_folder(photos, progress=False, fields={"album": "samples"})
+        c.index_captions(SAMPLES / "captions.tsv", progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def client(folder: Path):
+    with TestClient(create_app(folder / "col", api_key=KEY, max_upload_mb=0.5)) as client:
+        yield client
+
+
+def _jpeg(color=(200, 30, 30), size=(64, 64)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def test_health_ready_metrics_page_and_schema(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready").json()
+    assert ready["status"] == "ready" and ready["images"] == 35 and ready["texts"] == 175
+    page = client.get("/")
+    assert page.status_code == 200 and "<input id=\"q\"" in page.text
+    assert client.get("/static/app.js").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/api/search", "/api/search/image", "/api/items", "/api/items/{item_id}/similar"} <= set(paths)
+    client.post("/api/search", json={"text": "a dog"})
+    metrics = client.get("/metrics").text
+    assert 'crossmodal_collection_items{kind="image"} 35.0' in metrics
+    assert 'crossmodal_requests_total{method="POST",route="/api/search",status="200"}' in metrics
+    assert "crossmodal_request_seconds_bucket" in metrics and "crossmodal_encode_batch_size_count" in metrics
+
+
+def test_text_search_with_paging_and_filters(client: TestClient) -> None:
+    first = client.post("/api/search", json={"text": "a dog running", "k": 10}).json()
+    assert len(first["results"]) == 10 and first["results"][0]["thumbnail"].endswith("/thumbnail")
+    scores = [h["score"] for h in first["results"]]
+    assert scores == sorted(scores, reverse=True)
+    page2 = client.post("/api/search", json={"text": "a dog running", "k": 5, "offset": 5}).json()
+    assert [h["id"] for h in page2["results"]] == [h["id"] for h in first["results"][5:]]
+    filtered = client.post("/api/search", json={"text": "a dog", "k": 5, "path": f"*{DOG[:6]}*"}).json()
+    assert [Path(h["path"]).name for h in filtered["results"]] == [DOG]
+    where = client.post("/api/search", json={"text": "a dog", "k": 3, "where": ["album=samples"]}).json()
+    assert len(where["results"]) == 3 and where["results"][0]["fields"] == {"album": "samples"}
+    texts = client.post("/api/search", json={"text": "a dog", "kind": "text", "k": 3}).json()
+    assert all("dog" in h["text"].lower() for h in texts["results"])
+
+
+def test_more_like_this_mixes_and_items(client: TestClient) -> None:
+    hit = client.post("/api/search", json={"text": "a black dog", "k": 1}).json()["results"][0]
+    similar = client.get(f"/api/items/{hit['id']}/similar", params={"k": 5}).json()
+    assert len(similar["results"]) == 5 and hit["id"] not in [h["id"] for h in similar["results"]]
+    by_body = client.post("/api/search", json={"image_id": hit["id"], "k": 5}).json()
+    assert [h["id"] for h in by_body["results"]] == [h["id"] for h in similar["results"]]
+    mixed = client.post("/api/search", json={"text": "beach", "terms": [{"text": "people", "weight": -1},
+                                                                         {"image_id": hit["id"], "weight": 0.5}]})
+    assert mixed.status_code == 200 and hit["id"] not in [h["id"] for h in mixed.json()["results"]]
+    item = client.get(f"/api/items/{hit['id']}").json()
+    assert item["path"] == hit["path"] and item["kind"] == "image"
+    thumb = client.get(f"/api/items/{hit['id']}/thumbnail", params={"size": 64})
+    assert thumb.headers["content-type"] == "image/jpeg" and max(Image.open(io.BytesIO(thumb.content)).size) == 64
+
+
+def test_search_by_uploaded_photo(client: TestClient, folder: Path) -> None:
+    data = (folder / "photos" / DOG).read_bytes()
+    result = client.post("/api/search/image", files={"file": ("q.jpg", data, "image/jpeg")}, data={"k": "4"})
+    assert result.status_code == 200, result.text
+    names = [Path(h["path"]).name for h in result.json()["results"]]
+    assert len(names) == 4 and DOG not in names  # the photo itself is left out
+    captions = client.post("/api/search/image", files={"file": ("q.jpg", data)}, data={"kind": "text", "k": "5"})
+    assert sum("dog" in h["text"].lower() for h in captions.json()["results"]) >= 3
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "kwargs", "status", "message"),
+    [
+        ("post", "/api/search", {"json": {"text": "x", "k": 0}}, 422, "k: Input should be greater than"),
+        ("post", "/api/search", {"json": {"text": "x", "k": 1000}}, 422, "k: Input should be less than"),
+        ("post", "/api/search", {"json": {"text": "x", "k": "many"}}, 422, "k: Input should be a valid integer"),
+        ("post", "/api/search", {"json": {"text": 42}}, 422, "text: Input should be a valid string"),
+        ("post", "/api/search", {"json": {"text": "x", "offset": -1}}, 422, "offset"),
+        ("post", "/api/search", {"json": {"text": "  "}}, 400, "text is empty"),
+        ("post", "/api/search", {"json": {}}, 400, "nothing to search for"),
+        ("post", "/api/search", {"json": {"text": "x", "where": ["colour=red"]}}, 400, "unknown filter field 'colour'"),
+        ("post", "/api/search", {"json": {"text": "x", "where": ["album"]}}, 400, "expected KEY=VALUE"),
+        ("post", "/api/search", {"json": {"text": "x", "kind": "video"}}, 422, "kind"),
+        ("post", "/api/search", {"json": {"terms": [{"weight": 1}]}}, 422, "exactly one of"),
+        ("post", "/api/search", {"json": {"image_id": 999999}}, 404, "no item with id 999999"),
+        ("post", "/api/search", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422,
+         "JSON"),
+        ("post", "/api/search/image", {"files": {"file": ("x.jpg", b"not an image")}}, 400, "not a usable image"),
+        ("post", "/api/search/image", {"files": {"file": ("x.jpg", b"")}}, 400, "empty"),
+        ("post", "/api/search/image", {"files": {"file": ("x.jpg", b"\xff" * 600_000)}}, 413, "0.5 MB limit"),
+        ("post", "/api/search/image", {}, 422, "file: Field required"),
+        ("get", "/api/items/999999", {}, 404, "no item"),
+        ("get", "/api/items/abc", {}, 422, "item_id"),
+        ("get", "/api/items/1/similar?k=0", {}, 422, "k"),
+        ("get", "/api/items/1/thumbnail?size=5", {}, 422, "size must be"),
+    ],
+)
+def test_bad_requests_get_clear_4xx(client: TestClient, method: str, url: str, kwargs: dict, status: int,
+                                    message: str) -> None:
+    response = getattr(client, method)(url, **kwargs)
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+    assert client.get("/health").status_code == 200  # still serving
+
+
+def test_write_endpoints_need_the_key(client: TestClient) -> None:
+    photo = _jpeg((10, 200, 40))
+    assert client.post("/api/items", files={"files": ("new.jpg", photo)}).status_code == 401
+    bad_key = client.post("/api/items", files={"files": ("new.jpg", photo)}, headers={"X-API-Key": "nope"})
+    assert bad_key.status_code == 401 and "API key" in bad_key.json()["detail"]
+    added = client.post("/api/items", files={"files": ("new.jpg", photo)}, headers={"X-API-Key": KEY})
+    assert added.status_code == 200, added.text
+    new_id = added.json()["ids"][0]
+    found = client.post("/api/search/image", files={"file": ("q.jpg", _jpeg((12, 198, 42)))}, data={"k": "1"})
+    assert found.json()["results"][0]["id"] == new_id
+    corrupt = client.post("/api/items", files={"files": ("bad.jpg", b"junk")}, headers={"X-API-Key": KEY})
+    assert corrupt.status_code == 400
+    assert client.delete(f"/api/items/{new_id}").status_code == 401
+    assert client.delete(f"/api/items/{new_id}", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert client.get(f"/api/items/{new_id}").status_code == 404
+    assert client.delete(f"/api/items/{new_id}", headers={"X-API-Key": KEY}).status_code == 404
+    texts = client.post("/api/texts", json=["a red kite over the sea"], headers={"X-API-Key": KEY})
+    assert texts.json() == {"added": 1}
+    assert client.post("/api/texts", json=[" "], headers={"X-API-Key": KEY}).status_code == 400
+
+
+def test_batcher_encodes_concurrent_queries_together() -> None:
+    encoder = ColorEncoder()
+    sizes: list[int] = []
+    batcher = EncodeBatcher(encoder, max_batch=32, max_wait=0.05, on_batch=sizes.append)
+
+    async def many() -> list[np.ndarray]:
+        return await asyncio.gather(*(batcher.text(f"query number {i}") for i in range(16)))
+
+    try:
+        vectors = asyncio.run(many())
+    finally:
+        batcher.close()
+    assert sum(sizes) == 16 and max(sizes) > 1 and len(sizes) < 16
+    alone = encoder.encode_texts([f"query number {i}" for i in range(16)])
+    assert np.allclose(np.stack(vectors), alone, atol=1e-6)
