@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--single", type=int, default=300, help="queries timed one at a time per kind")
     parser.add_argument("--kinds", default="hnsw,ivfpq,binary,flat-fp16,flat-int8")
-    parser.add_argument("--ef", default="32,64,128", help="HNSW ef_search values to sweep")
+    parser.add_argument("--ef", default="32,64,96,128", help="HNSW ef_search values to sweep")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     faiss.omp_set_num_threads(args.threads)

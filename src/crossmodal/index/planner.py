@@ -11,7 +11,7 @@ EXACT_UNTIL = 50_000
 # IVF-PQ learns 256 centroids per sub-vector and nlist cells: below this it cannot train well.
 IVFPQ_MIN = 2_000
 # ef_search for a recall@10 target; measured at 1M x 512 clustered vectors (benchmarks/search.py).
-EF_FOR_RECALL = ((0.90, 32), (0.95, 64), (0.98, 128), (0.99, 256))
+EF_FOR_RECALL = ((0.90, 48), (0.95, 96), (0.98, 128), (0.99, 256))
 HNSW_M = 32
 
 

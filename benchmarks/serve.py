@@ -1,0 +1,125 @@
+"""Load test of `crossmodal serve` on 127.0.0.1: concurrent clients sending text queries.
+
+    python benchmarks/serve.py [--clients 16] [--seconds 30] [--split all]
+
+Builds (once, cached in runs/) a collection of the Flickr8k photos with the default model, starts
+`crossmodal serve` in a subprocess on a free loopback port, and runs a bounded closed-loop load:
+each client sends its next query as soon as the previous answer arrives, for a fixed time. Queries
+are distinct Flickr8k `dev` captions (no query repeats, so no cache can help). Prints throughput,
+latency percentiles and errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from crossmodal import Collection
+from crossmodal.sources.datasets import load_flickr_layout
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_collection(data_root: Path, split: str, folder: Path) -> int:
+    """Index the split's photos (all photos for 'all') into ``folder``; reuses a finished one."""
+    splits = ("train", "dev", "test") if split == "all" else (split,)
+    photos = [p for s in splits for p in load_flickr_layout(data_root, s).images]
+    links = folder.parent / f"{folder.name}-photos"
+    links.mkdir(parents=True, exist_ok=True)
+    for p in photos:
+        link = links / p.name
+        if not link.exists():
+            link.symlink_to(p)
+    with Collection.open(folder) as c:
+        c.index_folder(links, progress=True)
+        return c.store.count("image")
+
+
+async def client(base: str, queries: list[str], stop_at: float, latencies: list[float], errors: list[str],
+                 k: int) -> None:
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        for query in queries:
+            if time.perf_counter() >= stop_at:
+                return
+            start = time.perf_counter()
+            try:
+                r = await http.post("/api/search", json={"text": query, "k": k})
+                if r.status_code != 200 or len(r.json()["results"]) != k:
+                    errors.append(f"{r.status_code}: {r.text[:80]}")
+                    continue
+            except httpx.HTTPError as e:
+                errors.append(repr(e))
+                continue
+            latencies.append(time.perf_counter() - start)
+
+
+async def load(base: str, queries: list[str], clients: int, seconds: float, k: int) -> tuple[list[float], list[str],
+                                                                                              float]:
+    latencies: list[float] = []
+    errors: list[str] = []
+    shares = [queries[i::clients] for i in range(clients)]
+    start = time.perf_counter()
+    await asyncio.gather(*(client(base, s, start + seconds, latencies, errors, k) for s in shares))
+    return latencies, errors, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/datasets/flickr8k")
+    parser.add_argument("--split", default="all", help="photos to serve: train, dev, test or all")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--collection", type=Path, default=ROOT / "runs" / "bench-serve")
+    args = parser.parse_args()
+    console = Console()
+
+    n = build_collection(args.data, args.split, args.collection / args.split)
+    queries = list(dict.fromkeys(load_flickr_layout(args.data, "dev").texts))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "crossmodal", "serve", str(args.collection / args.split),
+                               "--port", str(port)], env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise SystemExit("server did not become ready in 120 s")
+        asyncio.run(load(base, queries[:64], args.clients, 3.0, args.k))  # warm-up, not counted
+        latencies, errors, wall = asyncio.run(load(base, queries[64:], args.clients, args.seconds, args.k))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    ms = np.asarray(latencies) * 1000
+    table = Table(title=f"crossmodal serve, default model, {n} Flickr8k photos, {args.clients} clients, "
+                        f"{args.seconds:.0f} s, k={args.k}")
+    for col in ("requests", "errors", "requests/s", "p50 ms", "p90 ms", "p99 ms", "max ms"):
+        table.add_column(col, justify="right")
+    table.add_row(str(len(ms)), str(len(errors)), f"{len(ms) / wall:.1f}", f"{np.percentile(ms, 50):.1f}",
+                  f"{np.percentile(ms, 90):.1f}", f"{np.percentile(ms, 99):.1f}", f"{ms.max():.1f}")
+    console.print(table)
+    for e in errors[:5]:
+        console.print(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
