@@ -25,22 +25,31 @@ class VectorIndex(ABC):
     kind: ClassVar[str]
     rescores: ClassVar[bool] = False
 
-    def __init__(self, dim: int, **params: Any) -> None:
+    def __init__(self, dim: int, index: Any, **params: Any) -> None:
         self.dim = dim
+        self.index = index  # the FAISS index
         self.params = params
 
     @property
     def needs_training(self) -> bool:
-        return False
+        return not self.index.is_trained
 
-    def train(self, vectors: np.ndarray) -> None:  # noqa: B027 - optional for most kinds
-        """Learn codebooks from a sample (kinds that quantize)."""
+    def train(self, vectors: np.ndarray) -> None:
+        """Learn what the kind needs from a sample (quantizer codebooks, value ranges)."""
+        self.index.train(as_vectors(vectors))
 
-    @abstractmethod
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add items; an id already present is replaced (a re-embedded item)."""
+        self.remove(ids)
+        self.index.add_with_ids(self._codes(vectors), as_ids(ids))
 
-    @abstractmethod
-    def remove(self, ids: np.ndarray) -> None: ...
+    def remove(self, ids: np.ndarray) -> None:
+        if self.index.ntotal:
+            self.index.remove_ids(faiss.IDSelectorBatch(as_ids(ids)))
+
+    def _codes(self, vectors: np.ndarray) -> np.ndarray:
+        """What the FAISS index stores for ``vectors`` (binary codes override this)."""
+        return as_vectors(vectors)
 
     @abstractmethod
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
@@ -49,16 +58,13 @@ class VectorIndex(ABC):
         ``lookup`` gives stored vectors for exact rescoring."""
 
     @property
-    @abstractmethod
-    def ntotal(self) -> int: ...
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
 
     @property
     @abstractmethod
     def nbytes(self) -> int:
         """Memory the index itself holds (stored full vectors read through ``lookup`` not counted)."""
-
-    @abstractmethod
-    def _faiss(self) -> Any: ...
 
     def query(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
               lookup: VectorLookup | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -80,9 +86,9 @@ class VectorIndex(ABC):
 
     def save(self, path: Path) -> None:
         """Write the FAISS index and a JSON sidecar (kind, dimension, parameters), each atomically."""
-        index = self._faiss()
-        serialize = faiss.serialize_index_binary if isinstance(index, faiss.IndexBinary) else faiss.serialize_index
-        atomic_write(path, lambda f: f.write(serialize(index).tobytes()))
+        binary = isinstance(self.index, faiss.IndexBinary)
+        serialize = faiss.serialize_index_binary if binary else faiss.serialize_index
+        atomic_write(path, lambda f: f.write(serialize(self.index).tobytes()))
         self._save_extra(path)
         atomic_write_json(path.with_suffix(".json"), {"kind": self.kind, "dim": self.dim, "params": self.params})
 

@@ -29,8 +29,8 @@ class BinaryIndex(VectorIndex):
     def __init__(self, dim: int, rescore: int = 20, index: Any = None) -> None:
         if dim % 8:
             raise ValueError(f"binary codes need a dimension divisible by 8, not {dim}")
-        super().__init__(dim, rescore=rescore)
-        self.index = index if index is not None else faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(dim))
+        super().__init__(dim, index if index is not None else faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(dim)),
+                         rescore=rescore)
         self.center: np.ndarray | None = None
 
     @property
@@ -46,13 +46,8 @@ class BinaryIndex(VectorIndex):
     def _load_extra(self, path: Path) -> None:
         self.center = np.load(path.with_suffix(".center.npy"))
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        self.remove(ids)
-        self.index.add_with_ids(binarize(vectors, self.center), as_ids(ids))
-
-    def remove(self, ids: np.ndarray) -> None:
-        if self.index.ntotal:
-            self.index.remove_ids(faiss.IDSelectorBatch(as_ids(ids)))
+    def _codes(self, vectors: np.ndarray) -> np.ndarray:
+        return binarize(vectors, self.center)
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
                lookup: VectorLookup | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -67,12 +62,5 @@ class BinaryIndex(VectorIndex):
         return exact_rescore(queries, ids, k, lookup)
 
     @property
-    def ntotal(self) -> int:
-        return int(self.index.ntotal)
-
-    @property
     def nbytes(self) -> int:
         return self.ntotal * (self.dim // 8 + 8)
-
-    def _faiss(self) -> Any:
-        return self.index

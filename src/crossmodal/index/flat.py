@@ -7,7 +7,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .base import VectorIndex, VectorLookup, as_ids, as_vectors, exact_rescore, selector
+from .base import VectorIndex, VectorLookup, as_vectors, exact_rescore, selector
 
 BYTES_PER_DIM = {"fp32": 4, "fp16": 2, "int8": 1}
 STORAGE = {"fp16": faiss.ScalarQuantizer.QT_fp16, "int8": faiss.ScalarQuantizer.QT_8bit}
@@ -20,31 +20,15 @@ class FlatIndex(VectorIndex):
     kind = "flat"
 
     def __init__(self, dim: int, storage: str = "fp32", index: Any = None) -> None:
-        super().__init__(dim, storage=storage)
         if index is None:
             inner = (faiss.IndexFlatIP(dim) if storage == "fp32"
                      else faiss.IndexScalarQuantizer(dim, STORAGE[storage], faiss.METRIC_INNER_PRODUCT))
             index = faiss.IndexIDMap2(inner)
-        self.index = index
+        super().__init__(dim, index, storage=storage)
 
     @property
     def rescores(self) -> bool:  # type: ignore[override]
         return self.params["storage"] == "int8"
-
-    @property
-    def needs_training(self) -> bool:
-        return not self.index.is_trained
-
-    def train(self, vectors: np.ndarray) -> None:
-        self.index.train(as_vectors(vectors))
-
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        self.remove(ids)  # re-embedded items replace their old vector
-        self.index.add_with_ids(as_vectors(vectors), as_ids(ids))
-
-    def remove(self, ids: np.ndarray) -> None:
-        if self.index.ntotal:
-            self.index.remove_ids(faiss.IDSelectorBatch(as_ids(ids)))
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
                lookup: VectorLookup | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -57,12 +41,5 @@ class FlatIndex(VectorIndex):
         return scores, ids
 
     @property
-    def ntotal(self) -> int:
-        return int(self.index.ntotal)
-
-    @property
     def nbytes(self) -> int:
         return self.ntotal * (self.dim * BYTES_PER_DIM[self.params["storage"]] + 8)
-
-    def _faiss(self) -> Any:
-        return self.index

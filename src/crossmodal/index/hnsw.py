@@ -25,25 +25,17 @@ class HNSWIndex(VectorIndex):
 
     def __init__(self, dim: int, m: int = 32, ef_construction: int = 80, ef_search: int = 64,
                  storage: str = "fp32", index: Any = None) -> None:
-        super().__init__(dim, m=m, ef_construction=ef_construction, ef_search=ef_search, storage=storage)
         if index is None:
             index = (faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT) if storage == "fp32"
                      else faiss.IndexHNSWSQ(dim, STORAGE[storage], m, faiss.METRIC_INNER_PRODUCT))
             index.hnsw.efConstruction = ef_construction
-        self.index = index
+        super().__init__(dim, index, m=m, ef_construction=ef_construction, ef_search=ef_search, storage=storage)
         self.labels = np.zeros(0, dtype=np.int64)  # internal node -> item id
         self.alive = np.zeros(0, dtype=bool)
 
     @property
     def rescores(self) -> bool:  # type: ignore[override]
         return self.params["storage"] == "int8"
-
-    @property
-    def needs_training(self) -> bool:
-        return not self.index.is_trained
-
-    def train(self, vectors: np.ndarray) -> None:
-        self.index.train(as_vectors(vectors))
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         ids = as_ids(ids)
@@ -86,9 +78,6 @@ class HNSWIndex(VectorIndex):
         code = self.dim * BYTES_PER_DIM[self.params["storage"]]
         links = self.index.hnsw.neighbors.size() * 4 + self.index.hnsw.offsets.size() * 8
         return n * (code + 8 + 1) + links
-
-    def _faiss(self) -> Any:
-        return self.index
 
     def _save_extra(self, path: Path) -> None:
         atomic_write(path.with_suffix(".labels.npy"), lambda f: np.save(f, self.labels))

@@ -8,7 +8,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .base import VectorIndex, VectorLookup, as_ids, as_vectors, exact_rescore, selector
+from .base import VectorIndex, VectorLookup, as_vectors, exact_rescore, selector
 
 
 class IVFPQIndex(VectorIndex):
@@ -20,27 +20,11 @@ class IVFPQIndex(VectorIndex):
 
     def __init__(self, dim: int, nlist: int = 4096, m: int = 64, nprobe: int = 32, rescore: int = 10,
                  index: Any = None) -> None:
-        super().__init__(dim, nlist=nlist, m=m, nprobe=nprobe, rescore=rescore)
         if index is None:
             self._quantizer = faiss.IndexFlatIP(dim)  # the IVF index borrows it: keep it alive
             index = faiss.IndexIVFPQ(self._quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
             index.do_polysemous_training = False  # only useful for Hamming pre-filtering, and very slow
-        self.index = index
-
-    @property
-    def needs_training(self) -> bool:
-        return not self.index.is_trained
-
-    def train(self, vectors: np.ndarray) -> None:
-        self.index.train(as_vectors(vectors))
-
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        self.remove(ids)  # re-embedded items replace their old code
-        self.index.add_with_ids(as_vectors(vectors), as_ids(ids))
-
-    def remove(self, ids: np.ndarray) -> None:
-        if self.index.ntotal:
-            self.index.remove_ids(faiss.IDSelectorBatch(as_ids(ids)))
+        super().__init__(dim, index, nlist=nlist, m=m, nprobe=nprobe, rescore=rescore)
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
                lookup: VectorLookup | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -53,13 +37,6 @@ class IVFPQIndex(VectorIndex):
         return exact_rescore(queries, ids, k, lookup) if lookup is not None else (scores, ids)
 
     @property
-    def ntotal(self) -> int:
-        return int(self.index.ntotal)
-
-    @property
     def nbytes(self) -> int:
         return self.ntotal * (self.index.code_size + 8) + self.params["nlist"] * self.dim * 4 \
             + self.params["m"] * 256 * (self.dim // self.params["m"]) * 4
-
-    def _faiss(self) -> Any:
-        return self.index
