@@ -74,6 +74,14 @@ async def load(base: str, queries: list[str], clients: int, seconds: float, k: i
     return latencies, errors, time.perf_counter() - start
 
 
+def batch_stats(base: str) -> tuple[float, float]:
+    """(queries encoded, model calls) so far, from the server's Prometheus metrics."""
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+              if line.startswith("crossmodal_encode_batch_size_")}
+    return values.get("crossmodal_encode_batch_size_sum", 0.0), values.get("crossmodal_encode_batch_size_count", 0.0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/datasets/flickr8k")
@@ -105,17 +113,21 @@ def main() -> None:
         else:
             raise SystemExit("server did not become ready in 120 s")
         asyncio.run(load(base, queries[:64], args.clients, 3.0, args.k))  # warm-up, not counted
+        before = batch_stats(base)
         latencies, errors, wall = asyncio.run(load(base, queries[64:], args.clients, args.seconds, args.k))
+        after = batch_stats(base)
+        mean_batch = (after[0] - before[0]) / max(after[1] - before[1], 1)
     finally:
         server.terminate()
         server.wait(timeout=30)
     ms = np.asarray(latencies) * 1000
     table = Table(title=f"crossmodal serve, default model, {n} Flickr8k photos, {args.clients} clients, "
                         f"{args.seconds:.0f} s, k={args.k}")
-    for col in ("requests", "errors", "requests/s", "p50 ms", "p90 ms", "p99 ms", "max ms"):
+    for col in ("requests", "errors", "requests/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "queries/encode"):
         table.add_column(col, justify="right")
     table.add_row(str(len(ms)), str(len(errors)), f"{len(ms) / wall:.1f}", f"{np.percentile(ms, 50):.1f}",
-                  f"{np.percentile(ms, 90):.1f}", f"{np.percentile(ms, 99):.1f}", f"{ms.max():.1f}")
+                  f"{np.percentile(ms, 90):.1f}", f"{np.percentile(ms, 99):.1f}", f"{ms.max():.1f}",
+                  f"{mean_batch:.1f}")
     console.print(table)
     for e in errors[:5]:
         console.print(f"error: {e}")

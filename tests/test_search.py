@@ -25,6 +25,9 @@ def test_topk_matches_brute_force_and_breaks_ties_by_row() -> None:
     assert np.allclose(scores, np.take_along_axis(queries @ vectors.T, expected, axis=1))
     tied = np.ones((5, 4), dtype=np.float32)
     assert topk(tied, np.ones(4), 3)[1].tolist() == [[0, 1, 2]]
+    many_ties = np.zeros((1000, 4), dtype=np.float32)
+    many_ties[::3] = 1.0  # 334 rows tie for first place
+    assert topk(many_ties, np.ones((2, 4)), 5)[1].tolist() == [[0, 3, 6, 9, 12]] * 2
 
 
 def test_topk_with_mask_and_blocks(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -181,36 +181,42 @@ class Collection:
     def search_vector(self, vector: np.ndarray, *, k: int = 10, kind: str = "image", path: str | None = None,
                       where: Sequence[Condition] = (), exclude: Iterable[int] = ()) -> list[Hit]:
         """Top-``k`` items for an already encoded query vector (same model as the collection)."""
-        vector = np.asarray(vector, dtype=np.float32)
-        if vector.shape != (self.manifest.dim,):
-            raise ModelMismatchError(f"query vector has shape {vector.shape}; this collection stores "
+        return self.search_vectors(np.atleast_2d(vector), k=k, kind=kind, path=path, where=where,
+                                   exclude=[list(exclude)])[0]
+
+    def search_vectors(self, vectors: np.ndarray, *, k: int = 10, kind: str = "image", path: str | None = None,
+                       where: Sequence[Condition] = (), exclude: Sequence[Sequence[int]] | None = None
+                       ) -> list[list[Hit]]:
+        """Top-``k`` items for each row of ``vectors``, in one batched search (a matrix product, or one
+        index call). ``exclude[i]`` lists ids to leave out of query i's results; pages stay full."""
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if vectors.shape[1:] != (self.manifest.dim,):
+            raise ModelMismatchError(f"query vectors have shape {vectors.shape}; this collection stores "
                                      f"{self.manifest.dim}-d vectors of {self.manifest.model!r}")
-        ids, vectors = self.store.matrix(kind)
-        exclude = np.asarray(list(exclude), dtype=np.int64)
+        exclude = [np.asarray(list(e), dtype=np.int64) for e in (exclude or [[]] * len(vectors))]
+        fetch = k + max(len(e) for e in exclude)
         allowed = None
         if path or where:
             sql, params = where_clause(kind, path, list(where))
             allowed = self.store.ids_where(sql, params)
         index = self.indexes.get(kind)
         if index is None:
-            mask = None
-            if allowed is not None or len(exclude):
-                mask = np.isin(ids, ids if allowed is None else allowed) & ~np.isin(ids, exclude)
-            scores, rows = topk(vectors, vector, k, mask)
-            hit_scores, hit_ids = scores[0], ids[rows[0]]
+            ids, matrix = self.store.matrix(kind)
+            mask = None if allowed is None else np.isin(ids, allowed)
+            scores, rows = topk(matrix, vectors, fetch, mask)
+            found = ids[rows]
         else:
-            if allowed is not None and len(exclude):
-                allowed = np.setdiff1d(allowed, exclude)
-            extra = 0 if allowed is not None else len(exclude)
-            scores, found = index.query(vector, k + extra, allowed=allowed, lookup=self.indexes.lookup(kind))
-            keep = (found[0] >= 0) & ~np.isin(found[0], exclude)
-            hit_scores, hit_ids = scores[0][keep][:k], found[0][keep][:k]
-        items = self.store.get(hit_ids)
-        return [
-            Hit(id=int(i), score=float(s), kind=kind, path=items[int(i)].path,
-                text=items[int(i)].text, fields=items[int(i)].fields or None)
-            for i, s in zip(hit_ids, hit_scores, strict=True) if int(i) in items
-        ]
+            scores, found = index.query(vectors, fetch, allowed=allowed, lookup=self.indexes.lookup(kind))
+        items = self.store.get(np.unique(found[found >= 0]))
+        results = []
+        for row_scores, row_ids, skip in zip(scores, found, exclude, strict=True):
+            keep = (row_ids >= 0) & ~np.isin(row_ids, skip)
+            results.append([
+                Hit(id=int(i), score=float(s), kind=kind, path=items[int(i)].path, text=items[int(i)].text,
+                    fields=items[int(i)].fields or None)
+                for i, s in zip(row_ids[keep][:k], row_scores[keep][:k], strict=True) if int(i) in items
+            ])
+        return results
 
     def _query_image_ids(self, terms: Sequence[Term]) -> list[int]:
         """Ids of stored photos with the same content as a query photo (the photo itself, its copies)."""

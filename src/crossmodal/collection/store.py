@@ -102,6 +102,7 @@ class ItemStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        self._matrices: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}  # kind -> (generation, ids, vectors)
 
     def close(self) -> None:
         self.db.close()
@@ -229,9 +230,17 @@ class ItemStore:
         """
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        generation = self.generation
+        held = self._matrices.get(kind)
+        if held is not None and held[0] == generation:
+            return held[1], held[2]
+        ids, vectors = self._load_matrix(kind, generation)
+        self._matrices[kind] = (generation, ids, vectors)
+        return ids, vectors
+
+    def _load_matrix(self, kind: str, generation: int) -> tuple[np.ndarray, np.ndarray]:
         cache = self.folder / CACHE
         state_file = cache / f"{kind}.json"
-        generation = self.generation
         try:
             state = json.loads(state_file.read_text())
             if state["generation"] == generation:

@@ -35,8 +35,17 @@ def topk(vectors: np.ndarray, queries: np.ndarray, k: int, mask: np.ndarray | No
         best_scores = np.concatenate([best_scores, block_scores], axis=1)
         best_rows = np.concatenate([best_rows, np.broadcast_to(block_rows, block_scores.shape)], axis=1)
         if best_scores.shape[1] > k:
-            keep = np.argpartition(-best_scores, k - 1, axis=1)[:, :k]
-            best_scores = np.take_along_axis(best_scores, keep, axis=1)
-            best_rows = np.take_along_axis(best_rows, keep, axis=1)
-    order = np.lexsort((best_rows, -best_scores), axis=1)
+            best_scores, best_rows = _keep_best(best_scores, best_rows, k)
+    order = np.lexsort((best_rows, -best_scores), axis=1)[:, :k]
     return np.take_along_axis(best_scores, order, axis=1), np.take_along_axis(best_rows, order, axis=1)
+
+
+def _keep_best(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Narrow each row to the entries that can still be in its top k, keeping every entry tied with
+    the k-th score so the final (score, row) order does not depend on where a partition cut ties."""
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1:k]
+    width = int((scores >= kth).sum(1).max())
+    keep = np.argpartition(-scores, width - 1, axis=1)[:, :width] if width < scores.shape[1] else None
+    if keep is None:
+        return scores, rows
+    return np.take_along_axis(scores, keep, axis=1), np.take_along_axis(rows, keep, axis=1)

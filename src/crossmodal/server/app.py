@@ -20,14 +20,14 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
+from threadpoolctl import threadpool_limits
 
 from .. import __version__
 from ..collection.collection import Collection, Hit
 from ..collection.sync import content_hash
-from ..encoders.base import normalize
 from ..search.filters import COLUMNS, parse_condition
 from ..sources.images import ImageError, is_image_path, load_image
-from .batcher import EncodeBatcher
+from .batcher import SearchBatcher, SearchJob
 from .metrics import Metrics
 
 STATIC = Path(__file__).parent / "static"
@@ -89,9 +89,11 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        threadpool_limits(1, user_api="blas")  # see batcher.py: no BLAS pool spinning against the model's
         c = Collection.open(collection, create=False)
         state["collection"] = c
-        state["batcher"] = EncodeBatcher(c.encoder, max_batch=max_batch, on_batch=metrics.batch_size.observe)
+        c.encoder  # noqa: B018 - load the model now, not on the first request
+        state["batcher"] = SearchBatcher(c, lock, max_batch=max_batch, on_batch=metrics.batch_size.observe)
         await run_in_threadpool(_locked, c.refresh_indexes)
         state["ready"] = True
         yield
@@ -163,13 +165,15 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
         except KeyError:
             raise HTTPException(404, f"no item with id {item_id}") from None
 
-    async def run_search(c: Collection, vector: np.ndarray, body: SearchIn, exclude: list[int]) -> SearchOut:
+    async def run_search(job: SearchJob, body: SearchIn) -> SearchOut:
         start = time.perf_counter()
-        conditions = check_filters(c, body.where)
-        hits = await run_in_threadpool(_locked, c.search_vector, vector, k=body.k + body.offset, kind=body.kind,
-                                       path=body.path, where=conditions, exclude=exclude)
-        page = hits[body.offset:]
-        return SearchOut(results=[_hit(h) for h in page], k=body.k, offset=body.offset,
+        job.k, job.kind, job.path = body.k + body.offset, body.kind, body.path
+        job.where = tuple(check_filters(state["collection"], body.where))
+        try:
+            hits = await state["batcher"].search(job)
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from None
+        return SearchOut(results=[_hit(h) for h in hits[body.offset:]], k=body.k, offset=body.offset,
                          took_ms=(time.perf_counter() - start) * 1000)
 
     @app.get("/", include_in_schema=False)
@@ -204,27 +208,26 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
 
     @app.post("/api/search", response_model=SearchOut, summary="Search by text, item id and weighted terms.")
     async def search(body: SearchIn, c: Annotated[Collection, Depends(col)]) -> SearchOut:
-        parts: list[tuple[float, np.ndarray]] = []
+        job = SearchJob()
         if body.text is not None:
             if not body.text.strip():
                 raise HTTPException(400, "text is empty: type something to search for")
-            parts.append((1.0, await state["batcher"].text(body.text)))
+            job.texts.append((1.0, body.text))
         if body.image_id is not None:
-            parts.append((1.0, stored_vector(c, body.image_id)))
+            job.vectors.append((1.0, stored_vector(c, body.image_id)))
+            job.exclude.append(body.image_id)
         for term in body.terms:
             if term.text is not None:
                 if not term.text.strip():
                     raise HTTPException(400, "a term's text is empty")
-                parts.append((term.weight, await state["batcher"].text(term.text)))
+                job.texts.append((term.weight, term.text))
             else:
-                parts.append((term.weight, stored_vector(c, term.image_id)))
-        if not parts:
+                job.vectors.append((term.weight, stored_vector(c, term.image_id)))
+                if term.weight > 0:
+                    job.exclude.append(term.image_id)
+        if not (job.texts or job.vectors):
             raise HTTPException(400, "nothing to search for: give text, image_id or terms")
-        total = sum(w * v for w, v in parts)
-        if not np.any(total):
-            raise HTTPException(400, "the query terms cancel out")
-        exclude = [i for i in [body.image_id, *(t.image_id for t in body.terms if t.weight > 0)] if i is not None]
-        return await run_search(c, normalize(np.asarray(total, dtype=np.float32)), body, exclude)
+        return await run_search(job, body)
 
     @app.post("/api/search/image", response_model=SearchOut, summary="Search by an uploaded photo.")
     async def search_image(c: Annotated[Collection, Depends(col)], file: Annotated[UploadFile, File()],
@@ -233,20 +236,17 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
                            kind: Annotated[Literal["image", "text"], Form()] = "image",
                            path: Annotated[str | None, Form()] = None) -> SearchOut:
         data = await read_upload(file)
-        image = decode(data)
-        vector = await state["batcher"].image(image)
         same = await run_in_threadpool(_locked, c.store.by_hash, content_hash(data), "image")
-        return await run_search(c, vector, SearchIn(k=k, offset=offset, kind=kind, path=path),
-                                [it.id for it in same])
+        job = SearchJob(images=[(1.0, decode(data))], exclude=[it.id for it in same])
+        return await run_search(job, SearchIn(k=k, offset=offset, kind=kind, path=path))
 
     @app.get("/api/items/{item_id}/similar", response_model=SearchOut, summary="More like this item.")
-    async def similar(item_id: int, c: Annotated[Collection, Depends(col)],
-                      k: Annotated[int, Field(ge=1, le=MAX_K)] = 20,
-                      offset: Annotated[int, Field(ge=0, le=MAX_OFFSET)] = 0,
+    async def similar(item_id: int, c: Annotated[Collection, Depends(col)], k: int = 20, offset: int = 0,
                       kind: Literal["image", "text"] = "image") -> SearchOut:
         if not 1 <= k <= MAX_K or not 0 <= offset <= MAX_OFFSET:
             raise HTTPException(422, f"k must be 1..{MAX_K} and offset 0..{MAX_OFFSET}")
-        return await run_search(c, stored_vector(c, item_id), SearchIn(k=k, offset=offset, kind=kind), [item_id])
+        job = SearchJob(vectors=[(1.0, stored_vector(c, item_id))], exclude=[item_id])
+        return await run_search(job, SearchIn(k=k, offset=offset, kind=kind))
 
     @app.get("/api/items/{item_id}", response_model=HitOut, summary="One item's metadata.")
     async def item(item_id: int, c: Annotated[Collection, Depends(col)]) -> HitOut:

@@ -1,47 +1,66 @@
-"""Batching query encoding across concurrent requests: one worker thread encodes whatever queries
-arrived together in one model call, so 16 clients cost about one batch, not 16 calls."""
+"""Batching concurrent searches: one worker thread encodes the queries that arrived together in one
+model call, then runs their searches as one matrix product (per kind and filter).
+
+All heavy compute runs on this one thread, one step after another. On a small machine this matters
+more than it seems: a model call and a BLAS search running at once on separate threads fight for the
+same cores (thread pools spinning against each other) and each becomes several times slower.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import queue
 import threading
+from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from ..encoders.base import Encoder
+from ..collection.collection import Collection, Hit
+from ..encoders.base import normalize
+from ..search.filters import Condition
 
 
-class EncodeBatcher:
-    """Collects texts and photos for up to ``max_wait`` seconds (or ``max_batch`` items) per batch."""
+@dataclass
+class SearchJob:
+    """One request's query (weighted texts, photos and stored vectors) and where to search."""
 
-    def __init__(self, encoder: Encoder, max_batch: int = 32, max_wait: float = 0.002,
-                 on_batch: Any = None) -> None:
-        self.encoder = encoder
+    texts: list[tuple[float, str]] = field(default_factory=list)
+    images: list[tuple[float, Image.Image]] = field(default_factory=list)
+    vectors: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    k: int = 10
+    kind: str = "image"
+    path: str | None = None
+    where: tuple[Condition, ...] = ()
+    exclude: list[int] = field(default_factory=list)
+    future: Future = field(default_factory=Future)
+
+
+class SearchBatcher:
+    """Collects jobs for up to ``max_wait`` seconds (or ``max_batch`` jobs) and serves them together."""
+
+    def __init__(self, collection: Collection, lock: threading.RLock, max_batch: int = 32,
+                 max_wait: float = 0.002, on_batch: Callable[[int], Any] | None = None) -> None:
+        self.collection = collection
+        self.lock = lock
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.on_batch = on_batch  # called with the size of each batch (metrics)
-        self._queue: queue.Queue[tuple[str, Any, Future] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="encode-batcher", daemon=True)
+        self._queue: queue.Queue[SearchJob | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="search-batcher", daemon=True)
         self._thread.start()
 
-    async def text(self, text: str) -> np.ndarray:
-        return await self._submit("text", text)
-
-    async def image(self, image: Image.Image) -> np.ndarray:
-        return await self._submit("image", image)
-
-    async def _submit(self, kind: str, value: Any) -> np.ndarray:
-        future: Future = Future()
-        self._queue.put((kind, value, future))
-        return await asyncio.wrap_future(future)
+    async def search(self, job: SearchJob) -> list[Hit]:
+        self._queue.put(job)
+        return await asyncio.wrap_future(job.future)
 
     def close(self) -> None:
         self._queue.put(None)
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=10)
 
     def _run(self) -> None:
         while True:
@@ -58,20 +77,33 @@ class EncodeBatcher:
                     self._queue.put(None)
                     break
                 batch.append(nxt)
-            self._encode(batch)
+            try:
+                self._serve(batch)
+            except Exception as e:  # a failing batch fails its own requests, never the worker
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(e)
 
-    def _encode(self, batch: list[tuple[str, Any, Future]]) -> None:
+    def _serve(self, batch: list[SearchJob]) -> None:
         if self.on_batch is not None:
             self.on_batch(len(batch))
-        for kind, encode in (("text", self.encoder.encode_texts), ("image", self.encoder.encode_images)):
-            group = [(value, future) for k, value, future in batch if k == kind]
-            if not group:
+        encoder = self.collection.encoder
+        texts = [t for job in batch for _, t in job.texts]
+        images = [im for job in batch for _, im in job.images]
+        text_vecs = iter(encoder.encode_texts(texts)) if texts else iter(())
+        image_vecs = iter(encoder.encode_images(images)) if images else iter(())
+        groups: dict[tuple, list[tuple[SearchJob, np.ndarray]]] = defaultdict(list)
+        for job in batch:
+            parts = [(w, next(text_vecs)) for w, _ in job.texts] + [(w, next(image_vecs)) for w, _ in job.images]
+            total = sum((w * v for w, v in parts + job.vectors), np.zeros(encoder.dim, dtype=np.float32))
+            if not np.any(total):
+                job.future.set_exception(ValueError("the query terms cancel out: nothing left to search for"))
                 continue
-            try:
-                vectors = encode([value for value, _ in group])
-            except Exception as e:  # a bad batch fails its own requests, never the worker
-                for _, future in group:
-                    future.set_exception(e)
-                continue
-            for (_, future), vector in zip(group, vectors, strict=True):
-                future.set_result(vector)
+            groups[(job.kind, job.path, job.where, job.k)].append((job, normalize(total)))
+        for (kind, path, where, k), members in groups.items():
+            with self.lock:
+                results = self.collection.search_vectors(
+                    np.stack([v for _, v in members]), k=k, kind=kind, path=path, where=where,
+                    exclude=[job.exclude for job, _ in members])
+            for (job, _), hits in zip(members, results, strict=True):
+                job.future.set_result(hits)
