@@ -104,8 +104,7 @@ def main() -> None:
     for name in args.kinds.split(","):
         kind, params = KINDS[name]
         if kind == "ivfpq":
-            params = {**params, "nlist": plan_index(args.n, args.dim, memory=1).params["nlist"]} \
-                if args.n > 50_000 else {**params, "nlist": 256}
+            params = {**params, "nlist": plan_index(args.n, args.dim, kind="ivfpq").params.get("nlist", 256)}
         if kind == "hnsw":
             params = {**params, "ef_search": default.params.get("ef_search", 64)}
         start = time.perf_counter()

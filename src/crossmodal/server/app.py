@@ -89,7 +89,7 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        threadpool_limits(1, user_api="blas")  # see batcher.py: no BLAS pool spinning against the model's
+        blas = threadpool_limits(1, user_api="blas")  # see batcher.py: no BLAS pool spinning against the model's
         c = Collection.open(collection, create=False)
         state["collection"] = c
         c.encoder  # noqa: B018 - load the model now, not on the first request
@@ -100,6 +100,7 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
         state["ready"] = False
         state["batcher"].close()
         c.close()
+        blas.restore_original_limits()
 
     def _locked(fn: Any, *args: Any, **kwargs: Any) -> Any:
         with lock:
