@@ -28,7 +28,7 @@ from ..collection.sync import content_hash
 from ..search.filters import COLUMNS, parse_condition
 from ..sources.images import ImageError, is_image_path, load_image
 from .batcher import SearchBatcher, SearchJob
-from .metrics import Metrics
+from .metrics import Metrics, MetricsMiddleware
 
 STATIC = Path(__file__).parent / "static"
 MAX_K = 200
@@ -110,15 +110,7 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
                   description="Cross-modal search over one collection: photos by text, by photo, by example.")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Any) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = route.path if route is not None else "unmatched"
-        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
