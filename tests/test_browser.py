@@ -6,7 +6,6 @@ import shutil
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -19,6 +18,15 @@ playwright = pytest.importorskip("playwright.sync_api", reason="playwright not i
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (scripts/install-test-browser.sh installs it)")
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def search_and_wait(page, query: str, thumbnails: int) -> None:
+    """Type a query, submit it, and wait until the first thumbnails have loaded."""
+    page.fill("#q", query)
+    page.press("#q", "Enter")
+    page.wait_for_selector(".card img")
+    page.wait_for_function(f"[...document.querySelectorAll('.card img')].slice(0, {thumbnails})"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +60,7 @@ def test_search_click_and_more_like_this(server: str) -> None:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1100, "height": 800})
         page.goto(server)
-        page.fill("#q", "a dog running on the grass")
-        page.press("#q", "Enter")
-        page.wait_for_selector(".card img")
-        page.wait_for_function("[...document.querySelectorAll('.card img')].slice(0, 4)"
-                               ".every(i => i.complete && i.naturalWidth > 0)")
+        search_and_wait(page, "a dog running on the grass", 4)
         cards = page.locator(".card")
         assert cards.count() == 24
         assert "Results 1–24" in page.inner_text("#status")
@@ -76,11 +80,7 @@ def test_search_click_and_more_like_this(server: str) -> None:
         page.wait_for_function("document.querySelector('#status').textContent.includes('Results 25')")
         mobile = browser.new_page(viewport={"width": 390, "height": 844})
         mobile.goto(server)
-        mobile.fill("#q", "children playing in the water")
-        mobile.press("#q", "Enter")
-        mobile.wait_for_selector(".card img")
-        mobile.wait_for_function("[...document.querySelectorAll('.card img')].slice(0, 6)"
-                                 ".every(i => i.complete && i.naturalWidth > 0)")
+        search_and_wait(mobile, "children playing in the water", 6)
         mobile.screenshot(path=str(SCREENSHOTS / "search-phone.png"))
         browser.close()
     assert (SCREENSHOTS / "search-results.png").stat().st_size > 10_000
