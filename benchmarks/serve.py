@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--collection", type=Path, default=ROOT / "runs" / "bench-serve")
+    parser.add_argument("--model", default=None, help="serve queries with this backend (e.g. an ONNX export)")
     args = parser.parse_args()
     console = Console()
 
@@ -99,8 +100,9 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "crossmodal", "serve", str(args.collection / args.split),
-                               "--port", str(port)], env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    command = [sys.executable, "-m", "crossmodal", "serve", str(args.collection / args.split), "--port", str(port)]
+    command += ["--model", args.model] if args.model else []
+    server = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -121,7 +123,8 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=30)
     ms = np.asarray(latencies) * 1000
-    table = Table(title=f"crossmodal serve, default model, {n} Flickr8k photos, {args.clients} clients, "
+    table = Table(title=f"crossmodal serve, {args.model or 'default model (PyTorch)'}, {n} Flickr8k photos, "
+                        f"{args.clients} clients, "
                         f"{args.seconds:.0f} s, k={args.k}")
     for col in ("requests", "errors", "requests/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "queries/encode"):
         table.add_column(col, justify="right")

@@ -308,6 +308,8 @@ def serve(
     api_key: Annotated[str | None, typer.Option(envvar="CROSSMODAL_API_KEY", help="Key that write endpoints "
                                                 "(upload, delete) require [env: CROSSMODAL_API_KEY].")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload.")] = 20.0,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Encode queries with this backend of the "
+                                              "collection's model, e.g. its `crossmodal export` folder.")] = None,
 ) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs) and the search page at http://HOST:PORT/."""
     import uvicorn
@@ -315,7 +317,23 @@ def serve(
     from .server.app import create_app
 
     folder = collection or default_collection()
-    Collection.open(folder, create=False).close()  # fail fast, with a clear message, on a wrong folder
+    Collection.open(folder, model=model, create=False).close()  # fail fast and clearly on a wrong folder/model
     err.print(f"serving {folder} on http://{host}:{port}/  (API docs: /docs)", highlight=False)
-    uvicorn.run(create_app(folder, api_key=api_key, max_upload_mb=max_upload_mb), host=host, port=port,
-                log_level="warning")
+    uvicorn.run(create_app(folder, api_key=api_key, max_upload_mb=max_upload_mb, model=model), host=host,
+                port=port, log_level="warning")
+
+
+@app.command()
+@friendly
+def export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the ONNX model into.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="'lite', a transformers id or folder.")] = "lite",
+    int8: Annotated[bool, typer.Option("--int8", help="Quantize weights to int8 (smaller, faster, a model of "
+                                       "its own: index with it too).")] = False,
+) -> None:
+    """Export a model's photo and text towers to ONNX; `--model OUT` then loads it anywhere."""
+    from .encoders import load_encoder
+    from .encoders.onnx import export_onnx
+
+    folder = export_onnx(load_encoder(model), out, int8=int8)
+    err.print(f"wrote {folder} (load it with --model {folder})", highlight=False)

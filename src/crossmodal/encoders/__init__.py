@@ -9,7 +9,8 @@ from .base import Encoder
 
 
 def load_encoder(name: str, device: str = "cpu") -> Encoder:
-    """Load a model by name: ``lite`` (offline default), a lite heads file, or a transformers id/folder."""
+    """Load a model by name: ``lite`` (offline default), a lite heads file, an ONNX export folder, or a
+    transformers id/folder."""
     return _load(name, device)
 
 
@@ -20,6 +21,10 @@ def _load(name: str, device: str) -> Encoder:
 
         return LiteEncoder(device=device)
     path = Path(name).expanduser()
+    if path.is_dir() and (path / "crossmodal-onnx.json").is_file():
+        from .onnx import OnnxEncoder
+
+        return OnnxEncoder(path)
     if path.suffix == ".safetensors" and path.is_file():
         from .lite import LiteEncoder
 

@@ -80,8 +80,9 @@ class SearchOut(BaseModel):
 
 
 def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb: float = 20.0,
-               max_batch: int = 32) -> FastAPI:
-    """Build the app over one collection; the model loads once, at start."""
+               max_batch: int = 32, model: str | None = None) -> FastAPI:
+    """Build the app over one collection; the model loads once, at start. ``model`` may name another
+    backend of the collection's model (e.g. its ONNX export); a different model is refused."""
     state: dict[str, Any] = {}
     lock = threading.RLock()  # one SQLite connection, shared by the worker threads
     metrics = Metrics()
@@ -90,7 +91,7 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         blas = threadpool_limits(1, user_api="blas")  # see batcher.py: no BLAS pool spinning against the model's
-        c = Collection.open(collection, create=False)
+        c = Collection.open(collection, model=model, create=False)
         state["collection"] = c
         c.encoder  # noqa: B018 - load the model now, not on the first request
         state["batcher"] = SearchBatcher(c, lock, max_batch=max_batch, on_batch=metrics.batch_size.observe)
