@@ -67,7 +67,8 @@ def main() -> None:
             rsum = recall_metrics(image_vecs, text_vecs, data.text_image)["rsum"]
             rows.append((name, photo_rate, caption_rate, rss_mb(), agree, rsum))
     table = Table(title=f"lite on Flickr8k {args.split}: {len(images)} photos, {len(data.texts)} captions; "
-                        f"torch {torch.__version__}, {torch.get_num_threads()} threads; decode {decode_rate:.0f} photos/s")
+                        f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+                        f"decode {decode_rate:.0f} photos/s")
     for col in ("backend", "photos/s", "x eager", "captions/s", "x eager", "RSS MB after", "min cosine vs eager",
                 "RSUM", "RSUM change"):
         table.add_column(col, justify="left" if col == "backend" else "right")
