@@ -62,6 +62,10 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
                 CaptionFileError, KeyError) as e:
             err.print(f"[red]error[/]: {e}", highlight=False)
             raise typer.Exit(2) from None
+        except ImportError as e:
+            err.print(f"[red]error[/]: this needs the optional package {e.name!r}: pip install "
+                      "'crossmodal[onnx]' (ONNX) or 'crossmodal[heic]' (HEIC photos)", highlight=False)
+            raise typer.Exit(2) from None
 
     return wrapper
 
