@@ -259,5 +259,5 @@ class Collection:
             "unreadable": len(self.store.failures()),
             "bytes_on_disk": self.store.disk_bytes(),
             "format_version": self.manifest.format_version,
-            "index": {k: v for k, v in self.manifest.index.items()},
+            "index": dict(self.manifest.index),
         }

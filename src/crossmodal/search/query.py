@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,14 +57,22 @@ def query_vector(encoder: Encoder, terms: list[Term], max_pixels: int | None = N
     for t in texts:
         if not str(t.value).strip():
             raise ValueError("empty text in the query")
-    total = np.zeros(encoder.dim, dtype=np.float32)
+    parts: list[tuple[float, np.ndarray]] = []
     if texts:
         vecs = encoder.encode_texts([str(t.value) for t in texts])
-        total += np.asarray([t.weight for t in texts], dtype=np.float32) @ vecs
+        parts += [(t.weight, v) for t, v in zip(texts, vecs, strict=True)]
     if images:
         kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
         vecs = encoder.encode_images([load_image(t.value, **kwargs) for t in images])
-        total += np.asarray([t.weight for t in images], dtype=np.float32) @ vecs
+        parts += [(t.weight, v) for t, v in zip(images, vecs, strict=True)]
+    return combine(parts, encoder.dim)
+
+
+def combine(parts: Sequence[tuple[float, np.ndarray]], dim: int) -> np.ndarray:
+    """Weighted sum of encoded query terms, L2-normalised; a sum that cancels out is refused."""
+    total = np.zeros(dim, dtype=np.float32)
+    for weight, vector in parts:
+        total += np.float32(weight) * np.asarray(vector, dtype=np.float32)
     if not np.any(total):
         raise ValueError("the query terms cancel out: nothing left to search for")
     return normalize(total)

@@ -9,6 +9,7 @@ import io
 import threading
 import time
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -316,7 +317,7 @@ def decode(data: bytes) -> Any:
 
 def _hit(h: Hit) -> HitOut:
     thumb = f"/api/items/{h.id}/thumbnail" if h.kind == "image" else None
-    return HitOut(id=h.id, score=h.score, kind=h.kind, path=h.path, text=h.text, fields=h.fields, thumbnail=thumb)
+    return HitOut(**asdict(h), thumbnail=thumb)
 
 
 @lru_cache(maxsize=2048)

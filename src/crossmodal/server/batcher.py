@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 
 from ..collection.collection import Collection, Hit
-from ..encoders.base import normalize
 from ..search.filters import Condition
+from ..search.query import combine
 
 
 @dataclass
@@ -95,11 +95,12 @@ class SearchBatcher:
         groups: dict[tuple, list[tuple[SearchJob, np.ndarray]]] = defaultdict(list)
         for job in batch:
             parts = [(w, next(text_vecs)) for w, _ in job.texts] + [(w, next(image_vecs)) for w, _ in job.images]
-            total = sum((w * v for w, v in parts + job.vectors), np.zeros(encoder.dim, dtype=np.float32))
-            if not np.any(total):
-                job.future.set_exception(ValueError("the query terms cancel out: nothing left to search for"))
+            try:
+                vector = combine(parts + job.vectors, encoder.dim)
+            except ValueError as e:
+                job.future.set_exception(e)
                 continue
-            groups[(job.kind, job.path, job.where, job.k)].append((job, normalize(total)))
+            groups[(job.kind, job.path, job.where, job.k)].append((job, vector))
         for (kind, path, where, k), members in groups.items():
             with self.lock:
                 results = self.collection.search_vectors(
