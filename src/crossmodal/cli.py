@@ -341,3 +341,74 @@ def export(
 
     folder = export_onnx(load_encoder(model), out, int8=int8)
     err.print(f"wrote {folder} (load it with --model {folder})", highlight=False)
+
+
+def parse_unfreeze(spec: str) -> tuple[int, int]:
+    """``heads`` -> (0, 0); ``last:N`` -> (N, N); ``image:N,text:M`` -> (N, M): photo blocks, text layers."""
+    if spec == "heads":
+        return 0, 0
+    parts = dict(p.split(":", 1) for p in spec.split(",") if ":" in p)
+    try:
+        if set(parts) == {"last"}:
+            return int(parts["last"]), int(parts["last"])
+        if parts and set(parts) <= {"image", "text"}:
+            return int(parts.get("image", 0)), int(parts.get("text", 0))
+    except ValueError:
+        pass
+    raise ValueError(f"--unfreeze {spec!r}: use heads, last:N or image:N,text:M")
+
+
+@app.command()
+@friendly
+def train(
+    data: Annotated[str, typer.Option("--data", "-d", help="A Flickr-layout folder, karpathy:FILE.json, or a "
+                                      ".csv/.tsv/.jsonl image,caption table with a split column.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the trained model, checkpoint and report; "
+                                      "rerunning the same command resumes from it.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="'lite' or a transformers id or folder.")] = "lite",
+    train_split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
+    dev_split: Annotated[str, typer.Option(help="Split to choose epochs on (early stopping).")] = "dev",
+    loss: Annotated[str, typer.Option(help="infonce, siglip or vsepp.")] = "infonce",
+    unfreeze: Annotated[str, typer.Option(help="What trains besides the heads: heads, last:N or "
+                                          "image:N,text:M (lite: photo blocks, caption layers).")] = "heads",
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    batch_size: Annotated[int, typer.Option(min=2, help="Photos per step.")] = 128,
+    lr: Annotated[float, typer.Option(help="Peak learning rate of the heads.")] = 1e-3,
+    tower_lr: Annotated[float, typer.Option(help="Peak learning rate of unfrozen tower layers.")] = 1e-4,
+    weight_decay: Annotated[float, typer.Option()] = 0.1,
+    patience: Annotated[int, typer.Option(min=1, help="Stop after this many epochs without a better dev RSUM.")] = 3,
+    seed: Annotated[int, typer.Option()] = 0,
+    views: Annotated[int, typer.Option(min=1, help="lite: augmented views cached per training photo.")] = 4,
+    cache: Annotated[Path, typer.Option(help="lite: where frozen-tower features are cached.")] = Path("runs/cache"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Fine-tune a dual encoder on image-caption data; `--model OUT` then loads the result anywhere."""
+    from .encoders import load_encoder
+    from .evaluation.report import finish_report, write_report
+    from .evaluation.runner import evaluate as run
+    from .sources.datasets import load_dataset
+    from .training.loop import TrainConfig, fit
+    from .training.train_lite import readable, train_lite, write_curve
+
+    image_blocks, text_layers = parse_unfreeze(unfreeze)
+    warn = lambda line: err.print(line, highlight=False, markup=False)  # noqa: E731
+    train_data = readable(load_dataset(data, train_split), warn)
+    dev_data = readable(load_dataset(data, dev_split), warn)
+    config = TrainConfig(loss=loss, epochs=epochs, batch_size=batch_size, lr=lr, tower_lr=tower_lr,
+                         weight_decay=weight_decay, patience=patience, seed=seed)
+    if model == "lite":
+        history = train_lite(train_data, dev_data, out, config, image_blocks, text_layers, views, cache=cache,
+                             progress=not quiet)
+    else:
+        from .encoders.hf import HFDualEncoder
+        from .training.hf_task import HFTask
+
+        if image_blocks != text_layers:
+            raise ValueError("transformers models take --unfreeze heads or last:N")
+        history = fit(HFTask(HFDualEncoder(model), train_data, dev_data, image_blocks), config, out, not quiet)
+    write_curve(history, out / "training_curve.png")
+    report = finish_report(run(load_encoder(str(out)), dev_data, progress=not quiet), dev_split)
+    write_report(report, out / "report")
+    m = report["metrics"]
+    err.print(f"best dev RSUM {m['rsum']:.2f} (R@1 {m['i2t_R@1']:.1f} / {m['t2i_R@1']:.1f}); model in {out}, "
+              f"load it with --model {out}", highlight=False)

@@ -9,8 +9,8 @@ from .base import Encoder
 
 
 def load_encoder(name: str, device: str = "cpu") -> Encoder:
-    """Load a model by name: ``lite`` (offline default), a lite heads file, an ONNX export folder, or a
-    transformers id/folder."""
+    """Load a model by name: ``lite`` (offline default), a lite weights file or a folder holding one (what
+    ``crossmodal train`` writes), an ONNX export folder, or a transformers id/folder."""
     return _load(name, device)
 
 
@@ -25,6 +25,8 @@ def _load(name: str, device: str) -> Encoder:
         from .onnx import OnnxEncoder
 
         return OnnxEncoder(path)
+    if path.is_dir() and (path / "lite.safetensors").is_file():
+        path = path / "lite.safetensors"
     if path.suffix == ".safetensors" and path.is_file():
         from .lite import LiteEncoder
 

@@ -26,6 +26,7 @@ WEIGHTS = Path(__file__).parent / "weights" / "lite.safetensors"
 IMAGE_FEATURES = 1280
 TEXT_FEATURES = 384
 TEXT_MAX_TOKENS = 128
+TOWER_PREFIX = "towers."
 
 
 def preprocess_image(image: Image.Image, size: int) -> torch.Tensor:
@@ -115,10 +116,22 @@ class LiteHeads(nn.Module):
 
     @classmethod
     def load(cls, path: Path) -> LiteHeads:
-        state = load_file(str(path))
+        return cls.from_state(load_file(str(path)))
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> LiteHeads:
         heads = cls(dim=state["image.proj.weight"].shape[0])
-        heads.load_state_dict(state)
+        heads.load_state_dict({k: v for k, v in state.items() if not k.startswith(TOWER_PREFIX)})
         return heads.eval()
+
+
+def load_tower_tensors(towers: LiteTowers, state: dict[str, torch.Tensor]) -> None:
+    """Overwrite the fine-tuned tower tensors stored (as ``towers.<name>``) beside the heads."""
+    tuned = {k.removeprefix(TOWER_PREFIX): v.float() for k, v in state.items() if k.startswith(TOWER_PREFIX)}
+    unknown = set(tuned) - set(towers.state_dict())
+    if unknown:
+        raise ValueError(f"weights file has tower tensors lite does not: {sorted(unknown)[:3]}")
+    towers.load_state_dict(tuned, strict=False)
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -140,8 +153,11 @@ class LiteEncoder(Encoder):
         self.name = "lite" if weights == WEIGHTS else str(weights.resolve())
         self.fingerprint = fingerprint_files([weights])
         self.device = torch.device(device)
-        self.towers = LiteTowers().to(self.device)
-        self.heads = LiteHeads.load(weights).to(self.device)
+        state = load_file(str(weights))
+        self.towers = LiteTowers()
+        load_tower_tensors(self.towers, state)
+        self.towers.to(self.device)
+        self.heads = LiteHeads.from_state(state).to(self.device)
         self.dim = self.heads.dim
 
     @torch.inference_mode()

@@ -1,0 +1,104 @@
+"""The trainable part of ``lite``: the last blocks of both towers plus the heads, fed cached activations.
+
+The photo tower trains in its BatchNorm-folded form (each conv has a bias and no BatchNorm), which is
+exactly the form inference runs, so a fine-tuned block loads straight into ``LiteTowers`` and small
+batches cannot disturb BatchNorm statistics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+from transformers.masking_utils import create_bidirectional_mask
+
+from ..encoders.lite import LiteHeads, LiteTowers
+from .activations import IMAGE_CUT, TEXT_CUT, Activations
+
+
+class LiteTrainable(nn.Module):
+    """Photo blocks ``image_from:`` + head conv and caption layers ``text_from:`` of the lite towers, with heads.
+
+    Blocks between the cache cut and ``image_from`` (layers between the cut and ``text_from``) stay frozen.
+    """
+
+    def __init__(self, towers: LiteTowers, heads: LiteHeads, image_blocks: int, text_layers: int) -> None:
+        super().__init__()
+        n_blocks, n_layers = len(towers.image._blocks), len(towers.text.encoder.layer)
+        if not 0 <= image_blocks <= n_blocks - IMAGE_CUT or not 0 <= text_layers <= n_layers - TEXT_CUT:
+            raise ValueError(f"lite can unfreeze at most {n_blocks - IMAGE_CUT} photo blocks and "
+                             f"{n_layers - TEXT_CUT} caption layers")
+        self.towers, self.heads = towers, heads
+        self.image_from, self.text_from = n_blocks - image_blocks, n_layers - text_layers
+        towers.requires_grad_(False)
+        self.tower_modules = [*towers.image._blocks[self.image_from:], *towers.text.encoder.layer[self.text_from:]]
+        if image_blocks:
+            self.tower_modules.append(towers.image._conv_head)
+        for module in self.tower_modules:
+            module.requires_grad_(True)
+
+    def tower_parameters(self) -> list[nn.Parameter]:
+        return [p for m in self.tower_modules for p in m.parameters()]
+
+    def train(self, mode: bool = True) -> LiteTrainable:
+        """Only the unfrozen tower modules and the heads switch to training mode (dropout)."""
+        super().train(False)
+        for module in [*self.tower_modules, self.heads]:
+            module.train(mode)
+        return self
+
+    def image_features(self, acts: torch.Tensor) -> torch.Tensor:
+        """Pooled photo features (B, 1280) from block-``IMAGE_CUT`` activations."""
+        acts = acts.contiguous(memory_format=torch.channels_last)
+        image = self.towers.image
+        with torch.no_grad():
+            acts = image.forward_blocks(acts, IMAGE_CUT, self.image_from)
+        return image.forward_head(image.forward_blocks(acts, self.image_from))
+
+    def text_features(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean-pooled, normalised caption features (B, 384) from layer-``TEXT_CUT`` hidden states."""
+        text = self.towers.text
+        attn = create_bidirectional_mask(config=text.config, inputs_embeds=hidden, attention_mask=mask)
+        layers = text.encoder.layer
+        with torch.no_grad():
+            for layer in layers[TEXT_CUT:self.text_from]:
+                hidden = layer(hidden, attn)
+        for layer in layers[self.text_from:]:
+            hidden = layer(hidden, attn)
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return F.normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1.0), dim=-1)
+
+    def embed_images(self, acts: torch.Tensor) -> torch.Tensor:
+        return self.heads.image(self.image_features(acts))
+
+    def embed_texts(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.heads.text(self.text_features(hidden, mask))
+
+    @torch.inference_mode()
+    def embed_split(self, acts: Activations, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised (photo, caption) embeddings of a whole split, for dev evaluation."""
+        was_training = self.heads.training
+        self.train(False)
+        images = [self.embed_images(acts.image_batch(np.arange(s, min(s + batch_size, len(acts.images)))))
+                  for s in range(0, len(acts.images), batch_size)]
+        n_texts = len(acts.offsets) - 1
+        texts = [self.embed_texts(*acts.text_batch(np.arange(s, min(s + batch_size, n_texts))))
+                 for s in range(0, n_texts, batch_size)]
+        self.train(was_training)
+        return (F.normalize(torch.cat(images), dim=-1).numpy(), F.normalize(torch.cat(texts), dim=-1).numpy())
+
+    def export(self, path: Path, metadata: dict[str, str]) -> None:
+        """Write heads plus every unfrozen tower tensor (float16) to one safetensors file, atomically."""
+        state = {f"{k}": v.detach().contiguous() for k, v in self.heads.state_dict().items()}
+        tower_state = self.towers.state_dict()
+        trained = {id(p) for p in self.tower_parameters()}
+        names = [n for n, p in self.towers.named_parameters() if id(p) in trained]
+        state.update({f"towers.{n}": tower_state[n].detach().to(torch.float16).contiguous() for n in names})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file(state, str(tmp), metadata={"dim": str(self.heads.dim), **metadata})
+        tmp.replace(path)

@@ -1,0 +1,223 @@
+"""Training: losses against hand-worked values, the loop's batches, resume and reproducibility, a tiny
+lite run on real Flickr8k photos, and a tiny transformers model through `crossmodal train`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from conftest import FLICKR, make_photo, needs_flickr
+from crossmodal.cli import app, parse_unfreeze
+from crossmodal.encoders import load_encoder
+from crossmodal.encoders.lite import LiteHeads
+from crossmodal.sources.datasets import load_dataset
+from crossmodal.sources.images import load_image
+from crossmodal.training import losses
+from crossmodal.training.lite_tasks import FeatureTask
+from crossmodal.training.loop import TrainConfig, epoch_batches, fit
+
+TEXT = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+IMAGE = torch.tensor([[1.0, 0.0], [0.6, 0.8]])  # cosines: t0.i0 = 1, t0.i1 = 0.6, t1.i0 = 0, t1.i1 = 0.8
+EYE = torch.eye(2, dtype=torch.bool)
+
+
+def _logsig(x: float) -> float:
+    return -math.log1p(math.exp(-x))
+
+
+def test_infonce_matches_hand_value() -> None:
+    t2i = -math.log(math.e / (math.e + math.exp(0.6))) - math.log(math.exp(0.8) / (1 + math.exp(0.8)))
+    i2t = -math.log(math.e / (math.e + 1)) - math.log(math.exp(0.8) / (math.exp(0.6) + math.exp(0.8)))
+    got = losses.infonce(TEXT, IMAGE, EYE, torch.tensor(0.0))
+    assert got.item() == pytest.approx((t2i / 2 + i2t / 2) / 2, rel=1e-6)
+
+
+def test_siglip_matches_hand_value() -> None:
+    expected = -(_logsig(1.0) + _logsig(-0.6) + _logsig(-0.0) + _logsig(0.8)) / 2
+    got = losses.siglip(TEXT, IMAGE, EYE, torch.tensor(0.0), torch.tensor(0.0))
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_vsepp_matches_hand_value() -> None:
+    # t0/i0: hardest negative photo i1 (0.6) violates by 0.1, hardest negative caption t1 (0) does not;
+    # t1/i1: hardest negative photo i0 (0) does not, hardest negative caption t0 (0.6) violates by 0.3.
+    assert losses.vsepp(TEXT, IMAGE, EYE, margin=0.5).item() == pytest.approx(0.4 / 2, rel=1e-6)
+
+
+def test_captions_of_one_photo_are_not_each_others_negatives() -> None:
+    text = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # t0 and t1 both describe i0
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    positive = torch.tensor([[True, False], [True, False], [False, True]])
+    assert losses.vsepp(text, image, positive, margin=0.5).item() == 0.0
+    # infonce: photo i0 spreads its target over t0 and t1 (1/2 each) instead of treating t1 as a negative
+    col0 = -0.5 * 2 * math.log(math.e / (2 * math.e + 1))
+    col1 = -math.log(math.e / (math.e + 2))
+    rows = 3 * -math.log(math.e / (math.e + 1))
+    got = losses.infonce(text, image, positive, torch.tensor(0.0))
+    assert got.item() == pytest.approx((rows / 3 + (col0 + col1) / 2) / 2, rel=1e-6)
+    assert losses.siglip(text, image, positive, torch.tensor(0.0), torch.tensor(0.0)).item() == pytest.approx(
+        -(3 * _logsig(1.0) + 3 * _logsig(0.0)) / 3, rel=1e-6)
+
+
+def test_epoch_batches_cover_each_photo_once_with_its_own_captions() -> None:
+    text_image = np.repeat(np.arange(10), 3)
+    batches = epoch_batches(text_image, TrainConfig(batch_size=4, captions_per_image=2), np.random.default_rng(0))
+    assert len(batches) == 2  # 10 photos, batches of 4, the incomplete one dropped
+    photos = np.concatenate([b[0] for b in batches])
+    assert len(set(photos.tolist())) == 8
+    for images, texts in batches:
+        assert len(texts) == 8 and set(text_image[texts].tolist()) == set(images.tolist())
+
+
+def _synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Photo features and 2 noisy captions each, both fixed linear views of a hidden factor per photo."""
+    mix = np.random.default_rng(99)
+    to_image, to_text = mix.normal(size=(8, 1280)), mix.normal(size=(8, 384))
+    rng = np.random.default_rng(seed)
+    factor = rng.normal(size=(n, 8))
+    owner = np.repeat(np.arange(n), 2)
+    images = factor @ to_image + rng.normal(size=(n, 1280))
+    texts = (factor[owner] + 0.3 * rng.normal(size=(2 * n, 8))) @ to_text + rng.normal(size=(2 * n, 384))
+    return images.astype(np.float32), texts.astype(np.float32), owner
+
+
+def _heads_task() -> FeatureTask:
+    torch.manual_seed(0)
+    return FeatureTask(LiteHeads(32, dropout=0.2), _synthetic(64, 0), _synthetic(32, 1))
+
+
+def test_training_on_features_learns_and_keeps_the_best_epoch(tmp_path: Path) -> None:
+    config = TrainConfig(epochs=6, batch_size=16, patience=6, lr=3e-3)
+    history = fit(_heads_task(), config, tmp_path, progress=False)
+    assert history[-1]["loss"] < history[0]["loss"]
+    best = max(history, key=lambda h: h["dev_rsum"])
+    assert best["dev_rsum"] > 100  # chance on 32 photos is about 6 + 16 + 31 per direction
+    saved = LiteHeads.load(tmp_path / "lite.safetensors")
+    task = _heads_task()
+    task.module.load_state_dict(saved.state_dict())
+    assert task.dev_metrics()["rsum"] == pytest.approx(best["dev_rsum"])
+
+
+def test_resume_after_interruption_gives_the_same_result(tmp_path: Path) -> None:
+    config = TrainConfig(epochs=4, batch_size=16, patience=4)
+    straight = fit(_heads_task(), config, tmp_path / "a", progress=False)
+
+    task = _heads_task()
+    calls = {"n": 0}
+    dev_metrics = task.dev_metrics
+
+    def interrupted() -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return dev_metrics()
+
+    task.dev_metrics = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        fit(task, config, tmp_path / "b", progress=False)
+    resumed = fit(_heads_task(), config, tmp_path / "b", progress=False)
+    assert [h["loss"] for h in resumed] == [h["loss"] for h in straight]
+    assert [h["dev_rsum"] for h in resumed] == [h["dev_rsum"] for h in straight]
+    a, b = load_file(str(tmp_path / "a" / "lite.safetensors")), load_file(str(tmp_path / "b" / "lite.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_other_settings(tmp_path: Path) -> None:
+    fit(_heads_task(), TrainConfig(epochs=1, batch_size=16), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        fit(_heads_task(), TrainConfig(epochs=1, batch_size=16, lr=0.5), tmp_path, progress=False)
+
+
+def test_parse_unfreeze() -> None:
+    assert parse_unfreeze("heads") == (0, 0)
+    assert parse_unfreeze("last:2") == (2, 2)
+    assert parse_unfreeze("image:3,text:1") == (3, 1)
+    for bad in ("last", "last:x", "lots:2", ""):
+        with pytest.raises(ValueError, match="--unfreeze"):
+            parse_unfreeze(bad)
+
+
+@needs_flickr
+def test_tiny_lite_run_on_flickr8k_learns_and_exports(tmp_path: Path) -> None:
+    from crossmodal.training.train_lite import train_lite
+
+    train = load_dataset(FLICKR, "train").subset_images(np.arange(6000) < 48)
+    dev = load_dataset(FLICKR, "dev").subset_images(np.arange(1000) < 24)
+    config = TrainConfig(epochs=3, batch_size=16, patience=3, lr=1e-3, tower_lr=1e-4)
+    out = tmp_path / "model"
+    history = train_lite(train, dev, out, config, image_blocks=1, text_layers=1, views=2, dim=64,
+                         cache=tmp_path / "cache", progress=False)
+    heads_history = json.loads((out / "training" / "heads" / "training" / "history.json").read_text())["history"]
+    assert heads_history[-1]["loss"] < heads_history[0]["loss"]
+    assert history[-1]["loss"] < heads_history[0]["loss"]
+    # chance RSUM on 24 photos is about 2 * (4 + 21 + 42) = 134
+    assert max(h["dev_rsum"] for h in history) > 160
+
+    state = load_file(str(out / "lite.safetensors"))
+    assert any(k.startswith("towers.image._blocks.15.") for k in state)
+    assert any(k.startswith("towers.text.encoder.layer.5.") for k in state)
+    assert not any(k.startswith(("towers.image._blocks.14.", "towers.text.encoder.layer.4.")) for k in state)
+    tuned, base = load_encoder(str(out)), load_encoder("lite")
+    assert tuned.fingerprint != base.fingerprint and tuned.dim == 64
+    photos = [load_image(p) for p in dev.images[:4]]
+    tuned_texts = tuned.encode_texts(dev.texts[:4])
+    assert np.allclose(np.linalg.norm(tuned_texts, axis=1), 1, atol=1e-5)
+    assert tuned.encode_images(photos).shape == (4, 64)
+
+
+def _tiny_table(root: Path) -> Path:
+    colours = [(220, 30, 30), (30, 200, 40), (40, 60, 220), (230, 220, 40), (20, 20, 20), (240, 240, 240)]
+    words = ["red", "green", "blue", "yellow", "black", "white"]
+    rows = ["image\tcaption\tsplit"]
+    for i, (colour, word) in enumerate(zip(colours * 2, words * 2, strict=True)):
+        make_photo(root / f"p{i}.png", colour, noise=20 + i)
+        split = "train" if i < 8 else "dev"
+        rows += [f"p{i}.png\ta {word} photo\t{split}", f"p{i}.png\tall {word}\t{split}"]
+    make_photo(root / "broken.jpg", (0, 0, 0)).write_bytes(b"not a jpeg")
+    rows.append("broken.jpg\ta broken photo\ttrain")
+    (root / "data.tsv").write_text("\n".join(rows) + "\n")
+    return root / "data.tsv"
+
+
+def test_train_command_fine_tunes_a_transformers_model(tmp_path: Path) -> None:
+    from test_hf_encoders import _build, _tokenizer
+
+    torch.manual_seed(0)
+    model, processor = _build("clip")
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    processor.save_pretrained(base)
+    _tokenizer().save_pretrained(base)
+    table = _tiny_table(tmp_path / "data")
+    out = tmp_path / "tuned"
+    args = ["train", "--model", str(base), "--data", str(table), "--out", str(out), "--unfreeze", "last:1",
+            "--epochs", "2", "--batch-size", "4", "--lr", "1e-2", "--tower-lr", "1e-3", "-q"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "skipping" in result.output and "broken.jpg" in result.output
+    assert (out / "report" / "report.json").is_file() and (out / "training_curve.png").is_file()
+    tuned, original = load_encoder(str(out)), load_encoder(str(base))
+    assert tuned.fingerprint != original.fingerprint
+    a, b = tuned.model.state_dict(), original.model.state_dict()
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert "visual_projection.weight" in changed and "text_projection.weight" in changed
+    assert any(k.startswith("vision_model.encoder.layers.1.") for k in changed)
+    assert not any(k.startswith(("vision_model.encoder.layers.0.", "text_model.embeddings")) for k in changed)
+
+
+def test_heads_only_needs_projection_heads(tmp_path: Path) -> None:
+    from test_hf_encoders import _build
+
+    from crossmodal.training.hf_task import unfreeze
+
+    siglip, _ = _build("siglip")
+    with pytest.raises(ValueError, match="no projection heads"):
+        unfreeze(siglip, 0)
+    assert unfreeze(siglip, 1)
