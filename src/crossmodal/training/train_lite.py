@@ -3,7 +3,6 @@ blocks too; the result is a folder that ``--model`` loads anywhere."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -20,8 +19,9 @@ from .lite_model import LiteTrainable
 from .lite_tasks import WEIGHTS_FILE, FeatureTask, LiteTask
 from .loop import TrainConfig, fit
 
-HEADS_STAGE = TrainConfig(epochs=10, batch_size=64, captions_per_image=5, lr=1e-3, weight_decay=0.1, warmup=0.3,
-                          patience=3)
+# The linear-probe stage before fine-tuning (at most --batch-size photos per step): 35 s on 2 cores,
+# Flickr8k dev RSUM 287 at 256 photos per step, 277 at 128.
+HEADS_STAGE = TrainConfig(epochs=20, batch_size=256, lr=2e-3, weight_decay=0.1, warmup=0.1, patience=5)
 
 
 def _cache_name(data: CaptionDataset) -> str:
@@ -31,16 +31,17 @@ def _cache_name(data: CaptionDataset) -> str:
 def train_lite(train: CaptionDataset, dev: CaptionDataset, out: Path, config: TrainConfig,
                image_blocks: int = 0, text_layers: int = 0, views: int = 4, dim: int = 512, dropout: float = 0.2,
                cache: Path = Path("runs/cache"), progress: bool = True) -> list[dict[str, Any]]:
-    """Fit heads on cached frozen features, then fine-tune the last ``image_blocks`` photo blocks and
-    ``text_layers`` caption layers with them; writes ``out/lite.safetensors`` and returns the history."""
+    """Fit heads on cached frozen features with ``config``; or, when asked to unfreeze, fit them with the
+    HEADS_STAGE recipe and then fine-tune them with the last ``image_blocks`` photo blocks and
+    ``text_layers`` caption layers using ``config``. Writes ``out/lite.safetensors``; returns the history."""
     towers = LiteTowers()
     splits = [(*cached_features(towers, d, cache / f"{_cache_name(d)}.npz"), d.text_image) for d in (train, dev)]
-    stage_one = out / "training" / "heads" if image_blocks or text_layers else out
+    if not image_blocks and not text_layers:
+        return fit(FeatureTask(LiteHeads(dim, dropout), *splits), config, out, progress)
+    stage_one = out / "training" / "heads"
     heads_config = replace(HEADS_STAGE, loss=config.loss, margin=config.margin, seed=config.seed,
                            batch_size=min(HEADS_STAGE.batch_size, config.batch_size))
-    history = fit(FeatureTask(LiteHeads(dim, dropout), *splits), heads_config, stage_one, progress)
-    if stage_one == out:
-        return history
+    fit(FeatureTask(LiteHeads(dim, dropout), *splits), heads_config, stage_one, progress)
     heads = LiteHeads.load(stage_one / WEIGHTS_FILE)
     train_acts = cached_activations(towers, train, cache / f"{_cache_name(train)}-acts", n_views=views,
                                     seed=config.seed)
@@ -64,7 +65,7 @@ def write_curve(history: list[dict[str, Any]], path: Path) -> None:
     rsum_ax = loss_ax.twinx()
     rsum_ax.plot(epochs, [h["dev_rsum"] for h in history], "s-", color="tab:red", label="dev RSUM")
     rsum_ax.set_ylabel("dev RSUM", color="tab:red")
-    fig.suptitle(json.dumps({"best dev RSUM": round(max(h["dev_rsum"] for h in history), 1)}))
+    fig.suptitle(f"best dev RSUM {max(h['dev_rsum'] for h in history):.1f}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
