@@ -106,11 +106,13 @@ class LiteHeads(nn.Module):
         self.text = Head(TEXT_FEATURES, dim, dropout)
         self.dim = dim
 
-    def save(self, path: Path, metadata: dict[str, str]) -> None:
-        """Write the heads as safetensors with their training metadata (atomically)."""
+    def save(self, path: Path, metadata: dict[str, str], towers: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the heads, and any fine-tuned tower tensors (as ``towers.<name>``), as safetensors with
+        their training metadata (atomically)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        state |= {TOWER_PREFIX + k: v.detach().contiguous() for k, v in (towers or {}).items()}
         save_file(state, str(tmp), metadata={"dim": str(self.dim), **metadata})
         tmp.replace(path)
 

@@ -62,7 +62,7 @@ class HFTask:
     def __init__(self, encoder: HFDualEncoder, train: CaptionDataset, dev: CaptionDataset, last: int) -> None:
         self.encoder, self.dev = encoder, dev
         self.module = encoder.model
-        self.trainable = unfreeze(self.module, last)
+        unfreeze(self.module, last)
         self.train_data = train
         self.train_text_image = np.asarray(train.text_image)
 

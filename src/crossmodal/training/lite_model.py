@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
@@ -93,12 +92,5 @@ class LiteTrainable(nn.Module):
 
     def export(self, path: Path, metadata: dict[str, str]) -> None:
         """Write heads plus every unfrozen tower tensor (float16) to one safetensors file, atomically."""
-        state = {f"{k}": v.detach().contiguous() for k, v in self.heads.state_dict().items()}
-        tower_state = self.towers.state_dict()
-        trained = {id(p) for p in self.tower_parameters()}
-        names = [n for n, p in self.towers.named_parameters() if id(p) in trained]
-        state.update({f"towers.{n}": tower_state[n].detach().to(torch.float16).contiguous() for n in names})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file(state, str(tmp), metadata={"dim": str(self.heads.dim), **metadata})
-        tmp.replace(path)
+        tuned = {n: p.to(torch.float16) for n, p in self.towers.named_parameters() if p.requires_grad}
+        self.heads.save(path, metadata, towers=tuned)

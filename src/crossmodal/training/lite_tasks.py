@@ -7,6 +7,7 @@ into the pretrained blocks.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,20 @@ SIDED = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 WEIGHTS_FILE = "lite.safetensors"
 
 
-def _decay_groups(module: nn.Module, lr: float) -> list[dict[str, Any]]:
+def _decay_groups(params: Iterable[nn.Parameter], lr: float) -> list[dict[str, Any]]:
     """Weight decay on matrices and kernels only, not on biases, LayerNorms or learnable scalars."""
-    params = [p for p in module.parameters() if p.requires_grad]
+    params = [p for p in params if p.requires_grad]
     return [{"params": [p for p in params if p.ndim >= 2], "lr": lr},
             {"params": [p for p in params if p.ndim < 2], "lr": lr, "weight_decay": 0.0}]
+
+
+def pick_views(mirrored: np.ndarray, images: np.ndarray, no_mirror: np.ndarray, rng: np.random.Generator
+               ) -> np.ndarray:
+    """A random cached view per photo (``mirrored``: photos x views); the plain view 0 instead wherever a
+    mirrored view was drawn for a photo flagged in ``no_mirror`` (its caption says left or right)."""
+    views = rng.integers(mirrored.shape[1], size=len(images))
+    views[mirrored[images, views] & no_mirror] = 0
+    return views
 
 
 class FeatureTask:
@@ -45,7 +55,7 @@ class FeatureTask:
             head.std.copy_(feats.std(0).clamp(min=1e-6))
 
     def param_groups(self, lr: float, tower_lr: float) -> list[dict[str, Any]]:
-        return _decay_groups(self.module, lr)
+        return _decay_groups(self.module.parameters(), lr)
 
     def embed_batch(self, images: np.ndarray, texts: np.ndarray, rng: np.random.Generator
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,17 +83,13 @@ class LiteTask:
         self.sided = np.array([bool(SIDED.search(t)) for t in train_texts])
 
     def param_groups(self, lr: float, tower_lr: float) -> list[dict[str, Any]]:
-        groups = _decay_groups(self.module.heads, lr)
-        tower = [p for p in self.module.tower_parameters()]
-        return groups + [{"params": [p for p in tower if p.ndim >= 2], "lr": tower_lr},
-                         {"params": [p for p in tower if p.ndim < 2], "lr": tower_lr, "weight_decay": 0.0}]
+        return (_decay_groups(self.module.heads.parameters(), lr)
+                + _decay_groups(self.module.tower_parameters(), tower_lr))
 
     def embed_batch(self, images: np.ndarray, texts: np.ndarray, rng: np.random.Generator
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        views = rng.integers(self.train.images.shape[1], size=len(images))
-        mirrored = np.asarray(self.train.mirrored)[images, views]
-        sided_photos = set(self.train_text_image[texts[self.sided[texts]]].tolist())
-        views[mirrored & np.isin(images, list(sided_photos))] = 0  # never mirror a photo whose caption says left/right
+        sided_photos = np.isin(images, self.train_text_image[texts[self.sided[texts]]])
+        views = pick_views(np.asarray(self.train.mirrored), images, sided_photos, rng)
         image_emb = self.module.embed_images(self.train.image_batch(images, views))
         return self.module.embed_texts(*self.train.text_batch(texts)), image_emb
 
