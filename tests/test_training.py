@@ -20,7 +20,7 @@ from crossmodal.encoders.lite import LiteHeads
 from crossmodal.sources.datasets import load_dataset
 from crossmodal.sources.images import load_image
 from crossmodal.training import losses
-from crossmodal.training.lite_tasks import FeatureTask
+from crossmodal.training.lite_tasks import FeatureTask, pick_views
 from crossmodal.training.loop import TrainConfig, epoch_batches, fit
 
 TEXT = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -122,7 +122,17 @@ def test_resume_after_interruption_gives_the_same_result(tmp_path: Path) -> None
     task.dev_metrics = interrupted  # type: ignore[method-assign]
     with pytest.raises(KeyboardInterrupt):
         fit(task, config, tmp_path / "b", progress=False)
-    resumed = fit(_heads_task(), config, tmp_path / "b", progress=False)
+    resumed_task = _heads_task()
+    epochs_run = {"n": 0}
+    resumed_dev_metrics = resumed_task.dev_metrics
+
+    def counted() -> dict[str, float]:
+        epochs_run["n"] += 1
+        return resumed_dev_metrics()
+
+    resumed_task.dev_metrics = counted  # type: ignore[method-assign]
+    resumed = fit(resumed_task, config, tmp_path / "b", progress=False)
+    assert epochs_run["n"] == 2  # epochs 1-2 came from the checkpoint; only 3 and 4 ran again
     assert [h["loss"] for h in resumed] == [h["loss"] for h in straight]
     assert [h["dev_rsum"] for h in resumed] == [h["dev_rsum"] for h in straight]
     a, b = load_file(str(tmp_path / "a" / "lite.safetensors")), load_file(str(tmp_path / "b" / "lite.safetensors"))
@@ -133,6 +143,17 @@ def test_resume_refuses_other_settings(tmp_path: Path) -> None:
     fit(_heads_task(), TrainConfig(epochs=1, batch_size=16), tmp_path, progress=False)
     with pytest.raises(ValueError, match="other settings"):
         fit(_heads_task(), TrainConfig(epochs=1, batch_size=16, lr=0.5), tmp_path, progress=False)
+
+
+def test_mirrored_views_are_never_drawn_for_photos_whose_captions_say_left_or_right() -> None:
+    mirrored = np.tile(np.array([False, True, False, True]), (50, 1))  # views 1 and 3 are mirror images
+    images = np.arange(50)
+    no_mirror = images % 2 == 0
+    views = np.concatenate([pick_views(mirrored, images, no_mirror, np.random.default_rng(s)) for s in range(20)])
+    flagged = np.tile(no_mirror, 20)
+    assert not mirrored[np.tile(images, 20), views][flagged].any()
+    assert set(views[~flagged].tolist()) == {0, 1, 2, 3}  # the other photos draw every view
+    assert set(views[flagged].tolist()) == {0, 2}
 
 
 def test_parse_unfreeze() -> None:
