@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from starlette.concurrency import run_in_threadpool
 from threadpoolctl import threadpool_limits
 
@@ -63,13 +64,10 @@ class SearchIn(BaseModel):
     where: list[str] = Field(default_factory=list, max_length=16, description='Conditions like "album=paris".')
 
 
-class HitOut(BaseModel):
-    id: int
-    score: float
-    kind: str
-    path: str | None = None
-    text: str | None = None
-    fields: dict[str, Any] | None = None
+@pydantic_dataclass
+class HitOut(Hit):
+    """A search result as the API returns it: the collection's ``Hit`` plus its thumbnail URL."""
+
     thumbnail: str | None = None
 
 
