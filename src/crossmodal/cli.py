@@ -30,6 +30,20 @@ app = typer.Typer(
 err = Console(stderr=True, soft_wrap=True)
 
 
+@app.callback()
+def main(
+    backend: Annotated[str, typer.Option(envvar="CROSSMODAL_BACKEND", help="How the lite model runs on the CPU: "
+                                         "auto (ONNX Runtime when installed, else PyTorch), torch or onnx "
+                                         "[env: CROSSMODAL_BACKEND].")] = "auto",
+) -> None:
+    """Cross-modal retrieval: find photos by describing them, captions for a photo, similar photos."""
+    from .encoders import BACKENDS
+
+    if backend not in BACKENDS:
+        raise typer.BadParameter(f"use one of {', '.join(BACKENDS)}", param_hint="--backend")
+    os.environ["CROSSMODAL_BACKEND"] = backend  # read by load_encoder, here and in child processes
+
+
 def default_collection() -> Path:
     """$CROSSMODAL_COLLECTION, else a per-user data folder."""
     env = os.environ.get("CROSSMODAL_COLLECTION")
@@ -339,7 +353,7 @@ def export(
     from .encoders import load_encoder
     from .encoders.onnx import export_onnx
 
-    folder = export_onnx(load_encoder(model), out, int8=int8)
+    folder = export_onnx(load_encoder(model, backend="torch"), out, int8=int8)
     err.print(f"wrote {folder} (load it with --model {folder})", highlight=False)
 
 

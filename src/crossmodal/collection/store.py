@@ -161,6 +161,10 @@ class ItemStore:
     def by_hash(self, hash_: str, kind: str) -> list[Item]:
         return self.select("kind = ? AND hash = ?", (kind, hash_))
 
+    def hashes(self, kind: str) -> frozenset[str]:
+        """The content hashes of all stored items of ``kind`` (lets decoding skip content already stored)."""
+        return frozenset(h for (h,) in self.db.execute("SELECT hash FROM items WHERE kind = ?", (kind,)))
+
     def vector(self, item_id: int) -> np.ndarray:
         row = self.db.execute("SELECT vector FROM items WHERE id = ?", (item_id,)).fetchone()
         if row is None:

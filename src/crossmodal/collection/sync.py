@@ -5,6 +5,7 @@ large folder takes seconds and an interrupted run resumes where it stopped. Chan
 hashed: a touched file keeps its vector, a renamed file keeps its id and vector, a duplicate reuses
 the vector, and only new content is decoded and encoded. Each batch is one transaction. Deleted
 files are dropped only after a complete scan, so an interrupted run never removes anything.
+Photos are read, hashed and decoded by worker threads a batch ahead of the model (``prefetch``).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from tqdm import tqdm
 
 from ..encoders.base import Encoder
 from ..sources.captions import CaptionRecord
 from ..sources.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from ..sources.prefetch import batches, prefetch
 from .store import Item, ItemStore, NewItem
 
 Reporter = Callable[[str], None]
@@ -70,6 +73,33 @@ class _Pending:
     path: str
     stat: os.stat_result
     item: Item | None
+
+
+@dataclass
+class _Loaded:
+    """A pending photo after the worker's part: its hash, and the decoded photo unless its content is
+    already stored (no need to decode) or it failed (``error`` says why)."""
+
+    entry: _Pending
+    digest: str | None = None
+    image: Image.Image | None = None
+    error: str | None = None
+
+
+def _load(entry: _Pending, known: frozenset[str], max_pixels: int) -> _Loaded:
+    """Read, hash and (for new content) decode one photo; runs in a worker thread, touches no database."""
+    try:
+        with open(entry.path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return _Loaded(entry, error=f"cannot read: {e.strerror or e}")
+    digest = content_hash(data)
+    if digest in known:
+        return _Loaded(entry, digest)
+    try:
+        return _Loaded(entry, digest, image=load_image(data, max_pixels=max_pixels))
+    except ImageError as e:
+        return _Loaded(entry, digest, error=str(e))
 
 
 def index_images(
@@ -123,9 +153,10 @@ def index_images(
 
     moved_ids: set[int] = set()
     size = batch_size or encoder.batch_size
+    stored = store.hashes("image")
+    loaded = prefetch(lambda entry: _load(entry, stored, max_pixels), todo, window=2 * size)
     bar = tqdm(total=len(todo), unit="photo", desc="indexing", disable=not progress or not todo)
-    for start in range(0, len(todo), size):
-        batch = todo[start:start + size]
+    for batch in batches(loaded, size):
         _index_batch(store, encoder, batch, fields, max_pixels, result, moved_ids, report)
         bar.update(len(batch))
     bar.close()
@@ -141,21 +172,18 @@ def index_images(
     return result
 
 
-def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Pending], fields: dict[str, Any],
+def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Loaded], fields: dict[str, Any],
                  max_pixels: int, result: IndexReport, moved_ids: set[int], report: Reporter) -> None:
-    """Hash, decode and encode one batch, then write it in one transaction."""
+    """Sort out one batch of loaded photos, encode the new ones and write it all in one transaction."""
     writes: list[NewItem] = []
     moves: list[tuple[int, _Pending]] = []
     failures: list[tuple[_Pending, str]] = []
     to_encode: list[tuple[_Pending, str, Any]] = []
-    for entry in batch:
-        try:
-            with open(entry.path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            failures.append((entry, f"cannot read: {e.strerror or e}"))
+    for loaded in batch:
+        entry, digest = loaded.entry, loaded.digest
+        if digest is None:
+            failures.append((entry, loaded.error or "cannot read"))
             continue
-        digest = content_hash(data)
         item = entry.item
         if item is not None and item.hash == digest:  # touched, not changed
             writes.append(_image_item(entry, digest, store.vector(item.id), {**item.fields, **fields}, item.id))
@@ -173,12 +201,12 @@ def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Pending], fiel
                                       item.id if item else None))
             result.reused += 1
             continue
-        try:
-            image = load_image(data, max_pixels=max_pixels)
-        except ImageError as e:
-            failures.append((entry, str(e)))
+        if loaded.image is None and loaded.error is None:  # its stored twin is gone: decode it after all
+            loaded = _load(entry, frozenset(), max_pixels)
+        if loaded.error is not None:
+            failures.append((entry, loaded.error))
             continue
-        to_encode.append((entry, digest, image))
+        to_encode.append((entry, digest, loaded.image))
     if to_encode:
         vectors = encoder.encode_images([image for _, _, image in to_encode])
         for (entry, digest, _), vector in zip(to_encode, vectors, strict=True):

@@ -62,14 +62,18 @@ def _round_filters(channels: int, width: float, divisor: int = 8) -> int:
 
 
 class SameConv2d(nn.Conv2d):
-    """Conv2d with TensorFlow "same" padding, computed from the input size at run time."""
+    """Conv2d with TensorFlow "same" padding, computed from the input size at run time.
+
+    The size is read as plain ints, so an ONNX export (fixed resolution) gets constant pads that ONNX
+    Runtime folds into the convolution instead of a chain of shape arithmetic around a ``Pad``.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kh, kw = self.weight.shape[-2:]
         sh, sw = self.stride
         if sh == sw == 1:  # odd kernel, stride 1: TF "same" is symmetric, let the conv pad
             return F.conv2d(x, self.weight, self.bias, 1, (kh // 2, kw // 2), self.dilation, self.groups)
-        ih, iw = x.shape[-2:]
+        ih, iw = (int(size) for size in x.shape[-2:])
         pad_h = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
         pad_w = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
         if pad_h or pad_w:

@@ -1,0 +1,60 @@
+"""The ONNX Runtime copy of a lite model, exported once per weights file into the user cache.
+
+This is what makes the default model fast on a CPU with no setup (as rclip does with ONNX Runtime):
+the first load exports the towers (a few seconds), later loads read the cached graphs directly,
+without building the PyTorch model at all.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from platformdirs import user_cache_dir
+from tqdm import tqdm
+
+from .base import Encoder
+from .fingerprint import fingerprint_files
+
+# Bump when the export changes, so caches written by older code are not reused.
+EXPORT_VERSION = 2
+
+
+def cache_folder(weights: Path) -> Path:
+    """Where the export of ``weights`` lives ($CROSSMODAL_CACHE, else the per-user cache folder)."""
+    root = Path(os.environ.get("CROSSMODAL_CACHE") or user_cache_dir("crossmodal"))
+    return root / "onnx" / f"lite-v{EXPORT_VERSION}-{fingerprint_files([weights])}"
+
+
+def cached_lite_onnx(weights: Path, required: bool = False) -> Encoder | None:
+    """The lite model of ``weights`` on ONNX Runtime, exporting it first if needed; ``None`` (or an error,
+    when ``required``) where ONNX Runtime is not installed or the export fails."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        if required:
+            raise ImportError("the onnx backend needs onnxruntime and onnx: pip install onnxruntime onnx") from None
+        return None
+    from .lite import WEIGHTS, LiteEncoder
+    from .onnx import CONFIG, OnnxEncoder, export_onnx
+
+    weights = Path(weights)
+    name = "lite" if weights == WEIGHTS else str(weights.resolve())
+    folder = cache_folder(weights)
+    if not (folder / CONFIG).is_file():
+        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+        try:
+            tqdm.write(f"exporting {name} to ONNX Runtime (once) into {folder}")
+            export_onnx(LiteEncoder(weights), tmp)
+            tmp.rename(folder)
+        except Exception as e:
+            if not (folder / CONFIG).is_file():  # else another process finished the same export first
+                if required:
+                    raise
+                tqdm.write(f"ONNX export failed ({e}); running {name} on PyTorch")
+                return None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return OnnxEncoder(folder, name=name)
