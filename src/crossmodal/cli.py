@@ -35,13 +35,16 @@ def main(
     backend: Annotated[str, typer.Option(envvar="CROSSMODAL_BACKEND", help="How the lite model runs on the CPU: "
                                          "auto (ONNX Runtime when installed, else PyTorch), torch or onnx "
                                          "[env: CROSSMODAL_BACKEND].")] = "auto",
+    device: Annotated[str, typer.Option(envvar="CROSSMODAL_DEVICE", help="Where PyTorch models run: cpu, cuda or "
+                                        "cuda:N [env: CROSSMODAL_DEVICE].")] = "cpu",
 ) -> None:
     """Cross-modal retrieval: find photos by describing them, captions for a photo, similar photos."""
     from .encoders import BACKENDS
 
     if backend not in BACKENDS:
         raise typer.BadParameter(f"use one of {', '.join(BACKENDS)}", param_hint="--backend")
-    os.environ["CROSSMODAL_BACKEND"] = backend  # read by load_encoder, here and in child processes
+    # read by load_encoder, here and in child processes
+    os.environ["CROSSMODAL_BACKEND"], os.environ["CROSSMODAL_DEVICE"] = backend, device
 
 
 def default_collection() -> Path:
@@ -252,7 +255,8 @@ def evaluate(
     dataset: Annotated[str | None, typer.Option(
         "--dataset", "-d", help="A Flickr-layout folder, karpathy:FILE.json, or a .csv/.tsv/.jsonl image,caption table."
     )] = None,
-    model: Annotated[str, typer.Option("--model", "-m", help="'lite', a transformers id or folder.")] = "lite",
+    model: Annotated[str, typer.Option("--model", "-m", help="'lite', a trained lite folder, or a transformers "
+                                       "id or folder.")] = "lite",
     split: Annotated[str, typer.Option(help="Split to evaluate (dev is Karpathy's val).")] = "test",
     images: Annotated[Path | None, typer.Option(help="Image root for Karpathy JSON or tables.")] = None,
     k: Annotated[list[int] | None, typer.Option("--k", help="Extra K for R@K (1, 5, 10 always).")] = None,
@@ -345,9 +349,10 @@ def serve(
 @friendly
 def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the ONNX model into.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="'lite', a transformers id or folder.")] = "lite",
-    int8: Annotated[bool, typer.Option("--int8", help="Quantize weights to int8 (smaller, faster, a model of "
-                                       "its own: index with it too).")] = False,
+    model: Annotated[str, typer.Option("--model", "-m", help="'lite', a trained lite folder, or a transformers "
+                                       "id or folder.")] = "lite",
+    int8: Annotated[bool, typer.Option("--int8", help="Quantize the text tower's weights to int8 (faster queries; "
+                                       "the photo tower stays float32, so the vectors stay compatible).")] = False,
 ) -> None:
     """Export a model's photo and text towers to ONNX; `--model OUT` then loads it anywhere."""
     from .encoders import load_encoder

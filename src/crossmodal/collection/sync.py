@@ -114,9 +114,11 @@ def index_images(
     prune: bool = True,
     progress: bool = True,
     report: Reporter = _warn,
+    workers: int | None = None,
 ) -> IndexReport:
     """Add new photos, re-embed changed ones and, when ``root`` is given and ``prune`` is set, drop
-    stored photos below ``root`` that no longer exist."""
+    stored photos below ``root`` that no longer exist. ``workers`` decoding threads run ahead of the
+    model (default: one per core; 0 decodes in this thread)."""
     result = IndexReport()
     fields = dict(fields or {})
     files = [os.path.abspath(p) for p in paths]
@@ -154,7 +156,7 @@ def index_images(
     moved_ids: set[int] = set()
     size = batch_size or encoder.batch_size
     stored = store.hashes("image")
-    loaded = prefetch(lambda entry: _load(entry, stored, max_pixels), todo, window=2 * size)
+    loaded = prefetch(lambda entry: _load(entry, stored, max_pixels), todo, window=2 * size, workers=workers)
     bar = tqdm(total=len(todo), unit="photo", desc="indexing", disable=not progress or not todo)
     for batch in batches(loaded, size):
         _index_batch(store, encoder, batch, fields, max_pixels, result, moved_ids, report)

@@ -11,17 +11,24 @@ from .base import Encoder
 BACKENDS = ("auto", "torch", "onnx")
 
 
-def load_encoder(name: str, device: str = "cpu", backend: str | None = None) -> Encoder:
+def load_encoder(name: str, device: str | None = None, backend: str | None = None) -> Encoder:
     """Load a model by name: ``lite`` (offline default), a lite weights file or a folder holding one (what
     ``crossmodal train`` writes), an ONNX export folder, or a transformers id/folder.
 
     ``backend`` (default ``$CROSSMODAL_BACKEND``, else ``auto``) says how a lite model runs on the CPU:
     ``auto`` uses ONNX Runtime when it is installed (the model is exported once into the user cache;
     same vectors and fingerprint, 2-4x faster), ``torch`` PyTorch, ``onnx`` ONNX Runtime or an error.
+    ``device`` (default ``$CROSSMODAL_DEVICE``, else ``cpu``) is where PyTorch models run, e.g. ``cuda``.
     """
     backend = backend or os.environ.get("CROSSMODAL_BACKEND") or "auto"
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    device = device or os.environ.get("CROSSMODAL_DEVICE") or "cpu"
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: PyTorch {torch.__version__} sees no GPU here; use --device cpu")
     return _load(name, device, backend)
 
 

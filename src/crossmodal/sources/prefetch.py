@@ -24,7 +24,11 @@ def decode_workers() -> int:
 
 
 def prefetch(fn: Callable[[T], R], items: Iterable[T], window: int, workers: int | None = None) -> Iterator[R]:
-    """``map(fn, items)`` in order, computed by worker threads at most ``window`` items ahead."""
+    """``map(fn, items)`` in order, computed by worker threads at most ``window`` items ahead
+    (``workers=0``: in the calling thread, one item at a time)."""
+    if workers == 0:
+        yield from map(fn, items)
+        return
     source = iter(items)
     pool = ThreadPoolExecutor(workers or decode_workers(), thread_name_prefix="decode")
     pending: deque[Future[R]] = deque(pool.submit(fn, item) for item in islice(source, max(1, window)))
