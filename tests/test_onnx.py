@@ -106,3 +106,24 @@ def test_int8_text_tower_answers_queries_on_a_float32_collection(tmp_path: Path,
         expected = [h.id for h in c.search("a black dog running through the grass", k=3)]
     with Collection.open(tmp_path / "col", model=int8) as c:
         assert [h.id for h in c.search("a black dog running through the grass", k=3)] == expected
+
+
+def test_indexing_pipeline_survives_a_corrupt_photo_mid_batch(tmp_path: Path, photos: list) -> None:
+    encoder = load_encoder("lite", backend="onnx")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    sources = sorted((SAMPLES / "photos").glob("*.jpg"))[:9]
+    for i, src in enumerate(sources):
+        (folder / f"{i:02d}.jpg").write_bytes(src.read_bytes())
+        if i == 4:  # sorts into the middle of the first batch
+            (folder / "04b.jpg").write_bytes(src.read_bytes()[:300] + b"\x00garbage" * 40)
+    lines: list[str] = []
+    with Collection.open(tmp_path / "col", model=encoder) as c:
+        report = c.index_folder(folder, progress=False, batch_size=4, report=lines.append)
+        assert report.added == 9 and [p for p, _ in report.failed] == [str(folder / "04b.jpg")]
+        assert len(lines) == 1 and "04b.jpg" in lines[0]
+        ids, matrix = c.store.matrix("image")
+        stored = {c.store.get([i])[i].path: v for i, v in zip(ids.tolist(), matrix, strict=True)}
+    direct = encoder.encode_images([load_image(p) for p in sources])
+    for i, vector in enumerate(direct):  # every photo got its own vector, in order, despite the bad one
+        assert float(vector @ stored[str(folder / f"{i:02d}.jpg")]) >= 0.9999
