@@ -1,12 +1,13 @@
 """Load test of `crossmodal serve` on 127.0.0.1: concurrent clients sending text queries.
 
-    python benchmarks/serve.py [--clients 16] [--seconds 30] [--split all]
+    python benchmarks/serve.py [--clients 16] [--seconds 30] [--split all] [--only torch|onnx|int8]
 
-Builds (once, cached in runs/) a collection of the Flickr8k photos with the default model, starts
-`crossmodal serve` in a subprocess on a free loopback port, and runs a bounded closed-loop load:
-each client sends its next query as soon as the previous answer arrives, for a fixed time. Queries
-are distinct Flickr8k `dev` captions (no query repeats, so no cache can help). Prints throughput,
-latency percentiles and errors.
+Builds (once, cached in runs/) a collection of the Flickr8k photos with the default model, then for
+each query encoder in turn (PyTorch eager, ONNX Runtime float32 = the default, ONNX Runtime with the
+int8 text tower) starts `crossmodal serve` in a subprocess on a free loopback port and runs a bounded
+closed-loop load: each client sends its next query as soon as the previous answer arrives, for a fixed
+time. Queries are distinct Flickr8k `dev` captions (no query repeats, so no cache can help). Prints
+throughput, latency percentiles and errors, one row per encoder.
 """
 
 from __future__ import annotations
@@ -95,26 +96,15 @@ def batch_stats(base: str) -> tuple[float, float]:
     return values.get("crossmodal_encode_batch_size_sum", 0.0), values.get("crossmodal_encode_batch_size_count", 0.0)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/datasets/flickr8k")
-    parser.add_argument("--split", default="all", help="photos to serve: train, dev, test or all")
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--collection", type=Path, default=ROOT / "runs" / "bench-serve")
-    parser.add_argument("--model", default=None, help="serve queries with this backend (e.g. an ONNX export)")
-    args = parser.parse_args()
-    console = Console()
-
-    n = build_collection(args.data, args.split, args.collection / args.split)
-    queries = list(dict.fromkeys(load_flickr_layout(args.data, "dev").texts))
+def run_server(folder: Path, backend: str, model: str | None, queries: list[str], args: argparse.Namespace
+               ) -> tuple[list[float], list[str], float, float]:
+    """Start `crossmodal serve` with one backend, warm it up, run the load; (latencies, errors, wall, batch)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "crossmodal", "serve", str(args.collection / args.split), "--port", str(port)]
-    command += ["--model", args.model] if args.model else []
+    command = [sys.executable, "-m", "crossmodal", "--backend", backend, "serve", str(folder), "--port", str(port)]
+    command += ["--model", model] if model else []
     server = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         deadline = time.time() + 120
@@ -131,22 +121,48 @@ def main() -> None:
         before = batch_stats(base)
         latencies, errors, wall = asyncio.run(load(port, queries[64:], args.clients, args.seconds, args.k))
         after = batch_stats(base)
-        mean_batch = (after[0] - before[0]) / max(after[1] - before[1], 1)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    ms = np.asarray(latencies) * 1000
-    table = Table(title=f"crossmodal serve, {args.model or 'default model (PyTorch)'}, {n} Flickr8k photos, "
-                        f"{args.clients} clients, "
-                        f"{args.seconds:.0f} s, k={args.k}")
-    for col in ("requests", "errors", "requests/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "queries/encode"):
-        table.add_column(col, justify="right")
-    table.add_row(str(len(ms)), str(len(errors)), f"{len(ms) / wall:.1f}", f"{np.percentile(ms, 50):.1f}",
-                  f"{np.percentile(ms, 90):.1f}", f"{np.percentile(ms, 99):.1f}", f"{ms.max():.1f}",
-                  f"{mean_batch:.1f}")
+    return latencies, errors, wall, (after[0] - before[0]) / max(after[1] - before[1], 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/datasets/flickr8k")
+    parser.add_argument("--split", default="all", help="photos to serve: train, dev, test or all")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--collection", type=Path, default=ROOT / "runs" / "bench-serve")
+    parser.add_argument("--only", choices=("torch", "onnx", "int8"), action="append",
+                        help="run only these query encoders (repeatable; default: all three)")
+    args = parser.parse_args()
+    console = Console()
+
+    n = build_collection(args.data, args.split, args.collection / args.split)
+    queries = list(dict.fromkeys(load_flickr_layout(args.data, "dev").texts))
+    int8 = args.collection / "lite-onnx-int8"
+    if not int8.exists():
+        subprocess.run([sys.executable, "-m", "crossmodal", "export", "--int8", "--out", str(int8)], check=True)
+    encoders = {"torch": ("lite, PyTorch eager", "torch", None),
+                "onnx": ("lite, ONNX Runtime fp32 (default)", "auto", None),
+                "int8": ("lite, ONNX Runtime, int8 text tower", "auto", str(int8))}
+    table = Table(title=f"crossmodal serve: {n} Flickr8k photos, {args.clients} closed-loop clients, "
+                        f"{args.seconds:.0f} s each, distinct dev captions, k={args.k}")
+    for col in ("query encoder", "requests", "errors", "requests/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
+                "queries/encode"):
+        table.add_column(col, justify="left" if col == "query encoder" else "right")
+    for key in args.only or list(encoders):
+        name, backend, model = encoders[key]
+        latencies, errors, wall, mean_batch = run_server(args.collection / args.split, backend, model, queries, args)
+        ms = np.asarray(latencies) * 1000
+        table.add_row(name, str(len(ms)), str(len(errors)), f"{len(ms) / wall:.1f}", f"{np.percentile(ms, 50):.1f}",
+                      f"{np.percentile(ms, 90):.1f}", f"{np.percentile(ms, 99):.1f}", f"{ms.max():.1f}",
+                      f"{mean_batch:.1f}")
+        for e in errors[:5]:
+            console.print(f"{name}: error: {e}")
     console.print(table)
-    for e in errors[:5]:
-        console.print(f"error: {e}")
 
 
 if __name__ == "__main__":

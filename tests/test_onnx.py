@@ -14,7 +14,7 @@ from crossmodal import Collection
 from crossmodal.cli import app
 from crossmodal.encoders import load_encoder
 from crossmodal.encoders.lite import WEIGHTS
-from crossmodal.encoders.onnx import OnnxEncoder, export_onnx
+from crossmodal.encoders.onnx import OnnxEncoder, export_onnx, length_groups
 from crossmodal.encoders.onnx_cache import cache_folder, cached_lite_onnx
 from crossmodal.sources.images import load_image
 
@@ -127,3 +127,10 @@ def test_indexing_pipeline_survives_a_corrupt_photo_mid_batch(tmp_path: Path, ph
     direct = encoder.encode_images([load_image(p) for p in sources])
     for i, vector in enumerate(direct):  # every photo got its own vector, in order, despite the bad one
         assert float(vector @ stored[str(folder / f"{i:02d}.jpg")]) >= 0.9999
+
+
+def test_length_groups_bound_padding() -> None:
+    lengths = np.array([5, 6, 7, 8, 9, 12, 13, 20, 21, 40])
+    groups = length_groups(lengths)
+    assert [lengths[g].tolist() for g in groups] == [[5, 6, 7], [8, 9], [12, 13], [20, 21], [40]]
+    assert length_groups(np.array([], dtype=int)) == []

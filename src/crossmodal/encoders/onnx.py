@@ -199,7 +199,29 @@ class OnnxEncoder(Encoder):
         return self.image_session.run(None, self.inputs.images(images))[0]
 
     def _encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self.text_session.run(None, self.inputs.texts(texts))[0]
+        """Run texts of similar token length together, each group padded only to its own longest: in a batch
+        of 16 search queries a third of the tokens were padding (right padding, so slicing it off is exact)."""
+        feeds = self.inputs.texts(texts)
+        if self.config["text"]["kwargs"].get("padding") != "max_length" and "attention_mask" in feeds:
+            lengths = feeds["attention_mask"].sum(1)
+            order = np.argsort(lengths, kind="stable")
+            out = np.empty((len(texts), self.dim), dtype=np.float32)
+            for group in length_groups(lengths[order]):
+                rows = order[group]
+                longest = int(lengths[rows].max())
+                out[rows] = self.text_session.run(None, {k: v[rows, :longest] for k, v in feeds.items()})[0]
+            return out
+        return self.text_session.run(None, feeds)[0]
+
+
+def length_groups(sorted_lengths: np.ndarray, slack: float = 0.15) -> list[slice]:
+    """Split ascending lengths into runs whose longest is within ``slack`` (and 2 tokens) of their shortest."""
+    groups, start = [], 0
+    for i, length in enumerate(sorted_lengths):
+        if length - sorted_lengths[start] > max(2, slack * sorted_lengths[start]):
+            groups.append(slice(start, i))
+            start = i
+    return [*groups, slice(start, len(sorted_lengths))] if len(sorted_lengths) else []
 
 
 class _LiteInputs:
