@@ -96,7 +96,7 @@ def test_a_lite_collection_answers_onnx_queries_the_same(lite_onnx: Path, torch_
 def test_int8_text_tower_answers_queries_on_a_float32_collection(tmp_path: Path, torch_lite, photos: list) -> None:
     int8 = OnnxEncoder(export_onnx(torch_lite, tmp_path / "int8", int8=True))
     text_ops = [node.op_type for node in onnx.load(str(tmp_path / "int8" / "text.onnx")).graph.node]
-    assert text_ops.count("MatMulInteger") == 37  # the 6 weight matrices of each of 6 layers, and the head
+    assert text_ops.count("MatMulInteger") == 31  # 5 of each layer's 6 weight matrices, and the head
     # per-channel 7-bit weights stay close (naive per-tensor int8 fell to cosine 0.64 on real captions)
     assert _min_cosine(torch_lite.encode_texts(CAPTIONS), int8.encode_texts(CAPTIONS)) >= 0.95
     assert _min_cosine(torch_lite.encode_images(photos), int8.encode_images(photos)) >= 0.9999  # photos: fp32

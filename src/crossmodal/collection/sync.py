@@ -77,17 +77,19 @@ class _Pending:
 
 @dataclass
 class _Loaded:
-    """A pending photo after the worker's part: its hash, and the decoded photo unless its content is
-    already stored (no need to decode) or it failed (``error`` says why)."""
+    """A pending photo after the worker's part: its hash, and the decoded photo made ready for the model
+    (``Encoder.prepare_image``) unless its content is already stored or it failed (``error`` says why)."""
 
     entry: _Pending
     digest: str | None = None
-    image: Image.Image | None = None
+    image: Any = None
     error: str | None = None
 
 
-def _load(entry: _Pending, known: frozenset[str], max_pixels: int) -> _Loaded:
-    """Read, hash and (for new content) decode one photo; runs in a worker thread, touches no database."""
+def _load(entry: _Pending, known: frozenset[str], max_pixels: int, prepare: Callable[[Image.Image], Any]
+          ) -> _Loaded:
+    """Read, hash and (for new content) decode and prepare one photo; runs in a worker thread, touches no
+    database. A photo the model's preprocessing fails on is reported like an undecodable one."""
     try:
         with open(entry.path, "rb") as f:
             data = f.read()
@@ -97,9 +99,11 @@ def _load(entry: _Pending, known: frozenset[str], max_pixels: int) -> _Loaded:
     if digest in known:
         return _Loaded(entry, digest)
     try:
-        return _Loaded(entry, digest, image=load_image(data, max_pixels=max_pixels))
+        return _Loaded(entry, digest, image=prepare(load_image(data, max_pixels=max_pixels)))
     except ImageError as e:
         return _Loaded(entry, digest, error=str(e))
+    except Exception as e:  # one bad photo must not stop the run
+        return _Loaded(entry, digest, error=f"cannot prepare for the model: {e}")
 
 
 def index_images(
@@ -156,7 +160,8 @@ def index_images(
     moved_ids: set[int] = set()
     size = batch_size or encoder.batch_size
     stored = store.hashes("image")
-    loaded = prefetch(lambda entry: _load(entry, stored, max_pixels), todo, window=2 * size, workers=workers)
+    loaded = prefetch(lambda entry: _load(entry, stored, max_pixels, encoder.prepare_image), todo,
+                      window=2 * size, workers=workers)
     bar = tqdm(total=len(todo), unit="photo", desc="indexing", disable=not progress or not todo)
     for batch in batches(loaded, size):
         _index_batch(store, encoder, batch, fields, max_pixels, result, moved_ids, report)
@@ -204,13 +209,13 @@ def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Loaded], field
             result.reused += 1
             continue
         if loaded.image is None and loaded.error is None:  # its stored twin is gone: decode it after all
-            loaded = _load(entry, frozenset(), max_pixels)
+            loaded = _load(entry, frozenset(), max_pixels, encoder.prepare_image)
         if loaded.error is not None:
             failures.append((entry, loaded.error))
             continue
         to_encode.append((entry, digest, loaded.image))
     if to_encode:
-        vectors = encoder.encode_images([image for _, _, image in to_encode])
+        vectors = encoder.encode_prepared([image for _, _, image in to_encode])
         for (entry, digest, _), vector in zip(to_encode, vectors, strict=True):
             item = entry.item
             writes.append(_image_item(entry, digest, vector, {**(item.fields if item else {}), **fields},

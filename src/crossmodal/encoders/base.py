@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -22,16 +23,25 @@ class Encoder(ABC):
     batch_size: int = 32
 
     @abstractmethod
-    def _encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Encode one batch of RGB images to (N, dim) float32, not yet normalised."""
+    def _encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        """Encode one batch of ``prepare_image`` results to (N, dim) float32, not yet normalised."""
 
     @abstractmethod
     def _encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Encode one batch of texts to (N, dim) float32, not yet normalised."""
 
+    def prepare_image(self, image: Image.Image) -> Any:
+        """Per-photo preprocessing (resize, crop, scale) that indexing runs in worker threads ahead of the
+        model; ``_encode_images`` receives its results. By default the photo itself."""
+        return image
+
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Encode RGB images to L2-normalised (N, dim) float32 vectors."""
-        return self._run(self._encode_images, list(images))
+        return self._run(lambda batch: self._encode_images([self.prepare_image(im) for im in batch]), list(images))
+
+    def encode_prepared(self, prepared: Sequence[Any]) -> np.ndarray:
+        """Encode photos already passed through ``prepare_image`` to L2-normalised vectors."""
+        return self._run(self._encode_images, list(prepared))
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Encode texts to L2-normalised (N, dim) float32 vectors.

@@ -162,9 +162,12 @@ class LiteEncoder(Encoder):
         self.heads = LiteHeads.from_state(state).to(self.device)
         self.dim = self.heads.dim
 
+    def prepare_image(self, image: Image.Image) -> torch.Tensor:
+        return preprocess_image(image, self.towers.resolution)
+
     @torch.inference_mode()
-    def _encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        pixels = self.towers.pixels(images).to(self.device)
+    def _encode_images(self, images: Sequence[torch.Tensor]) -> np.ndarray:
+        pixels = torch.stack(list(images)).contiguous(memory_format=torch.channels_last).to(self.device)
         return self.heads.image(self.towers.image_features(pixels)).cpu().numpy()
 
     @torch.inference_mode()

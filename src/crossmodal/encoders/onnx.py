@@ -152,15 +152,25 @@ def quantize_text_tower(path: Path) -> None:
     """Dynamic int8 quantization of the text tower's matrix products, in place.
 
     Per-channel weights with a 7-bit range: CPUs without VNNI (AVX2) saturate 8-bit products, which cost
-    30 dev RSUM points with per-tensor 8-bit weights; this setting changes dev RSUM by +0.3 (see
-    docs/benchmarks.md). The photo tower stays float32: on AVX2, static int8 EfficientNet-Lite0 ran only
-    1.1-1.3x faster and cost 6 RSUM points, and dynamic int8 convolutions were 4x slower.
+    30 dev RSUM points with per-tensor 8-bit weights. The feed-forward down-projections (weights wider in
+    than out) stay float32: their post-GELU inputs have outliers that a per-batch 8-bit activation scale
+    clips (quantizing them too cost 1.4 dev RSUM points instead of 0.8). The photo tower stays float32: on
+    AVX2, static int8 EfficientNet-Lite0 ran only 1.1-1.3x faster and cost 6 RSUM points, and dynamic int8
+    convolutions were 4x slower. Figures: docs/benchmarks.md.
     """
+    import onnx
+    from onnx import numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    model = onnx.load(str(path), load_external_data=False)
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    shapes |= {n.output[0]: tuple(numpy_helper.to_array(a.t).shape) for n in model.graph.node
+               if n.op_type == "Constant" for a in n.attribute if a.name == "value"}
+    down = [n.name for n in model.graph.node if n.op_type == "MatMul" and len(shapes.get(n.input[1], ())) == 2
+            and shapes[n.input[1]][0] > shapes[n.input[1]][1]]
     tmp = path.with_suffix(".int8.onnx")
     quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
-                     op_types_to_quantize=["MatMul"])
+                     op_types_to_quantize=["MatMul"], nodes_to_exclude=down)
     tmp.replace(path)
 
 
@@ -186,8 +196,8 @@ class OnnxEncoder(Encoder):
         self.dim = int(self.config["dim"])
         cores = os.cpu_count() or 1
         self.batch_size = batch_size or min(64, 16 * cores)
-        self.image_session = _session(folder / "image.onnx", threads or cores)
-        self.text_session = _session(folder / "text.onnx", threads or cores)
+        self.folder = folder
+        self.use_threads(threads or cores)
         if self.config.get("preprocess", "lite") == "transformers":
             from .onnx_hf import TransformersInputs
 
@@ -195,7 +205,16 @@ class OnnxEncoder(Encoder):
         else:
             self.inputs = _LiteInputs(folder, self.config)
 
-    def _encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+    def use_threads(self, threads: int) -> None:
+        """(Re)open both sessions with ``threads`` threads each. One thread suits callers that run several
+        batches at once (the server's workers): each call then runs on its caller's core, with no hand-offs."""
+        self.image_session = _session(self.folder / "image.onnx", threads)
+        self.text_session = _session(self.folder / "text.onnx", threads)
+
+    def prepare_image(self, image: Image.Image) -> Any:
+        return self.inputs.prepare_image(image)
+
+    def _encode_images(self, images: Sequence[Any]) -> np.ndarray:
         return self.image_session.run(None, self.inputs.images(images))[0]
 
     def _encode_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -233,11 +252,13 @@ class _LiteInputs:
         self.config = config
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
 
-    def images(self, images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
+    def prepare_image(self, image: Image.Image) -> np.ndarray:
         from .lite import preprocess_image
 
-        size = self.config["image"]["resolution"]
-        return {"pixel_values": np.stack([preprocess_image(im, size).numpy() for im in images])}
+        return preprocess_image(image, self.config["image"]["resolution"]).numpy()
+
+    def images(self, prepared: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        return {"pixel_values": np.stack(prepared)}
 
     def texts(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         tokens = self.tokenizer(list(texts), return_tensors="np", **self.config["text"]["kwargs"])

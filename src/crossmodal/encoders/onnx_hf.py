@@ -108,6 +108,10 @@ class TransformersInputs:
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.image_processor = AutoImageProcessor.from_pretrained(folder)
 
+    def prepare_image(self, image: Image.Image) -> Image.Image:
+        """The photo itself: the image processor works on whole batches (SigLIP2 pads patches per batch)."""
+        return image
+
     def images(self, images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
         """The image graph's feeds: the saved image processor's arrays, float32 pixels and int64 indices."""
         arrays = self.image_processor(images=list(images), return_tensors="np")

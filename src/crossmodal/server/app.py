@@ -6,6 +6,7 @@ Every bad request gets a 4xx whose ``detail`` says what to fix; the server keeps
 
 import hmac
 import io
+import os
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from threadpoolctl import threadpool_limits
 from .. import __version__
 from ..collection.collection import Collection, Hit
 from ..collection.sync import content_hash
+from ..encoders.onnx import OnnxEncoder
 from ..search.filters import COLUMNS, parse_condition
 from ..sources.images import ImageError, is_image_path, load_image
 from .batcher import SearchBatcher, SearchJob
@@ -79,7 +81,7 @@ class SearchOut(BaseModel):
 
 
 def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb: float = 20.0,
-               max_batch: int = 32, model: str | None = None) -> FastAPI:
+               max_batch: int = 32, model: str | None = None, workers: int | None = None) -> FastAPI:
     """Build the app over one collection; the model loads once, at start. ``model`` may name another
     backend of the collection's model (e.g. its ONNX export); a different model is refused."""
     state: dict[str, Any] = {}
@@ -92,8 +94,13 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
         blas = threadpool_limits(1, user_api="blas")  # see batcher.py: no BLAS pool spinning against the model's
         c = Collection.open(collection, model=model, create=False)
         state["collection"] = c
-        c.encoder  # noqa: B018 - load the model now, not on the first request
-        state["batcher"] = SearchBatcher(c, lock, max_batch=max_batch, on_batch=metrics.batch_size.observe)
+        encoder = c.encoder  # load the model now, not on the first request
+        n = workers or 1
+        if isinstance(encoder, OnnxEncoder) and workers is None:  # a batch per core, one thread each
+            n = os.cpu_count() or 1
+            encoder.use_threads(1)
+        state["batcher"] = SearchBatcher(c, lock, max_batch=max_batch, on_batch=metrics.batch_size.observe,
+                                         workers=n)
         await run_in_threadpool(_locked, c.refresh_indexes)
         state["ready"] = True
         yield

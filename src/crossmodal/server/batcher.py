@@ -1,9 +1,10 @@
-"""Batching concurrent searches: one worker thread encodes the queries that arrived together in one
+"""Batching concurrent searches: a worker thread encodes the queries that arrived together in one
 model call, then runs their searches as one matrix product (per kind and filter).
 
-All heavy compute runs on this one thread, one step after another. On a small machine this matters
-more than it seems: a model call and a BLAS search running at once on separate threads fight for the
-same cores (thread pools spinning against each other) and each becomes several times slower.
+Each worker runs its steps one after another, and the BLAS pool is limited to one thread: on a small
+machine a model call and a BLAS search spinning on the same cores each become several times slower.
+With ``workers`` > 1 (one per core) several batches are encoded at once, each on its own core, by a
+model whose own thread pool is one thread (ONNX Runtime sessions can be run from several threads).
 """
 
 from __future__ import annotations
@@ -44,23 +45,27 @@ class SearchBatcher:
     """Collects jobs for up to ``max_wait`` seconds (or ``max_batch`` jobs) and serves them together."""
 
     def __init__(self, collection: Collection, lock: threading.RLock, max_batch: int = 32,
-                 max_wait: float = 0.002, on_batch: Callable[[int], Any] | None = None) -> None:
+                 max_wait: float = 0.002, on_batch: Callable[[int], Any] | None = None, workers: int = 1) -> None:
         self.collection = collection
         self.lock = lock
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.on_batch = on_batch  # called with the size of each batch (metrics)
         self._queue: queue.Queue[SearchJob | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="search-batcher", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name=f"search-batcher-{i}", daemon=True)
+                         for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
 
     async def search(self, job: SearchJob) -> list[Hit]:
         self._queue.put(job)
         return await asyncio.wrap_future(job.future)
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10)
 
     def _run(self) -> None:
         while True:
