@@ -96,6 +96,11 @@ def batch_stats(base: str) -> tuple[float, float]:
     return values.get("crossmodal_encode_batch_size_sum", 0.0), values.get("crossmodal_encode_batch_size_count", 0.0)
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_server(folder: Path, backend: str, model: str | None, queries: list[str], args: argparse.Namespace
                ) -> tuple[list[float], list[str], float, float]:
     """Start `crossmodal serve` with one backend, warm it up, run the load; (latencies, errors, wall, batch)."""
@@ -119,7 +124,10 @@ def run_server(folder: Path, backend: str, model: str | None, queries: list[str]
             raise SystemExit("server did not become ready in 120 s")
         asyncio.run(load(port, queries[:64], args.clients, 3.0, args.k))  # warm-up, not counted
         before = batch_stats(base)
+        cpu0, own0 = _cpu_seconds(server.pid), time.process_time()
         latencies, errors, wall = asyncio.run(load(port, queries[64:], args.clients, args.seconds, args.k))
+        cpu1, own1 = _cpu_seconds(server.pid), time.process_time()
+        print(f"server CPU {cpu1-cpu0:.1f} s, client CPU {own1-own0:.1f} s, wall {wall:.1f} s, requests {len(latencies)}")
         after = batch_stats(base)
     finally:
         server.terminate()
@@ -141,7 +149,9 @@ def main() -> None:
     console = Console()
 
     n = build_collection(args.data, args.split, args.collection / args.split)
-    queries = list(dict.fromkeys(load_flickr_layout(args.data, "dev").texts))
+    # distinct captions, dev first: enough that no client runs out within the time
+    queries = list(dict.fromkeys(t for split in ("dev", "test", "train") for t in load_flickr_layout(args.data,
+                                                                                                     split).texts))
     int8 = args.collection / "lite-onnx-int8"
     if not int8.exists():
         subprocess.run([sys.executable, "-m", "crossmodal", "export", "--int8", "--out", str(int8)], check=True)

@@ -5,7 +5,7 @@ large folder takes seconds and an interrupted run resumes where it stopped. Chan
 hashed: a touched file keeps its vector, a renamed file keeps its id and vector, a duplicate reuses
 the vector, and only new content is decoded and encoded. Each batch is one transaction. Deleted
 files are dropped only after a complete scan, so an interrupted run never removes anything.
-Photos are read, hashed and decoded by worker threads a batch ahead of the model (``prefetch``).
+Photos are read, hashed, decoded and made ready for the model by worker threads ahead of it (``prefetch``).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
@@ -251,6 +252,7 @@ class _LiteInputs:
 
         self.config = config
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self._tokenizing = threading.Lock()  # a fast tokenizer's settings are shared state ("Already borrowed")
 
     def prepare_image(self, image: Image.Image) -> np.ndarray:
         from .lite import preprocess_image
@@ -261,5 +263,6 @@ class _LiteInputs:
         return {"pixel_values": np.stack(prepared)}
 
     def texts(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        tokens = self.tokenizer(list(texts), return_tensors="np", **self.config["text"]["kwargs"])
+        with self._tokenizing:
+            tokens = self.tokenizer(list(texts), return_tensors="np", **self.config["text"]["kwargs"])
         return {name: np.asarray(tokens[name], dtype=np.int64) for name in self.config["text"]["inputs"]}

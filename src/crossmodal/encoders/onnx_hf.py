@@ -11,6 +11,7 @@ is fixed by the processor's max_num_patches and position embeddings are resized 
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,6 +108,7 @@ class TransformersInputs:
         self.config = config
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.image_processor = AutoImageProcessor.from_pretrained(folder)
+        self._tokenizing = threading.Lock()  # a fast tokenizer's settings are shared state ("Already borrowed")
 
     def prepare_image(self, image: Image.Image) -> Image.Image:
         """The photo itself: the image processor works on whole batches (SigLIP2 pads patches per batch)."""
@@ -119,7 +121,8 @@ class TransformersInputs:
 
     def texts(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """The text graph's feeds: the saved tokenizer run with the encoder's padding/truncation, as int64."""
-        tokens = self.tokenizer(list(texts), return_tensors="np", **self.config["text"]["kwargs"])
+        with self._tokenizing:
+            tokens = self.tokenizer(list(texts), return_tensors="np", **self.config["text"]["kwargs"])
         return {k: np.asarray(tokens[k], dtype=np.int64) for k in self.config["text"]["inputs"]}
 
 
