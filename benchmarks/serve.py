@@ -146,7 +146,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("torch", "onnx", "int8"), action="append",
                         help="run only these query encoders (repeatable; default: all three)")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=160)
 
     n = build_collection(args.data, args.split, args.collection / args.split)
     # distinct captions, dev first: enough that no client runs out within the time

@@ -133,12 +133,12 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
                     for e in exc.errors()]
         return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
 
-    def col() -> Collection:
+    async def col() -> Collection:  # async: FastAPI runs a plain def dependency on a thread, per request
         if not state.get("ready"):
             raise HTTPException(503, "starting up: the model is loading")
         return state["collection"]
 
-    def require_key(x_api_key: Annotated[str | None, Header()] = None,
+    async def require_key(x_api_key: Annotated[str | None, Header()] = None,
                     authorization: Annotated[str | None, Header()] = None) -> None:
         if api_key is None:
             return
