@@ -97,13 +97,15 @@ def batch_stats(base: str) -> tuple[float, float]:
 
 
 def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_server(folder: Path, backend: str, model: str | None, queries: list[str], args: argparse.Namespace
-               ) -> tuple[list[float], list[str], float, float]:
-    """Start `crossmodal serve` with one backend, warm it up, run the load; (latencies, errors, wall, batch)."""
+               ) -> tuple[list[float], list[str], float, float, float]:
+    """Start `crossmodal serve` with one backend, warm it up, run the load; (latencies, errors, wall, mean
+    queries per model call, the server's CPU use in cores)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -124,15 +126,14 @@ def run_server(folder: Path, backend: str, model: str | None, queries: list[str]
             raise SystemExit("server did not become ready in 120 s")
         asyncio.run(load(port, queries[:64], args.clients, 3.0, args.k))  # warm-up, not counted
         before = batch_stats(base)
-        cpu0, own0 = _cpu_seconds(server.pid), time.process_time()
+        cpu = _cpu_seconds(server.pid)
         latencies, errors, wall = asyncio.run(load(port, queries[64:], args.clients, args.seconds, args.k))
-        cpu1, own1 = _cpu_seconds(server.pid), time.process_time()
-        print(f"server CPU {cpu1-cpu0:.1f} s, client CPU {own1-own0:.1f} s, wall {wall:.1f} s, requests {len(latencies)}")
+        cpu = _cpu_seconds(server.pid) - cpu
         after = batch_stats(base)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    return latencies, errors, wall, (after[0] - before[0]) / max(after[1] - before[1], 1)
+    return latencies, errors, wall, (after[0] - before[0]) / max(after[1] - before[1], 1), cpu / wall
 
 
 def main() -> None:
@@ -161,15 +162,16 @@ def main() -> None:
     table = Table(title=f"crossmodal serve: {n} Flickr8k photos, {args.clients} closed-loop clients, "
                         f"{args.seconds:.0f} s each, distinct dev captions, k={args.k}")
     for col in ("query encoder", "requests", "errors", "requests/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
-                "queries/encode"):
+                "queries/encode", "server cores busy"):
         table.add_column(col, justify="left" if col == "query encoder" else "right")
     for key in args.only or list(encoders):
         name, backend, model = encoders[key]
-        latencies, errors, wall, mean_batch = run_server(args.collection / args.split, backend, model, queries, args)
+        latencies, errors, wall, mean_batch, cores = run_server(args.collection / args.split, backend, model,
+                                                                queries, args)
         ms = np.asarray(latencies) * 1000
         table.add_row(name, str(len(ms)), str(len(errors)), f"{len(ms) / wall:.1f}", f"{np.percentile(ms, 50):.1f}",
                       f"{np.percentile(ms, 90):.1f}", f"{np.percentile(ms, 99):.1f}", f"{ms.max():.1f}",
-                      f"{mean_batch:.1f}")
+                      f"{mean_batch:.1f}", f"{cores:.2f}")
         for e in errors[:5]:
             console.print(f"{name}: error: {e}")
     console.print(table)
