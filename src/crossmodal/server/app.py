@@ -85,7 +85,9 @@ class SearchOut(BaseModel):
 def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb: float = 20.0,
                max_batch: int = 32, model: str | None = None, workers: int | None = None) -> FastAPI:
     """Build the app over one collection; the model loads once, at start. ``model`` may name another
-    backend of the collection's model (e.g. its ONNX export); a different model is refused."""
+    backend of the collection's model (e.g. its ONNX export); a different model is refused. ``workers``
+    batcher threads encode and search (default: one per core, each on one-thread ONNX Runtime sessions,
+    or one for a PyTorch model, whose own thread pool already uses every core)."""
     state: dict[str, Any] = {}
     lock = threading.RLock()  # one SQLite connection, shared by the worker threads
     metrics = Metrics()
