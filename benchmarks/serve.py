@@ -3,8 +3,8 @@
     python benchmarks/serve.py [--clients 16] [--seconds 30] [--split all] [--only torch|onnx|int8]
 
 Builds (once, cached in runs/) a collection of the Flickr8k photos with the default model, then for
-each query encoder in turn (PyTorch eager, ONNX Runtime float32 = the default, ONNX Runtime with the
-int8 text tower) starts `crossmodal serve` in a subprocess on a free loopback port and runs a bounded
+each query encoder in turn (PyTorch eager, ONNX Runtime float32, ONNX Runtime with the int8 text
+tower = the default) starts `crossmodal serve` in a subprocess on a free loopback port and runs a bounded
 closed-loop load: each client sends its next query as soon as the previous answer arrives, for a fixed
 time. Queries are distinct Flickr8k `dev` captions (no query repeats, so no cache can help). Prints
 throughput, latency percentiles and errors, one row per encoder.
@@ -102,7 +102,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_server(folder: Path, backend: str, model: str | None, queries: list[str], args: argparse.Namespace
+def run_server(folder: Path, backend: str, flags: list[str], queries: list[str], args: argparse.Namespace
                ) -> tuple[list[float], list[str], float, float, float]:
     """Start `crossmodal serve` with one backend, warm it up, run the load; (latencies, errors, wall, mean
     queries per model call, the server's CPU use in cores)."""
@@ -110,8 +110,8 @@ def run_server(folder: Path, backend: str, model: str | None, queries: list[str]
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "crossmodal", "--backend", backend, "serve", str(folder), "--port", str(port)]
-    command += ["--model", model] if model else []
+    command = [sys.executable, "-m", "crossmodal", "--backend", backend, "serve", str(folder), "--port", str(port),
+               *flags]
     server = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         deadline = time.time() + 120
@@ -153,20 +153,17 @@ def main() -> None:
     # distinct captions, dev first: enough that no client runs out within the time
     queries = list(dict.fromkeys(t for split in ("dev", "test", "train") for t in load_flickr_layout(args.data,
                                                                                                      split).texts))
-    int8 = args.collection / "lite-onnx-int8"
-    if not int8.exists():
-        subprocess.run([sys.executable, "-m", "crossmodal", "export", "--int8", "--out", str(int8)], check=True)
-    encoders = {"torch": ("lite, PyTorch eager", "torch", None),
-                "onnx": ("lite, ONNX Runtime fp32 (default)", "auto", None),
-                "int8": ("lite, ONNX Runtime, int8 text tower", "auto", str(int8))}
+    encoders = {"torch": ("lite, PyTorch eager", "torch", ["--fp32-queries"]),
+                "onnx": ("lite, ONNX Runtime fp32", "auto", ["--fp32-queries"]),
+                "int8": ("lite, ONNX Runtime, int8 text tower (default)", "auto", [])}
     table = Table(title=f"crossmodal serve: {n} Flickr8k photos, {args.clients} closed-loop clients, "
                         f"{args.seconds:.0f} s each, distinct dev captions, k={args.k}")
     for col in ("query encoder", "requests", "errors", "requests/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
                 "queries/encode", "server cores busy"):
         table.add_column(col, justify="left" if col == "query encoder" else "right")
     for key in args.only or list(encoders):
-        name, backend, model = encoders[key]
-        latencies, errors, wall, mean_batch, cores = run_server(args.collection / args.split, backend, model,
+        name, backend, flags = encoders[key]
+        latencies, errors, wall, mean_batch, cores = run_server(args.collection / args.split, backend, flags,
                                                                 queries, args)
         ms = np.asarray(latencies) * 1000
         table.add_row(name, str(len(ms)), str(len(errors)), f"{len(ms) / wall:.1f}", f"{np.percentile(ms, 50):.1f}",

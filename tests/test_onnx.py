@@ -134,3 +134,21 @@ def test_length_groups_bound_padding() -> None:
     groups = length_groups(lengths)
     assert [lengths[g].tolist() for g in groups] == [[5, 6, 7], [8, 9], [12, 13], [20, 21], [40]]
     assert length_groups(np.array([], dtype=int)) == []
+
+
+def test_server_encodes_queries_with_the_int8_text_tower(tmp_path: Path, torch_lite,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from crossmodal.server.app import create_app
+
+    monkeypatch.setenv("CROSSMODAL_CACHE", str(tmp_path / "cache"))
+    with Collection.open(tmp_path / "col", model=torch_lite) as c:
+        c.index_folder(SAMPLES / "photos", progress=False)
+        expected = [h.id for h in c.search("a black dog running through the grass", k=3)]
+    app = create_app(tmp_path / "col", int8_queries=True)
+    with TestClient(app) as client:
+        r = client.post("/api/search", json={"text": "a black dog running through the grass", "k": 3})
+        assert r.status_code == 200 and [hit["id"] for hit in r.json()["results"]] == expected
+    assert (cache_folder(WEIGHTS, int8_text=True) / "crossmodal-onnx.json").is_file()
+    assert OnnxEncoder(cache_folder(WEIGHTS, int8_text=True)).config["int8"] is True

@@ -332,6 +332,8 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload.")] = 20.0,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Encode queries with this backend of the "
                                               "collection's model, e.g. its `crossmodal export` folder.")] = None,
+    int8_queries: Annotated[bool, typer.Option("--int8-queries/--fp32-queries", help="Encode queries with the int8 "
+                                               "text tower of a lite model (1.4x faster, dev RSUM -0.8).")] = True,
 ) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs) and the search page at http://HOST:PORT/."""
     import uvicorn
@@ -341,8 +343,8 @@ def serve(
     folder = collection or default_collection()
     Collection.open(folder, model=model, create=False).close()  # fail fast and clearly on a wrong folder/model
     err.print(f"serving {folder} on http://{host}:{port}/  (API docs: /docs)", highlight=False)
-    uvicorn.run(create_app(folder, api_key=api_key, max_upload_mb=max_upload_mb, model=model), host=host,
-                port=port, log_level="warning")
+    uvicorn.run(create_app(folder, api_key=api_key, max_upload_mb=max_upload_mb, model=model,
+                           int8_queries=int8_queries), host=host, port=port, log_level="warning")
 
 
 @app.command()

@@ -21,15 +21,16 @@ from .fingerprint import fingerprint_files
 EXPORT_VERSION = 2
 
 
-def cache_folder(weights: Path) -> Path:
+def cache_folder(weights: Path, int8_text: bool = False) -> Path:
     """Where the export of ``weights`` lives ($CROSSMODAL_CACHE, else the per-user cache folder)."""
     root = Path(os.environ.get("CROSSMODAL_CACHE") or user_cache_dir("crossmodal"))
-    return root / "onnx" / f"lite-v{EXPORT_VERSION}-{fingerprint_files([weights])}"
+    return root / "onnx" / f"lite-v{EXPORT_VERSION}-{fingerprint_files([weights])}{'-int8' if int8_text else ''}"
 
 
-def cached_lite_onnx(weights: Path, required: bool = False) -> Encoder | None:
-    """The lite model of ``weights`` on ONNX Runtime, exporting it first if needed; ``None`` (or an error,
-    when ``required``) where ONNX Runtime is not installed or the export fails."""
+def cached_lite_onnx(weights: Path, required: bool = False, int8_text: bool = False) -> Encoder | None:
+    """The lite model of ``weights`` on ONNX Runtime (with its int8 text tower when ``int8_text``),
+    exporting it first if needed; ``None`` (or an error, when ``required``) where ONNX Runtime is not
+    installed or the export fails."""
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -42,12 +43,12 @@ def cached_lite_onnx(weights: Path, required: bool = False) -> Encoder | None:
 
     weights = Path(weights)
     name = "lite" if weights == WEIGHTS else str(weights.resolve())
-    folder = cache_folder(weights)
+    folder = cache_folder(weights, int8_text)
     if not (folder / CONFIG).is_file():
         tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
         try:
             tqdm.write(f"exporting {name} to ONNX Runtime (once) into {folder}")
-            export_onnx(LiteEncoder(weights), tmp)
+            export_onnx(LiteEncoder(weights), tmp, int8=int8_text)
             tmp.rename(folder)
         except Exception as e:
             if not (folder / CONFIG).is_file():  # else another process finished the same export first

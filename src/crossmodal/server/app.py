@@ -29,7 +29,9 @@ from threadpoolctl import threadpool_limits
 
 from .. import __version__
 from ..collection.collection import Collection, Hit
+from ..collection.manifest import Manifest
 from ..collection.sync import content_hash
+from ..encoders import Encoder, load_encoder
 from ..encoders.onnx import OnnxEncoder
 from ..search.filters import COLUMNS, parse_condition
 from ..sources.images import ImageError, is_image_path, load_image
@@ -83,12 +85,14 @@ class SearchOut(BaseModel):
 
 
 def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb: float = 20.0,
-               max_batch: int | None = None, model: str | None = None, workers: int | None = None) -> FastAPI:
+               max_batch: int | None = None, model: str | None = None, workers: int | None = None,
+               int8_queries: bool = False) -> FastAPI:
     """Build the app over one collection; the model loads once, at start. ``model`` may name another
     backend of the collection's model (e.g. its ONNX export); a different model is refused. ``workers``
     batcher threads encode and search (default: one per core, each on one-thread ONNX Runtime sessions,
     or one for a PyTorch model, whose own thread pool already uses every core), each batch at most
-    ``max_batch`` queries (default 8 with several workers, 32 with one)."""
+    ``max_batch`` queries (default 8 with several workers, 32 with one). ``int8_queries`` encodes queries
+    with a lite model's int8 text tower when no ``model`` is given (see ``load_encoder``)."""
     state: dict[str, Any] = {}
     lock = threading.RLock()  # one SQLite connection, shared by the worker threads
     metrics = Metrics()
@@ -101,7 +105,10 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
         # The batcher's threads hand each request back to the event loop; with the default 5 ms GIL switch
         # interval every hand-off could wait that long behind the loop's own Python work.
         sys.setswitchinterval(0.0005)
-        c = Collection.open(collection, model=model, create=False)
+        chosen: str | Encoder | None = model
+        if int8_queries and model is None:
+            chosen = load_encoder(Manifest.read(Path(collection)).model, int8_text=True)
+        c = Collection.open(collection, model=chosen, create=False)
         state["collection"] = c
         encoder = c.encoder  # load the model now, not on the first request
         n = workers or 1
