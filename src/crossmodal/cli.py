@@ -33,10 +33,9 @@ err = Console(stderr=True, soft_wrap=True)
 @app.callback()
 def main(
     backend: Annotated[str, typer.Option(envvar="CROSSMODAL_BACKEND", help="How the lite model runs on the CPU: "
-                                         "auto (ONNX Runtime when installed, else PyTorch), torch or onnx "
-                                         "[env: CROSSMODAL_BACKEND].")] = "auto",
+                                         "auto (ONNX Runtime when installed, else PyTorch), torch or onnx.")] = "auto",
     device: Annotated[str, typer.Option(envvar="CROSSMODAL_DEVICE", help="Where PyTorch models run: cpu, cuda or "
-                                        "cuda:N [env: CROSSMODAL_DEVICE].")] = "cpu",
+                                        "cuda:N.")] = "cpu",
 ) -> None:
     """Cross-modal retrieval: find photos by describing them, captions for a photo, similar photos."""
     from .encoders import BACKENDS
