@@ -157,11 +157,17 @@ def test_write_endpoints_need_the_key(client: TestClient) -> None:
     assert client.post("/api/texts", json=[" "], headers={"X-API-Key": KEY}).status_code == 400
 
 
-def test_concurrent_searches_are_batched_and_answer_like_one_at_a_time(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("workers", "max_batch"), [(1, 32), (2, 4)])
+def test_concurrent_searches_are_batched_and_answer_like_one_at_a_time(tmp_path: Path, workers: int,
+                                                                       max_batch: int) -> None:
     c = Collection.open(tmp_path / "col", model=ColorEncoder(dim=256))
     c.add_texts([f"w{i} w{i + 1} w{i + 3}" for i in range(60)])
     sizes: list[int] = []
-    batcher = SearchBatcher(c, threading.RLock(), max_batch=32, max_wait=0.05, on_batch=sizes.append)
+    before = set(threading.enumerate())
+    batcher = SearchBatcher(c, threading.RLock(), max_batch=max_batch, max_wait=0.05, on_batch=sizes.append,
+                            workers=workers)
+    started = set(threading.enumerate()) - before
+    assert len(started) == workers
     queries = [f"w{i} w{2 * i + 7}" for i in range(16)]
 
     async def many() -> list:
@@ -175,7 +181,8 @@ def test_concurrent_searches_are_batched_and_answer_like_one_at_a_time(tmp_path:
             asyncio.run(batcher.search(cancelled))
     finally:
         batcher.close()
-    assert sum(sizes[:-1]) == 16 and max(sizes) > 1 and len(sizes) < 16
+    assert not any(t.is_alive() for t in started)  # close() ends every worker
+    assert sum(sizes[:-1]) == 16 and 1 < max(sizes) <= max_batch and len(sizes) < 16
     for q, hits in zip(queries, batched, strict=True):
         # batched BLAS rounds differently in the last bit, so equal-score items may swap: compare scores
         alone = c.search(q, kind="text", k=5)
