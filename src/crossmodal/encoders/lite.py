@@ -29,6 +29,11 @@ TEXT_MAX_TOKENS = 128
 TOWER_PREFIX = "towers."
 
 
+def model_name(weights: Path) -> str:
+    """How a lite weights file is named in manifests: ``lite`` for the shipped one, else its path."""
+    return "lite" if Path(weights) == WEIGHTS else str(Path(weights).resolve())
+
+
 def preprocess_image(image: Image.Image, size: int) -> torch.Tensor:
     """Resize the short side to ``size``, centre-crop a square, scale as (x - 127) / 128 (Lite's TF input)."""
     w, h = image.size
@@ -152,7 +157,7 @@ class LiteEncoder(Encoder):
         weights = Path(weights)
         if not weights.is_file():
             raise FileNotFoundError(f"lite heads not found at {weights}")
-        self.name = "lite" if weights == WEIGHTS else str(weights.resolve())
+        self.name = model_name(weights)
         self.fingerprint = fingerprint_files([weights])
         self.device = torch.device(device)
         state = load_file(str(weights))

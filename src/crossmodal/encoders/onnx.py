@@ -244,8 +244,8 @@ def length_groups(sorted_lengths: np.ndarray, slack: float = 0.15) -> list[slice
     return [*groups, slice(start, len(sorted_lengths))] if len(sorted_lengths) else []
 
 
-class _LiteInputs:
-    """ONNX feeds for an exported ``lite``: lite's own photo preprocessing and the MiniLM tokenizer."""
+class TextInputs:
+    """The text graph's feeds from the tokenizer saved beside it, as int64 arrays; shared by every export."""
 
     def __init__(self, folder: Path, config: dict[str, Any]) -> None:
         from transformers import AutoTokenizer
@@ -254,6 +254,15 @@ class _LiteInputs:
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self._tokenizing = threading.Lock()  # a fast tokenizer's settings are shared state ("Already borrowed")
 
+    def texts(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        with self._tokenizing:
+            tokens = self.tokenizer(list(texts), return_tensors="np", **self.config["text"]["kwargs"])
+        return {name: np.asarray(tokens[name], dtype=np.int64) for name in self.config["text"]["inputs"]}
+
+
+class _LiteInputs(TextInputs):
+    """ONNX feeds for an exported ``lite``: lite's own photo preprocessing and the MiniLM tokenizer."""
+
     def prepare_image(self, image: Image.Image) -> np.ndarray:
         from .lite import preprocess_image
 
@@ -261,8 +270,3 @@ class _LiteInputs:
 
     def images(self, prepared: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         return {"pixel_values": np.stack(prepared)}
-
-    def texts(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        with self._tokenizing:
-            tokens = self.tokenizer(list(texts), return_tensors="np", **self.config["text"]["kwargs"])
-        return {name: np.asarray(tokens[name], dtype=np.int64) for name in self.config["text"]["inputs"]}

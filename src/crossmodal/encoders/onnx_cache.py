@@ -38,11 +38,10 @@ def cached_lite_onnx(weights: Path, required: bool = False, int8_text: bool = Fa
         if required:
             raise ImportError("the onnx backend needs onnxruntime and onnx: pip install onnxruntime onnx") from None
         return None
-    from .lite import WEIGHTS, LiteEncoder
+    from .lite import LiteEncoder, model_name
     from .onnx import CONFIG, OnnxEncoder, export_onnx
 
-    weights = Path(weights)
-    name = "lite" if weights == WEIGHTS else str(weights.resolve())
+    name = model_name(weights)
     folder = cache_folder(weights, int8_text)
     if not (folder / CONFIG).is_file():
         tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")

@@ -11,7 +11,6 @@ is fixed by the processor's max_num_patches and position embeddings are resized 
 
 from __future__ import annotations
 
-import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from PIL import Image
 
 from .hf import _features
+from .onnx import TextInputs
 
 if TYPE_CHECKING:
     from .hf import HFDualEncoder
@@ -99,16 +99,14 @@ def _is_all_true(x: Any) -> Any:
     return op.Cast(op.ReduceMin(op.Cast(x, to=TensorProto.INT64), keepdims=0), to=TensorProto.BOOL)
 
 
-class TransformersInputs:
+class TransformersInputs(TextInputs):
     """Builds the ONNX feeds for an exported transformers model from the files export_transformers saved."""
 
     def __init__(self, folder: Path, config: dict[str, Any]) -> None:
-        from transformers import AutoImageProcessor, AutoTokenizer
+        from transformers import AutoImageProcessor
 
-        self.config = config
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        super().__init__(folder, config)
         self.image_processor = AutoImageProcessor.from_pretrained(folder)
-        self._tokenizing = threading.Lock()  # a fast tokenizer's settings are shared state ("Already borrowed")
 
     def prepare_image(self, image: Image.Image) -> Image.Image:
         """The photo itself: the image processor works on whole batches (SigLIP2 pads patches per batch)."""
@@ -118,12 +116,6 @@ class TransformersInputs:
         """The image graph's feeds: the saved image processor's arrays, float32 pixels and int64 indices."""
         arrays = self.image_processor(images=list(images), return_tensors="np")
         return {k: _onnx_dtype(np.asarray(arrays[k])) for k in self.config["image"]["inputs"]}
-
-    def texts(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """The text graph's feeds: the saved tokenizer run with the encoder's padding/truncation, as int64."""
-        with self._tokenizing:
-            tokens = self.tokenizer(list(texts), return_tensors="np", **self.config["text"]["kwargs"])
-        return {k: np.asarray(tokens[k], dtype=np.int64) for k in self.config["text"]["inputs"]}
 
 
 def _onnx_dtype(array: np.ndarray) -> np.ndarray:
