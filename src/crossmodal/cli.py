@@ -393,6 +393,8 @@ def train(
                                           "image:N,text:M (lite: photo blocks, caption layers).")] = "heads",
     epochs: Annotated[int, typer.Option(min=1)] = 10,
     batch_size: Annotated[int, typer.Option(min=2, help="Photos per step.")] = 128,
+    captions_per_image: Annotated[int, typer.Option(min=1, help="Captions of each photo per step (never each "
+                                                    "other's negatives).")] = 1,
     lr: Annotated[float, typer.Option(help="Peak learning rate of the heads.")] = 1e-3,
     tower_lr: Annotated[float, typer.Option(help="Peak learning rate of unfrozen tower layers.")] = 1e-4,
     weight_decay: Annotated[float, typer.Option()] = 0.1,
@@ -403,7 +405,7 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Fine-tune a dual encoder on image-caption data; `--model OUT` then loads the result anywhere."""
-    from .encoders import load_encoder
+    from .encoders import load_encoder, resolve_device
     from .evaluation.report import finish_report, write_report
     from .evaluation.runner import evaluate as run
     from .sources.datasets import load_dataset
@@ -414,18 +416,19 @@ def train(
     warn = lambda line: err.print(line, highlight=False, markup=False)  # noqa: E731
     train_data = readable(load_dataset(data, train_split), warn)
     dev_data = readable(load_dataset(data, dev_split), warn)
-    config = TrainConfig(loss=loss, epochs=epochs, batch_size=batch_size, lr=lr, tower_lr=tower_lr,
-                         weight_decay=weight_decay, patience=patience, seed=seed)
+    config = TrainConfig(loss=loss, epochs=epochs, batch_size=batch_size, captions_per_image=captions_per_image,
+                         lr=lr, tower_lr=tower_lr, weight_decay=weight_decay, patience=patience, seed=seed)
+    device = resolve_device()
     if model == "lite":
         history = train_lite(train_data, dev_data, out, config, image_blocks, text_layers, views, cache=cache,
-                             progress=not quiet)
+                             progress=not quiet, device=device)
     else:
         from .encoders.hf import HFDualEncoder
         from .training.hf_task import HFTask
 
         if image_blocks != text_layers:
             raise ValueError("transformers models take --unfreeze heads or last:N")
-        history = fit(HFTask(HFDualEncoder(model), train_data, dev_data, image_blocks), config, out, not quiet)
+        history = fit(HFTask(HFDualEncoder(model, device), train_data, dev_data, image_blocks), config, out, not quiet)
     write_curve(history, out / "training_curve.png")
     report = finish_report(run(load_encoder(str(out)), dev_data, progress=not quiet), dev_split)
     write_report(report, out / "report")

@@ -26,13 +26,18 @@ def load_encoder(name: str, device: str | None = None, backend: str | None = Non
     backend = backend or os.environ.get("CROSSMODAL_BACKEND") or "auto"
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    return _load(name, resolve_device(device), backend, int8_text)
+
+
+def resolve_device(device: str | None = None) -> str:
+    """``device``, else ``$CROSSMODAL_DEVICE``, else ``cpu``; a clear error when it names a GPU PyTorch cannot see."""
     device = device or os.environ.get("CROSSMODAL_DEVICE") or "cpu"
     if device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r}: PyTorch {torch.__version__} sees no GPU here; use --device cpu")
-    return _load(name, device, backend, int8_text)
+    return device
 
 
 @lru_cache(maxsize=4)

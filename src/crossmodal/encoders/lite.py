@@ -69,6 +69,10 @@ class LiteTowers(nn.Module):
         self.resolution = self.image.resolution
         self.eval()
 
+    @property
+    def device(self) -> torch.device:
+        return self.image._conv_head.weight.device
+
     def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Stack preprocessed images into one (N, 3, R, R) batch."""
         batch = torch.stack([preprocess_image(im, self.resolution) for im in images])
@@ -116,8 +120,8 @@ class LiteHeads(nn.Module):
         their training metadata (atomically)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        state |= {TOWER_PREFIX + k: v.detach().contiguous() for k, v in (towers or {}).items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        state |= {TOWER_PREFIX + k: v.detach().cpu().contiguous() for k, v in (towers or {}).items()}
         save_file(state, str(tmp), metadata={"dim": str(self.dim), **metadata})
         tmp.replace(path)
 

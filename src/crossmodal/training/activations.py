@@ -1,9 +1,9 @@
 """Cached tower activations at a cut point, so training the layers above the cut skips the frozen prefix.
 
-Photos: the input of EfficientNet-Lite block ``IMAGE_CUT`` (N, views, C, H, W) in float16, for several
+Photos: the input of EfficientNet-Lite block ``image_cut`` (N, views, C, H, W) in float16, for several
 augmented views of each photo (view 0 is the plain photo, view 1 its mirror image, the rest random
-resized crops, mirrored at random). Captions: the hidden states after MiniLM layer ``TEXT_CUT`` for
-each token, concatenated (tokens, 384) in float16 with per-caption offsets.
+resized crops, mirrored at random). Captions: the input of MiniLM layer ``text_cut`` for each token,
+concatenated (tokens, 384) in float16 with per-caption offsets.
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ from ..encoders.lite import LiteTowers
 from ..sources.datasets import CaptionDataset
 from ..sources.images import load_image
 
-IMAGE_CUT = 11
-TEXT_CUT = 2
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 FIELDS = ("images", "mirrored", "tokens", "offsets", "text_image")
 
 
@@ -70,40 +68,42 @@ def photo_views(image: Image.Image, n_views: int, rng: np.random.Generator) -> l
 
 
 @torch.inference_mode()
-def compute_activations(towers: LiteTowers, data: CaptionDataset, n_views: int = 1, seed: int = 0,
-                        batch_size: int = 32) -> Activations:
-    """Run the frozen prefixes of both towers over ``data`` once."""
+def compute_activations(towers: LiteTowers, data: CaptionDataset, image_cut: int, text_cut: int, n_views: int = 1,
+                        seed: int = 0, batch_size: int = 32) -> Activations:
+    """Run the frozen prefixes of both towers (photo blocks before ``image_cut``, caption layers before
+    ``text_cut``) over ``data`` once, on the towers' device."""
     rng = np.random.default_rng(seed)
+    device = towers.device
     chunks, mirrored = [], []
     for start in tqdm(range(0, len(data.images), batch_size), desc=f"{data.name} photos", unit="batch"):
         photos = [load_image(p) for p in data.images[start:start + batch_size]]
         views = [v for im in photos for v in photo_views(im, n_views, rng)]
         mirrored.append(np.array([m for _, m in views]).reshape(len(photos), n_views))
-        out = towers.image.forward_blocks(towers.pixels([v for v, _ in views]), 0, IMAGE_CUT)
-        chunks.append(out.to(torch.float16).reshape(len(photos), n_views, *out.shape[1:]).numpy())
+        out = towers.image.forward_blocks(towers.pixels([v for v, _ in views]).to(device), 0, image_cut)
+        chunks.append(out.to(torch.float16).cpu().reshape(len(photos), n_views, *out.shape[1:]).numpy())
     images = np.concatenate(chunks)
     tokens, lengths = [], []
     for start in tqdm(range(0, len(data.texts), 256), desc=f"{data.name} captions", unit="batch"):
-        enc = towers.tokenize(data.texts[start:start + 256])
-        hidden = towers.text(**enc, output_hidden_states=True).hidden_states[TEXT_CUT]
+        enc = towers.tokenize(data.texts[start:start + 256]).to(device)
+        hidden = towers.text(**enc, output_hidden_states=True).hidden_states[text_cut].to(torch.float16).cpu()
         for row, n in zip(hidden, enc["attention_mask"].sum(1).tolist(), strict=True):
-            tokens.append(row[:n].to(torch.float16).numpy())
+            tokens.append(row[:n].numpy())
             lengths.append(n)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     return Activations(images, np.concatenate(mirrored), np.concatenate(tokens), offsets, data.text_image)
 
 
-def cached_activations(towers: LiteTowers, data: CaptionDataset, folder: Path, n_views: int = 1,
-                       seed: int = 0) -> Activations:
+def cached_activations(towers: LiteTowers, data: CaptionDataset, folder: Path, image_cut: int, text_cut: int,
+                       n_views: int = 1, seed: int = 0) -> Activations:
     """Load the activations of ``data`` from ``folder`` or compute and store them there (atomically)."""
-    key = {"version": CACHE_VERSION, "image_cut": IMAGE_CUT, "text_cut": TEXT_CUT, "views": n_views, "seed": seed,
+    key = {"version": CACHE_VERSION, "image_cut": image_cut, "text_cut": text_cut, "views": n_views, "seed": seed,
            "images": len(data.images), "texts": len(data.texts)}
     meta = folder / "meta.json"
     if meta.is_file() and json.loads(meta.read_text()) == key:
         arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in FIELDS}
         if np.array_equal(arrays["text_image"], data.text_image):
             return Activations(**arrays)
-    acts = compute_activations(towers, data, n_views, seed)
+    acts = compute_activations(towers, data, image_cut, text_cut, n_views, seed)
     folder.mkdir(parents=True, exist_ok=True)
     meta.unlink(missing_ok=True)
     for name in FIELDS:

@@ -16,22 +16,19 @@ from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
 from ..encoders.lite import LiteHeads, LiteTowers
-from .activations import IMAGE_CUT, TEXT_CUT, Activations
+from .activations import Activations
 
 
 class LiteTrainable(nn.Module):
-    """Photo blocks ``image_from:`` + head conv and caption layers ``text_from:`` of the lite towers, with heads.
-
-    Blocks between the cache cut and ``image_from`` (layers between the cut and ``text_from``) stay frozen.
-    """
+    """Photo blocks ``image_from:`` + head conv and caption layers ``text_from:`` of the lite towers, with heads,
+    fed activations cached at those cuts (the input of block ``image_from`` and of layer ``text_from``)."""
 
     def __init__(self, towers: LiteTowers, heads: LiteHeads, image_blocks: int, text_layers: int) -> None:
         super().__init__()
         n_blocks, n_layers = len(towers.image._blocks), len(towers.text.encoder.layer)
-        if not 0 <= image_blocks <= n_blocks - IMAGE_CUT or not 0 <= text_layers <= n_layers - TEXT_CUT:
-            raise ValueError(f"lite can unfreeze at most {n_blocks - IMAGE_CUT} photo blocks and "
-                             f"{n_layers - TEXT_CUT} caption layers")
-        self.towers, self.heads = towers, heads
+        if not 0 <= image_blocks <= n_blocks or not 0 <= text_layers <= n_layers:
+            raise ValueError(f"lite can unfreeze at most {n_blocks} photo blocks and {n_layers} caption layers")
+        self.towers, self.heads = towers, heads.to(towers.device)
         self.image_from, self.text_from = n_blocks - image_blocks, n_layers - text_layers
         towers.requires_grad_(False)
         self.tower_modules = [*towers.image._blocks[self.image_from:], *towers.text.encoder.layer[self.text_from:]]
@@ -51,22 +48,17 @@ class LiteTrainable(nn.Module):
         return self
 
     def image_features(self, acts: torch.Tensor) -> torch.Tensor:
-        """Pooled photo features (B, 1280) from block-``IMAGE_CUT`` activations."""
-        acts = acts.contiguous(memory_format=torch.channels_last)
+        """Pooled photo features (B, 1280) from the cached input of block ``image_from``."""
+        acts = acts.to(self.towers.device).contiguous(memory_format=torch.channels_last)
         image = self.towers.image
-        with torch.no_grad():
-            acts = image.forward_blocks(acts, IMAGE_CUT, self.image_from)
         return image.forward_head(image.forward_blocks(acts, self.image_from))
 
     def text_features(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean-pooled, normalised caption features (B, 384) from layer-``TEXT_CUT`` hidden states."""
+        """Mean-pooled, normalised caption features (B, 384) from the cached input of layer ``text_from``."""
         text = self.towers.text
+        hidden, mask = hidden.to(self.towers.device), mask.to(self.towers.device)
         attn = create_bidirectional_mask(config=text.config, inputs_embeds=hidden, attention_mask=mask)
-        layers = text.encoder.layer
-        with torch.no_grad():
-            for layer in layers[TEXT_CUT:self.text_from]:
-                hidden = layer(hidden, attn)
-        for layer in layers[self.text_from:]:
+        for layer in text.encoder.layer[self.text_from:]:
             hidden = layer(hidden, attn)
         m = mask.unsqueeze(-1).to(hidden.dtype)
         return F.normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1.0), dim=-1)
@@ -78,19 +70,30 @@ class LiteTrainable(nn.Module):
         return self.heads.text(self.text_features(hidden, mask))
 
     @torch.inference_mode()
-    def embed_split(self, acts: Activations, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised (photo, caption) embeddings of a whole split, for dev evaluation."""
+    def split_features(self, acts: Activations, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tower features (photo view 0, every caption) of a whole split, in evaluation mode."""
         was_training = self.heads.training
         self.train(False)
-        images = [self.embed_images(acts.image_batch(np.arange(s, min(s + batch_size, len(acts.images)))))
-                  for s in range(0, len(acts.images), batch_size)]
-        n_texts = len(acts.offsets) - 1
-        texts = [self.embed_texts(*acts.text_batch(np.arange(s, min(s + batch_size, n_texts))))
+        n_images, n_texts = len(acts.images), len(acts.offsets) - 1
+        images = [self.image_features(acts.image_batch(np.arange(s, min(s + batch_size, n_images))))
+                  for s in range(0, n_images, batch_size)]
+        texts = [self.text_features(*acts.text_batch(np.arange(s, min(s + batch_size, n_texts))))
                  for s in range(0, n_texts, batch_size)]
         self.train(was_training)
-        return (F.normalize(torch.cat(images), dim=-1).numpy(), F.normalize(torch.cat(texts), dim=-1).numpy())
+        return torch.cat(images), torch.cat(texts)
+
+    @torch.inference_mode()
+    def embed_split(self, acts: Activations) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised (photo, caption) embeddings of a whole split, for dev evaluation."""
+        images, texts = self.split_features(acts)
+        was_training = self.heads.training
+        self.heads.eval()
+        out = (F.normalize(self.heads.image(images), dim=-1).cpu().numpy(),
+               F.normalize(self.heads.text(texts), dim=-1).cpu().numpy())
+        self.heads.train(was_training)
+        return out
 
     def export(self, path: Path, metadata: dict[str, str]) -> None:
         """Write heads plus every unfrozen tower tensor (float16) to one safetensors file, atomically."""
-        tuned = {n: p.to(torch.float16) for n, p in self.towers.named_parameters() if p.requires_grad}
+        tuned = {n: p.to(torch.float16).cpu() for n, p in self.towers.named_parameters() if p.requires_grad}
         self.heads.save(path, metadata, towers=tuned)

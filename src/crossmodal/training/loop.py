@@ -111,7 +111,8 @@ def fit(task: Task, config: TrainConfig, out: Path, progress: bool = True) -> li
     ``out/training/checkpoint.pt`` (kept apart from the model files, which are all ``out`` holds besides)."""
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    loss_head = LossHead(config.loss, config.margin)
+    device = next(task.module.parameters()).device
+    loss_head = LossHead(config.loss, config.margin).to(device)
     groups = task.param_groups(config.lr, config.tower_lr)
     groups.append({"params": [p for p in loss_head.parameters() if p.requires_grad], "lr": config.lr,
                    "weight_decay": 0.0})
@@ -126,7 +127,7 @@ def fit(task: Task, config: TrainConfig, out: Path, progress: bool = True) -> li
     (out / "training").mkdir(exist_ok=True)
     checkpoint = out / "training" / "checkpoint.pt"
     if checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        saved = torch.load(checkpoint, map_location=device, weights_only=False)
         if saved["config"] != asdict(config):
             raise ValueError(f"{checkpoint} was written with other settings; use another --out or delete it")
         task.module.load_state_dict(saved["model"], strict=False)
@@ -145,7 +146,7 @@ def fit(task: Task, config: TrainConfig, out: Path, progress: bool = True) -> li
         total_loss = 0.0
         for step, (images, texts) in enumerate(bar, 1):
             text_emb, image_emb = task.embed_batch(images, texts, rng)
-            positive = torch.from_numpy(task.train_text_image[texts][:, None] == images[None, :])
+            positive = torch.from_numpy(task.train_text_image[texts][:, None] == images[None, :]).to(device)
             loss = loss_head(text_emb, image_emb, positive)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -30,23 +30,27 @@ def _cache_name(data: CaptionDataset) -> str:
 
 def train_lite(train: CaptionDataset, dev: CaptionDataset, out: Path, config: TrainConfig,
                image_blocks: int = 0, text_layers: int = 0, views: int = 4, dim: int = 512, dropout: float = 0.2,
-               cache: Path = Path("runs/cache"), progress: bool = True) -> list[dict[str, Any]]:
+               cache: Path = Path("runs/cache"), progress: bool = True, device: str = "cpu") -> list[dict[str, Any]]:
     """Fit heads on cached frozen features with ``config``; or, when asked to unfreeze, fit them with the
     HEADS_STAGE recipe and then fine-tune them with the last ``image_blocks`` photo blocks and
     ``text_layers`` caption layers using ``config``. Writes ``out/lite.safetensors``; returns the history."""
-    towers = LiteTowers()
-    splits = [(*cached_features(towers, d, cache / f"{_cache_name(d)}.npz"), d.text_image) for d in (train, dev)]
+    towers = LiteTowers().to(device)
     if not image_blocks and not text_layers:
+        splits = [(*cached_features(towers, d, cache / f"{_cache_name(d)}.npz"), d.text_image) for d in (train, dev)]
         return fit(FeatureTask(LiteHeads(dim, dropout), *splits), config, out, progress)
+    model = LiteTrainable(towers, LiteHeads(dim), image_blocks, text_layers)
+    cuts = model.image_from, model.text_from
+    tag = f"acts-b{cuts[0]}-l{cuts[1]}"
+    train_acts = cached_activations(towers, train, cache / f"{_cache_name(train)}-{tag}-v{views}", *cuts,
+                                    n_views=views, seed=config.seed)
+    dev_acts = cached_activations(towers, dev, cache / f"{_cache_name(dev)}-{tag}", *cuts)
+    splits = [(*(f.cpu().numpy() for f in model.split_features(acts)), data.text_image)
+              for acts, data in ((train_acts, train), (dev_acts, dev))]
     stage_one = out / "training" / "heads"
     heads_config = replace(HEADS_STAGE, loss=config.loss, margin=config.margin, seed=config.seed,
                            batch_size=min(HEADS_STAGE.batch_size, config.batch_size))
     fit(FeatureTask(LiteHeads(dim, dropout), *splits), heads_config, stage_one, progress)
-    heads = LiteHeads.load(stage_one / WEIGHTS_FILE)
-    train_acts = cached_activations(towers, train, cache / f"{_cache_name(train)}-acts", n_views=views,
-                                    seed=config.seed)
-    dev_acts = cached_activations(towers, dev, cache / f"{_cache_name(dev)}-acts")
-    model = LiteTrainable(towers, heads, image_blocks, text_layers)
+    model.heads.load_state_dict(LiteHeads.load(stage_one / WEIGHTS_FILE).state_dict())
     return fit(LiteTask(model, train_acts, dev_acts, train.texts), config, out, progress)
 
 
