@@ -165,6 +165,31 @@ def test_parse_unfreeze() -> None:
             parse_unfreeze(bad)
 
 
+@pytest.mark.parametrize(("image_blocks", "text_layers"), [(1, 1), (5, 4), (16, 6)])
+def test_activations_cached_at_any_cut_give_the_towers_own_features(tmp_path: Path, image_blocks: int,
+                                                                     text_layers: int) -> None:
+    from crossmodal.encoders.lite import LiteTowers
+    from crossmodal.sources.datasets import CaptionDataset
+    from crossmodal.training.activations import compute_activations
+    from crossmodal.training.lite_model import LiteTrainable
+
+    photos = [make_photo(tmp_path / f"p{i}.png", c, size=(80, 60), noise=30) for i, c in
+              enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200)])]
+    texts = ["a red photo", "a green photo of a field with grass", "blue"]
+    data = CaptionDataset("tiny", photos, texts, np.arange(3))
+    towers = LiteTowers()
+    with torch.inference_mode():
+        expected_images = towers.image_features(towers.pixels([load_image(p) for p in photos]))
+        expected_texts = towers.text_features(towers.tokenize(texts))
+    model = LiteTrainable(towers, LiteHeads(16), image_blocks, text_layers)
+    acts = compute_activations(towers, data, model.image_from, model.text_from, n_views=2)
+    assert acts.images.shape[:2] == (3, 2) and acts.mirrored[:, 1].all()
+    images, captions = model.split_features(acts)
+    # activations are stored in float16
+    assert torch.allclose(images, expected_images, atol=0.05, rtol=0.02)
+    assert torch.allclose(captions, expected_texts, atol=5e-3)
+
+
 @needs_flickr
 def test_tiny_lite_run_on_flickr8k_learns_and_exports(tmp_path: Path) -> None:
     from crossmodal.training.train_lite import train_lite

@@ -149,10 +149,12 @@ class EfficientNetLite(nn.Module):
         self._bn1 = _bn(self.num_features)
         self._fc = nn.Linear(self.num_features, num_classes)
 
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels (N, 3, R, R) -> the input of block 0."""
+        return F.relu6(self._bn0(self._conv_stem(x)), inplace=True)
+
     def forward_blocks(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """Run the stem (when ``start == 0``) and blocks ``start:stop``; lets callers cache a prefix."""
-        if start == 0:
-            x = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)
+        """Run blocks ``start:stop`` on the input of block ``start``; lets callers cache a prefix."""
         for block in self._blocks[start:stop]:
             x = block(x)
         return x
@@ -163,7 +165,7 @@ class EfficientNetLite(nn.Module):
         return x.mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_blocks(x))
+        return self.forward_head(self.forward_blocks(self.forward_stem(x)))
 
     def fuse_for_inference(self) -> EfficientNetLite:
         """Fold every BatchNorm into its conv and switch to channels-last: same outputs, about 2x faster.

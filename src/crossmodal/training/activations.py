@@ -79,7 +79,8 @@ def compute_activations(towers: LiteTowers, data: CaptionDataset, image_cut: int
         photos = [load_image(p) for p in data.images[start:start + batch_size]]
         views = [v for im in photos for v in photo_views(im, n_views, rng)]
         mirrored.append(np.array([m for _, m in views]).reshape(len(photos), n_views))
-        out = towers.image.forward_blocks(towers.pixels([v for v, _ in views]).to(device), 0, image_cut)
+        pixels = towers.pixels([v for v, _ in views]).to(device)
+        out = towers.image.forward_blocks(towers.image.forward_stem(pixels), 0, image_cut)
         chunks.append(out.to(torch.float16).cpu().reshape(len(photos), n_views, *out.shape[1:]).numpy())
     images = np.concatenate(chunks)
     tokens, lengths = [], []
