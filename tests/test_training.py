@@ -267,3 +267,61 @@ def test_heads_only_needs_projection_heads(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no projection heads"):
         unfreeze(siglip, 0)
     assert unfreeze(siglip, 1)
+
+
+@pytest.mark.parametrize("family", ["clip", "chinese_clip"])
+def test_lora_adapters_merge_into_the_plain_model(family: str) -> None:
+    from test_hf_encoders import _build
+
+    from crossmodal.training.hf_task import add_lora, merged_copy
+
+    torch.manual_seed(0)
+    model, _ = _build(family)
+    model.eval()
+    trainable = add_lora(model, 4)
+    assert any("text_model" in n and "lora_A" in n for n in trainable)
+    assert any("vision_model" in n and "lora_B" in n for n in trainable)
+    assert not any(n.startswith(("vision_model", "text_model")) and "lora_" not in n for n in trainable)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # zero at start: give the adapters an effect to merge
+                param.normal_(0, 0.5)
+    tokens = torch.tensor([[101, 2023, 2003, 1037, 3899, 102]])
+    pixels = torch.randn(2, 3, *[model.config.vision_config.image_size] * 2)
+    merged = merged_copy(model)
+    assert not any("lora" in k for k in merged.state_dict())
+    with torch.no_grad():
+        for get in (lambda m: m.get_text_features(input_ids=tokens),
+                    lambda m: m.get_image_features(pixel_values=pixels)):
+            adapted, plain = get(model), get(merged)
+            adapted, plain = (getattr(x, "pooler_output", x) for x in (adapted, plain))
+            assert torch.allclose(adapted, plain, atol=1e-4)
+    assert any("lora" in k for k in model.state_dict())  # the training model keeps its adapters
+
+
+def test_train_command_with_lora_exports_a_plain_transformers_folder(tmp_path: Path) -> None:
+    from test_hf_encoders import _build, _tokenizer
+
+    torch.manual_seed(0)
+    model, processor = _build("clip")
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    processor.save_pretrained(base)
+    _tokenizer().save_pretrained(base)
+    table = _tiny_table(tmp_path / "data")
+    out = tmp_path / "tuned"
+    args = ["train", "--model", str(base), "--data", str(table), "--out", str(out), "--unfreeze", "lora:4",
+            "--epochs", "2", "--batch-size", "4", "--lr", "1e-2", "--tower-lr", "1e-2", "-q"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    tuned, original = load_encoder(str(out)), load_encoder(str(base))
+    a, b = tuned.model.state_dict(), original.model.state_dict()
+    assert set(a) == set(b)
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert "visual_projection.weight" in changed and "text_projection.weight" in changed
+    assert any(k.startswith("vision_model.") and k.endswith("q_proj.weight") for k in changed)
+    assert any(k.startswith("text_model.") and k.endswith("v_proj.weight") for k in changed)
+    assert not any(k.endswith(("k_proj.weight", "fc1.weight")) or "embeddings" in k for k in changed)
+    for bad in ("lora:0", "lora:x"):
+        result = CliRunner().invoke(app, [*args[:-3], "--unfreeze", bad, "-q"])
+        assert result.exit_code != 0 and "lora:R" in result.output

@@ -363,6 +363,16 @@ def export(
     err.print(f"wrote {folder} (load it with --model {folder})", highlight=False)
 
 
+def parse_lora(spec: str) -> int:
+    """``lora:R`` -> R (at least 1); anything else -> 0."""
+    if not spec.startswith("lora:"):
+        return 0
+    rank = spec.removeprefix("lora:")
+    if not rank.isdigit() or int(rank) < 1:
+        raise ValueError(f"--unfreeze {spec!r}: use lora:R with a rank R of at least 1")
+    return int(rank)
+
+
 def parse_unfreeze(spec: str) -> tuple[int, int]:
     """``heads`` -> (0, 0); ``last:N`` -> (N, N); ``image:N,text:M`` -> (N, M): photo blocks, text layers."""
     if spec == "heads":
@@ -389,8 +399,9 @@ def train(
     train_split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
     dev_split: Annotated[str, typer.Option(help="Split to choose epochs on (early stopping).")] = "dev",
     loss: Annotated[str, typer.Option(help="infonce, siglip or vsepp.")] = "infonce",
-    unfreeze: Annotated[str, typer.Option(help="What trains besides the heads: heads, last:N or "
-                                          "image:N,text:M (lite: photo blocks, caption layers).")] = "heads",
+    unfreeze: Annotated[str, typer.Option(help="What trains besides the heads: heads, last:N, "
+                                          "image:N,text:M (lite: photo blocks, caption layers) or lora:R "
+                                          "(transformers models: rank-R LoRA on attention, needs peft).")] = "heads",
     epochs: Annotated[int, typer.Option(min=1)] = 10,
     batch_size: Annotated[int, typer.Option(min=2, help="Photos per step.")] = 128,
     captions_per_image: Annotated[int, typer.Option(min=1, help="Captions of each photo per step (never each "
@@ -412,7 +423,10 @@ def train(
     from .training.loop import TrainConfig, fit
     from .training.train_lite import readable, train_lite, write_curve
 
-    image_blocks, text_layers = parse_unfreeze(unfreeze)
+    lora = parse_lora(unfreeze)
+    image_blocks, text_layers = (0, 0) if lora else parse_unfreeze(unfreeze)
+    if lora and model == "lite":
+        raise ValueError("--unfreeze lora:R is for transformers models; lite takes image:N,text:M")
     warn = lambda line: err.print(line, highlight=False, markup=False)  # noqa: E731
     train_data = readable(load_dataset(data, train_split), warn)
     dev_data = readable(load_dataset(data, dev_split), warn)
@@ -427,8 +441,9 @@ def train(
         from .training.hf_task import HFTask
 
         if image_blocks != text_layers:
-            raise ValueError("transformers models take --unfreeze heads or last:N")
-        history = fit(HFTask(HFDualEncoder(model, device), train_data, dev_data, image_blocks), config, out, not quiet)
+            raise ValueError("transformers models take --unfreeze heads, last:N or lora:R")
+        history = fit(HFTask(HFDualEncoder(model, device), train_data, dev_data, image_blocks, lora), config, out,
+                      not quiet)
     write_curve(history, out / "training_curve.png")
     report = finish_report(run(load_encoder(str(out)), dev_data, progress=not quiet), dev_split)
     write_report(report, out / "report")

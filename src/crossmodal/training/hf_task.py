@@ -1,8 +1,10 @@
 """Training task for transformers dual encoders: the projection heads, optionally the last N layers of
-each tower, trained end to end on decoded photos; the result is a ``save_pretrained`` folder."""
+each tower or LoRA adapters (peft) on their attention, trained end to end on decoded photos; the result is
+a plain ``save_pretrained`` folder (adapters merged into the weights)."""
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ from ..sources.datasets import CaptionDataset
 from ..sources.images import load_image
 
 TOWERS = ("vision_model", "text_model")
+# the attention query and value projections, as CLIP/SigLIP (q_proj, v_proj) and BERT-style towers name them
+LORA_TARGETS = ("q_proj", "v_proj", "query", "value")
 
 
 def _layer_list(tower: nn.Module) -> nn.ModuleList:
@@ -56,17 +60,57 @@ def unfreeze(model: nn.Module, last: int) -> list[str]:
     return names
 
 
-class HFTask:
-    """A transformers dual encoder fine-tuned on a caption dataset (photos decoded each step)."""
+def add_lora(model: nn.Module, rank: int) -> list[str]:
+    """Add rank-``rank`` LoRA adapters (alpha = 2 x rank) to the attention query and value projections of
+    both towers and train them with whatever sits outside the towers; the towers' own weights stay frozen.
+    Returns the trainable parameter names."""
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError as e:
+        raise ValueError("--unfreeze lora:R needs peft: pip install 'crossmodal[lora]'") from e
+    targets = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.startswith(TOWERS)
+               and name.rsplit(".", 1)[-1] in LORA_TARGETS]
+    if not targets:
+        raise ValueError(f"a {model.config.model_type!r} model has no attention projections named "
+                         f"{', '.join(LORA_TARGETS)} for LoRA; use --unfreeze last:N")
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets), model)
+    for name, param in model.named_parameters():
+        param.requires_grad_("lora_" in name or (not name.startswith(TOWERS) and "logit" not in name))
+    return [n for n, p in model.named_parameters() if p.requires_grad]
 
-    def __init__(self, encoder: HFDualEncoder, train: CaptionDataset, dev: CaptionDataset, last: int) -> None:
+
+def merged_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every LoRA adapter merged into the layer it adapts and removed, so it saves
+    and loads as the plain transformers model."""
+    from peft.tuners.lora import LoraLayer
+
+    model = copy.deepcopy(model)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.get_base_layer())
+    return model
+
+
+class HFTask:
+    """A transformers dual encoder fine-tuned on a caption dataset (photos decoded each step): the last
+    ``last`` layers of each tower, or LoRA adapters of rank ``lora`` when it is above 0."""
+
+    def __init__(self, encoder: HFDualEncoder, train: CaptionDataset, dev: CaptionDataset, last: int,
+                 lora: int = 0) -> None:
         self.encoder, self.dev = encoder, dev
         self.module = encoder.model
-        unfreeze(self.module, last)
+        if lora:
+            add_lora(self.module, lora)
+        else:
+            unfreeze(self.module, last)
+        self.lora = lora
         self.train_data = train
         self.train_text_image = np.asarray(train.text_image)
 
     def param_groups(self, lr: float, tower_lr: float) -> list[dict[str, Any]]:
+        """The heads at ``lr``, tower layers or LoRA adapters at ``tower_lr``."""
         heads = [p for n, p in self.module.named_parameters() if p.requires_grad and not n.startswith(TOWERS)]
         tower = [p for n, p in self.module.named_parameters() if p.requires_grad and n.startswith(TOWERS)]
         return [g for g in ({"params": heads, "lr": lr}, {"params": tower, "lr": tower_lr}) if g["params"]]
@@ -89,7 +133,7 @@ class HFTask:
         """Save model, tokenizer and processor into ``out`` through a temporary folder, then move them in."""
         tmp = out / ".export"
         shutil.rmtree(tmp, ignore_errors=True)
-        self.module.save_pretrained(tmp)
+        (merged_copy(self.module) if self.lora else self.module).save_pretrained(tmp)
         self.encoder.tokenizer.save_pretrained(tmp)
         self.encoder.image_processor.save_pretrained(tmp)
         for path in tmp.iterdir():
