@@ -21,6 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from crossmodal.allocator import reuse_large_blocks
 from crossmodal.sources.datasets import load_dataset
 from crossmodal.training.loop import TrainConfig
 from crossmodal.training.train_lite import train_lite
@@ -58,6 +59,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("runs/cache"))
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
+    if args.device == "cpu":
+        reuse_large_blocks()  # as crossmodal train does
     train, dev = load_dataset(args.data, "train"), load_dataset(args.data, "dev")
     console = Console()
     rows = []

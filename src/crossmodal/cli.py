@@ -416,6 +416,7 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Fine-tune a dual encoder on image-caption data; `--model OUT` then loads the result anywhere."""
+    from .allocator import reuse_large_blocks
     from .encoders import load_encoder, resolve_device
     from .evaluation.report import finish_report, write_report
     from .evaluation.runner import evaluate as run
@@ -433,6 +434,8 @@ def train(
     config = TrainConfig(loss=loss, epochs=epochs, batch_size=batch_size, captions_per_image=captions_per_image,
                          lr=lr, tower_lr=tower_lr, weight_decay=weight_decay, patience=patience, seed=seed)
     device = resolve_device()
+    if device == "cpu":
+        reuse_large_blocks()
     if model == "lite":
         history = train_lite(train_data, dev_data, out, config, image_blocks, text_layers, views, cache=cache,
                              progress=not quiet, device=device)
