@@ -85,6 +85,20 @@ class LiteTowers(nn.Module):
         return self.tokenizer(list(texts), padding=True, truncation=True, max_length=TEXT_MAX_TOKENS,
                               return_tensors="pt")
 
+    def text_embeddings(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Token embeddings (B, L, 384): the input of MiniLM layer 0."""
+        return self.text.embeddings(input_ids=tokens["input_ids"], token_type_ids=tokens.get("token_type_ids"))
+
+    def text_layers(self, hidden: torch.Tensor, mask: torch.Tensor, start: int = 0, stop: int | None = None
+                    ) -> torch.Tensor:
+        """Run MiniLM layers ``start:stop`` on the input of layer ``start`` (B, L, 384) with its padding mask."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        attn = create_bidirectional_mask(config=self.text.config, inputs_embeds=hidden, attention_mask=mask)
+        for layer in self.text.encoder.layer[start:stop]:
+            hidden = layer(hidden, attn)
+        return hidden
+
     def text_features(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden = self.text(**tokens).last_hidden_state
         mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)

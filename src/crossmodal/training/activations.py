@@ -86,7 +86,8 @@ def compute_activations(towers: LiteTowers, data: CaptionDataset, image_cut: int
     tokens, lengths = [], []
     for start in tqdm(range(0, len(data.texts), 256), desc=f"{data.name} captions", unit="batch"):
         enc = towers.tokenize(data.texts[start:start + 256]).to(device)
-        hidden = towers.text(**enc, output_hidden_states=True).hidden_states[text_cut].to(torch.float16).cpu()
+        hidden = towers.text_layers(towers.text_embeddings(enc), enc["attention_mask"], 0, text_cut)
+        hidden = hidden.to(torch.float16).cpu()
         for row, n in zip(hidden, enc["attention_mask"].sum(1).tolist(), strict=True):
             tokens.append(row[:n].numpy())
             lengths.append(n)

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.masking_utils import create_bidirectional_mask
 
 from ..encoders.lite import LiteHeads, LiteTowers
 from .activations import Activations
@@ -55,11 +54,8 @@ class LiteTrainable(nn.Module):
 
     def text_features(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean-pooled, normalised caption features (B, 384) from the cached input of layer ``text_from``."""
-        text = self.towers.text
         hidden, mask = hidden.to(self.towers.device), mask.to(self.towers.device)
-        attn = create_bidirectional_mask(config=text.config, inputs_embeds=hidden, attention_mask=mask)
-        for layer in text.encoder.layer[self.text_from:]:
-            hidden = layer(hidden, attn)
+        hidden = self.towers.text_layers(hidden, mask, self.text_from)
         m = mask.unsqueeze(-1).to(hidden.dtype)
         return F.normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1.0), dim=-1)
 
