@@ -190,6 +190,20 @@ def test_activations_cached_at_any_cut_give_the_towers_own_features(tmp_path: Pa
     assert torch.allclose(captions, expected_texts, atol=5e-3)
 
 
+def test_the_same_lite_run_twice_gives_the_same_numbers(tmp_path: Path) -> None:
+    from crossmodal.training.train_lite import readable, train_lite
+
+    table = str(_tiny_table(tmp_path / "data"))
+    train, dev = readable(load_dataset(table, "train"), lambda line: None), load_dataset(table, "dev")
+    config = TrainConfig(epochs=2, batch_size=4, lr=1e-2, tower_lr=1e-3)
+    runs = [train_lite(train, dev, tmp_path / f"run{i}", config, image_blocks=1, text_layers=1, views=2, dim=16,
+                       cache=tmp_path / "cache", progress=False) for i in range(2)]
+    assert [h["loss"] for h in runs[0]] == [h["loss"] for h in runs[1]]
+    assert [h["dev_rsum"] for h in runs[0]] == [h["dev_rsum"] for h in runs[1]]
+    first, second = (load_file(str(tmp_path / f"run{i}" / "lite.safetensors")) for i in range(2))
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
 @needs_flickr
 def test_tiny_lite_run_on_flickr8k_learns_and_exports(tmp_path: Path) -> None:
     from crossmodal.training.train_lite import train_lite

@@ -445,6 +445,9 @@ def train(
 
         if image_blocks != text_layers:
             raise ValueError("transformers models take --unfreeze heads, last:N or lora:R")
+        import torch
+
+        torch.manual_seed(seed)  # LoRA's initial weights
         history = fit(HFTask(HFDualEncoder(model, device), train_data, dev_data, image_blocks, lora), config, out,
                       not quiet)
     write_curve(history, out / "training_curve.png")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..encoders.lite import LiteHeads, LiteTowers
 from ..sources.datasets import CaptionDataset
@@ -34,6 +35,7 @@ def train_lite(train: CaptionDataset, dev: CaptionDataset, out: Path, config: Tr
     """Fit heads on cached frozen features with ``config``; or, when asked to unfreeze, fit them with the
     HEADS_STAGE recipe and then fine-tune them with the last ``image_blocks`` photo blocks and
     ``text_layers`` caption layers using ``config``. Writes ``out/lite.safetensors``; returns the history."""
+    torch.manual_seed(config.seed)  # the heads' initial weights; libraries may have seeded torch at random
     towers = LiteTowers().to(device)
     if not image_blocks and not text_layers:
         splits = [(*cached_features(towers, d, cache / f"{_cache_name(d)}.npz"), d.text_image) for d in (train, dev)]
