@@ -47,8 +47,8 @@ def main() -> None:
     towers = LiteTowers()
     model = LiteTrainable(towers, LiteHeads(512), image_blocks=5, text_layers=0)
     pixels = torch.randn(args.views, 3, 224, 224).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        acts = towers.image.forward_blocks(towers.image.forward_stem(pixels[:128]), 0, model.image_from).clone()
+    with torch.no_grad():  # a plain tensor: inference-mode tensors cannot enter autograd
+        acts = towers.image.forward_blocks(towers.image.forward_stem(pixels[:128]), 0, model.image_from)
 
     def cache() -> None:
         with torch.inference_mode():
