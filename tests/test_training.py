@@ -246,16 +246,20 @@ def _tiny_table(root: Path) -> Path:
     return root / "data.tsv"
 
 
-def test_train_command_fine_tunes_a_transformers_model(tmp_path: Path) -> None:
+def _tiny_clip_folder(folder: Path) -> Path:
+    """A tiny random CLIP saved with its tokenizer and processor, as a transformers folder."""
     from test_hf_encoders import _build, _tokenizer
 
     torch.manual_seed(0)
     model, processor = _build("clip")
-    base = tmp_path / "base"
-    model.save_pretrained(base)
-    processor.save_pretrained(base)
-    _tokenizer().save_pretrained(base)
-    table = _tiny_table(tmp_path / "data")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    _tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_train_command_fine_tunes_a_transformers_model(tmp_path: Path) -> None:
+    base, table = _tiny_clip_folder(tmp_path / "base"), _tiny_table(tmp_path / "data")
     out = tmp_path / "tuned"
     args = ["train", "--model", str(base), "--data", str(table), "--out", str(out), "--unfreeze", "last:1",
             "--epochs", "2", "--batch-size", "4", "--lr", "1e-2", "--tower-lr", "1e-3", "-q"]
@@ -314,15 +318,7 @@ def test_lora_adapters_merge_into_the_plain_model(family: str) -> None:
 
 
 def test_train_command_with_lora_exports_a_plain_transformers_folder(tmp_path: Path) -> None:
-    from test_hf_encoders import _build, _tokenizer
-
-    torch.manual_seed(0)
-    model, processor = _build("clip")
-    base = tmp_path / "base"
-    model.save_pretrained(base)
-    processor.save_pretrained(base)
-    _tokenizer().save_pretrained(base)
-    table = _tiny_table(tmp_path / "data")
+    base, table = _tiny_clip_folder(tmp_path / "base"), _tiny_table(tmp_path / "data")
     out = tmp_path / "tuned"
     args = ["train", "--model", str(base), "--data", str(table), "--out", str(out), "--unfreeze", "lora:4",
             "--epochs", "2", "--batch-size", "4", "--lr", "1e-2", "--tower-lr", "1e-2", "-q"]
