@@ -181,7 +181,7 @@ def test_activations_cached_at_any_cut_give_the_towers_own_features(tmp_path: Pa
     with torch.inference_mode():
         expected_images = towers.image_features(towers.pixels([load_image(p) for p in photos]))
         expected_texts = towers.text_features(towers.tokenize(texts))
-    model = LiteTrainable(towers, LiteHeads(16), image_blocks, text_layers)
+    model = LiteTrainable(towers, LiteHeads(16), image_blocks, text_layers).eval()
     acts = compute_activations(towers, data, model.image_from, model.text_from, n_views=2)
     assert acts.images.shape[:2] == (3, 2) and acts.mirrored[:, 1].all()
     images, captions = model.split_features(acts)

@@ -67,26 +67,23 @@ class LiteTrainable(nn.Module):
 
     @torch.inference_mode()
     def split_features(self, acts: Activations, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tower features (photo view 0, every caption) of a whole split, in evaluation mode."""
-        was_training = self.heads.training
-        self.train(False)
+        """Tower features (photo view 0, every caption) of a whole split, in the module's current mode."""
         n_images, n_texts = len(acts.images), len(acts.offsets) - 1
         images = [self.image_features(acts.image_batch(np.arange(s, min(s + batch_size, n_images))))
                   for s in range(0, n_images, batch_size)]
         texts = [self.text_features(*acts.text_batch(np.arange(s, min(s + batch_size, n_texts))))
                  for s in range(0, n_texts, batch_size)]
-        self.train(was_training)
         return torch.cat(images), torch.cat(texts)
 
     @torch.inference_mode()
     def embed_split(self, acts: Activations) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised (photo, caption) embeddings of a whole split, for dev evaluation."""
-        images, texts = self.split_features(acts)
+        """Normalised (photo, caption) embeddings of a whole split in evaluation mode, for dev evaluation."""
         was_training = self.heads.training
-        self.heads.eval()
+        self.train(False)
+        images, texts = self.split_features(acts)
         out = (F.normalize(self.heads.image(images), dim=-1).cpu().numpy(),
                F.normalize(self.heads.text(texts), dim=-1).cpu().numpy())
-        self.heads.train(was_training)
+        self.train(was_training)
         return out
 
     def export(self, path: Path, metadata: dict[str, str]) -> None:

@@ -40,7 +40,7 @@ def train_lite(train: CaptionDataset, dev: CaptionDataset, out: Path, config: Tr
     if not image_blocks and not text_layers:
         splits = [(*cached_features(towers, d, cache / f"{_cache_name(d)}.npz"), d.text_image) for d in (train, dev)]
         return fit(FeatureTask(LiteHeads(dim, dropout), *splits), config, out, progress)
-    model = LiteTrainable(towers, LiteHeads(dim), image_blocks, text_layers)
+    model = LiteTrainable(towers, LiteHeads(dim), image_blocks, text_layers).eval()  # frozen features: no dropout
     cuts = model.image_from, model.text_from
     tag = f"acts-b{cuts[0]}-l{cuts[1]}"
     train_acts = cached_activations(towers, train, cache / f"{_cache_name(train)}-{tag}-v{views}", *cuts,
