@@ -190,6 +190,29 @@ def test_activations_cached_at_any_cut_give_the_towers_own_features(tmp_path: Pa
     assert torch.allclose(captions, expected_texts, atol=5e-3)
 
 
+def test_captions_run_in_length_groups_give_the_same_features_in_the_same_order(tmp_path: Path) -> None:
+    from crossmodal.encoders.lite import LiteTowers
+    from crossmodal.sources.datasets import CaptionDataset
+    from crossmodal.training.activations import compute_activations
+    from crossmodal.training.lite_model import LiteTrainable
+
+    texts = ["a dog runs across the wet green grass toward a red ball", "dog", "two children play on a beach",
+             "a man", "a black and white cat sleeps"]
+    data = CaptionDataset("tiny", [make_photo(tmp_path / "p.png", (90, 90, 90))], texts, np.zeros(5, dtype=int))
+    towers = LiteTowers()
+    model = LiteTrainable(towers, LiteHeads(16), 0, 2).eval()
+    acts = compute_activations(towers, data, model.image_from, model.text_from)
+    hidden, mask = acts.text_batch(np.arange(5))
+    with torch.inference_mode():
+        one_group = model.text_features(hidden, mask, bucket=5)
+        pairs = model.text_features(hidden, mask, bucket=2)
+    assert torch.allclose(one_group, pairs, atol=1e-5)
+    assert not torch.allclose(one_group[0], one_group[1], atol=0.05)  # the order is the captions' own
+    model.train()
+    model.text_features(hidden, mask, bucket=2).sum().backward()
+    assert all(p.grad is not None for p in model.tower_parameters())
+
+
 def test_the_same_lite_run_twice_gives_the_same_numbers(tmp_path: Path) -> None:
     from crossmodal.training.train_lite import readable, train_lite
 

@@ -1,0 +1,89 @@
+"""What one CPU training step of `crossmodal train --model lite` costs, side by side with its variants.
+
+    python benchmarks/train_step.py [--data ../shared/datasets/flickr8k] [--repeats 3]
+
+One process, real Flickr8k `train` captions (falls back to generated captions of the same length
+spread when the dataset is absent). Caption side: text layers 2-5 on 256 captions (128 photos x 2),
+forward and backward, padded to the batch's longest caption (as before) versus run in length groups
+of `TEXT_BUCKET` captions (`LiteTrainable.text_features` now). Photo side: blocks 11-15 (v3) versus
+blocks 8-15 (v4) plus head conv on 128 photos, forward and backward. Reports median seconds and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from allocator import measure  # benchmarks/ is on sys.path when a script here runs
+from rich.console import Console
+from rich.table import Table
+
+from crossmodal.allocator import reuse_large_blocks
+from crossmodal.encoders.lite import LiteHeads, LiteTowers
+from crossmodal.sources.datasets import load_dataset
+from crossmodal.training.lite_model import TEXT_BUCKET, LiteTrainable
+
+
+def captions(data: Path, n: int, rng: np.random.Generator) -> list[str]:
+    """``n`` random Flickr8k train captions, or generated ones when the dataset is not there."""
+    if data.is_dir():
+        texts = load_dataset(data, "train").texts
+        return [texts[i] for i in rng.choice(len(texts), n, replace=False)]
+    words = ["a", "dog", "runs", "across", "the", "green", "grass", "while", "two", "children", "play", "near"]
+    return [" ".join(rng.choice(words, size=int(rng.integers(4, 30)))) for _ in range(n)]
+
+
+def time_step(model: LiteTrainable, forward: Callable[[], torch.Tensor], repeats: int) -> float:
+    """Median seconds of ``forward`` plus its backward pass."""
+    def run() -> None:
+        model.zero_grad(set_to_none=True)
+        forward().square().mean().backward()
+    return measure(run, repeats)[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/flickr8k"))
+    parser.add_argument("--photos", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    reuse_large_blocks()
+    torch.manual_seed(0)
+    towers = LiteTowers()
+    texts = captions(args.data, 2 * args.photos, np.random.default_rng(0))
+    rows = []
+    for image_blocks in (5, 8):
+        towers.requires_grad_(False)
+        model = LiteTrainable(towers, LiteHeads(512), image_blocks, text_layers=4).train()
+        with torch.no_grad():
+            tokens = towers.tokenize(texts)
+            mask = tokens["attention_mask"]
+            hidden = towers.text_layers(towers.text_embeddings(tokens), mask, 0, model.text_from)
+            pixels = torch.randn(args.photos, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+            acts = towers.image.forward_blocks(towers.image.forward_stem(pixels), 0, model.image_from)
+
+        photo = time_step(model, partial(model.embed_images, acts), args.repeats)
+        if image_blocks == 5:
+            padded = time_step(model, partial(model.text_features, hidden, mask, bucket=len(texts)), args.repeats)
+            grouped = time_step(model, partial(model.text_features, hidden, mask), args.repeats)
+        rows.append((f"blocks {model.image_from}-15", photo))
+    table = Table(title=f"lite training step on the CPU ({torch.get_num_threads()} threads, {args.photos} photos, "
+                        f"{len(texts)} captions, mean {mask.sum(1).float().mean():.1f} tokens)")
+    for col in ("side", "variant", "median s", "ratio"):
+        table.add_column(col)
+    table.add_row("captions", "padded to the batch's longest", f"{padded:.2f}", "1.00x")
+    table.add_row("captions", f"length groups of {TEXT_BUCKET}", f"{grouped:.2f}", f"{padded / grouped:.2f}x faster")
+    for name, seconds in rows:
+        table.add_row("photos", name, f"{seconds:.2f}", f"{seconds / rows[0][1]:.2f}x the cost")
+    table.add_row("step", "v3: blocks 11-15, padded captions", f"{rows[0][1] + padded:.2f}", "1.00x")
+    table.add_row("step", "v4: blocks 8-15, grouped captions", f"{rows[1][1] + grouped:.2f}",
+                  f"{(rows[1][1] + grouped) / (rows[0][1] + padded):.2f}x the cost")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
