@@ -84,7 +84,7 @@ def compare(title: str, backends: list[tuple[str, Callable[[], Encoder]]], image
         table.add_column(col, justify="left" if col == "backend" else "right")
     base = rows[0]
     for name, photo_rate, caption_rate, peak, agree, rsum in rows:
-        quality = [f"{rsum:.1f}", f"{rsum - base[5]:+.1f}"] if rsum is not None else ["-", "-"]
+        quality = [f"{rsum:.2f}", f"{rsum - base[5]:+.2f}"] if rsum is not None else ["-", "-"]
         table.add_row(name, f"{photo_rate:.1f}", f"{photo_rate / base[1]:.2f}", f"{caption_rate:.0f}",
                       f"{caption_rate / base[2]:.2f}", f"{peak:.0f}", f"{agree:.4f}", *quality)
     console.print(table)
