@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from conftest import FLICKR, make_photo, needs_flickr
 from crossmodal.cli import app, parse_unfreeze
 from crossmodal.encoders import load_encoder
+from crossmodal.encoders.base import Encoder
 from crossmodal.encoders.lite import LiteHeads
 from crossmodal.sources.datasets import load_dataset
 from crossmodal.sources.images import load_image
@@ -283,16 +284,22 @@ def _tiny_clip_folder(folder: Path) -> Path:
     return folder
 
 
-def test_train_command_fine_tunes_a_transformers_model(tmp_path: Path) -> None:
+def _train_tiny_clip(tmp_path: Path, unfreeze: str, tower_lr: str) -> tuple[list[str], str, Path, Encoder, Encoder]:
+    """`crossmodal train` a tiny CLIP on the tiny table: the arguments, its output, the output folder, and the
+    trained and original encoders."""
     base, table = _tiny_clip_folder(tmp_path / "base"), _tiny_table(tmp_path / "data")
     out = tmp_path / "tuned"
-    args = ["train", "--model", str(base), "--data", str(table), "--out", str(out), "--unfreeze", "last:1",
-            "--epochs", "2", "--batch-size", "4", "--lr", "1e-2", "--tower-lr", "1e-3", "-q"]
+    args = ["train", "--model", str(base), "--data", str(table), "--out", str(out), "--unfreeze", unfreeze,
+            "--epochs", "2", "--batch-size", "4", "--lr", "1e-2", "--tower-lr", tower_lr, "-q"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "skipping" in result.output and "broken.jpg" in result.output
+    return args, result.output, out, load_encoder(str(out)), load_encoder(str(base))
+
+
+def test_train_command_fine_tunes_a_transformers_model(tmp_path: Path) -> None:
+    _, output, out, tuned, original = _train_tiny_clip(tmp_path, "last:1", "1e-3")
+    assert "skipping" in output and "broken.jpg" in output
     assert (out / "report" / "report.json").is_file() and (out / "training_curve.png").is_file()
-    tuned, original = load_encoder(str(out)), load_encoder(str(base))
     assert tuned.fingerprint != original.fingerprint
     a, b = tuned.model.state_dict(), original.model.state_dict()
     changed = {k for k in a if not torch.equal(a[k], b[k])}
@@ -343,13 +350,7 @@ def test_lora_adapters_merge_into_the_plain_model(family: str) -> None:
 
 
 def test_train_command_with_lora_exports_a_plain_transformers_folder(tmp_path: Path) -> None:
-    base, table = _tiny_clip_folder(tmp_path / "base"), _tiny_table(tmp_path / "data")
-    out = tmp_path / "tuned"
-    args = ["train", "--model", str(base), "--data", str(table), "--out", str(out), "--unfreeze", "lora:4",
-            "--epochs", "2", "--batch-size", "4", "--lr", "1e-2", "--tower-lr", "1e-2", "-q"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    tuned, original = load_encoder(str(out)), load_encoder(str(base))
+    args, _, _, tuned, original = _train_tiny_clip(tmp_path, "lora:4", "1e-2")
     a, b = tuned.model.state_dict(), original.model.state_dict()
     assert set(a) == set(b)
     changed = {k for k in a if not torch.equal(a[k], b[k])}
