@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -228,6 +229,11 @@ def test_the_same_lite_run_twice_gives_the_same_numbers(tmp_path: Path) -> None:
     assert [h["dev_rsum"] for h in runs[0]] == [h["dev_rsum"] for h in runs[1]]
     first, second = (load_file(str(tmp_path / f"run{i}" / "lite.safetensors")) for i in range(2))
     assert all(torch.equal(first[k], second[k]) for k in first)
+    # another seed draws other photo views into its own cache and leaves seed 0's in place
+    train_lite(train, dev, tmp_path / "seed1", replace(config, epochs=1, seed=1), image_blocks=1, text_layers=1,
+               views=2, dim=16, cache=tmp_path / "cache", progress=False)
+    seeds = {json.loads((f / "meta.json").read_text())["seed"] for f in (tmp_path / "cache").glob("*-v2-s*")}
+    assert seeds == {0, 1}
 
 
 @needs_flickr

@@ -43,8 +43,10 @@ def train_lite(train: CaptionDataset, dev: CaptionDataset, out: Path, config: Tr
     model = LiteTrainable(towers, LiteHeads(dim), image_blocks, text_layers).eval()  # frozen features: no dropout
     cuts = model.image_from, model.text_from
     tag = f"acts-b{cuts[0]}-l{cuts[1]}"
-    train_acts = cached_activations(towers, train, cache / f"{_cache_name(train)}-{tag}-v{views}", *cuts,
-                                    n_views=views, seed=config.seed)
+    # the seed picks the augmented views: one folder per seed, so runs with different seeds do not overwrite
+    # each other's cache
+    train_acts = cached_activations(towers, train, cache / f"{_cache_name(train)}-{tag}-v{views}-s{config.seed}",
+                                    *cuts, n_views=views, seed=config.seed)
     dev_acts = cached_activations(towers, dev, cache / f"{_cache_name(dev)}-{tag}", *cuts)
     splits = [(*(f.cpu().numpy() for f in model.split_features(acts)), data.text_image)
               for acts, data in ((train_acts, train), (dev_acts, dev))]
