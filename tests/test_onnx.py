@@ -16,6 +16,7 @@ from crossmodal.encoders import load_encoder
 from crossmodal.encoders.lite import WEIGHTS
 from crossmodal.encoders.onnx import OnnxEncoder, export_onnx, length_groups
 from crossmodal.encoders.onnx_cache import cache_folder, cached_lite_onnx
+from crossmodal.search.pipeline import Ranking
 from crossmodal.sources.images import load_image
 
 onnx = pytest.importorskip("onnx")
@@ -101,11 +102,14 @@ def test_int8_text_tower_answers_queries_on_a_float32_collection(tmp_path: Path,
     assert _min_cosine(torch_lite.encode_texts(CAPTIONS), int8.encode_texts(CAPTIONS)) >= 0.95
     assert _min_cosine(torch_lite.encode_images(photos), int8.encode_images(photos)) >= 0.9999  # photos: fp32
     assert int8.fingerprint == torch_lite.fingerprint
+    query, plain = "a black dog running through the grass", Ranking(norm=False, rerank=0)
     with Collection.open(tmp_path / "col", model=torch_lite) as c:
         c.index_folder(SAMPLES / "photos", progress=False)
-        expected = [h.id for h in c.search("a black dog running through the grass", k=3)]
+        expected = [h.id for h in c.search(query, k=3, ranking=plain)]
+        default = {h.id for h in c.search(query, k=3)}
     with Collection.open(tmp_path / "col", model=int8) as c:
-        assert [h.id for h in c.search("a black dog running through the grass", k=3)] == expected
+        assert [h.id for h in c.search(query, k=3, ranking=plain)] == expected
+        assert {h.id for h in c.search(query, k=3)} == default  # normalised scores: near-ties may swap
 
 
 def test_indexing_pipeline_survives_a_corrupt_photo_mid_batch(tmp_path: Path, photos: list) -> None:
@@ -145,10 +149,12 @@ def test_server_encodes_queries_with_the_int8_text_tower(tmp_path: Path, torch_l
     monkeypatch.setenv("CROSSMODAL_CACHE", str(tmp_path / "cache"))
     with Collection.open(tmp_path / "col", model=torch_lite) as c:
         c.index_folder(SAMPLES / "photos", progress=False)
-        expected = [h.id for h in c.search("a black dog running through the grass", k=3)]
+        expected = [h.id for h in c.search("a black dog running through the grass", k=3,
+                                           ranking=Ranking(norm=False, rerank=0))]
     app = create_app(tmp_path / "col", int8_queries=True)
     with TestClient(app) as client:
-        r = client.post("/api/search", json={"text": "a black dog running through the grass", "k": 3})
+        r = client.post("/api/search", json={"text": "a black dog running through the grass", "k": 3, "norm": False,
+                                             "rerank": 0})
         assert r.status_code == 200 and [hit["id"] for hit in r.json()["results"]] == expected
     assert (cache_folder(WEIGHTS, int8_text=True) / "crossmodal-onnx.json").is_file()
     assert OnnxEncoder(cache_folder(WEIGHTS, int8_text=True)).config["int8"] is True

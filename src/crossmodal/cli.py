@@ -17,6 +17,7 @@ from rich.table import Table
 
 from .collection.collection import Collection
 from .collection.manifest import ModelMismatchError
+from .search.pipeline import DEFAULT_RERANK, Ranking
 from .search.query import Term, parse_term
 from .sources.captions import CaptionFileError
 from .sources.images import DEFAULT_MAX_PIXELS, ImageError
@@ -100,6 +101,14 @@ IndexKindOpt = Annotated[str | None, typer.Option("--index", help="Index kind: a
                                                   "--memory and --recall), flat, hnsw, ivfpq or binary.")]
 MemoryOpt = Annotated[str | None, typer.Option("--memory", help="Memory budget for the index, e.g. 2GB.")]
 RecallOpt = Annotated[float | None, typer.Option("--recall", help="Recall@10 target for approximate kinds.")]
+
+
+RerankOpt = Annotated[int, typer.Option("--rerank", min=0, help="Re-score the top N results with the model's "
+                                       "reranker (0: off).")]
+NormOpt = Annotated[bool, typer.Option("--norm/--no-norm", help="Nearest-neighbour score normalisation (less "
+                                       "hubness; needs a bank: the model's own or `crossmodal bank`).")]
+MinScoreOpt = Annotated[float | None, typer.Option("--min-score", help="Drop results scoring under this "
+                                                   "(normalised, fused score; see docs/ranking.md).")]
 
 
 def _fields(specs: list[str] | None) -> dict[str, Any]:
@@ -195,6 +204,9 @@ def search(
     where: Annotated[list[str] | None, typer.Option("--where", help="Only items with KEY=VALUE (also !=, <, "
                                                     "<=, >, >=); KEY is a field or size/mtime/path.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+    rerank: RerankOpt = DEFAULT_RERANK,
+    norm: NormOpt = True,
+    min_score: MinScoreOpt = None,
     collection: CollectionOpt = None,
     model: ModelOpt = None,
 ) -> None:
@@ -206,7 +218,8 @@ def search(
         raise FileNotFoundError(f"{image}: no such file")
     with Collection.open(collection or default_collection(), model=model, create=False) as c:
         hits = c.search(query, image=image.expanduser() if image else None, terms=terms, k=top,
-                        kind="text" if texts else "image", path=path, where=where or [])
+                        kind="text" if texts else "image", path=path, where=where or [],
+                        ranking=Ranking(norm=norm, rerank=rerank, min_score=min_score))
     if as_json:
         print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))
         return
@@ -243,6 +256,57 @@ def info(
         print(f"{path}\t{reason}")
 
 
+@app.command()
+@friendly
+def bank(
+    texts: Annotated[Path | None, typer.Option("--texts", help="Caption file (TSV/CSV/JSONL/TXT) of typical "
+                                               "queries for photos.")] = None,
+    images: Annotated[Path | None, typer.Option("--images", help="Folder of typical photos.")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Or: a dataset eval reads (its --split "
+                                                "gives both captions and photos).")] = None,
+    split: Annotated[str, typer.Option(help="Split of --dataset to use (train: never the split you report).")]
+    = "train",
+    limit: Annotated[int | None, typer.Option(help="At most this many captions and photos (drawn at random).")]
+    = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the bank to this file (for `eval --bank`) "
+                                             "instead of into the collection.")] = None,
+    collection: CollectionOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Build the reference bank that score normalisation needs, for models that ship none.
+
+    A bank is the vectors of typical queries: captions (they rank photos) and photos (they rank
+    captions). Written into the collection, every item's bias is computed at once and kept up to date.
+    """
+    from .encoders import load_encoder
+    from .search.normalise import BANK_FILE, build_bank
+    from .sources.captions import read_captions
+    from .sources.datasets import load_dataset
+    from .sources.folders import iter_images
+
+    if dataset is not None:
+        data = load_dataset(dataset, split)
+        caption_list, image_list = list(data.texts), [Path(p) for p in data.images]
+    elif texts is not None and images is not None:
+        caption_list = [r.text for r in read_captions(texts.expanduser())[0]]
+        image_list = list(iter_images(images.expanduser()))
+    else:
+        raise ValueError("give --dataset, or both --texts and --images")
+    if out is not None:
+        built = build_bank(load_encoder(model or "lite"), caption_list, image_list, limit=limit)
+        err.print(f"wrote {built.save(out)}: {len(built.vectors('texts'))} captions, "
+                  f"{len(built.vectors('images'))} photos", highlight=False)
+        return
+    with Collection.open(collection or default_collection(), model=model, create=False) as c:
+        built = build_bank(c.encoder, caption_list, image_list, limit=limit)
+        built.save(c.folder / BANK_FILE)
+        c.store.bank = built
+        c.store.fill_biases()
+        c.refresh_indexes()
+        err.print(f"{c.folder}: bank of {len(built.vectors('texts'))} captions and {len(built.vectors('images'))} "
+                  "photos; scores are normalised", highlight=False)
+
+
 eval_app = typer.Typer(help="Measure retrieval quality with the published protocol (CLIP_benchmark definitions).")
 app.add_typer(eval_app, name="eval")
 
@@ -264,8 +328,16 @@ def evaluate(
                                                 "recall_curves.png into this folder.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    rerank: RerankOpt = DEFAULT_RERANK,
+    norm: NormOpt = True,
+    bank: Annotated[Path | None, typer.Option("--bank", help="Normalisation bank file (`crossmodal bank --out`); "
+                                              "default: the one the model ships with, if any.")] = None,
 ) -> None:
-    """Evaluate a model on an image-caption dataset: R@K both ways, RSUM, mAP@R, R-Precision, ranks."""
+    """Evaluate a model on an image-caption dataset: R@K both ways, RSUM, mAP@R, R-Precision, ranks.
+
+    It ranks with the search pipeline and the same defaults as `crossmodal search` (normalisation,
+    --rerank), so its numbers are what users get; --no-norm --rerank 0 gives the plain dual encoder.
+    """
     if ctx.invoked_subcommand is not None:
         return
     if dataset is None:
@@ -273,14 +345,20 @@ def evaluate(
     from .encoders import load_encoder
     from .evaluation.report import finish_report, write_report
     from .evaluation.runner import evaluate as run
+    from .search.normalise import find_bank
     from .sources.datasets import load_dataset
 
     data = load_dataset(dataset, split, images)
     command = ["crossmodal", "eval", "--dataset", dataset, "--model", model, "--split", split]
     command += ["--images", str(images)] if images else []
     command += [a for x in k or () for a in ("--k", str(x))] + (["--folds", str(folds)] if folds else [])
-    result = finish_report(run(load_encoder(model), data, tuple(k or ()), folds, progress=not quiet), split,
-                           command)
+    command += ["--rerank", str(rerank)] + ([] if norm else ["--no-norm"]) + (["--bank", str(bank)] if bank else [])
+    encoder = load_encoder(model)
+    found = find_bank(encoder.fingerprint, *([bank] if bank else []))
+    if bank is not None and (found is None or found.path != bank):
+        raise ValueError(f"{bank} is not a normalisation bank for {encoder.name!r} (built for other weights?)")
+    result = finish_report(run(encoder, data, tuple(k or ()), folds, progress=not quiet,
+                               ranking=Ranking(norm=norm, rerank=rerank), bank=found), split, command)
     if report is not None:
         for path in write_report(result, report):
             err.print(f"wrote {path}", highlight=False)
@@ -333,8 +411,14 @@ def serve(
                                               "collection's model, e.g. its `crossmodal export` folder.")] = None,
     int8_queries: Annotated[bool, typer.Option("--int8-queries/--fp32-queries", help="Encode queries with the int8 "
                                                "text tower of a lite model (1.4x faster, dev RSUM -0.8).")] = True,
+    rerank: RerankOpt = DEFAULT_RERANK,
+    norm: NormOpt = True,
+    min_score: MinScoreOpt = None,
 ) -> None:
-    """Serve the HTTP API (OpenAPI docs at /docs) and the search page at http://HOST:PORT/."""
+    """Serve the HTTP API (OpenAPI docs at /docs) and the search page at http://HOST:PORT/.
+
+    --rerank, --norm and --min-score are the defaults of requests that do not set them.
+    """
     import uvicorn
 
     from .server.app import create_app
@@ -343,7 +427,8 @@ def serve(
     Collection.open(folder, model=model, create=False).close()  # fail fast and clearly on a wrong folder/model
     err.print(f"serving {folder} on http://{host}:{port}/  (API docs: /docs)", highlight=False)
     uvicorn.run(create_app(folder, api_key=api_key, max_upload_mb=max_upload_mb, model=model,
-                           int8_queries=int8_queries), host=host, port=port, log_level="warning")
+                           int8_queries=int8_queries, ranking=Ranking(norm=norm, rerank=rerank, min_score=min_score)),
+                host=host, port=port, log_level="warning")
 
 
 @app.command()

@@ -18,16 +18,19 @@ import numpy as np
 from ..encoders import load_encoder
 from ..encoders.base import Encoder
 from ..index import KINDS as INDEX_KINDS
-from ..search.exact import topk
+from ..search import pipeline
 from ..search.filters import Condition, parse_condition, where_clause
-from ..search.query import Term, query_vector
+from ..search.normalise import BANK_FILE, find_bank
+from ..search.pipeline import Query, Ranking, Timings
+from ..search.query import Term, encode_query
+from ..search.rerank import collection_scorer, find_reranker
 from ..sources.captions import CaptionRecord, read_captions
 from ..sources.folders import iter_images
 from ..sources.images import DEFAULT_MAX_PIXELS
 from .indexes import IndexManager
 from .manifest import MANIFEST, Manifest, ModelMismatchError
 from .store import KINDS, ItemStore
-from .sync import IndexReport, content_hash, index_images, index_texts
+from .sync import IndexReport, content_hash, fill_tokens, index_images, index_texts
 
 DEFAULT_MODEL = "lite"
 
@@ -55,6 +58,8 @@ class Collection:
         self.manifest = manifest
         self._encoder = encoder
         self.store = ItemStore(folder, manifest.dim)
+        self.store.bank = find_bank(manifest.fingerprint, folder / BANK_FILE)
+        self.store.reranker = find_reranker(manifest.fingerprint)
         self.indexes = IndexManager(folder, self.store, manifest)
 
     @classmethod
@@ -113,21 +118,27 @@ class Collection:
             raise FileNotFoundError(f"{folder}: no such file or folder")
         paths = list(iter_images(folder, include_hidden=include_hidden))
         root = str(folder.absolute()) if folder.is_dir() else None
-        return index_images(self.store, self.encoder, paths, root=root, fields=fields, max_pixels=max_pixels,
-                            prune=prune, progress=progress, **kwargs)
+        report = index_images(self.store, self.encoder, paths, root=root, fields=fields, max_pixels=max_pixels,
+                              prune=prune, progress=progress, **kwargs)
+        self._after_adding(progress)
+        return report
 
     def add_images(self, paths: Iterable[str | Path], *, fields: dict[str, Any] | None = None,
                    max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False, **kwargs: Any) -> IndexReport:
         """Add (or refresh) the given photo files; never removes anything."""
-        return index_images(self.store, self.encoder, list(paths), fields=fields, max_pixels=max_pixels,
-                            progress=progress, **kwargs)
+        report = index_images(self.store, self.encoder, list(paths), fields=fields, max_pixels=max_pixels,
+                              progress=progress, **kwargs)
+        self._after_adding(progress)
+        return report
 
     def add_texts(self, texts: Sequence[str | CaptionRecord], *, progress: bool = False) -> IndexReport:
         """Add texts (strings, or CaptionRecords carrying fields); empty texts are refused."""
         records = [t if isinstance(t, CaptionRecord) else CaptionRecord(str(t)) for t in texts]
         if any(not r.text.strip() for r in records):
             raise ValueError("empty text: every text must have at least one non-space character")
-        return index_texts(self.store, self.encoder, records, progress=progress)
+        report = index_texts(self.store, self.encoder, records, progress=progress)
+        self._after_adding(progress)
+        return report
 
     def index_captions(self, path: str | Path, *, prune: bool = True, progress: bool = True) -> tuple[
             IndexReport, list[str]]:
@@ -135,6 +146,7 @@ class Collection:
         path = Path(path).expanduser().absolute()
         records, problems = read_captions(path)
         report = index_texts(self.store, self.encoder, records, source=str(path), prune=prune, progress=progress)
+        self._after_adding(progress)
         return report, problems
 
     def remove(self, ids: Iterable[int]) -> int:
@@ -157,66 +169,73 @@ class Collection:
         path: str | None = None,
         where: Sequence[str | Condition] = (),
         exclude_query_image: bool = True,
+        ranking: Ranking | None = None,
     ) -> list[Hit]:
         """Top-``k`` items of ``kind`` for a text, a photo, or a weighted mix of ``terms``.
 
         ``path`` is a glob on stored paths and ``where`` holds conditions such as ``"album=paris"`` or
         ``"size>100000"``; both restrict the candidates before ranking, so the page is full when at least
         ``k`` items match. A query photo that is itself in the collection is left out of the results.
+        ``ranking`` sets normalisation, reranking and the score cutoff (search/pipeline.py; defaults as
+        everywhere else).
         """
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-        if k < 1:
-            raise ValueError(f"k must be at least 1, not {k}")
         all_terms = list(terms)
         if text is not None:
             all_terms.insert(0, Term.text(text))
         if image is not None:
             all_terms.insert(0, Term.image(image))
-        vector = query_vector(self.encoder, all_terms)
-        exclude = self._query_image_ids(all_terms) if exclude_query_image and kind == "image" else []
+        query = encode_query(self.encoder, all_terms)
+        query.exclude = self._query_image_ids(all_terms) if exclude_query_image and kind == "image" else []
         conditions = [c if isinstance(c, Condition) else parse_condition(c) for c in where]
-        return self.search_vector(vector, k=k, kind=kind, path=path, where=conditions, exclude=exclude)
+        return self.search_queries([query], k=k, kind=kind, path=path, where=conditions, ranking=ranking)[0]
 
     def search_vector(self, vector: np.ndarray, *, k: int = 10, kind: str = "image", path: str | None = None,
-                      where: Sequence[Condition] = (), exclude: Iterable[int] = ()) -> list[Hit]:
-        """Top-``k`` items for an already encoded query vector (same model as the collection)."""
-        return self.search_vectors(np.atleast_2d(vector), k=k, kind=kind, path=path, where=where,
-                                   exclude=[list(exclude)])[0]
+                      where: Sequence[Condition] = (), exclude: Iterable[int] = (), modality: str = "mixed",
+                      ranking: Ranking | None = None) -> list[Hit]:
+        """Top-``k`` items for an already encoded query vector (same model as the collection); ``modality``
+        (text, image or mixed) says whether normalisation applies."""
+        query = Query(np.asarray(vector, dtype=np.float32), modality, exclude=list(exclude))
+        return self.search_queries([query], k=k, kind=kind, path=path, where=where, ranking=ranking)[0]
 
-    def search_vectors(self, vectors: np.ndarray, *, k: int = 10, kind: str = "image", path: str | None = None,
-                       where: Sequence[Condition] = (), exclude: Sequence[Sequence[int]] | None = None
-                       ) -> list[list[Hit]]:
-        """Top-``k`` items for each row of ``vectors``, in one batched search (a matrix product, or one
-        index call). ``exclude[i]`` lists ids to leave out of query i's results; pages stay full."""
-        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-        if vectors.shape[1:] != (self.manifest.dim,):
-            raise ModelMismatchError(f"query vectors have shape {vectors.shape}; this collection stores "
-                                     f"{self.manifest.dim}-d vectors of {self.manifest.model!r}")
-        exclude = [np.asarray(list(e), dtype=np.int64) for e in (exclude or [[]] * len(vectors))]
-        fetch = k + max(len(e) for e in exclude)
+    def search_queries(self, queries: Sequence[Query], *, k: int = 10, kind: str = "image", path: str | None = None,
+                       where: Sequence[Condition] = (), ranking: Ranking | None = None,
+                       timings: Timings | None = None) -> list[list[Hit]]:
+        """Top-``k`` items for each query, ranked together by the search pipeline (one matrix product or
+        one index call for all). Each query's ``exclude`` ids are left out; pages stay full."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, not {k}")
+        for q in queries:
+            if np.shape(q.vector) != (self.manifest.dim,):
+                raise ModelMismatchError(f"a query vector has shape {np.shape(q.vector)}; this collection stores "
+                                         f"{self.manifest.dim}-d vectors of {self.manifest.model!r}")
         allowed = None
         if path or where:
             sql, params = where_clause(kind, path, list(where))
             allowed = self.store.ids_where(sql, params)
-        index = self.indexes.get(kind)
-        if index is None:
-            ids, matrix = self.store.matrix(kind)
-            mask = None if allowed is None else np.isin(ids, allowed)
-            scores, rows = topk(matrix, vectors, fetch, mask)
-            found = ids[rows]
-        else:
-            scores, found = index.query(vectors, fetch, allowed=allowed, lookup=self.indexes.lookup(kind))
-        items = self.store.get(np.unique(found[found >= 0]))
-        results = []
-        for row_scores, row_ids, skip in zip(scores, found, exclude, strict=True):
-            keep = (row_ids >= 0) & ~np.isin(row_ids, skip)
-            results.append([
-                Hit(id=int(i), score=float(s), kind=kind, path=items[int(i)].path, text=items[int(i)].text,
-                    fields=items[int(i)].fields or None)
-                for i, s in zip(row_ids[keep][:k], row_scores[keep][:k], strict=True) if int(i) in items
-            ])
-        return results
+        ranked = pipeline.run(self, queries, k=k, kind=kind, allowed=allowed, ranking=ranking or Ranking(),
+                              timings=timings)
+        items = self.store.get(np.unique(np.concatenate([ids for _, ids in ranked] or [np.zeros(0, np.int64)])))
+        return [[Hit(id=int(i), score=float(s), kind=kind, path=items[int(i)].path, text=items[int(i)].text,
+                     fields=items[int(i)].fields or None)
+                 for s, i in zip(scores, ids, strict=True) if int(i) in items]
+                for scores, ids in ranked]
+
+    def reranker(self, kind: str) -> tuple[pipeline.Scorer, float] | None:
+        """The reranker of this collection's model for items of ``kind`` (scorer, fusion weight), if any."""
+        reranker = self.store.reranker
+        if reranker is None:
+            return None
+        return collection_scorer(self.store, self.encoder, reranker, kind), reranker.weight
+
+    def _after_adding(self, progress: bool = False) -> None:
+        """What an index run owes stored items: normalisation biases and reranker tokens they lack (items
+        stored before the bank or reranker existed), and no tokens of content no longer stored."""
+        self.store.fill_biases()
+        if self.store.reranker is not None:
+            fill_tokens(self.store, self.encoder, progress=progress)
+        self.store.drop_stale_tokens()
 
     def _query_image_ids(self, terms: Sequence[Term]) -> list[int]:
         """Ids of stored photos with the same content as a query photo (the photo itself, its copies)."""

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..index import VectorIndex, build_index, load_index
 from ..index.planner import IndexPlan, plan_index
+from ..search.normalise import augment, index_dim
 from .atomic import atomic_write, atomic_write_json
 from .manifest import Manifest
 from .store import ItemStore
@@ -26,10 +28,26 @@ MAX_STALE = 0.2
 REBUILD_GROWTH = 4
 
 
-class SnapshotLookup:
-    """Stored vectors by id, read from the sorted-id snapshot (memory-mapped) for exact rescoring."""
+class IndexVectors:
+    """The snapshot's vectors as indexes store them, ``[vector, -bias, 0...]``, made a slice at a time
+    (no second full copy of a large collection)."""
 
-    def __init__(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def __init__(self, vectors: np.ndarray, biases: np.ndarray | None, width: int) -> None:
+        self.vectors, self.biases, self.width = vectors, biases, width
+        self.shape = (len(vectors), width)
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def __getitem__(self, rows: Any) -> np.ndarray:
+        return augment(self.vectors[rows], 0.0 if self.biases is None else self.biases[rows], self.width)
+
+
+class SnapshotLookup:
+    """Stored vectors by id (as indexes store them), read from the sorted-id snapshot (memory-mapped),
+    for exact rescoring."""
+
+    def __init__(self, ids: np.ndarray, vectors: IndexVectors) -> None:
         self.ids, self.vectors = ids, vectors
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
@@ -44,6 +62,9 @@ class SnapshotLookup:
         out = np.empty((len(ids), self.vectors.shape[1]), dtype=np.float32)
         out[order] = self.vectors[rows[order]]
         return out
+
+
+LAYOUT = "vector,-bias"  # what index files store; indexes written before normalisation are rebuilt
 
 
 class IndexManager:
@@ -67,17 +88,22 @@ class IndexManager:
         cached = self._cache.get(kind)
         if cached is not None and cached[0] == generation:
             return cached[1]
-        ids, vectors = self.store.matrix(kind)
+        ids, _ = self.store.matrix(kind)
         plan = self.plan(kind, len(ids))
         self._record(kind, plan)
         index = None
         if not (plan.kind == "flat" and plan.params.get("storage") == "fp32") and len(ids):
-            index = self._sync(kind, plan, ids, vectors, generation)
+            index = self._sync(kind, plan, ids, self.vectors(kind, plan.kind), generation)
         self._cache[kind] = (generation, index)
         return index
 
-    def lookup(self, kind: str) -> SnapshotLookup:
-        return SnapshotLookup(*self.store.matrix(kind))
+    def vectors(self, kind: str, index_kind: str) -> IndexVectors:
+        """The snapshot of ``kind`` as an index of ``index_kind`` stores it (normalisation bias included)."""
+        _, vectors = self.store.matrix(kind)
+        return IndexVectors(vectors, self.store.biases(kind), index_dim(self.manifest.dim, index_kind))
+
+    def lookup(self, kind: str, index: VectorIndex) -> SnapshotLookup:
+        return SnapshotLookup(self.store.matrix(kind)[0], self.vectors(kind, index.kind))
 
     def rebuild(self, kind: str) -> VectorIndex | None:
         """Drop the stored index of ``kind`` and build it again from the snapshot."""
@@ -89,7 +115,7 @@ class IndexManager:
     def _paths(self, kind: str) -> tuple[Path, Path, Path]:
         return self.folder / f"{kind}.faiss", self.folder / f"{kind}.members.npy", self.folder / f"{kind}.state.json"
 
-    def _sync(self, kind: str, plan: IndexPlan, ids: np.ndarray, vectors: np.ndarray, generation: int
+    def _sync(self, kind: str, plan: IndexPlan, ids: np.ndarray, vectors: IndexVectors, generation: int
               ) -> VectorIndex:
         index_path, members_path, state_path = self._paths(kind)
         state = json.loads(state_path.read_text()) if state_path.is_file() else None
@@ -105,7 +131,7 @@ class IndexManager:
             added = np.union1d(np.setdiff1d(ids, members, assume_unique=True), written)
             index.remove(removed)
             rows = np.searchsorted(ids, added)
-            index.add(added, np.asarray(vectors[rows], dtype=np.float32))
+            index.add(added, vectors[rows])
             if getattr(index, "stale_fraction", 0.0) <= MAX_STALE:
                 self._tune(index, plan)
                 self._save(kind, index, ids, generation, state["built_n"])
@@ -117,7 +143,7 @@ class IndexManager:
     @staticmethod
     def _reusable(state: dict, plan: IndexPlan, n: int) -> bool:
         """Can the stored index be updated, or does the plan (or growth) call for a rebuild?"""
-        same = state["kind"] == plan.kind and all(
+        same = state.get("layout") == LAYOUT and state["kind"] == plan.kind and all(
             state["params"].get(k) == v for k, v in plan.params.items() if k not in ("ef_search", "nprobe"))
         trained = plan.kind == "ivfpq" or plan.params.get("storage") == "int8"
         return same and not (trained and n > REBUILD_GROWTH * max(state["built_n"], 1))
@@ -134,7 +160,8 @@ class IndexManager:
         self.folder.mkdir(parents=True, exist_ok=True)
         index.save(index_path)
         atomic_write(members_path, lambda f: np.save(f, ids))
-        atomic_write_json(state_path, {"kind": index.kind, "params": index.params, "generation": generation,
+        atomic_write_json(state_path, {"kind": index.kind, "layout": LAYOUT, "params": index.params,
+                                       "generation": generation,
                                        "built_n": built_n, "bytes": index.nbytes})
 
     def _record(self, kind: str, plan: IndexPlan) -> None:

@@ -15,11 +15,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .atomic import atomic_write, atomic_write_json
+
+if TYPE_CHECKING:
+    from ..rerank.runtime import Reranker
+    from ..search.normalise import Bank
 
 DB = "items.sqlite"
 CACHE = "cache"
@@ -36,8 +40,9 @@ CREATE TABLE IF NOT EXISTS items (
     hash TEXT NOT NULL,
     fields TEXT NOT NULL DEFAULT '{}',
     added REAL NOT NULL,
-    seq INTEGER NOT NULL DEFAULT 0,  -- generation in which the vector was last written
-    vector BLOB NOT NULL
+    seq INTEGER NOT NULL DEFAULT 0,  -- generation in which the vector (or its bias) was last written
+    vector BLOB NOT NULL,
+    bias REAL  -- nearest-neighbour normalisation bias (search/normalise.py); NULL until computed
 );
 CREATE UNIQUE INDEX IF NOT EXISTS items_image_path ON items(path) WHERE kind = 'image';
 CREATE INDEX IF NOT EXISTS items_source ON items(kind, path);
@@ -51,6 +56,13 @@ CREATE TABLE IF NOT EXISTS failures (
     at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- What a reranker reads of each photo, computed once when it is encoded; keyed by content, so copies share it.
+CREATE TABLE IF NOT EXISTS rerank_tokens (
+    hash TEXT NOT NULL,
+    reranker TEXT NOT NULL,
+    tokens BLOB NOT NULL,
+    PRIMARY KEY (hash, reranker)
+);
 INSERT OR IGNORE INTO meta VALUES ('generation', '0');
 """
 
@@ -89,6 +101,7 @@ class NewItem:
     mtime: float | None = None
     fields: dict[str, Any] = field(default_factory=dict)
     id: int | None = None
+    bias: float | None = None
 
 
 class ItemStore:
@@ -102,7 +115,12 @@ class ItemStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
-        self._matrices: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}  # kind -> (generation, ids, vectors)
+        if "bias" not in {row[1] for row in self.db.execute("PRAGMA table_info(items)")}:  # older collections
+            self.db.execute("ALTER TABLE items ADD COLUMN bias REAL")
+        self.bank: Bank | None = None  # the normalisation bank biases are computed with (set by the collection)
+        self.reranker: Reranker | None = None  # the reranker whose photo tokens are stored (set by the collection)
+        # kind -> (generation, ids, vectors, biases)
+        self._matrices: dict[str, tuple[int, np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def close(self) -> None:
         self.db.close()
@@ -193,17 +211,17 @@ class ItemStore:
         if vector.shape != (self.dim,):
             raise ValueError(f"vector has shape {vector.shape}, the collection stores ({self.dim},)")
         values = (item.kind, item.path, item.text, item.size, item.mtime, item.hash, json.dumps(item.fields),
-                  vector.tobytes(), self.generation + 1)
+                  vector.tobytes(), self.generation + 1, item.bias)
         if item.id is not None:
             db.execute(
-                "UPDATE items SET kind=?, path=?, text=?, size=?, mtime=?, hash=?, fields=?, vector=?, seq=? "
+                "UPDATE items SET kind=?, path=?, text=?, size=?, mtime=?, hash=?, fields=?, vector=?, seq=?, bias=? "
                 "WHERE id=?",
                 (*values, item.id),
             )
             return item.id
         cur = db.execute(
-            "INSERT INTO items (kind, path, text, size, mtime, hash, fields, vector, seq, added) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO items (kind, path, text, size, mtime, hash, fields, vector, seq, bias, added) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (*values, time.time()),
         )
         return int(cur.lastrowid)
@@ -232,17 +250,26 @@ class ItemStore:
         The snapshot is rebuilt (atomically) when the store changed since it was written, so readers
         never see a half-written matrix and an interrupted rebuild only costs a rebuild.
         """
+        return self._snapshot(kind)[1:3]
+
+    def biases(self, kind: str) -> np.ndarray | None:
+        """Normalisation biases (N,) in ``matrix`` order, or None unless every item of ``kind`` has one
+        from the current bank (until then searches rank by the plain score)."""
+        biases = self._snapshot(kind)[3]
+        current = self.bank is not None and self._meta("bank") == self.bank.id
+        return biases if current and not np.isnan(biases).any() else None
+
+    def _snapshot(self, kind: str) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
         generation = self.generation
         held = self._matrices.get(kind)
-        if held is not None and held[0] == generation:
-            return held[1], held[2]
-        ids, vectors = self._load_matrix(kind, generation)
-        self._matrices[kind] = (generation, ids, vectors)
-        return ids, vectors
+        if held is None or held[0] != generation:
+            held = (generation, *self._load_matrix(kind, generation))
+            self._matrices[kind] = held
+        return held
 
-    def _load_matrix(self, kind: str, generation: int) -> tuple[np.ndarray, np.ndarray]:
+    def _load_matrix(self, kind: str, generation: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cache = self.folder / CACHE
         state_file = cache / f"{kind}.json"
         try:
@@ -250,26 +277,108 @@ class ItemStore:
             if state["generation"] == generation:
                 ids = np.load(cache / f"{kind}.ids.npy")
                 vectors = np.load(cache / f"{kind}.vectors.npy", mmap_mode="r")
-                if len(ids) == len(vectors):
-                    return ids, vectors
+                biases = np.load(cache / f"{kind}.bias.npy")
+                if len(ids) == len(vectors) == len(biases):
+                    return ids, vectors, biases
         except (OSError, ValueError, KeyError):
             pass
-        ids, vectors = self._read_matrix(kind)
+        ids, vectors, biases = self._read_matrix(kind)
         atomic_write(cache / f"{kind}.ids.npy", lambda f: np.save(f, ids))
         atomic_write(cache / f"{kind}.vectors.npy", lambda f: np.save(f, vectors))
+        atomic_write(cache / f"{kind}.bias.npy", lambda f: np.save(f, biases))
         atomic_write_json(state_file, {"generation": generation, "count": len(ids)})
-        return ids, vectors
+        return ids, vectors, biases
 
-    def _read_matrix(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    def _read_matrix(self, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = self.count(kind)
         ids = np.empty(n, dtype=np.int64)
         vectors = np.empty((n, self.dim), dtype=np.float32)
-        rows = self.db.execute("SELECT id, vector FROM items WHERE kind = ? ORDER BY id", (kind,))
+        biases = np.empty(n, dtype=np.float32)
+        rows = self.db.execute("SELECT id, vector, bias FROM items WHERE kind = ? ORDER BY id", (kind,))
         i = 0
-        for i, (item_id, blob) in enumerate(rows):
+        for i, (item_id, blob, bias) in enumerate(rows):
             ids[i] = item_id
             vectors[i] = np.frombuffer(blob, dtype=np.float32)
-        return ids[: i + 1 if n else 0], vectors[: i + 1 if n else 0]
+            biases[i] = np.nan if bias is None else bias
+        n = i + 1 if n else 0
+        return ids[:n], vectors[:n], biases[:n]
+
+    # -- normalisation biases ----------------------------------------------------------------------
+
+    def with_biases(self, items: list[NewItem]) -> list[NewItem]:
+        """Set the bias of items about to be stored (one batched computation per kind)."""
+        if self.bank is not None:
+            for kind in KINDS:
+                todo = [it for it in items if it.kind == kind]
+                if todo:
+                    for it, bias in zip(todo, self.bank.biases(kind, np.stack([it.vector for it in todo])),
+                                        strict=True):
+                        it.bias = float(bias)
+        return items
+
+    def fill_biases(self, batch: int = 4096) -> int:
+        """Compute the biases items lack (all of them when the bank changed); returns how many were written.
+
+        Each batch is one transaction and marks its items as written, so indexes pick up the new scores.
+        """
+        bank_id = self.bank.id if self.bank is not None else ""
+        stale = "1" if self._meta("bank") != bank_id else "bias IS NULL"
+        done = 0
+        for kind in KINDS:
+            ids = self.ids_where(f"kind = ? AND {stale}", (kind,)) if bank_id else np.zeros(0, np.int64)
+            for start in range(0, len(ids), batch):
+                chunk = [int(i) for i in ids[start:start + batch]]
+                marks = ",".join("?" * len(chunk))
+                rows = self.db.execute(f"SELECT id, vector FROM items WHERE id IN ({marks})", chunk).fetchall()
+                vectors = np.stack([np.frombuffer(blob, dtype=np.float32) for _, blob in rows])
+                biases = self.bank.biases(kind, vectors)
+                with self.transaction() as db:
+                    db.executemany("UPDATE items SET bias = ?, seq = ? WHERE id = ?",
+                                   [(float(b), self.generation + 1, r[0]) for b, r in zip(biases, rows, strict=True)])
+                done += len(rows)
+        if self._meta("bank") != bank_id:
+            with self.transaction() as db:
+                if not bank_id:
+                    db.execute("UPDATE items SET bias = NULL, seq = ?", (self.generation + 1,))
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('bank', ?)", (bank_id,))
+        return done
+
+    # -- reranker photo tokens ---------------------------------------------------------------------
+
+    def put_tokens(self, db: sqlite3.Connection, hash_: str, tokens: np.ndarray) -> None:
+        """Store the reranker's tokens of the photo with content ``hash_`` (float16)."""
+        db.execute("INSERT OR REPLACE INTO rerank_tokens VALUES (?, ?, ?)",
+                   (hash_, self.reranker.fingerprint, np.ascontiguousarray(tokens, dtype=np.float16).tobytes()))
+
+    def tokens(self, ids: np.ndarray) -> np.ndarray | None:
+        """The stored reranker tokens (n, T, d) of photos by id, or None when any of them has none."""
+        shape = (self.reranker.tokens, self.reranker.d)
+        chunk = [int(i) for i in ids]
+        marks = ",".join("?" * len(chunk))
+        rows = dict(self.db.execute(
+            f"SELECT items.id, t.tokens FROM items JOIN rerank_tokens t ON t.hash = items.hash AND t.reranker = ? "
+            f"WHERE items.id IN ({marks})", [self.reranker.fingerprint, *chunk]).fetchall())
+        if len(rows) < len(set(chunk)):
+            return None
+        return np.stack([np.frombuffer(rows[i], dtype=np.float16).reshape(shape) for i in chunk])
+
+    def missing_tokens(self) -> list[Item]:
+        """Photos whose content has no tokens of the current reranker (stored before it existed)."""
+        if self.reranker is None:
+            return []
+        return self.select("kind = 'image' AND hash NOT IN (SELECT hash FROM rerank_tokens WHERE reranker = ?)",
+                           (self.reranker.fingerprint,))
+
+    def drop_stale_tokens(self) -> None:
+        """Forget tokens of content no longer stored or of another reranker."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM rerank_tokens WHERE reranker IS NOT ? OR hash NOT IN "
+                       "(SELECT hash FROM items WHERE kind = 'image')",
+                       (self.reranker.fingerprint if self.reranker else None,))
+
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file())

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
@@ -214,8 +215,9 @@ def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Loaded], field
             failures.append((entry, loaded.error))
             continue
         to_encode.append((entry, digest, loaded.image))
+    tokens = None
     if to_encode:
-        vectors = encoder.encode_prepared([image for _, _, image in to_encode])
+        vectors, tokens = encode_photos(store, encoder, [image for _, _, image in to_encode])
         for (entry, digest, _), vector in zip(to_encode, vectors, strict=True):
             item = entry.item
             writes.append(_image_item(entry, digest, vector, {**(item.fields if item else {}), **fields},
@@ -227,9 +229,12 @@ def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Loaded], field
     for entry, reason in failures:
         report(f"skipped {entry.path}: {reason}")
         result.failed.append((entry.path, reason))
+    store.with_biases(writes)
     with store.transaction() as db:
         for new in writes:
             store.put(db, new)
+        for (_, digest, _), photo_tokens in zip(to_encode, tokens if tokens is not None else [], strict=False):
+            store.put_tokens(db, digest, photo_tokens)
         for item_id, entry in moves:
             store.move(db, item_id, entry.path, entry.stat.st_size, entry.stat.st_mtime)
             result.moved += 1
@@ -238,6 +243,43 @@ def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Loaded], field
                 store.delete(db, [entry.item.id])
             store.record_failure(db, entry.path, entry.stat.st_size, entry.stat.st_mtime, reason)
         store.clear_failures(db, [w.path for w in writes] + [e.path for _, e in moves])
+
+
+def encode_photos(store: ItemStore, encoder: Encoder, prepared: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Vectors of prepared photos and, when the collection has a reranker, its tokens of each (from the same
+    model call: the reranker reads the photo tower's spatial features)."""
+    if store.reranker is None:
+        return encoder.encode_prepared(prepared), None
+    vectors, grids = encoder.encode_prepared_grids(prepared)
+    return vectors, store.reranker.photo_tokens(grids)
+
+
+def fill_tokens(store: ItemStore, encoder: Encoder, max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True,
+                report: Reporter = _warn) -> int:
+    """Compute the reranker tokens of stored photos that lack them (indexed before the reranker existed),
+    reading each photo again; returns how many were added. Unreadable photos are reported and left as they are."""
+    missing = {it.hash: it for it in store.missing_tokens() if it.path}
+    if not missing:
+        return 0
+    todo = [_Pending(it.path, os.stat(it.path), it) for it in missing.values() if os.path.isfile(it.path)]
+    loaded = prefetch(lambda entry: _load(entry, frozenset(), max_pixels, encoder.prepare_image), todo,
+                      window=2 * encoder.batch_size)
+    done = 0
+    bar = tqdm(total=len(todo), unit="photo", desc="reranker features", disable=not progress)
+    for batch in batches(loaded, encoder.batch_size):
+        good = [b for b in batch if b.image is not None and b.digest == b.entry.item.hash]
+        for b in batch:
+            if b not in good:
+                report(f"no reranker features for {b.entry.path}: {b.error or 'changed since indexed'}")
+        if good:
+            _, tokens = encode_photos(store, encoder, [b.image for b in good])
+            with store.transaction() as db:
+                for b, photo_tokens in zip(good, tokens, strict=True):
+                    store.put_tokens(db, b.digest, photo_tokens)
+            done += len(good)
+        bar.update(len(batch))
+    bar.close()
+    return done
 
 
 def _image_item(entry: _Pending, digest: str, vector: Any, fields: dict[str, Any], item_id: int | None) -> NewItem:
@@ -275,11 +317,13 @@ def index_texts(
         reuse = {h: store.by_hash(h, "text") for h in set(hashes)}
         need = sorted({r.text for r, h in zip(batch, hashes, strict=True) if not reuse[h]})
         encoded = dict(zip(need, encoder.encode_texts(need), strict=True)) if need else {}
+        writes = store.with_biases([
+            NewItem(kind="text", vector=store.vector(reuse[h][0].id) if reuse[h] else encoded[rec.text], hash=h,
+                    path=source, text=rec.text, fields=rec.fields)
+            for rec, h in zip(batch, hashes, strict=True)])
         with store.transaction() as db:
-            for rec, h in zip(batch, hashes, strict=True):
-                vector = store.vector(reuse[h][0].id) if reuse[h] else encoded[rec.text]
-                store.put(db, NewItem(kind="text", vector=vector, hash=h, path=source, text=rec.text,
-                                      fields=rec.fields))
+            for item in writes:
+                store.put(db, item)
                 result.added += 1
         bar.update(len(batch))
     bar.close()

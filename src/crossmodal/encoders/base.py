@@ -43,6 +43,16 @@ class Encoder(ABC):
         """Encode photos already passed through ``prepare_image`` to L2-normalised vectors."""
         return self._run(self._encode_images, list(prepared))
 
+    def encode_prepared_grids(self, prepared: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """(L2-normalised vectors, photo tower spatial features (N, C, H, W)) of prepared photos, for models
+        whose reranker reads the grid; others raise NotImplementedError."""
+        raise NotImplementedError(f"{type(self).__name__} gives no spatial features")
+
+    def token_states(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(text tower token states (B, L, C), attention mask (B, L) int64), for models whose reranker reads
+        them; others raise NotImplementedError."""
+        raise NotImplementedError(f"{type(self).__name__} gives no token states")
+
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Encode texts to L2-normalised (N, dim) float32 vectors.
 

@@ -159,10 +159,13 @@ class EfficientNetLite(nn.Module):
             x = block(x)
         return x
 
+    def forward_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """Head conv, BN and ReLU6: the spatial features (N, 1280, H, W) that pooling averages (rerankers read it)."""
+        return F.relu6(self._bn1(self._conv_head(x)), inplace=True)
+
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """Head conv, BN, ReLU6 and global average pooling: (N, C, H, W) -> (N, 1280)."""
-        x = F.relu6(self._bn1(self._conv_head(x)), inplace=True)
-        return x.mean(dim=(2, 3))
+        return self.forward_grid(x).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_blocks(self.forward_stem(x)))

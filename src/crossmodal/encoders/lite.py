@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .base import Encoder
+from .base import Encoder, normalize
 from .efficientnet_lite import EfficientNetLite
 from .fingerprint import fingerprint_files
 
@@ -81,6 +81,11 @@ class LiteTowers(nn.Module):
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.image(pixels)
 
+    def image_grid(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The photo tower's spatial features (N, 1280, 7, 7) before pooling."""
+        image = self.image
+        return image.forward_grid(image.forward_blocks(image.forward_stem(pixels)))
+
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         return self.tokenizer(list(texts), padding=True, truncation=True, max_length=TEXT_MAX_TOKENS,
                               return_tensors="pt")
@@ -100,8 +105,12 @@ class LiteTowers(nn.Module):
         return hidden
 
     def text_features(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = self.text(**tokens).last_hidden_state
-        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return self.pool_text(self.text(**tokens).last_hidden_state, tokens["attention_mask"])
+
+    @staticmethod
+    def pool_text(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Masked mean of the token states (B, L, 384), L2-normalised: MiniLM's sentence feature."""
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return nn.functional.normalize(pooled, dim=-1)
 
@@ -197,3 +206,16 @@ class LiteEncoder(Encoder):
     def _encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         tokens = self.towers.tokenize(texts).to(self.device)
         return self.heads.text(self.towers.text_features(tokens)).cpu().numpy()
+
+    @torch.inference_mode()
+    def encode_prepared_grids(self, prepared: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        pixels = torch.stack(list(prepared)).contiguous(memory_format=torch.channels_last).to(self.device)
+        grid = self.towers.image_grid(pixels)
+        vectors = self.heads.image(grid.mean(dim=(2, 3))).cpu().numpy()
+        return normalize(vectors), grid.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def token_states(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        tokens = self.towers.tokenize(texts).to(self.device)
+        states = self.towers.text(**tokens).last_hidden_state
+        return states.float().cpu().numpy(), tokens["attention_mask"].cpu().numpy().astype(np.int64)

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from ..collection.atomic import atomic_write_json
-from .base import Encoder
+from .base import Encoder, normalize
 
 CONFIG = "crossmodal-onnx.json"
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -36,8 +36,9 @@ class _LiteImage(torch.nn.Module):
         super().__init__()
         self.towers, self.head = encoder.towers, encoder.heads.image
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.head(self.towers.image_features(pixels))
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        grid = self.towers.image_grid(pixels)
+        return self.head(grid.mean(dim=(2, 3))), grid
 
 
 class _LiteText(torch.nn.Module):
@@ -47,8 +48,9 @@ class _LiteText(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor) -> torch.Tensor:
-        tokens = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        return self.head(self.towers.text_features(tokens))
+        states = self.towers.text(input_ids=input_ids, attention_mask=attention_mask,
+                                  token_type_ids=token_type_ids).last_hidden_state
+        return self.head(self.towers.pool_text(states, attention_mask)), states
 
 
 def export_onnx(encoder: Encoder, folder: str | Path, int8: bool = False) -> Path:
@@ -82,21 +84,27 @@ def _export_lite(encoder: Any, folder: Path) -> dict[str, Any]:
     sample = Image.new("RGB", (size, size), (120, 80, 40))
     tokens = encoder.towers.tokenize(["a photo of a dog", "two people"])
     _export(_LiteImage(encoder).eval(), (encoder.towers.pixels([sample, sample]),), {"pixel_values": {0: "batch"}},
-            folder / "image.onnx")
+            folder / "image.onnx", {"grid": {0: "batch"}})
     fold_pads_into_convs(folder / "image.onnx")
     _export(_LiteText(encoder).eval(), tuple(tokens[name] for name in TEXT_INPUTS),
-            {name: {0: "batch", 1: "tokens"} for name in TEXT_INPUTS}, folder / "text.onnx")
+            {name: {0: "batch", 1: "tokens"} for name in TEXT_INPUTS}, folder / "text.onnx",
+            {"states": {0: "batch", 1: "tokens"}})
     encoder.towers.tokenizer.save_pretrained(folder)
-    return {"preprocess": "lite", "image": {"inputs": ["pixel_values"], "resolution": size},
+    return {"preprocess": "lite", "rerank_inputs": True, "image": {"inputs": ["pixel_values"], "resolution": size},
             "text": {"inputs": list(TEXT_INPUTS),
                      "kwargs": {"padding": True, "truncation": True, "max_length": TEXT_MAX_TOKENS}}}
 
 
-def _export(module: torch.nn.Module, args: tuple, dynamic: dict[str, dict[int, str]], path: Path) -> None:
+def _export(module: torch.nn.Module, args: tuple, dynamic: dict[str, dict[int, str]], path: Path,
+            extra_outputs: dict[str, dict[int, str]] | None = None) -> None:
+    """Export with inputs ``dynamic``, the output ``embedding`` and any ``extra_outputs`` (their dynamic axes)."""
+    extra_outputs = extra_outputs or {}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes about shapes fixed at export time (batch stays dynamic)
-        torch.onnx.export(module, args, str(path), input_names=list(dynamic), output_names=["embedding"],
-                          dynamic_axes={**dynamic, "embedding": {0: "batch"}}, opset_version=17, dynamo=False)
+        torch.onnx.export(module, args, str(path), input_names=list(dynamic),
+                          output_names=["embedding", *extra_outputs],
+                          dynamic_axes={**dynamic, "embedding": {0: "batch"}, **extra_outputs}, opset_version=17,
+                          dynamo=False)
 
 
 def fold_pads_into_convs(path: Path) -> int:
@@ -216,22 +224,57 @@ class OnnxEncoder(Encoder):
         return self.inputs.prepare_image(image)
 
     def _encode_images(self, images: Sequence[Any]) -> np.ndarray:
-        return self.image_session.run(None, self.inputs.images(images))[0]
+        return self.image_session.run(["embedding"], self.inputs.images(images))[0]
+
+    def encode_prepared_grids(self, prepared: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        if not self.config.get("rerank_inputs"):
+            return super().encode_prepared_grids(prepared)
+        vectors, grid = self.image_session.run(["embedding", "grid"], self.inputs.images(prepared))
+        return normalize(vectors), grid
+
+    def token_states(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        if not self.config.get("rerank_inputs"):
+            return super().token_states(texts)
+        feeds = self.inputs.texts(texts)
+        return self.text_session.run(["states"], feeds)[0], feeds["attention_mask"]
 
     def _encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self._run_texts(texts, ["embedding"])[0]
+
+    def encode_texts_with_states(self, texts: Sequence[str]) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+        """L2-normalised vectors and each text's (token states (L_i, C), mask (L_i,)), from one model call:
+        a query's vector and what the reranker reads of it cost one pass of the text tower."""
+        if not self.config.get("rerank_inputs") or not texts:
+            return self.encode_texts(texts), [self.token_states([t]) for t in texts]
+        vectors, states = self._run_texts(texts, ["embedding", "states"])
+        mask = self.inputs.texts(texts)["attention_mask"]
+        lengths = mask.sum(1)
+        return normalize(vectors), [(s[None, :n], m[None, :n]) for s, m, n in zip(states, mask, lengths, strict=True)]
+
+    def _run_texts(self, texts: Sequence[str], outputs: list[str]) -> list[np.ndarray]:
         """Run texts of similar token length together, each group padded only to its own longest: in a batch
-        of 16 search queries a third of the tokens were padding (right padding, so slicing it off is exact)."""
+        of 16 search queries a third of the tokens were padding (right padding, so slicing it off is exact).
+        Returns each output for every text in order; per-token outputs are padded to the longest text."""
         feeds = self.inputs.texts(texts)
-        if self.config["text"]["kwargs"].get("padding") != "max_length" and "attention_mask" in feeds:
-            lengths = feeds["attention_mask"].sum(1)
-            order = np.argsort(lengths, kind="stable")
-            out = np.empty((len(texts), self.dim), dtype=np.float32)
-            for group in length_groups(lengths[order]):
-                rows = order[group]
-                longest = int(lengths[rows].max())
-                out[rows] = self.text_session.run(None, {k: v[rows, :longest] for k, v in feeds.items()})[0]
-            return out
-        return self.text_session.run(None, feeds)[0]
+        if self.config["text"]["kwargs"].get("padding") == "max_length" or "attention_mask" not in feeds:
+            return self.text_session.run(outputs, feeds)
+        lengths = feeds["attention_mask"].sum(1)
+        order = np.argsort(lengths, kind="stable")
+        results: list[np.ndarray] = []
+        for group in length_groups(lengths[order]):
+            rows = order[group]
+            longest = int(lengths[rows].max())
+            values = self.text_session.run(outputs, {k: v[rows, :longest] for k, v in feeds.items()})
+            if not results:
+                width = feeds["attention_mask"].shape[1]
+                results = [np.zeros((len(texts), width, v.shape[2]) if v.ndim == 3 else (len(texts), *v.shape[1:]),
+                                    dtype=v.dtype) for v in values]
+            for out, value in zip(results, values, strict=True):
+                if value.ndim == 3:
+                    out[rows, :longest] = value
+                else:
+                    out[rows] = value
+        return results
 
 
 def length_groups(sorted_lengths: np.ndarray, slack: float = 0.15) -> list[slice]:

@@ -18,7 +18,7 @@ from .base import Encoder
 from .fingerprint import fingerprint_files
 
 # Bump when the export changes, so caches written by older code are not reused.
-EXPORT_VERSION = 2
+EXPORT_VERSION = 3
 
 
 def cache_folder(weights: Path, int8_text: bool = False) -> Path:

@@ -15,7 +15,7 @@ Score matrices are computed one block of queries at a time, so memory stays boun
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,19 +66,41 @@ def _padded_groups(owner: np.ndarray, n_groups: int) -> np.ndarray:
     return out
 
 
-def retrieval_ranks(image_emb: np.ndarray, text_emb: np.ndarray, text_image: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """(image->text positive ranks (N, P), text->image ranks (M, 1)), 0-based, -1 padded, in blocks."""
+# (direction "i2t" or "t2i", query indices, item indices) -> (queries, items) ranking scores.
+Scores = Callable[[str, np.ndarray, np.ndarray], np.ndarray]
+
+
+def inner_product_scores(image_emb: np.ndarray, text_emb: np.ndarray) -> Scores:
+    """Plain dual-encoder scores: inner products of the given embeddings."""
+    def score(direction: str, queries: np.ndarray, items: np.ndarray) -> np.ndarray:
+        q, it = (image_emb, text_emb) if direction == "i2t" else (text_emb, image_emb)
+        return inner_products(it[items], q[queries])
+    return score
+
+
+def retrieval_ranks(image_emb: np.ndarray, text_emb: np.ndarray, text_image: np.ndarray,
+                    score: Scores | None = None, image_ids: np.ndarray | None = None,
+                    text_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(image->text positive ranks (N, P), text->image ranks (M, 1)), 0-based, -1 padded, in blocks.
+
+    ``score`` ranks (default: inner products); it is called with ``image_ids``/``text_ids`` (default:
+    positions), the indices of these photos and captions in the set ``score`` knows (a fold's subset).
+    """
     text_image = np.asarray(text_image, dtype=np.int64)
+    image_ids = np.arange(len(image_emb)) if image_ids is None else image_ids
+    text_ids = np.arange(len(text_emb)) if text_ids is None else text_ids
+    if score is None:
+        score = inner_product_scores(image_emb, text_emb)
+        image_ids, text_ids = np.arange(len(image_emb)), np.arange(len(text_emb))
     captions = _padded_groups(text_image, len(image_emb))
     i2t = np.empty(captions.shape, dtype=np.int64)
     for start in range(0, len(image_emb), BLOCK):
         rows = slice(start, start + BLOCK)
-        i2t[rows] = positive_ranks(inner_products(text_emb, image_emb[rows]), captions[rows])
+        i2t[rows] = positive_ranks(score("i2t", image_ids[rows], text_ids), captions[rows])
     t2i = np.empty((len(text_emb), 1), dtype=np.int64)
     for start in range(0, len(text_emb), BLOCK):
         rows = slice(start, start + BLOCK)
-        t2i[rows] = positive_ranks(inner_products(image_emb, text_emb[rows]), text_image[rows][:, None])
+        t2i[rows] = positive_ranks(score("t2i", text_ids[rows], image_ids), text_image[rows][:, None])
     return i2t, t2i
 
 
@@ -152,9 +174,10 @@ class Ranks:
         return [recall_at(ranks, k) for k in range(1, max_k + 1)]
 
 
-def evaluate_embeddings(image_emb: np.ndarray, text_emb: np.ndarray, text_image: np.ndarray) -> Ranks:
+def evaluate_embeddings(image_emb: np.ndarray, text_emb: np.ndarray, text_image: np.ndarray,
+                        score: Scores | None = None) -> Ranks:
     """Ranks of every query in both directions over the whole set (Flickr 1K, COCO 5K protocols)."""
-    i2t, t2i = retrieval_ranks(image_emb, text_emb, text_image)
+    i2t, t2i = retrieval_ranks(image_emb, text_emb, text_image, score)
     return Ranks(i2t, t2i)
 
 
@@ -165,7 +188,7 @@ def recall_metrics(image_emb: np.ndarray, text_emb: np.ndarray, text_image: np.n
 
 
 def folded_metrics(image_emb: np.ndarray, text_emb: np.ndarray, text_image: np.ndarray, folds: int,
-                   ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+                   ks: Sequence[int] = (1, 5, 10), score: Scores | None = None) -> dict[str, float]:
     """The COCO 1K protocol: split the photos into ``folds`` consecutive equal parts (with their
     captions), evaluate each part alone and average every metric over the parts."""
     text_image = np.asarray(text_image)
@@ -174,5 +197,7 @@ def folded_metrics(image_emb: np.ndarray, text_emb: np.ndarray, text_image: np.n
     for f in range(folds):
         lo, hi = f * size, (f + 1) * size
         texts = np.flatnonzero((text_image >= lo) & (text_image < hi))
-        results.append(recall_metrics(image_emb[lo:hi], text_emb[texts], text_image[texts] - lo, ks))
+        ranks = retrieval_ranks(image_emb[lo:hi], text_emb[texts], text_image[texts] - lo, score,
+                                np.arange(lo, hi), texts)
+        results.append(Ranks(*ranks).metrics(ks))
     return {k: float(np.mean([r[k] for r in results])) for k in results[0]}

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
 from ..encoders.base import Encoder
-from ..search.exact import topk
+from ..search.normalise import Bank
+from ..search.pipeline import Ranking, SetScores, Timings
+from ..search.rerank import dataset_scorers, find_reranker
 from ..sources.datasets import CaptionDataset
 from ..sources.images import ImageError, load_image
-from .metrics import Ranks, evaluate_embeddings, folded_metrics, mean_rank_variance
+from .metrics import Ranks, Scores, evaluate_embeddings, folded_metrics, mean_rank_variance
+
+if TYPE_CHECKING:
+    from ..rerank.runtime import Reranker
 
 
 @dataclass
@@ -30,12 +35,15 @@ class Embedded:
     image_seconds: float
     text_seconds: float
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    photo_tokens: np.ndarray | None = None  # the reranker's tokens of each photo, when reranking
 
 
-def embed_dataset(encoder: Encoder, data: CaptionDataset, progress: bool = True) -> Embedded:
-    """Encode every photo and caption of ``data`` (timed, for the report's throughput)."""
+def embed_dataset(encoder: Encoder, data: CaptionDataset, progress: bool = True,
+                  reranker: Reranker | None = None) -> Embedded:
+    """Encode every photo and caption of ``data`` (timed, for the report's throughput); with a ``reranker``,
+    also its tokens of each photo, from the same model call (as indexing stores them)."""
     batch = encoder.batch_size
-    vectors, keep, skipped = [], np.ones(len(data.images), dtype=bool), []
+    vectors, tokens, keep, skipped = [], [], np.ones(len(data.images), dtype=bool), []
     start = time.perf_counter()
     for lo in tqdm(range(0, len(data.images), batch), desc="photos", unit="batch", disable=not progress):
         loaded = []
@@ -46,7 +54,11 @@ def embed_dataset(encoder: Encoder, data: CaptionDataset, progress: bool = True)
                 keep[i] = False
                 skipped.append((str(data.images[i]), str(e)))
                 tqdm.write(f"skipped {data.images[i]}: {e}")
-        if loaded:
+        if loaded and reranker is not None:
+            encoded, grids = encoder.encode_prepared_grids([encoder.prepare_image(im) for im in loaded])
+            vectors.append(encoded)
+            tokens.append(reranker.photo_tokens(grids))
+        elif loaded:
             vectors.append(encoder.encode_images(loaded))
     image_seconds = time.perf_counter() - start
     if not keep.any():
@@ -59,22 +71,30 @@ def embed_dataset(encoder: Encoder, data: CaptionDataset, progress: bool = True)
     texts = encoder.encode_texts(data.texts)
     text_seconds = time.perf_counter() - start
     images = np.concatenate(vectors) if vectors else np.zeros((0, encoder.dim), dtype=np.float32)
-    return Embedded(data, images, texts, image_seconds, text_seconds, skipped)
+    return Embedded(data, images, texts, image_seconds, text_seconds, skipped,
+                    np.concatenate(tokens) if tokens else None)
 
 
-def worst_queries(emb: Embedded, ranks: Ranks, n: int = 10, shown: int = 3) -> dict[str, list[dict[str, Any]]]:
-    """The queries whose first positive ranks lowest, with what was retrieved instead."""
+def _top(score: Scores, direction: str, queries: np.ndarray, n_items: int, shown: int) -> np.ndarray:
+    matrix = score(direction, queries, np.arange(n_items))
+    return np.stack([np.lexsort((np.arange(n_items), -row))[:shown] for row in matrix]) if len(queries) else \
+        np.zeros((0, shown), dtype=np.int64)
+
+
+def worst_queries(emb: Embedded, ranks: Ranks, score: Scores, n: int = 10, shown: int = 3
+                  ) -> dict[str, list[dict[str, Any]]]:
+    """The queries whose first positive ranks lowest, with what was retrieved instead (as ``score`` ranks)."""
     data = emb.data
     out: dict[str, list[dict[str, Any]]] = {"t2i": [], "i2t": []}
     t2i_first = ranks.t2i[:, 0]
     worst_t = np.argsort(-t2i_first, kind="stable")[:n]
-    _, rows = topk(emb.images, emb.texts[worst_t], shown)
+    rows = _top(score, "t2i", worst_t, len(emb.images), shown)
     for q, retrieved in zip(worst_t, rows, strict=True):
         out["t2i"].append({"caption": data.texts[q], "image": str(data.images[data.text_image[q]]),
                            "rank": int(t2i_first[q]) + 1, "retrieved": [str(data.images[r]) for r in retrieved]})
     i2t_first = ranks.i2t[:, 0]
     worst_i = np.argsort(-i2t_first, kind="stable")[:n]
-    _, rows = topk(emb.texts, emb.images[worst_i], shown)
+    rows = _top(score, "i2t", worst_i, len(emb.texts), shown)
     for q, retrieved in zip(worst_i, rows, strict=True):
         out["i2t"].append({"image": str(data.images[q]), "rank": int(i2t_first[q]) + 1,
                            "captions": [data.texts[j] for j in np.flatnonzero(data.text_image == q)],
@@ -82,16 +102,33 @@ def worst_queries(emb: Embedded, ranks: Ranks, n: int = 10, shown: int = 3) -> d
     return out
 
 
+def pipeline_scores(encoder: Encoder, emb: Embedded, ranking: Ranking, bank: Bank | None,
+                    reranker: Reranker | None, timings: Timings | None = None) -> SetScores:
+    """The search pipeline's ranking of an embedded dataset (``reranker`` needs ``emb.photo_tokens``)."""
+    rerankers = {} if reranker is None or not ranking.rerank else {
+        kind: (scorer, reranker.weight)
+        for kind, scorer in dataset_scorers(encoder, reranker, emb.data, emb.photo_tokens).items()}
+    return SetScores(emb.images, emb.texts, ranking, bank, rerankers, timings)
+
+
 def evaluate(encoder: Encoder, data: CaptionDataset, ks: tuple[int, ...] = (1, 5, 10), folds: int | None = None,
-             progress: bool = True) -> dict[str, Any]:
-    """Every metric of ``encoder`` on ``data``; returns the report dictionary (see report.py)."""
+             progress: bool = True, ranking: Ranking | None = None, bank: Bank | None = None) -> dict[str, Any]:
+    """Every metric of ``encoder`` on ``data`` as search ranks it; returns the report dictionary (see report.py).
+
+    ``ranking`` (default: plain dual-encoder scores) runs the search pipeline's stages; normalisation needs
+    ``bank``, the model's reference bank (search/normalise.py), and reranking a reranker for the model.
+    """
     started = time.perf_counter()
-    emb = embed_dataset(encoder, data, progress)
-    ranks = evaluate_embeddings(emb.images, emb.texts, emb.data.text_image)
+    ranking = ranking or Ranking(norm=False, rerank=0)
+    reranker = find_reranker(encoder.fingerprint) if ranking.rerank else None
+    emb = embed_dataset(encoder, data, progress, reranker)
+    timings = Timings()
+    score = pipeline_scores(encoder, emb, ranking, bank, reranker, timings)
+    ranks = evaluate_embeddings(emb.images, emb.texts, emb.data.text_image, score)
     metrics = ranks.metrics(ks)
     if folds:
         metrics |= {f"{folds}fold_{k}": v for k, v in
-                    folded_metrics(emb.images, emb.texts, emb.data.text_image, folds, ks).items()}
+                    folded_metrics(emb.images, emb.texts, emb.data.text_image, folds, ks, score).items()}
     if emb.data.langs and emb.data.groups:
         metrics["mrv"] = mean_rank_variance(ranks.t2i[:, 0], emb.data.langs, emb.data.groups)
     n_images, n_texts = len(emb.images), len(emb.texts)
@@ -104,7 +141,10 @@ def evaluate(encoder: Encoder, data: CaptionDataset, ks: tuple[int, ...] = (1, 5
             "texts_per_second": n_texts / emb.text_seconds if emb.text_seconds else None,
         },
         "curves": {"i2t": ranks.curve("i2t"), "t2i": ranks.curve("t2i")},
-        "worst": worst_queries(emb, ranks),
+        "worst": worst_queries(emb, ranks, score),
+        "pipeline": {**ranking.to_dict(), "bank": bank.id if bank is not None and ranking.norm else None,
+                     "reranker": reranker.fingerprint if reranker is not None else None,
+                     "stage_ms_per_query": timings.per_query_ms()},
         "wall_seconds": time.perf_counter() - started,
         "protocol": {"ties": "equal scores: lower index ranks first",
                      "no_positive": "queries without a positive are left out",

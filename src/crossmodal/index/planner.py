@@ -70,7 +70,7 @@ def plan_index(n: int, dim: int, memory: int | None = None, recall: float = 0.95
                          f"{n} vectors are too few to train IVF-PQ; exact search until {IVFPQ_MIN}")
     if kind == "binary":
         return IndexPlan("binary", {"rescore": 20}, n * (dim // 8 + 8), "sign codes, rescored exactly")
-    for m in (64, 48, 32, 16, 8):
+    for m in (64, 32, 16, 8):  # each divides the index width (search/normalise.py: index_dim)
         if dim % m == 0 and m <= dim and (memory is None or ivfpq_bytes(n, dim, m, nlist) <= memory):
             return IndexPlan("ivfpq", {"nlist": nlist, "m": m, "nprobe": 32, "rescore": 10},
                              ivfpq_bytes(n, dim, m, nlist),

@@ -12,9 +12,10 @@ def scores(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return np.atleast_2d(np.asarray(queries, dtype=np.float32)) @ np.asarray(vectors, dtype=np.float32).T
 
 
-def topk(vectors: np.ndarray, queries: np.ndarray, k: int, mask: np.ndarray | None = None
-         ) -> tuple[np.ndarray, np.ndarray]:
-    """Best ``k`` rows of ``vectors`` for each query by inner product.
+def topk(vectors: np.ndarray, queries: np.ndarray, k: int, mask: np.ndarray | None = None,
+         bias: np.ndarray | None = None, shares: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` rows of ``vectors`` for each query by inner product, less ``shares[q] * bias[row]``
+    when given (nearest-neighbour normalisation, search/normalise.py).
 
     Returns (scores (Q, k'), row indices (Q, k')) with k' = min(k, candidates), best first; equal
     scores are ordered by row index so results are deterministic. ``mask`` (N,) bool restricts the
@@ -32,6 +33,8 @@ def topk(vectors: np.ndarray, queries: np.ndarray, k: int, mask: np.ndarray | No
         block_rows = rows[start:start + BLOCK]
         block = vectors[start:start + BLOCK] if contiguous else vectors[block_rows]
         block_scores = scores(block, queries)
+        if bias is not None and shares is not None:
+            block_scores -= np.outer(shares, bias[block_rows]).astype(np.float32)
         best_scores = np.concatenate([best_scores, block_scores], axis=1)
         best_rows = np.concatenate([best_rows, np.broadcast_to(block_rows, block_scores.shape)], axis=1)
         if best_scores.shape[1] > k:

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..encoders.base import Encoder, normalize
 from ..sources.images import is_image_path, load_image
+from .pipeline import Query
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,12 @@ def parse_term(spec: str, sign: float = 1.0) -> Term:
 
 def query_vector(encoder: Encoder, terms: list[Term], max_pixels: int | None = None) -> np.ndarray:
     """Encode every term and combine them into one L2-normalised query vector."""
+    return encode_query(encoder, terms, max_pixels).vector
+
+
+def encode_query(encoder: Encoder, terms: list[Term], max_pixels: int | None = None) -> Query:
+    """Encode every term into one query: the combined L2-normalised vector, its modality (text, image or
+    mixed) and, for a query of one text or one photo, that text or photo (the reranker reads it)."""
     if not terms:
         raise ValueError("empty query: give a text, an image, or both")
     texts = [t for t in terms if not t.is_image]
@@ -58,14 +65,27 @@ def query_vector(encoder: Encoder, terms: list[Term], max_pixels: int | None = N
         if not str(t.value).strip():
             raise ValueError("empty text in the query")
     parts: list[tuple[float, np.ndarray]] = []
+    photos = []
     if texts:
         vecs = encoder.encode_texts([str(t.value) for t in texts])
         parts += [(t.weight, v) for t, v in zip(texts, vecs, strict=True)]
     if images:
         kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
-        vecs = encoder.encode_images([load_image(t.value, **kwargs) for t in images])
+        photos = [load_image(t.value, **kwargs) for t in images]
+        vecs = encoder.encode_images(photos)
         parts += [(t.weight, v) for t, v in zip(images, vecs, strict=True)]
-    return combine(parts, encoder.dim)
+    return Query(combine(parts, encoder.dim), *modality_of([(t.weight, t.is_image) for t in terms],
+                                                           [str(t.value) for t in texts] + photos))
+
+
+def modality_of(terms: Sequence[tuple[float, bool]], values: Sequence[object]) -> tuple[str, object]:
+    """(modality, source) of a query from its (weight, is_image) terms and their values (texts first):
+    one positive term gives its modality and value; anything else is ``mixed`` with no source."""
+    if len(terms) == 1 and terms[0][0] > 0:
+        return ("image" if terms[0][1] else "text"), values[0]
+    if terms and all(w > 0 for w, _ in terms) and len({im for _, im in terms}) == 1:
+        return ("image" if terms[0][1] else "text"), None
+    return "mixed", None
 
 
 def combine(parts: Sequence[tuple[float, np.ndarray]], dim: int) -> np.ndarray:

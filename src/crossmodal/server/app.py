@@ -34,6 +34,7 @@ from ..collection.sync import content_hash
 from ..encoders import Encoder, load_encoder
 from ..encoders.onnx import OnnxEncoder
 from ..search.filters import COLUMNS, parse_condition
+from ..search.pipeline import Ranking
 from ..sources.images import ImageError, is_image_path, load_image
 from .batcher import SearchBatcher, SearchJob
 from .metrics import Metrics, MetricsMiddleware
@@ -41,6 +42,7 @@ from .metrics import Metrics, MetricsMiddleware
 STATIC = Path(__file__).parent / "static"
 MAX_K = 200
 MAX_OFFSET = 10_000
+MAX_RERANK = 200
 
 
 class TermIn(BaseModel):
@@ -68,6 +70,17 @@ class SearchIn(BaseModel):
     kind: Literal["image", "text"] = "image"
     path: str | None = Field(None, max_length=1000, description="Glob on stored paths.")
     where: list[str] = Field(default_factory=list, max_length=16, description='Conditions like "album=paris".')
+    norm: bool | None = Field(None, description="Nearest-neighbour score normalisation (false: the plain score); "
+                              "default: the server's.")
+    rerank: int | None = Field(None, ge=0, le=MAX_RERANK, description="Re-score the top N with the reranker "
+                               "(0: off); default: the server's.")
+    min_score: float | None = Field(None, description="Drop results scoring under this; default: the server's.")
+
+    def ranking(self, default: Ranking) -> Ranking:
+        """The request's ranking options, the server's where it sets none."""
+        return Ranking(norm=default.norm if self.norm is None else self.norm,
+                       rerank=default.rerank if self.rerank is None else self.rerank,
+                       min_score=default.min_score if self.min_score is None else self.min_score)
 
 
 @pydantic_dataclass
@@ -86,13 +99,15 @@ class SearchOut(BaseModel):
 
 def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb: float = 20.0,
                max_batch: int | None = None, model: str | None = None, workers: int | None = None,
-               int8_queries: bool = False) -> FastAPI:
+               int8_queries: bool = False, ranking: Ranking | None = None) -> FastAPI:
     """Build the app over one collection; the model loads once, at start. ``model`` may name another
     backend of the collection's model (e.g. its ONNX export); a different model is refused. ``workers``
     batcher threads encode and search (default: one per core, each on one-thread ONNX Runtime sessions,
     or one for a PyTorch model, whose own thread pool already uses every core), each batch at most
     ``max_batch`` queries (default 8 with several workers, 32 with one). ``int8_queries`` encodes queries
-    with a lite model's int8 text tower when no ``model`` is given (see ``load_encoder``)."""
+    with a lite model's int8 text tower when no ``model`` is given (see ``load_encoder``). ``ranking`` holds
+    the defaults of requests that set no ranking options."""
+    ranking = ranking or Ranking()
     state: dict[str, Any] = {}
     lock = threading.RLock()  # one SQLite connection, shared by the worker threads
     metrics = Metrics()
@@ -179,15 +194,16 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
             conditions.append(cond)
         return conditions
 
-    def stored_vector(c: Collection, item_id: int) -> np.ndarray:
+    def stored_vector(c: Collection, item_id: int) -> tuple[np.ndarray, str]:
+        """A stored item's vector and kind (a 404 for an unknown id)."""
         try:
-            return _locked(c.store.vector, item_id)
+            return _locked(c.store.vector, item_id), _locked(c.store.get, [item_id])[item_id].kind
         except KeyError:
             raise HTTPException(404, f"no item with id {item_id}") from None
 
     async def run_search(job: SearchJob, body: SearchIn) -> JSONResponse:
         start = time.perf_counter()
-        job.k, job.kind, job.path = body.k + body.offset, body.kind, body.path
+        job.k, job.kind, job.path, job.ranking = body.k + body.offset, body.kind, body.path, body.ranking(ranking)
         job.where = tuple(check_filters(state["collection"], body.where))
         try:
             hits = await state["batcher"].search(job)
@@ -236,7 +252,7 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
                 raise HTTPException(400, "text is empty: type something to search for")
             job.texts.append((1.0, body.text))
         if body.image_id is not None:
-            job.vectors.append((1.0, stored_vector(c, body.image_id)))
+            job.vectors.append((1.0, *stored_vector(c, body.image_id)))
             job.exclude.append(body.image_id)
         for term in body.terms:
             if term.text is not None:
@@ -244,7 +260,7 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
                     raise HTTPException(400, "a term's text is empty")
                 job.texts.append((term.weight, term.text))
             else:
-                job.vectors.append((term.weight, stored_vector(c, term.image_id)))
+                job.vectors.append((term.weight, *stored_vector(c, term.image_id)))
                 if term.weight > 0:
                     job.exclude.append(term.image_id)
         if not (job.texts or job.vectors):
@@ -256,18 +272,22 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
                            k: Annotated[int, Form(ge=1, le=MAX_K)] = 20,
                            offset: Annotated[int, Form(ge=0, le=MAX_OFFSET)] = 0,
                            kind: Annotated[Literal["image", "text"], Form()] = "image",
-                           path: Annotated[str | None, Form()] = None) -> JSONResponse:
+                           path: Annotated[str | None, Form()] = None,
+                           norm: Annotated[bool | None, Form()] = None,
+                           rerank: Annotated[int | None, Form(ge=0, le=MAX_RERANK)] = None,
+                           min_score: Annotated[float | None, Form()] = None) -> JSONResponse:
         data = await read_upload(file)
         same = await run_in_threadpool(_locked, c.store.by_hash, content_hash(data), "image")
         job = SearchJob(images=[(1.0, decode(data))], exclude=[it.id for it in same])
-        return await run_search(job, SearchIn(k=k, offset=offset, kind=kind, path=path))
+        return await run_search(job, SearchIn(k=k, offset=offset, kind=kind, path=path, norm=norm, rerank=rerank,
+                                              min_score=min_score))
 
     @app.get("/api/items/{item_id}/similar", response_model=SearchOut, summary="More like this item.")
     async def similar(item_id: int, c: Annotated[Collection, Depends(col)], k: int = 20, offset: int = 0,
                       kind: Literal["image", "text"] = "image") -> JSONResponse:
         if not 1 <= k <= MAX_K or not 0 <= offset <= MAX_OFFSET:
             raise HTTPException(422, f"k must be 1..{MAX_K} and offset 0..{MAX_OFFSET}")
-        job = SearchJob(vectors=[(1.0, stored_vector(c, item_id))], exclude=[item_id])
+        job = SearchJob(vectors=[(1.0, *stored_vector(c, item_id))], exclude=[item_id])
         return await run_search(job, SearchIn(k=k, offset=offset, kind=kind))
 
     @app.get("/api/items/{item_id}", response_model=HitOut, summary="One item's metadata.")

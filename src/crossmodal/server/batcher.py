@@ -13,7 +13,7 @@ import asyncio
 import queue
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +23,8 @@ from PIL import Image
 
 from ..collection.collection import Collection, Hit
 from ..search.filters import Condition
-from ..search.query import combine
+from ..search.pipeline import Query, Ranking
+from ..search.query import combine, modality_of
 
 
 @dataclass
@@ -32,13 +33,27 @@ class SearchJob:
 
     texts: list[tuple[float, str]] = field(default_factory=list)
     images: list[tuple[float, Image.Image]] = field(default_factory=list)
-    vectors: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    vectors: list[tuple[float, np.ndarray, str]] = field(default_factory=list)  # stored items' (weight, vector, kind)
     k: int = 10
     kind: str = "image"
     path: str | None = None
     where: tuple[Condition, ...] = ()
+    ranking: Ranking = field(default_factory=Ranking)
     exclude: list[int] = field(default_factory=list)
     future: Future = field(default_factory=Future)
+
+    def query(self, text_vectors: Iterator[tuple[np.ndarray, Any]], image_vectors: Iterator[np.ndarray], dim: int
+              ) -> Query:
+        """This job's query, taking its terms' vectors (and texts' token states) from the batch's encoded texts
+        and photos in order."""
+        texts = [(w, *next(text_vectors)) for w, _ in self.texts]
+        parts = [(w, v) for w, v, _ in texts] + [(w, next(image_vectors)) for w, _ in self.images]
+        terms = [(w, False) for w, _ in self.texts] + [(w, True) for w, _ in self.images]
+        terms += [(w, kind == "image") for w, _, kind in self.vectors]
+        values = [t for _, t in self.texts] + [im for _, im in self.images] + [None] * len(self.vectors)
+        vector = combine(parts + [(w, v) for w, v, _ in self.vectors], dim)
+        states = texts[0][2] if len(texts) == 1 else None
+        return Query(vector, *modality_of(terms, values), exclude=self.exclude, states=states)
 
 
 class SearchBatcher:
@@ -89,27 +104,37 @@ class SearchBatcher:
                     if not job.future.done():
                         job.future.set_exception(e)
 
+    def _encode_texts(self, encoder: Any, texts: list[str], batch: list[SearchJob]) -> list[tuple[np.ndarray, Any]]:
+        """(vector, token states or None) per text; the states come from the same model call when a reranker
+        will read them (text queries ranking photos)."""
+        if not texts:
+            return []
+        reranks = self.collection.store.reranker is not None and any(
+            job.ranking.rerank and job.kind == "image" for job in batch)
+        if reranks and hasattr(encoder, "encode_texts_with_states"):
+            vectors, states = encoder.encode_texts_with_states(texts)
+            return list(zip(vectors, states, strict=True))
+        return [(v, None) for v in encoder.encode_texts(texts)]
+
     def _serve(self, batch: list[SearchJob]) -> None:
         if self.on_batch is not None:
             self.on_batch(len(batch))
         encoder = self.collection.encoder
         texts = [t for job in batch for _, t in job.texts]
         images = [im for job in batch for _, im in job.images]
-        text_vecs = iter(encoder.encode_texts(texts)) if texts else iter(())
+        text_vecs = iter(self._encode_texts(encoder, texts, batch))
         image_vecs = iter(encoder.encode_images(images)) if images else iter(())
-        groups: dict[tuple, list[tuple[SearchJob, np.ndarray]]] = defaultdict(list)
+        groups: dict[tuple, list[tuple[SearchJob, Query]]] = defaultdict(list)
         for job in batch:
-            parts = [(w, next(text_vecs)) for w, _ in job.texts] + [(w, next(image_vecs)) for w, _ in job.images]
             try:
-                vector = combine(parts + job.vectors, encoder.dim)
+                query = job.query(text_vecs, image_vecs, encoder.dim)
             except ValueError as e:
                 job.future.set_exception(e)
                 continue
-            groups[(job.kind, job.path, job.where, job.k)].append((job, vector))
-        for (kind, path, where, k), members in groups.items():
+            groups[(job.kind, job.path, job.where, job.k, job.ranking)].append((job, query))
+        for (kind, path, where, k, ranking), members in groups.items():
             with self.lock:
-                results = self.collection.search_vectors(
-                    np.stack([v for _, v in members]), k=k, kind=kind, path=path, where=where,
-                    exclude=[job.exclude for job, _ in members])
+                results = self.collection.search_queries([q for _, q in members], k=k, kind=kind, path=path,
+                                                         where=where, ranking=ranking)
             for (job, _), hits in zip(members, results, strict=True):
                 job.future.set_result(hits)

@@ -1,0 +1,103 @@
+"""Ranking quality and cost of each pipeline stage on Flickr8k dev and test, in one run.
+
+    python benchmarks/quality.py [--model lite] [--splits dev test] [--ns 8 16 32 64] [--also runs/lite-v5]
+
+Each split is encoded once; every configuration ranks the same vectors through the search pipeline's
+stages (search/pipeline.py), as `crossmodal eval` does. ms/query is the ranking time per query (both
+directions, 1K photos / 5K captions) on top of encoding the query, which the encode column gives.
+Also prints, for the default pipeline on dev, what a score cutoff (`--min-score`) removes: the share of
+wrong and of right results among each text query's top 10 that score under it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+
+from crossmodal.encoders import load_encoder
+from crossmodal.evaluation.metrics import evaluate_embeddings
+from crossmodal.evaluation.runner import embed_dataset, pipeline_scores
+from crossmodal.search.normalise import find_bank
+from crossmodal.search.pipeline import DEFAULT_RERANK, Ranking, Timings
+from crossmodal.search.rerank import find_reranker
+from crossmodal.sources.datasets import load_dataset
+
+FLICKR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flickr8k"
+
+
+def configurations(ns: list[int]) -> list[tuple[str, Ranking]]:
+    rows = [("dual encoder", Ranking(norm=False, rerank=0)), ("+ normalisation", Ranking(norm=True, rerank=0))]
+    rows += [(f"+ norm + rerank {n}", Ranking(norm=True, rerank=n)) for n in ns]
+    rows += [(f"rerank {DEFAULT_RERANK}, no norm", Ranking(norm=False, rerank=DEFAULT_RERANK))]
+    return rows
+
+
+def cutoff_table(score, emb, thresholds: list[float]) -> list[tuple[float, float, float]]:
+    """(threshold, share of wrong results removed, share of right results kept) over text queries' top 10,
+    with the scores search shows (``SetScores.ranked``)."""
+    right, wrong = [], []
+    for start in range(0, len(emb.texts), 512):
+        queries = np.arange(start, min(start + 512, len(emb.texts)))
+        for q, (scores, top) in zip(queries, score.ranked("t2i", queries, np.arange(len(emb.images)), 10),
+                                    strict=True):
+            positive = top == emb.data.text_image[q]
+            right.append(scores[positive])
+            wrong.append(scores[~positive])
+    right, wrong = np.concatenate(right), np.concatenate(wrong)
+    return [(t, float((wrong < t).mean()), float((right >= t).mean())) for t in thresholds]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="lite")
+    parser.add_argument("--also", nargs="*", default=[], help="More models (e.g. a distilled one) to measure.")
+    parser.add_argument("--splits", nargs="+", default=["dev", "test"])
+    parser.add_argument("--ns", nargs="+", type=int, default=[8, 16, 32, 64])
+    parser.add_argument("--dataset", default=str(FLICKR))
+    parser.add_argument("--cutoffs", nargs="+", type=float, default=[0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3])
+    args = parser.parse_args()
+    table: dict[tuple[str, str], dict[str, float]] = {}
+    for model in [args.model, *args.also]:
+        encoder = load_encoder(model)
+        bank, reranker = find_bank(encoder.fingerprint), find_reranker(encoder.fingerprint)
+        for split in args.splits:
+            data = load_dataset(args.dataset, split)
+            emb = embed_dataset(encoder, data, progress=False, reranker=reranker)
+            encode_ms = 1000 * emb.text_seconds / len(emb.texts)
+            for label, ranking in configurations(args.ns):
+                if (ranking.norm and bank is None) or (ranking.rerank and reranker is None):
+                    continue
+                timings = Timings()
+                score = pipeline_scores(encoder, emb, ranking, bank, reranker, timings)
+                metrics = evaluate_embeddings(emb.images, emb.texts, emb.data.text_image, score).metrics()
+                table[(f"{Path(model).name}: {label}", split)] = {
+                    "rsum": metrics["rsum"], "ms": sum(timings.per_query_ms().values()), "encode": encode_ms,
+                    "r1": metrics["t2i_R@1"], "r10": metrics["t2i_R@10"]}
+                print(f"{model} {split} {label}: RSUM {metrics['rsum']:.2f}", flush=True)
+            if split == "dev" and model == args.model:
+                cut = pipeline_scores(encoder, emb, Ranking(), bank, reranker)
+                cutoffs = cutoff_table(cut, emb, args.cutoffs)
+    labels = list(dict.fromkeys(label for label, _ in table))
+    print(f"\nFlickr8k (1K photos, 5K captions per split), {os.cpu_count()} cores\n")
+    header = " | ".join(f"{s} RSUM | {s} t2i R@1 / R@10" for s in args.splits)
+    print(f"| configuration | {header} | rank ms/query | encode ms/query |")
+    print("|---" * (2 + 2 * len(args.splits) + 1) + "|")
+    for label in labels:
+        cells = []
+        for split in args.splits:
+            row = table.get((label, split))
+            cells += [f"{row['rsum']:.2f}", f"{row['r1']:.1f} / {row['r10']:.1f}"] if row else ["", ""]
+        last = table[(label, args.splits[0])]
+        print(f"| {label} | " + " | ".join(cells) + f" | {last['ms']:.2f} | {last['encode']:.2f} |")
+    if "dev" in args.splits:
+        print("\n--min-score on the default pipeline, Flickr8k dev, each caption's top 10 photos\n")
+        print("| min score | wrong results removed | right results kept |\n|---|---|---|")
+        for threshold, removed, kept in cutoffs:
+            print(f"| {threshold:.2f} | {100 * removed:.1f}% | {100 * kept:.1f}% |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""The one ranking pipeline: retrieve candidates -> normalise -> rerank the top N -> cut.
+
+``Collection.search``, ``crossmodal search``, ``crossmodal eval`` and ``crossmodal serve`` all rank
+through these functions with the same ``Ranking`` options, so the number eval prints is the number
+users get. Stages:
+
+- retrieve: exact (a matrix product on the snapshot) or through the collection's ANN index, with
+  filters applied before ranking;
+- normalise: the score less ``share`` x the item's stored bias (search/normalise.py), for queries of
+  the other modality than the items (a caption ranking photos, a photo ranking captions); folded into
+  retrieval so every index kind ranks by the normalised score;
+- rerank: a model that reads the query and each of the top N candidates together re-scores them as
+  ``score + weight x logit`` (BLIP's ITM + ITC); only the order inside the top N changes;
+- cut: results scoring under ``min_score`` are dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .exact import scores as inner_products
+from .exact import topk
+from .normalise import Bank, augment_queries, index_dim
+
+if TYPE_CHECKING:
+    from ..collection.collection import Collection
+
+# Measured on Flickr8k dev with lite (docs/benchmarks.md): the top 16 re-scored.
+DEFAULT_RERANK = 16
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """How results are ranked, with the same defaults everywhere: normalisation on, rerank the top
+    ``rerank`` (0: off), drop results under ``min_score`` (None: keep all)."""
+
+    norm: bool = True
+    rerank: int = DEFAULT_RERANK
+    min_score: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.rerank < 0:
+            raise ValueError(f"rerank must be 0 (off) or a number of results to re-score, not {self.rerank}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"norm": self.norm, "rerank": self.rerank, "min_score": self.min_score}
+
+
+@dataclass
+class Query:
+    """One encoded query. ``modality`` is ``text``, ``image`` or ``mixed`` (a weighted combination);
+    ``source`` is the one text or photo it came from, which the reranker reads."""
+
+    vector: np.ndarray
+    modality: str = "mixed"
+    source: Any = None
+    exclude: Sequence[int] = ()
+    states: tuple[np.ndarray, np.ndarray] | None = None  # a text source's token states and mask, if at hand
+
+
+@dataclass
+class Timings:
+    """Seconds spent per stage, summed over queries (eval divides by the query count)."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    queries: int = 0
+
+    def add(self, stage: str, started: float) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] += now - started
+        return now
+
+    def per_query_ms(self) -> dict[str, float]:
+        return {k: 1000 * v / max(self.queries, 1) for k, v in self.seconds.items()}
+
+
+# logits(query, candidate ids) -> (n,) reranker logits, or None when these candidates cannot be reranked.
+Scorer = Callable[[Query, np.ndarray], np.ndarray | None]
+
+
+def normalises(query_modality: str, kind: str) -> bool:
+    """Normalisation applies to cross-modal queries: a text ranking photos, a photo ranking texts."""
+    return query_modality == {"image": "text", "text": "image"}[kind]
+
+
+def rerank_top(scores: np.ndarray, ids: np.ndarray, n: int, logits: np.ndarray, weight: float
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Re-order the first ``n`` of one ranked list by ``score + weight * logit``; the rest stays put.
+
+    ``logits`` holds the reranker's logits of ``ids[:n]``. Returns (scores, ids) with the fused
+    scores for the re-ranked part, best first (equal fused scores keep their retrieval order); a result
+    after the first ``n`` scores at most the last fused score, so scores never rise down the list.
+    """
+    n = min(n, len(ids))
+    fused = scores[:n] + np.float32(weight) * np.asarray(logits, dtype=np.float32)
+    order = np.argsort(-fused, kind="stable")
+    rest = np.minimum(scores[n:], fused[order][-1]) if n else scores[n:]
+    return (np.concatenate([fused[order], rest]).astype(np.float32),
+            np.concatenate([ids[:n][order], ids[n:]]))
+
+
+def cut(scores: np.ndarray, ids: np.ndarray, min_score: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Drop the results of one list that score under ``min_score``."""
+    if min_score is None:
+        return scores, ids
+    keep = scores >= min_score
+    return scores[keep], ids[keep]
+
+
+def run(collection: Collection, queries: Sequence[Query], *, k: int, kind: str, allowed: np.ndarray | None,
+        ranking: Ranking, timings: Timings | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Rank items of ``kind`` for each query: (scores, ids) per query, best first, at most ``k``.
+
+    ``allowed`` (ids passing the filters, or None for all) restricts candidates before ranking, and each
+    query's ``exclude`` ids are left out, so a list is full whenever enough items match.
+    """
+    timings = timings if timings is not None else Timings()
+    timings.queries += len(queries)
+    started = time.perf_counter()
+    reranking = collection.reranker(kind) if ranking.rerank else None
+    fetch = max(k, ranking.rerank if reranking else 0) + max((len(q.exclude) for q in queries), default=0)
+    bank = collection.store.bank
+    biases = collection.store.biases(kind) if ranking.norm else None
+    shares = np.array([bank.share if biases is not None and normalises(q.modality, kind) else 0.0
+                       for q in queries], dtype=np.float32)
+    vectors = np.stack([q.vector for q in queries]).astype(np.float32)
+    scores, found = retrieve(collection, vectors, shares, biases, fetch, kind, allowed)
+    started = timings.add("retrieve", started)
+    out = []
+    for query, row_scores, row_ids in zip(queries, scores, found, strict=True):
+        keep = (row_ids >= 0) & ~np.isin(row_ids, np.asarray(query.exclude, dtype=np.int64))
+        out.append((row_scores[keep], row_ids[keep]))
+    if reranking is not None:
+        scorer, weight = reranking
+        for i, query in enumerate(queries):
+            if query.source is not None and query.modality != kind and len(out[i][1]):
+                logits = scorer(query, out[i][1][: ranking.rerank])
+                if logits is not None:
+                    out[i] = rerank_top(*out[i], ranking.rerank, logits, weight)
+        started = timings.add("rerank", started)
+    out = [cut(s[:k], i[:k], ranking.min_score) for s, i in out]
+    timings.add("cut", started)
+    return out
+
+
+def retrieve(collection: Collection, vectors: np.ndarray, shares: np.ndarray, biases: np.ndarray | None,
+             fetch: int, kind: str, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates (scores, ids; -1 where fewer were found) by the normalised score, exact or through the
+    collection's index."""
+    index = collection.indexes.get(kind)
+    if index is None:
+        ids, matrix = collection.store.matrix(kind)
+        mask = None if allowed is None else np.isin(ids, allowed)
+        scores, rows = topk(matrix, vectors, fetch, mask, biases, shares)
+        return scores, ids[rows]
+    queries = augment_queries(vectors, shares, index_dim(vectors.shape[1], index.kind))
+    return index.query(queries, fetch, allowed=allowed, lookup=collection.indexes.lookup(kind, index))
+
+
+# logits(query index, item indices) -> reranker logits, over a set held in memory (eval).
+SetScorer = Callable[[int, np.ndarray], np.ndarray]
+
+
+class SetScores:
+    """The pipeline over photos and captions held in memory (eval): the same normalisation and rerank
+    stages as ``run``, as score matrices that order each row the way search orders its results."""
+
+    def __init__(self, image_emb: np.ndarray, text_emb: np.ndarray, ranking: Ranking, bank: Bank | None = None,
+                 rerankers: dict[str, tuple[SetScorer, float]] | None = None, timings: Timings | None = None) -> None:
+        self.emb = {"image": image_emb, "text": text_emb}
+        self.ranking, self.bank = ranking, bank if ranking.norm else None
+        self.rerankers = (rerankers or {}) if ranking.rerank else {}
+        self.timings = timings if timings is not None else Timings()
+        self.bias = {kind: self.bank.biases(kind, emb) for kind, emb in self.emb.items()} if self.bank else {}
+
+    def __call__(self, direction: str, queries: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Scores (queries, items) whose row order is search's order (re-ranked items lifted above the rest)."""
+        scores, kind = self._retrieve(direction, queries, items)
+        if kind in self.rerankers:
+            started = time.perf_counter()
+            for row, query in zip(scores, queries, strict=True):
+                _, order = self._rerank(row, int(query), items, kind)
+                row[order] = row.max() + 1 + np.arange(len(order), 0, -1, dtype=np.float32)
+            self.timings.add("rerank", started)
+        return scores
+
+    def ranked(self, direction: str, queries: np.ndarray, items: np.ndarray, k: int) -> list[tuple[np.ndarray,
+                                                                                                   np.ndarray]]:
+        """What search returns for each query: (scores, item positions), best first, at most ``k``."""
+        scores, kind = self._retrieve(direction, queries, items)
+        out = []
+        positions = np.arange(len(items))
+        for row, query in zip(scores, queries, strict=True):
+            order = np.lexsort((positions, -row))
+            fused, top = (row[order], order) if kind not in self.rerankers else self._rerank(row, int(query), items,
+                                                                                              kind)
+            rest = order[len(top):] if kind in self.rerankers else order[:0]
+            out.append((np.concatenate([fused, row[rest]])[:k], np.concatenate([top, rest])[:k]))
+        return out
+
+    def _retrieve(self, direction: str, queries: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, str]:
+        started = time.perf_counter()
+        query_kind, kind = ("image", "text") if direction == "i2t" else ("text", "image")
+        self.timings.queries += len(queries)
+        scores = inner_products(self.emb[kind][items], self.emb[query_kind][queries])
+        if self.bank is not None:
+            scores -= np.float32(self.bank.share) * self.bias[kind][items]
+        self.timings.add("retrieve", started)
+        return scores, kind
+
+    def _rerank(self, row: np.ndarray, query: int, items: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """(fused scores, positions) of the re-ranked top N of one row, in fused order."""
+        logits, weight = self.rerankers[kind]
+        n = min(self.ranking.rerank, len(items))
+        top = np.lexsort((np.arange(len(items)), -row))[:n]
+        return rerank_top(row[top], top, n, logits(query, items[top]), weight)

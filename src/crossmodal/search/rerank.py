@@ -1,0 +1,105 @@
+"""The rerank stage's inputs: which reranker a model has, and scorers that feed it a query with its
+candidates, from a collection (search) or from a dataset held in memory (eval).
+
+The reranker reads the photo tower's spatial grid (stored per photo as the reranker's tokens when the
+photo is indexed) and the text tower's token states (computed when needed: the query's, or the N
+candidate captions'). A photo query ranking captions and a caption ranking photos are reranked; a
+photo ranking photos, or a mixed query, is not.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .pipeline import Query, SetScorer
+
+if TYPE_CHECKING:
+    from ..encoders.base import Encoder
+    from ..rerank.runtime import Reranker
+    from ..sources.datasets import CaptionDataset
+    from .pipeline import Scorer
+
+SHIPPED = Path(__file__).resolve().parent.parent / "encoders" / "weights"
+
+
+def find_reranker(fingerprint: str) -> Reranker | None:
+    """The shipped reranker trained for the model with ``fingerprint`` (its ``reranker.json`` says which), if any."""
+    for config in sorted(SHIPPED.glob("reranker-*/reranker.json")):
+        try:
+            if json.loads(config.read_text()).get("model_fingerprint") == fingerprint:
+                return _load(config.parent)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+@lru_cache(maxsize=4)
+def _load(folder: Path) -> Reranker:
+    from ..rerank.runtime import Reranker
+
+    return Reranker.load(folder)
+
+
+def pad_states(states: list[np.ndarray], masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Stack token states (L_i, C) and masks (L_i,) of different lengths, right-padded with zeros."""
+    longest = max(len(m) for m in masks)
+    out = np.zeros((len(states), longest, states[0].shape[-1]), dtype=np.float32)
+    mask = np.zeros((len(states), longest), dtype=np.int64)
+    for i, (s, m) in enumerate(zip(states, masks, strict=True)):
+        out[i, : len(m)], mask[i, : len(m)] = s, m
+    return out, mask
+
+
+def photo_query_tokens(encoder: Encoder, reranker: Reranker, photo: object) -> np.ndarray:
+    """The reranker's tokens (1, T, d) of a query photo."""
+    _, grid = encoder.encode_prepared_grids([encoder.prepare_image(photo)])
+    return reranker.photo_tokens(grid)
+
+
+def collection_scorer(store: object, encoder: Encoder, reranker: Reranker, kind: str) -> Scorer:
+    """Logits of a query against stored candidates of ``kind``; None when a candidate photo has no stored
+    tokens yet (indexed before the reranker: the next ``index`` adds them), and the query is not reranked."""
+    def photos_for_text(query: Query, ids: np.ndarray) -> np.ndarray | None:
+        tokens = store.tokens(ids)
+        if tokens is None:
+            return None
+        states, mask = query.states or encoder.token_states([str(query.source)])
+        n = len(ids)
+        return reranker.score(np.repeat(states, n, 0), np.repeat(mask, n, 0), tokens)
+
+    def texts_for_photo(query: Query, ids: np.ndarray) -> np.ndarray:
+        items = store.get(ids)
+        states, mask = encoder.token_states([items[int(i)].text or "" for i in ids])
+        tokens = photo_query_tokens(encoder, reranker, query.source)
+        return reranker.score(states, mask, np.repeat(tokens, len(ids), 0))
+
+    return photos_for_text if kind == "image" else texts_for_photo
+
+
+def dataset_scorers(encoder: Encoder, reranker: Reranker, data: CaptionDataset, tokens: np.ndarray,
+                    batch: int = 256) -> dict[str, SetScorer]:
+    """Scorers over a dataset held in memory (eval), by the kind they rank: the photos' reranker tokens
+    (computed with their vectors), token states of every caption computed once."""
+    states: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    for start in range(0, len(data.texts), batch):
+        s, m = encoder.token_states(data.texts[start:start + batch])
+        lengths = m.sum(1)
+        states += [row[:n] for row, n in zip(s, lengths, strict=True)]
+        masks += [row[:n] for row, n in zip(m, lengths, strict=True)]
+
+    def photos_for_text(query: int, items: np.ndarray) -> np.ndarray:
+        n = len(items)
+        return reranker.score(np.repeat(states[query][None], n, 0), np.repeat(masks[query][None], n, 0),
+                              tokens[items])
+
+    def texts_for_photo(query: int, items: np.ndarray) -> np.ndarray:
+        s, m = pad_states([states[i] for i in items], [masks[i] for i in items])
+        return reranker.score(s, m, np.repeat(tokens[query][None], len(items), 0))
+
+    return {"image": photos_for_text, "text": texts_for_photo}

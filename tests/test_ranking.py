@@ -1,0 +1,189 @@
+"""The ranking pipeline: normalisation biases, every index kind ranking by the normalised score, the
+rerank stage, the score cutoff, and eval ranking the way search does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ColorEncoder, make_photo
+from crossmodal.collection.collection import Collection
+from crossmodal.evaluation.metrics import evaluate_embeddings
+from crossmodal.search.normalise import BANK_FILE, Bank, augment, augment_queries, build_bank, index_dim
+from crossmodal.search.pipeline import Ranking, SetScores, cut, rerank_top
+
+
+def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_bias_is_the_mean_of_the_top_k_reference_scores() -> None:
+    rng = np.random.default_rng(0)
+    texts, images, items = unit(rng, 50, 8), unit(rng, 30, 8), unit(rng, 5, 8)
+    bank = Bank(texts, images, fingerprint="f", top_k=4)
+    for kind, reference in (("image", texts), ("text", images)):
+        expected = [np.mean(sorted((reference @ v).tolist(), reverse=True)[:4]) for v in items]
+        assert np.allclose(bank.biases(kind, items), expected, atol=1e-6)
+    small = Bank(texts[:2], images[:2], fingerprint="f", top_k=4)  # fewer references than k: all of them
+    assert np.allclose(small.biases("image", items), (items @ texts[:2].T).mean(1), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq", "binary"])
+def test_augmented_inner_product_is_the_normalised_score(kind: str) -> None:
+    rng = np.random.default_rng(1)
+    vectors, queries, bias = unit(rng, 6, 16), unit(rng, 3, 16), rng.random(6).astype(np.float32)
+    width = index_dim(16, kind)
+    assert width > 16 and width % {"ivfpq": 64, "binary": 8}.get(kind, 1) == 0
+    got = augment_queries(queries, np.float32(0.75), width) @ augment(vectors, bias, width).T
+    assert np.allclose(got, queries @ vectors.T - 0.75 * bias, atol=1e-6)
+    plain = augment_queries(queries, np.float32(0.0), width) @ augment(vectors, bias, width).T
+    assert np.allclose(plain, queries @ vectors.T, atol=1e-6)
+
+
+def test_bank_file_round_trip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    bank = Bank(unit(rng, 20, 8), unit(rng, 10, 8), fingerprint="abc", top_k=3, share=0.5)
+    opened = Bank.open(bank.save(tmp_path / "b.npz"))
+    assert (opened.fingerprint, opened.top_k, opened.share, opened.id) == ("abc", 3, 0.5, bank.id)
+    assert np.allclose(opened.vectors("texts"), bank.vectors("texts"), atol=1e-3)
+
+
+def _photos(root: Path, n: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        make_photo(root / f"{i:02d}.png", tuple(int(v) for v in rng.integers(0, 255, 3)), noise=20)
+    return root
+
+
+@pytest.fixture
+def banked(tmp_path: Path) -> Collection:
+    """40 photos and 30 captions, with a bank of 25 other photos and words as references."""
+    enc = ColorEncoder(dim=16)
+    c = Collection.open(tmp_path / "col", model=enc)
+    refs = _photos(tmp_path / "refs", 25, 7)
+    words = ["red", "green", "blue", "dark", "light", "sky", "grass", "car", "dog", "sea"]
+    rng = np.random.default_rng(3)
+    build_bank(enc, [" ".join(rng.choice(words, 3)) for _ in range(40)], sorted(refs.iterdir()),
+               progress=False).save(c.folder / BANK_FILE)
+    c.close()
+    c = Collection.open(tmp_path / "col", model=enc)
+    c.index_folder(_photos(tmp_path / "p", 40, 5), progress=False)
+    c.add_texts([" ".join(rng.choice(words, 4)) for _ in range(30)])
+    return c
+
+
+def _by_hand(c: Collection, query: np.ndarray, kind: str, share: float) -> list[tuple[int, float]]:
+    ids, vectors = c.store.matrix(kind)
+    scores = np.asarray(vectors) @ query - share * c.store.bank.biases(kind, np.asarray(vectors))
+    order = np.lexsort((ids, -scores))
+    return [(int(ids[i]), float(scores[i])) for i in order]
+
+
+def test_search_ranks_by_the_normalised_score(banked: Collection) -> None:
+    share = banked.store.bank.share
+    assert banked.store.biases("image") is not None and banked.store.biases("text") is not None
+    query = banked.encoder.encode_texts(["red sky"])[0]
+    hits = banked.search("red sky", k=8)
+    expected = _by_hand(banked, query, "image", share)[:8]
+    assert [h.id for h in hits] == [i for i, _ in expected]
+    assert np.allclose([h.score for h in hits], [s for _, s in expected], atol=1e-5)
+    plain = banked.search("red sky", k=8, ranking=Ranking(norm=False))
+    assert [(h.id, round(h.score, 5)) for h in plain] == [(i, round(s, 5)) for i, s in
+                                                          _by_hand(banked, query, "image", 0.0)[:8]]
+    photo = next(iter(banked.store.select("kind = 'image'"))).path
+    captions = banked.search(image=photo, kind="text", k=5)  # a photo ranking captions: normalised too
+    photo_vector = banked.encoder.encode_images([Image.open(photo).convert("RGB")])[0]
+    assert [h.id for h in captions] == [i for i, _ in _by_hand(banked, photo_vector, "text", share)[:5]]
+    similar = banked.search(image=photo, k=5, exclude_query_image=False)  # photo -> photos: plain score
+    assert similar[0].path == photo and similar[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "binary", "flat"])
+def test_every_index_kind_returns_the_exact_normalised_top_k(banked: Collection, kind: str) -> None:
+    queries = ["red sky", "green grass dog", "blue sea", "dark car"]
+    exact = [[(h.id, round(h.score, 4)) for h in banked.search(q, k=6)] for q in queries]
+    exact_texts = [[round(h.score, 4) for h in banked.search(q, kind="text", k=5)] for q in queries]  # ties
+    banked.configure_index(kind)
+    if kind == "flat":  # flat fp32 is the snapshot itself; int8 storage goes through a FAISS index
+        banked.configure_index("flat", memory=40 * 16)
+    assert banked.indexes.get("image") is not None
+    assert [[(h.id, round(h.score, 4)) for h in banked.search(q, k=6)] for q in queries] == exact
+    assert [[round(h.score, 4) for h in banked.search(q, kind="text", k=5)] for q in queries] == exact_texts
+
+
+def test_ivfpq_ranks_by_the_normalised_score(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    words = [f"w{i}" for i in range(300)]
+    enc = ColorEncoder(dim=32)
+    c = Collection.open(tmp_path / "texts", model=enc)
+    photos = sorted(_photos(tmp_path / "refs", 12, 9).iterdir())
+    build_bank(enc, ["w1 w2"], photos, progress=False).save(c.folder / BANK_FILE)
+    c.close()
+    c = Collection.open(tmp_path / "texts", model=enc)
+    c.add_texts([" ".join(rng.choice(words, 6)) for _ in range(2500)])
+    assert c.store.biases("text") is not None and np.ptp(c.store.biases("text")) > 0
+    queries = [photos[i] for i in range(5)]
+    exact = [[h.score for h in c.search(image=q, kind="text", k=10)] for q in queries]
+    c.configure_index("ivfpq")
+    assert c.indexes.get("text").kind == "ivfpq" and c.indexes.get("text").dim == 64
+    approx = [[h.score for h in c.search(image=q, kind="text", k=10)] for q in queries]
+    good = [np.mean(np.array(a) >= e[-1] - 1e-5) for a, e in zip(approx, exact, strict=True)]
+    assert np.mean(good) >= 0.9
+
+
+def test_an_existing_collection_gets_its_biases_on_the_next_index(tmp_path: Path) -> None:
+    enc = ColorEncoder(dim=16)
+    c = Collection.open(tmp_path / "col", model=enc)
+    c.index_folder(_photos(tmp_path / "p", 10, 5), progress=False)
+    assert c.store.biases("image") is None  # no bank: plain scores
+    plain = [(h.id, h.score) for h in c.search("red", k=5)]
+    build_bank(enc, ["red sky", "green"], sorted((tmp_path / "p").iterdir()), progress=False).save(
+        c.folder / BANK_FILE)
+    c.close()
+    c = Collection.open(tmp_path / "col", model=enc)
+    assert c.store.biases("image") is None  # until the next index run, still plain
+    assert [(h.id, h.score) for h in c.search("red", k=5)] == plain
+    c.index_folder(tmp_path / "p", progress=False)
+    biases = c.store.biases("image")
+    assert biases is not None and np.allclose(biases, c.store.bank.biases("image", c.store.matrix("image")[1]))
+
+
+def test_rerank_changes_the_order_only_inside_the_top_n() -> None:
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5], dtype=np.float32)
+    ids = np.array([10, 11, 12, 13, 14])
+    fused, order = rerank_top(scores, ids, 3, np.array([0.0, 0.0, 1.0]), 0.5)
+    assert order.tolist() == [12, 10, 11, 13, 14]
+    assert fused[:3] == pytest.approx([1.2, 0.9, 0.8]) and fused[3:].tolist() == pytest.approx([0.6, 0.5])
+    lowered, _ = rerank_top(scores, ids, 3, np.array([-1.0, 0.0, 0.0]), 0.5)  # the top item falls to 0.4
+    assert lowered.tolist() == pytest.approx([0.8, 0.7, 0.4, 0.4, 0.4])  # never rising down the list
+    same, kept = rerank_top(scores, ids, 3, np.zeros(3), 0.5)
+    assert kept.tolist() == ids.tolist() and same == pytest.approx(scores)
+    high, dropped = cut(fused, order, 0.85)
+    assert dropped.tolist() == [12, 10] and (high >= 0.85).all()
+
+
+def test_min_score_drops_results_under_it(banked: Collection) -> None:
+    everything = banked.search("red sky", k=40)
+    threshold = everything[9].score
+    kept = banked.search("red sky", k=40, ranking=Ranking(min_score=threshold))
+    assert [h.id for h in kept] == [h.id for h in everything if h.score >= threshold]
+    assert [h.id for h in banked.search("red sky", k=5, ranking=Ranking(min_score=threshold))] == \
+        [h.id for h in kept[:5]]
+
+
+def test_eval_scores_order_like_search(banked: Collection) -> None:
+    """SetScores (eval) and Collection.search (the pipeline) give the same ranking for the same queries."""
+    ids, images = banked.store.matrix("image")
+    text_ids, texts = banked.store.matrix("text")
+    score = SetScores(np.asarray(images), np.asarray(texts), Ranking(), banked.store.bank)
+    captions = {it.id: it.text for it in banked.store.select("kind = 'text'")}
+    for row, tid in enumerate(text_ids[:5]):
+        matrix = score("t2i", np.array([row]), np.arange(len(ids)))[0]
+        order = np.lexsort((np.arange(len(ids)), -matrix))[:10]
+        assert ids[order].tolist() == [h.id for h in banked.search(captions[int(tid)], k=10)]
+    ranks = evaluate_embeddings(np.asarray(images), np.asarray(texts), np.arange(len(texts)) % len(images), score)
+    assert ranks.t2i.shape == (len(texts), 1)
