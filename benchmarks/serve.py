@@ -1,10 +1,11 @@
 """Load test of `crossmodal serve` on 127.0.0.1: concurrent clients sending text queries.
 
-    python benchmarks/serve.py [--clients 16] [--seconds 30] [--split all] [--only torch|onnx|int8]
+    python benchmarks/serve.py [--clients 16] [--seconds 30] [--split all] [--only torch|onnx|plain|int8]
 
 Builds (once, cached in runs/) a collection of the Flickr8k photos with the default model, then for
 each query encoder in turn (PyTorch eager, ONNX Runtime float32, ONNX Runtime with the int8 text
-tower = the default) starts `crossmodal serve` in a subprocess on a free loopback port and runs a bounded
+tower = the default; with and without the ranking pipeline's normalisation and reranking) starts
+`crossmodal serve` in a subprocess on a free loopback port and runs a bounded
 closed-loop load: each client sends its next query as soon as the previous answer arrives, for a fixed
 time. Queries are distinct Flickr8k `dev` captions (no query repeats, so no cache can help). Prints
 throughput, latency percentiles and errors, one row per encoder.
@@ -144,8 +145,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--collection", type=Path, default=ROOT / "runs" / "bench-serve")
-    parser.add_argument("--only", choices=("torch", "onnx", "int8"), action="append",
-                        help="run only these query encoders (repeatable; default: all three)")
+    parser.add_argument("--only", choices=("torch", "onnx", "plain", "int8"), action="append",
+                        help="run only these configurations (repeatable; default: all four)")
     args = parser.parse_args()
     console = Console(width=160)
 
@@ -155,7 +156,9 @@ def main() -> None:
                                                                                                      split).texts))
     encoders = {"torch": ("lite, PyTorch eager", "torch", ["--fp32-queries"]),
                 "onnx": ("lite, ONNX Runtime fp32", "auto", ["--fp32-queries"]),
-                "int8": ("lite, ONNX Runtime, int8 text tower (default)", "auto", [])}
+                "plain": ("lite, int8 text tower, dual scores only (--no-norm --rerank 0)", "auto",
+                          ["--no-norm", "--rerank", "0"]),
+                "int8": ("lite, int8 text tower, default pipeline (normalised, rerank top 16)", "auto", [])}
     table = Table(title=f"crossmodal serve: {n} Flickr8k photos, {args.clients} closed-loop clients, "
                         f"{args.seconds:.0f} s each, distinct dev captions, k={args.k}")
     for col in ("query encoder", "requests", "errors", "requests/s", "p50 ms", "p90 ms", "p99 ms", "max ms",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ColorEncoder, make_photo
+from conftest import SAMPLES, ColorEncoder, make_photo
 from crossmodal.collection.collection import Collection
 from crossmodal.evaluation.metrics import evaluate_embeddings
 from crossmodal.search.normalise import BANK_FILE, Bank, augment, augment_queries, build_bank, index_dim
@@ -187,3 +187,60 @@ def test_eval_scores_order_like_search(banked: Collection) -> None:
         assert ids[order].tolist() == [h.id for h in banked.search(captions[int(tid)], k=10)]
     ranks = evaluate_embeddings(np.asarray(images), np.asarray(texts), np.arange(len(texts)) % len(images), score)
     assert ranks.t2i.shape == (len(texts), 1)
+
+
+def _lite_reranker():
+    from crossmodal.encoders import load_encoder
+    from crossmodal.search.rerank import find_reranker
+
+    encoder = load_encoder("lite")
+    reranker = find_reranker(encoder.fingerprint)
+    if reranker is None:
+        pytest.skip("no reranker ships for lite")
+    return encoder, reranker
+
+
+@pytest.fixture(scope="module")
+def lite_samples(tmp_path_factory: pytest.TempPathFactory) -> Collection:
+    """The sample photos and captions in a lite collection (normalisation bank and reranker included)."""
+    encoder, _ = _lite_reranker()
+    c = Collection.open(tmp_path_factory.mktemp("lite") / "col", model=encoder)
+    c.index_folder(SAMPLES / "photos", progress=False)
+    c.index_captions(SAMPLES / "captions.tsv", progress=False)
+    return c
+
+
+def test_eval_with_rerank_equals_search_with_rerank(lite_samples: Collection) -> None:
+    """Both directions: eval's ranking of a set (SetScores, dataset scorers) and search's (the pipeline over
+    the collection, stored photo tokens) agree, reranked top N included."""
+    from crossmodal.search.rerank import dataset_scorers
+    from crossmodal.sources.datasets import CaptionDataset
+
+    c, reranker = lite_samples, lite_samples.store.reranker
+    ids, images = c.store.matrix("image")
+    text_ids, texts = c.store.matrix("text")
+    items = c.store.get(text_ids)
+    captions = [items[int(i)].text for i in text_ids]
+    data = CaptionDataset(name="samples", images=[Path(it.path) for it in c.store.get(ids).values()], texts=captions,
+                          text_image=np.zeros(len(captions), dtype=np.int64))
+    scorers = dataset_scorers(c.encoder, reranker, data, c.store.tokens(ids))
+    ranking = Ranking(rerank=8)
+    score = SetScores(np.asarray(images), np.asarray(texts), ranking, c.store.bank,
+                      {k: (s, reranker.weight) for k, s in scorers.items()})
+    for row in (0, 7, 50):
+        (expected, order), = score.ranked("t2i", np.array([row]), np.arange(len(ids)), 10)
+        hits = c.search(captions[row], k=10, ranking=ranking)
+        assert [h.id for h in hits] == ids[order].tolist()
+        assert np.allclose([h.score for h in hits], expected, atol=1e-4)
+    photo = SAMPLES / "photos" / Path(c.store.get([ids[3]])[int(ids[3])].path).name
+    (expected, order), = score.ranked("i2t", np.array([3]), np.arange(len(text_ids)), 10)
+    hits = c.search(image=photo, kind="text", k=10, ranking=ranking)
+    assert [h.id for h in hits] == text_ids[order].tolist()
+
+
+def test_rerank_reorders_only_the_top_n(lite_samples: Collection) -> None:
+    query = "a dog jumps into a swimming pool"
+    plain = [h.id for h in lite_samples.search(query, k=20, ranking=Ranking(rerank=0))]
+    for n in (4, 8):
+        reranked = [h.id for h in lite_samples.search(query, k=20, ranking=Ranking(rerank=n))]
+        assert set(reranked[:n]) == set(plain[:n]) and reranked[n:] == plain[n:]

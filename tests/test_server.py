@@ -164,7 +164,7 @@ def test_concurrent_searches_are_batched_and_answer_like_one_at_a_time(tmp_path:
     c.add_texts([f"w{i} w{i + 1} w{i + 3}" for i in range(60)])
     sizes: list[int] = []
     before = set(threading.enumerate())
-    batcher = SearchBatcher(c, threading.RLock(), max_batch=max_batch, max_wait=0.05, on_batch=sizes.append,
+    batcher = SearchBatcher(c, max_batch=max_batch, max_wait=0.05, on_batch=sizes.append,
                             workers=workers)
     started = set(threading.enumerate()) - before
     assert len(started) == workers

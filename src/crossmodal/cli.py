@@ -332,6 +332,9 @@ def evaluate(
     norm: NormOpt = True,
     bank: Annotated[Path | None, typer.Option("--bank", help="Normalisation bank file (`crossmodal bank --out`); "
                                               "default: the one the model ships with, if any.")] = None,
+    reranker: Annotated[Path | None, typer.Option("--reranker", help="Reranker folder (`crossmodal train "
+                                                  "--reranker`); default: the one the model ships with, if any.")]
+    = None,
 ) -> None:
     """Evaluate a model on an image-caption dataset: R@K both ways, RSUM, mAP@R, R-Precision, ranks.
 
@@ -346,6 +349,7 @@ def evaluate(
     from .evaluation.report import finish_report, write_report
     from .evaluation.runner import evaluate as run
     from .search.normalise import find_bank
+    from .search.rerank import find_reranker
     from .sources.datasets import load_dataset
 
     data = load_dataset(dataset, split, images)
@@ -353,12 +357,17 @@ def evaluate(
     command += ["--images", str(images)] if images else []
     command += [a for x in k or () for a in ("--k", str(x))] + (["--folds", str(folds)] if folds else [])
     command += ["--rerank", str(rerank)] + ([] if norm else ["--no-norm"]) + (["--bank", str(bank)] if bank else [])
+    command += ["--reranker", str(reranker)] if reranker else []
     encoder = load_encoder(model)
     found = find_bank(encoder.fingerprint, *([bank] if bank else []))
     if bank is not None and (found is None or found.path != bank):
         raise ValueError(f"{bank} is not a normalisation bank for {encoder.name!r} (built for other weights?)")
+    scorer = find_reranker(encoder.fingerprint, *([reranker] if reranker else []))
+    if reranker is not None and (scorer is None or scorer.folder.resolve() != reranker.resolve()):
+        raise ValueError(f"{reranker} is not a reranker for {encoder.name!r} (trained for other weights?)")
     result = finish_report(run(encoder, data, tuple(k or ()), folds, progress=not quiet,
-                               ranking=Ranking(norm=norm, rerank=rerank), bank=found), split, command)
+                               ranking=Ranking(norm=norm, rerank=rerank), bank=found, reranker=scorer), split,
+                           command)
     if report is not None:
         for path in write_report(result, report):
             err.print(f"wrote {path}", highlight=False)

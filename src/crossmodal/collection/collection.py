@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from ..search.filters import Condition, parse_condition, where_clause
 from ..search.normalise import BANK_FILE, find_bank
 from ..search.pipeline import Query, Ranking, Timings
 from ..search.query import Term, encode_query
-from ..search.rerank import collection_scorer, find_reranker
+from ..search.rerank import RERANKER_DIR, collection_scorer, find_reranker
 from ..sources.captions import CaptionRecord, read_captions
 from ..sources.folders import iter_images
 from ..sources.images import DEFAULT_MAX_PIXELS
@@ -59,8 +60,10 @@ class Collection:
         self._encoder = encoder
         self.store = ItemStore(folder, manifest.dim)
         self.store.bank = find_bank(manifest.fingerprint, folder / BANK_FILE)
-        self.store.reranker = find_reranker(manifest.fingerprint)
+        self.store.reranker = find_reranker(manifest.fingerprint, folder / RERANKER_DIR)
         self.indexes = IndexManager(folder, self.store, manifest)
+        # Searches hold it around store and index access (one SQLite connection), not around model calls.
+        self.lock = threading.RLock()
 
     @classmethod
     def open(cls, folder: str | Path, model: str | Encoder | None = None, create: bool = True) -> Collection:
@@ -213,10 +216,12 @@ class Collection:
         allowed = None
         if path or where:
             sql, params = where_clause(kind, path, list(where))
-            allowed = self.store.ids_where(sql, params)
+            with self.lock:
+                allowed = self.store.ids_where(sql, params)
         ranked = pipeline.run(self, queries, k=k, kind=kind, allowed=allowed, ranking=ranking or Ranking(),
                               timings=timings)
-        items = self.store.get(np.unique(np.concatenate([ids for _, ids in ranked] or [np.zeros(0, np.int64)])))
+        with self.lock:
+            items = self.store.get(np.unique(np.concatenate([ids for _, ids in ranked] or [np.zeros(0, np.int64)])))
         return [[Hit(id=int(i), score=float(s), kind=kind, path=items[int(i)].path, text=items[int(i)].text,
                      fields=items[int(i)].fields or None)
                  for s, i in zip(scores, ids, strict=True) if int(i) in items]
@@ -227,7 +232,7 @@ class Collection:
         reranker = self.store.reranker
         if reranker is None:
             return None
-        return collection_scorer(self.store, self.encoder, reranker, kind), reranker.weight
+        return collection_scorer(self.store, self.encoder, reranker, kind, self.lock), reranker.weight
 
     def _after_adding(self, progress: bool = False) -> None:
         """What an index run owes stored items: normalisation biases and reranker tokens they lack (items

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from ..encoders.base import Encoder
 from ..search.normalise import Bank
 from ..search.pipeline import Ranking, SetScores, Timings
-from ..search.rerank import dataset_scorers, find_reranker
+from ..search.rerank import dataset_scorers
 from ..sources.datasets import CaptionDataset
 from ..sources.images import ImageError, load_image
 from .metrics import Ranks, Scores, evaluate_embeddings, folded_metrics, mean_rank_variance
@@ -112,15 +112,16 @@ def pipeline_scores(encoder: Encoder, emb: Embedded, ranking: Ranking, bank: Ban
 
 
 def evaluate(encoder: Encoder, data: CaptionDataset, ks: tuple[int, ...] = (1, 5, 10), folds: int | None = None,
-             progress: bool = True, ranking: Ranking | None = None, bank: Bank | None = None) -> dict[str, Any]:
+             progress: bool = True, ranking: Ranking | None = None, bank: Bank | None = None,
+             reranker: Reranker | None = None) -> dict[str, Any]:
     """Every metric of ``encoder`` on ``data`` as search ranks it; returns the report dictionary (see report.py).
 
     ``ranking`` (default: plain dual-encoder scores) runs the search pipeline's stages; normalisation needs
-    ``bank``, the model's reference bank (search/normalise.py), and reranking a reranker for the model.
+    ``bank``, the model's reference bank (search/normalise.py), and reranking ``reranker``.
     """
     started = time.perf_counter()
     ranking = ranking or Ranking(norm=False, rerank=0)
-    reranker = find_reranker(encoder.fingerprint) if ranking.rerank else None
+    reranker = reranker if ranking.rerank else None
     emb = embed_dataset(encoder, data, progress, reranker)
     timings = Timings()
     score = pipeline_scores(encoder, emb, ranking, bank, reranker, timings)

@@ -125,12 +125,13 @@ def run(collection: Collection, queries: Sequence[Query], *, k: int, kind: str, 
     started = time.perf_counter()
     reranking = collection.reranker(kind) if ranking.rerank else None
     fetch = max(k, ranking.rerank if reranking else 0) + max((len(q.exclude) for q in queries), default=0)
-    bank = collection.store.bank
-    biases = collection.store.biases(kind) if ranking.norm else None
-    shares = np.array([bank.share if biases is not None and normalises(q.modality, kind) else 0.0
-                       for q in queries], dtype=np.float32)
     vectors = np.stack([q.vector for q in queries]).astype(np.float32)
-    scores, found = retrieve(collection, vectors, shares, biases, fetch, kind, allowed)
+    with collection.lock:
+        bank = collection.store.bank
+        biases = collection.store.biases(kind) if ranking.norm else None
+        shares = np.array([bank.share if biases is not None and normalises(q.modality, kind) else 0.0
+                           for q in queries], dtype=np.float32)
+        scores, found = retrieve(collection, vectors, shares, biases, fetch, kind, allowed)
     started = timings.add("retrieve", started)
     out = []
     for query, row_scores, row_ids in zip(queries, scores, found, strict=True):
@@ -184,24 +185,25 @@ class SetScores:
         scores, kind = self._retrieve(direction, queries, items)
         if kind in self.rerankers:
             started = time.perf_counter()
+            n = min(self.ranking.rerank, len(items))
             for row, query in zip(scores, queries, strict=True):
-                _, order = self._rerank(row, int(query), items, kind)
-                row[order] = row.max() + 1 + np.arange(len(order), 0, -1, dtype=np.float32)
+                order = np.lexsort((np.arange(len(items)), -row))
+                _, reranked = self._rerank(row[order], order, int(query), items, kind)
+                row[reranked[:n]] = row.max() + 1 + np.arange(n, 0, -1, dtype=np.float32)
             self.timings.add("rerank", started)
         return scores
 
-    def ranked(self, direction: str, queries: np.ndarray, items: np.ndarray, k: int) -> list[tuple[np.ndarray,
-                                                                                                   np.ndarray]]:
+    def ranked(self, direction: str, queries: np.ndarray, items: np.ndarray, k: int
+               ) -> list[tuple[np.ndarray, np.ndarray]]:
         """What search returns for each query: (scores, item positions), best first, at most ``k``."""
         scores, kind = self._retrieve(direction, queries, items)
         out = []
-        positions = np.arange(len(items))
         for row, query in zip(scores, queries, strict=True):
-            order = np.lexsort((positions, -row))
-            fused, top = (row[order], order) if kind not in self.rerankers else self._rerank(row, int(query), items,
-                                                                                              kind)
-            rest = order[len(top):] if kind in self.rerankers else order[:0]
-            out.append((np.concatenate([fused, row[rest]])[:k], np.concatenate([top, rest])[:k]))
+            order = np.lexsort((np.arange(len(items)), -row))
+            ranked = (row[order], order)
+            if kind in self.rerankers:
+                ranked = self._rerank(*ranked, int(query), items, kind)
+            out.append((ranked[0][:k], ranked[1][:k]))
         return out
 
     def _retrieve(self, direction: str, queries: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, str]:
@@ -214,9 +216,9 @@ class SetScores:
         self.timings.add("retrieve", started)
         return scores, kind
 
-    def _rerank(self, row: np.ndarray, query: int, items: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
-        """(fused scores, positions) of the re-ranked top N of one row, in fused order."""
+    def _rerank(self, scores: np.ndarray, order: np.ndarray, query: int, items: np.ndarray, kind: str
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """One query's ranked list (scores, positions) with its top N re-ranked, as search does it."""
         logits, weight = self.rerankers[kind]
-        n = min(self.ranking.rerank, len(items))
-        top = np.lexsort((np.arange(len(items)), -row))[:n]
-        return rerank_top(row[top], top, n, logits(query, items[top]), weight)
+        n = min(self.ranking.rerank, len(order))
+        return rerank_top(scores, order, n, logits(query, items[order[:n]]), weight)

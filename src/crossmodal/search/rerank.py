@@ -19,6 +19,9 @@ import numpy as np
 from .pipeline import Query, SetScorer
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from ..collection.store import ItemStore
     from ..encoders.base import Encoder
     from ..rerank.runtime import Reranker
     from ..sources.datasets import CaptionDataset
@@ -27,9 +30,13 @@ if TYPE_CHECKING:
 SHIPPED = Path(__file__).resolve().parent.parent / "encoders" / "weights"
 
 
-def find_reranker(fingerprint: str) -> Reranker | None:
-    """The shipped reranker trained for the model with ``fingerprint`` (its ``reranker.json`` says which), if any."""
-    for config in sorted(SHIPPED.glob("reranker-*/reranker.json")):
+RERANKER_DIR = "reranker"  # a collection's own reranker (``crossmodal train --reranker --out COLLECTION/reranker``)
+
+
+def find_reranker(fingerprint: str, *candidates: Path) -> Reranker | None:
+    """The first reranker trained for the model with ``fingerprint`` (its ``reranker.json`` says which) among
+    the ``candidates`` folders and the rerankers models ship with; None if there is none."""
+    for config in [*(Path(c) / "reranker.json" for c in candidates), *sorted(SHIPPED.glob("reranker-*/reranker.json"))]:
         try:
             if json.loads(config.read_text()).get("model_fingerprint") == fingerprint:
                 return _load(config.parent)
@@ -61,11 +68,14 @@ def photo_query_tokens(encoder: Encoder, reranker: Reranker, photo: object) -> n
     return reranker.photo_tokens(grid)
 
 
-def collection_scorer(store: object, encoder: Encoder, reranker: Reranker, kind: str) -> Scorer:
+def collection_scorer(store: ItemStore, encoder: Encoder, reranker: Reranker, kind: str,
+                      lock: AbstractContextManager) -> Scorer:
     """Logits of a query against stored candidates of ``kind``; None when a candidate photo has no stored
-    tokens yet (indexed before the reranker: the next ``index`` adds them), and the query is not reranked."""
+    tokens yet (indexed before the reranker: the next ``index`` adds them), and the query is not reranked.
+    ``lock`` is held around store reads only."""
     def photos_for_text(query: Query, ids: np.ndarray) -> np.ndarray | None:
-        tokens = store.tokens(ids)
+        with lock:
+            tokens = store.tokens(ids)
         if tokens is None:
             return None
         states, mask = query.states or encoder.token_states([str(query.source)])
@@ -73,7 +83,8 @@ def collection_scorer(store: object, encoder: Encoder, reranker: Reranker, kind:
         return reranker.score(np.repeat(states, n, 0), np.repeat(mask, n, 0), tokens)
 
     def texts_for_photo(query: Query, ids: np.ndarray) -> np.ndarray:
-        items = store.get(ids)
+        with lock:
+            items = store.get(ids)
         states, mask = encoder.token_states([items[int(i)].text or "" for i in ids])
         tokens = photo_query_tokens(encoder, reranker, query.source)
         return reranker.score(states, mask, np.repeat(tokens, len(ids), 0))

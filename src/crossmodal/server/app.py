@@ -124,6 +124,7 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
         if int8_queries and model is None:
             chosen = load_encoder(Manifest.read(Path(collection)).model, int8_text=True)
         c = Collection.open(collection, model=chosen, create=False)
+        c.lock = lock  # searches take it only around the store, so model calls of several workers overlap
         state["collection"] = c
         encoder = c.encoder  # load the model now, not on the first request
         n = workers or 1
@@ -132,7 +133,7 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
             encoder.use_threads(1)
         # With several workers a small batch bounds how long a request waits behind another one
         # (16 clients, int8 text: p99 106 -> 86 ms); one PyTorch worker gains more from large batches.
-        state["batcher"] = SearchBatcher(c, lock, max_batch=max_batch or (8 if n > 1 else 32),
+        state["batcher"] = SearchBatcher(c, max_batch=max_batch or (8 if n > 1 else 32),
                                          on_batch=metrics.batch_size.observe, workers=n)
         await run_in_threadpool(_locked, c.refresh_indexes)
         gc.freeze()  # the model and index stay for the process's life: keep them out of every GC pass

@@ -59,10 +59,9 @@ class SearchJob:
 class SearchBatcher:
     """Collects jobs for up to ``max_wait`` seconds (or ``max_batch`` jobs) and serves them together."""
 
-    def __init__(self, collection: Collection, lock: threading.RLock, max_batch: int = 32,
+    def __init__(self, collection: Collection, max_batch: int = 32,
                  max_wait: float = 0.002, on_batch: Callable[[int], Any] | None = None, workers: int = 1) -> None:
         self.collection = collection
-        self.lock = lock
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.on_batch = on_batch  # called with the size of each batch (metrics)
@@ -133,8 +132,7 @@ class SearchBatcher:
                 continue
             groups[(job.kind, job.path, job.where, job.k, job.ranking)].append((job, query))
         for (kind, path, where, k, ranking), members in groups.items():
-            with self.lock:
-                results = self.collection.search_queries([q for _, q in members], k=k, kind=kind, path=path,
-                                                         where=where, ranking=ranking)
+            results = self.collection.search_queries([q for _, q in members], k=k, kind=kind, path=path,
+                                                     where=where, ranking=ranking)
             for (job, _), hits in zip(members, results, strict=True):
                 job.future.set_result(hits)
