@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from conftest import SAMPLES
+from crossmodal import Collection
 from crossmodal.cli import app
+from crossmodal.search.normalise import Bank
 
 runner = CliRunner()
 
@@ -120,3 +123,22 @@ def test_reindex_changes_the_index_and_keeps_the_answers(demo: Path) -> None:
     assert bad.exit_code == 2 and "bad size" in bad.output
     bad = runner.invoke(app, ["reindex", "--index", "annoy", "-c", str(demo)])
     assert bad.exit_code == 2 and "unknown index kind" in bad.output
+
+
+def test_bank_command_normalises_a_collection_and_eval_options(tmp_path: Path) -> None:
+    col = tmp_path / "col"
+    assert runner.invoke(app, ["index", str(SAMPLES / "photos"), "-c", str(col), "-q"]).exit_code == 0
+    result = runner.invoke(app, ["bank", "--texts", str(SAMPLES / "captions.tsv"), "--images", str(SAMPLES / "photos"),
+                                 "-c", str(col)])
+    assert result.exit_code == 0, result.output
+    assert (col / "bank.npz").is_file() and "scores are normalised" in result.output
+    with Collection.open(col) as c:
+        assert c.store.bank.path == col / "bank.npz"
+        expected = Bank.open(col / "bank.npz").biases("image", c.store.matrix("image")[1])
+        assert np.allclose(c.store.biases("image"), expected, atol=1e-5)
+    out = tmp_path / "bank.npz"
+    result = runner.invoke(app, ["bank", "--texts", str(SAMPLES / "captions.tsv"), "--images", str(SAMPLES / "photos"),
+                                 "--out", str(out), "--limit", "20"])
+    assert result.exit_code == 0 and Bank.open(out).vectors("texts").shape[0] == 20
+    result = runner.invoke(app, ["bank", "-c", str(col)])
+    assert result.exit_code != 0 and "give --dataset" in result.output

@@ -507,9 +507,28 @@ def train(
     seed: Annotated[int, typer.Option()] = 0,
     views: Annotated[int, typer.Option(min=1, help="lite: augmented views cached per training photo.")] = 4,
     cache: Annotated[Path, typer.Option(help="lite: where frozen-tower features are cached.")] = Path("runs/cache"),
+    reranker: Annotated[bool, typer.Option("--reranker", help="Train a reranker for the (lite) model instead, on "
+                                           "hard negatives the model mines; --out COLLECTION/reranker puts it to "
+                                           "use in that collection, `eval --reranker OUT` measures it.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Fine-tune a dual encoder on image-caption data; `--model OUT` then loads the result anywhere."""
+    """Fine-tune a dual encoder on image-caption data; `--model OUT` then loads the result anywhere.
+
+    With --reranker, train the cross-encoder that re-scores the model's top results (docs/ranking.md).
+    """
+    if reranker:
+        from .encoders.lite import WEIGHTS
+        from .training.train_reranker import train_reranker
+
+        weights = Path(model).expanduser()
+        weights = weights / "lite.safetensors" if weights.is_dir() else weights
+        if model != "lite" and weights.suffix != ".safetensors":
+            raise ValueError("--reranker trains for lite models: --model lite or a folder `crossmodal train` wrote")
+        figures = train_reranker(WEIGHTS if model == "lite" else weights, data, out, epochs=epochs, seed=seed,
+                                 cache=cache / "reranker", log=lambda line: err.print(line, highlight=False))
+        err.print(f"wrote {out}: dev RSUM {figures['history'][figures['best_epoch']]['rsum']:.2f} "
+                  f"(rerank top {figures['eval_depth']}, fusion weight {figures['weight']})", highlight=False)
+        return
     from .allocator import reuse_large_blocks
     from .encoders import load_encoder, resolve_device
     from .evaluation.report import finish_report, write_report
