@@ -284,4 +284,19 @@ class Collection:
             "bytes_on_disk": self.store.disk_bytes(),
             "format_version": self.manifest.format_version,
             "index": dict(self.manifest.index),
+            "ranking": self._ranking_state(),
         }
+
+    def _ranking_state(self) -> str:
+        """What the ranking pipeline can use here, in one line (``info``)."""
+        bank, reranker = self.store.bank, self.store.reranker
+        if bank is None:
+            norm = "off (no bank for this model: `crossmodal bank`)"
+        elif all(self.store.biases(kind) is not None for kind in KINDS):
+            norm = f"on (bank {bank.id})"
+        else:
+            norm = "pending (run `crossmodal index` to compute the biases)"
+        if reranker is None:
+            return f"{norm}; reranker: none for this model"
+        missing = len(self.store.missing_tokens())
+        return f"{norm}; reranker: {reranker.name}" + (f" ({missing} photos wait for `index`)" if missing else "")
