@@ -76,6 +76,20 @@ def test_text_search_with_paging_and_filters(client: TestClient) -> None:
     assert all("dog" in h["text"].lower() for h in texts["results"])
 
 
+def test_ranking_options_and_min_score_paging(client: TestClient) -> None:
+    query = {"text": "a dog running", "k": 20}
+    default = client.post("/api/search", json=query).json()["results"]
+    plain = client.post("/api/search", json={**query, "norm": False, "rerank": 0}).json()["results"]
+    assert [h["id"] for h in plain] != [h["id"] for h in default]  # normalisation changes the ranking
+    threshold = default[7]["score"]
+    kept = client.post("/api/search", json={**query, "min_score": threshold}).json()["results"]
+    assert [h["id"] for h in kept] == [h["id"] for h in default if h["score"] >= threshold]
+    page2 = client.post("/api/search", json={**query, "k": 4, "offset": 4, "min_score": threshold}).json()["results"]
+    assert [h["id"] for h in page2] == [h["id"] for h in kept[4:8]]
+    bad = client.post("/api/search", json={**query, "rerank": -1})
+    assert bad.status_code == 422
+
+
 def test_more_like_this_mixes_and_items(client: TestClient) -> None:
     hit = client.post("/api/search", json={"text": "a black dog", "k": 1}).json()["results"][0]
     similar = client.get(f"/api/items/{hit['id']}/similar", params={"k": 5}).json()
