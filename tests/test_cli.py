@@ -36,15 +36,17 @@ def _captions() -> dict[str, list[str]]:
 
 
 def test_search_by_text_finds_the_described_photos(demo: Path) -> None:
-    result = runner.invoke(app, ["search", "a dog", "-c", str(demo), "--top", "3"])
-    assert result.exit_code == 0, result.output
-    lines = result.stdout.strip().splitlines()
-    assert len(lines) == 3
-    scores = [float(line.split("\t")[0]) for line in lines]
-    assert scores == sorted(scores, reverse=True)
     captions = _captions()
-    dog_hits = [line for line in lines if any("dog" in c for c in captions[Path(line.split("\t")[1]).name])]
-    assert len(dog_hits) >= 2, lines
+    for options, dogs in ((["--no-norm", "--rerank", "0"], 2), ([], 1)):
+        result = runner.invoke(app, ["search", "a dog", "-c", str(demo), "--top", "3", *options])
+        assert result.exit_code == 0, result.output
+        lines = result.stdout.strip().splitlines()
+        assert len(lines) == 3
+        scores = [float(line.split("\t")[0]) for line in lines]
+        assert scores == sorted(scores, reverse=True)
+        dog_hits = [line for line in lines if any("dog" in c for c in captions[Path(line.split("\t")[1]).name])]
+        # normalisation lowers dog photos, which lite's Flickr8k bank holds many captions like (docs/ranking.md)
+        assert len(dog_hits) >= dogs, (options, lines)
 
 
 def test_json_output_and_mixed_query(demo: Path) -> None:

@@ -348,7 +348,8 @@ class ItemStore:
     def put_tokens(self, db: sqlite3.Connection, hash_: str, tokens: np.ndarray) -> None:
         """Store the reranker's tokens of the photo with content ``hash_`` (float16)."""
         db.execute("INSERT OR REPLACE INTO rerank_tokens VALUES (?, ?, ?)",
-                   (hash_, self.reranker.fingerprint, np.ascontiguousarray(tokens, dtype=np.float16).tobytes()))
+                   (hash_, self.reranker.tokens_fingerprint,
+                    np.ascontiguousarray(tokens, dtype=np.float16).tobytes()))
 
     def tokens(self, ids: np.ndarray) -> np.ndarray | None:
         """The stored reranker tokens (n, T, d) of photos by id, or None when any of them has none."""
@@ -357,7 +358,7 @@ class ItemStore:
         marks = ",".join("?" * len(chunk))
         rows = dict(self.db.execute(
             f"SELECT items.id, t.tokens FROM items JOIN rerank_tokens t ON t.hash = items.hash AND t.reranker = ? "
-            f"WHERE items.id IN ({marks})", [self.reranker.fingerprint, *chunk]).fetchall())
+            f"WHERE items.id IN ({marks})", [self.reranker.tokens_fingerprint, *chunk]).fetchall())
         if len(rows) < len(set(chunk)):
             return None
         return np.stack([np.frombuffer(rows[i], dtype=np.float16).reshape(shape) for i in chunk])
@@ -367,14 +368,14 @@ class ItemStore:
         if self.reranker is None:
             return []
         return self.select("kind = 'image' AND hash NOT IN (SELECT hash FROM rerank_tokens WHERE reranker = ?)",
-                           (self.reranker.fingerprint,))
+                           (self.reranker.tokens_fingerprint,))
 
     def drop_stale_tokens(self) -> None:
         """Forget tokens of content no longer stored or of another reranker."""
         with self.transaction() as db:
             db.execute("DELETE FROM rerank_tokens WHERE reranker IS NOT ? OR hash NOT IN "
                        "(SELECT hash FROM items WHERE kind = 'image')",
-                       (self.reranker.fingerprint if self.reranker else None,))
+                       (self.reranker.tokens_fingerprint if self.reranker else None,))
 
     def _meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

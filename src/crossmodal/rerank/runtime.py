@@ -1,0 +1,134 @@
+"""The reranker at query time, on ONNX Runtime (no torch): photo tokens at index time, logits at query time.
+
+A folder holds ``photo.onnx`` (grid (N, 1280, 7, 7) -> tokens (N, T, d)), ``score.onnx`` ((B, L, 384) token
+states, (B, L) mask, (B, T, d) photo tokens -> (B,) logits) and ``reranker.json`` (config, fusion weight,
+fingerprint, dev figures). Fused score of a top-N candidate: ``dual + weight * logit``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_FOLDER = Path(__file__).resolve().parents[1] / "encoders" / "weights" / "reranker-lite"
+GRAPHS = ("photo.onnx", "score.onnx")
+
+
+def weights_fingerprint(folder: Path, graphs: tuple[str, ...] = GRAPHS) -> str:
+    """sha256 over the ONNX graphs' names and bytes, first 16 hex digits."""
+    h = hashlib.sha256()
+    for name in graphs:
+        h.update(name.encode())
+        h.update((Path(folder) / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+class Reranker:
+    """A cross-encoder reranker for one dual encoder, run with ONNX Runtime."""
+
+    def __init__(self, folder: Path, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        self.folder = Path(folder)
+        self.meta: dict[str, Any] = json.loads((self.folder / "reranker.json").read_text())
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        self._photo = ort.InferenceSession(str(self.folder / "photo.onnx"), options, providers=providers)
+        self._score = ort.InferenceSession(str(self.folder / "score.onnx"), options, providers=providers)
+        self.weight = float(self.meta["weight"])
+        self.depth = int(self.meta.get("depth", 16))
+        self.tokens = int(self.meta["tokens"])
+        self.d = int(self.meta["d"])
+        self.fingerprint = weights_fingerprint(self.folder)
+        # What stored photo tokens depend on: the photo graph alone (a re-quantised score graph keeps them).
+        self.tokens_fingerprint = weights_fingerprint(self.folder, ("photo.onnx",))
+        self.name = self.meta.get("name") or self.folder.name
+
+    @classmethod
+    def load(cls, folder: str | Path | None = None, threads: int = 1) -> Reranker:
+        """Open a reranker folder; ``None`` or ``"default"`` is the one shipped for ``lite``."""
+        folder = DEFAULT_FOLDER if folder in (None, "default", "lite") else Path(folder)
+        if not (Path(folder) / "reranker.json").is_file():
+            raise FileNotFoundError(f"no reranker at {folder} (expected photo.onnx, score.onnx, reranker.json)")
+        return cls(Path(folder), threads)
+
+    def photo_tokens(self, grid: np.ndarray) -> np.ndarray:
+        """Grid (N, 1280, 7, 7) float32 -> photo tokens (N, T, d) float16, to store beside each photo."""
+        (out,) = self._photo.run(None, {"grid": np.ascontiguousarray(grid, dtype=np.float32)})
+        return out.astype(np.float16)
+
+    def score(self, text_states: np.ndarray, text_mask: np.ndarray, photo_tokens: np.ndarray) -> np.ndarray:
+        """Logits (B,) float32 of aligned pairs: token states (B, L, 384), mask (B, L), photo tokens (B, T, d)."""
+        feeds = {"text_states": np.ascontiguousarray(text_states, dtype=np.float32),
+                 "text_mask": np.ascontiguousarray(text_mask, dtype=np.int64),
+                 "photo_tokens": np.ascontiguousarray(photo_tokens, dtype=np.float32)}
+        (out,) = self._score.run(None, feeds)
+        return out.astype(np.float32)
+
+    def fuse(self, dual: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """Fused scores of top-N candidates: ``dual + weight * logit``."""
+        return np.asarray(dual, dtype=np.float32) + self.weight * np.asarray(logits, dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"Reranker(name={self.name!r}, tokens={self.tokens}, d={self.d}, weight={self.weight})"
+
+
+def export_reranker_onnx(model: Any, folder: str | Path, int8: bool = False, weight: float = 0.0, depth: int = 16,
+                         name: str = "reranker-lite", extra: dict[str, Any] | None = None) -> Path:
+    """Write ``photo.onnx``, ``score.onnx`` (int8 dynamic-quantised when ``int8``) and ``reranker.json``."""
+    import torch
+    from torch import nn
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    c = model.config
+
+    class Photo(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, grid: torch.Tensor) -> torch.Tensor:
+            return self.model.photo_tokens(grid)
+
+    class Score(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, text_states: torch.Tensor, text_mask: torch.Tensor, photo_tokens: torch.Tensor
+                    ) -> torch.Tensor:
+            return self.model.score(text_states, text_mask, photo_tokens)
+
+    grid = torch.rand(2, 1280, c["grid"], c["grid"]) * 6
+    states, mask = torch.randn(2, 9, 384), torch.ones(2, 9, dtype=torch.long)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on shapes fixed at export (batch and length stay dynamic)
+        torch.onnx.export(Photo().eval(), (grid,), str(folder / "photo.onnx"), input_names=["grid"],
+                          output_names=["tokens"], dynamic_axes={"grid": {0: "n"}, "tokens": {0: "n"}},
+                          opset_version=17, dynamo=False)
+        tokens = model.photo_tokens(grid)
+        score_path = folder / ("score.fp32.onnx" if int8 else "score.onnx")
+        torch.onnx.export(Score().eval(), (states, mask, tokens), str(score_path),
+                          input_names=["text_states", "text_mask", "photo_tokens"], output_names=["logits"],
+                          dynamic_axes={"text_states": {0: "b", 1: "l"}, "text_mask": {0: "b", 1: "l"},
+                                        "photo_tokens": {0: "b"}, "logits": {0: "b"}},
+                          opset_version=17, dynamo=False)
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(score_path), str(folder / "score.onnx"), weight_type=QuantType.QInt8)
+        score_path.unlink()
+    meta = {"name": name, "d": c["d"], "tokens": model.tokens, "config": c, "weight": weight, "depth": depth,
+            "int8": int8, "fingerprint": weights_fingerprint(folder),
+            "fused": "dual + weight * logit on the dual top-N", **(extra or {})}
+    (folder / "reranker.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return folder
