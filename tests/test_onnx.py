@@ -109,7 +109,8 @@ def test_int8_text_tower_answers_queries_on_a_float32_collection(tmp_path: Path,
         default = {h.id for h in c.search(query, k=3)}
     with Collection.open(tmp_path / "col", model=int8) as c:
         assert [h.id for h in c.search(query, k=3, ranking=plain)] == expected
-        assert {h.id for h in c.search(query, k=3)} == default  # normalised scores: near-ties may swap
+        # the default pipeline: normalised and reranked (on the int8 tower's token states): near-ties may swap
+        assert len({h.id for h in c.search(query, k=3)} & default) >= 2
 
 
 def test_indexing_pipeline_survives_a_corrupt_photo_mid_batch(tmp_path: Path, photos: list) -> None:

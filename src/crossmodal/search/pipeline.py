@@ -84,8 +84,8 @@ class Timings:
 Scorer = Callable[[Query, np.ndarray], np.ndarray | None]
 
 
-def normalises(query_modality: str, kind: str) -> bool:
-    """Normalisation applies to cross-modal queries: a text ranking photos, a photo ranking texts."""
+def cross_modal(query_modality: str, kind: str) -> bool:
+    """A text ranking photos or a photo ranking texts: the queries normalisation and reranking apply to."""
     return query_modality == {"image": "text", "text": "image"}[kind]
 
 
@@ -129,7 +129,7 @@ def run(collection: Collection, queries: Sequence[Query], *, k: int, kind: str, 
     with collection.lock:
         bank = collection.store.bank
         biases = collection.store.biases(kind) if ranking.norm else None
-        shares = np.array([bank.share if biases is not None and normalises(q.modality, kind) else 0.0
+        shares = np.array([bank.share if biases is not None and cross_modal(q.modality, kind) else 0.0
                            for q in queries], dtype=np.float32)
         scores, found = retrieve(collection, vectors, shares, biases, fetch, kind, allowed)
     started = timings.add("retrieve", started)
@@ -140,7 +140,7 @@ def run(collection: Collection, queries: Sequence[Query], *, k: int, kind: str, 
     if reranking is not None:
         scorer, weight = reranking
         for i, query in enumerate(queries):
-            if query.source is not None and query.modality != kind and len(out[i][1]):
+            if query.source is not None and cross_modal(query.modality, kind) and len(out[i][1]):
                 logits = scorer(query, out[i][1][: ranking.rerank])
                 if logits is not None:
                     out[i] = rerank_top(*out[i], ranking.rerank, logits, weight)
