@@ -244,3 +244,14 @@ def test_rerank_reorders_only_the_top_n(lite_samples: Collection) -> None:
     for n in (4, 8):
         reranked = [h.id for h in lite_samples.search(query, k=20, ranking=Ranking(rerank=n))]
         assert set(reranked[:n]) == set(plain[:n]) and reranked[n:] == plain[n:]
+
+
+def test_photos_indexed_before_the_reranker_get_tokens_on_the_next_index(lite_samples: Collection) -> None:
+    c, query = lite_samples, "a dog jumps into a swimming pool"
+    reranked = [h.id for h in c.search(query, k=10)]
+    with c.store.transaction() as db:
+        db.execute("DELETE FROM rerank_tokens")
+    assert len(c.store.missing_tokens()) == 35
+    assert [h.id for h in c.search(query, k=10)] == [h.id for h in c.search(query, k=10, ranking=Ranking(rerank=0))]
+    c.index_folder(SAMPLES / "photos", progress=False)  # nothing changed on disk: only the tokens are added
+    assert c.store.missing_tokens() == [] and [h.id for h in c.search(query, k=10)] == reranked

@@ -383,7 +383,11 @@ def evaluate(
         table.add_row(label, *(f"{m[f'{d}_R@{x}']:.2f}" for x in sorted({1, 5, 10, *(k or ())})),
                       f"{m[f'{d}_mAP@R']:.2f}", f"{m[f'{d}_medr']:.0f}")
     Console().print(table)
+    pipe = result["pipeline"]
+    stages = ", ".join(f"{stage} {ms:.2f}" for stage, ms in pipe["stage_ms_per_query"].items())
     print(f"RSUM {m['rsum']:.2f}")
+    print(f"ranking: normalisation {'on' if pipe['bank'] else 'off'}, rerank top "
+          f"{pipe['rerank'] if pipe['reranker'] else 0}; ms per query: {stages}")
 
 
 @eval_app.command("compare")

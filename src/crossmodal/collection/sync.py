@@ -233,8 +233,9 @@ def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Loaded], field
     with store.transaction() as db:
         for new in writes:
             store.put(db, new)
-        for (_, digest, _), photo_tokens in zip(to_encode, tokens if tokens is not None else [], strict=False):
-            store.put_tokens(db, digest, photo_tokens)
+        if tokens is not None:
+            for (_, digest, _), photo_tokens in zip(to_encode, tokens, strict=True):
+                store.put_tokens(db, digest, photo_tokens)
         for item_id, entry in moves:
             store.move(db, item_id, entry.path, entry.stat.st_size, entry.stat.st_mtime)
             result.moved += 1
@@ -261,7 +262,12 @@ def fill_tokens(store: ItemStore, encoder: Encoder, max_pixels: int = DEFAULT_MA
     missing = {it.hash: it for it in store.missing_tokens() if it.path}
     if not missing:
         return 0
-    todo = [_Pending(it.path, os.stat(it.path), it) for it in missing.values() if os.path.isfile(it.path)]
+    todo = []
+    for item in missing.values():
+        try:
+            todo.append(_Pending(item.path, os.stat(item.path), item))
+        except OSError as e:
+            report(f"no reranker features for {item.path}: {e.strerror or e}")
     loaded = prefetch(lambda entry: _load(entry, frozenset(), max_pixels, encoder.prepare_image), todo,
                       window=2 * encoder.batch_size)
     done = 0

@@ -67,6 +67,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     extra = {k: v for k, v in m.items() if "fold" in k or k == "mrv"}
     if extra:
         lines += ["", "| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in extra.items()]
+    pipe = report.get("pipeline")
+    if pipe:
+        stages = ", ".join(f"{stage} {ms:.2f} ms" for stage, ms in pipe["stage_ms_per_query"].items())
+        norm = f"bank {pipe['bank']}" if pipe["bank"] else "off"
+        lines += ["", f"Ranking (the search pipeline): normalisation {norm}, "
+                      f"reranker {pipe['reranker'] or 'none'} on the top {pipe['rerank']}, min score "
+                      f"{pipe['min_score']}; per query: {stages}."]
     tp = report["throughput"]
     lines += ["", f"Encoding: {_fmt(tp['images_per_second'])} photos/s, {_fmt(tp['texts_per_second'])} captions/s.",
               "", f"Ties: {report['protocol']['ties']}.", "", "## Worst text->image queries", "",
