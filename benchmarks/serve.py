@@ -1,6 +1,6 @@
 """Load test of `crossmodal serve` on 127.0.0.1: concurrent clients sending text queries.
 
-    python benchmarks/serve.py [--clients 16] [--seconds 30] [--split all] [--only torch|onnx|plain|int8]
+    python benchmarks/serve.py [--clients 16] [--seconds 30] [--split all] [--only torch|onnx|plain|int8|rerank32]
 
 Builds (once, cached in runs/) a collection of the Flickr8k photos with the default model, then for
 each query encoder in turn (PyTorch eager, ONNX Runtime float32, ONNX Runtime with the int8 text
@@ -145,8 +145,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--collection", type=Path, default=ROOT / "runs" / "bench-serve")
-    parser.add_argument("--only", choices=("torch", "onnx", "plain", "int8"), action="append",
-                        help="run only these configurations (repeatable; default: all four)")
+    parser.add_argument("--only", choices=("torch", "onnx", "plain", "int8", "rerank32"), action="append",
+                        help="run only these configurations (repeatable; default: all)")
     args = parser.parse_args()
     console = Console(width=160)
 
@@ -158,7 +158,8 @@ def main() -> None:
                 "onnx": ("lite, ONNX Runtime fp32", "auto", ["--fp32-queries"]),
                 "plain": ("lite, int8 text tower, dual scores only (--no-norm --rerank 0)", "auto",
                           ["--no-norm", "--rerank", "0"]),
-                "int8": ("lite, int8 text tower, default pipeline (normalised, rerank top 16)", "auto", [])}
+                "int8": ("lite, int8 text tower, default pipeline (normalised, rerank top 16)", "auto", []),
+                "rerank32": ("lite, int8 text tower, normalised, rerank top 32", "auto", ["--rerank", "32"])}
     table = Table(title=f"crossmodal serve: {n} Flickr8k photos, {args.clients} closed-loop clients, "
                         f"{args.seconds:.0f} s each, distinct dev captions, k={args.k}")
     for col in ("query encoder", "requests", "errors", "requests/s", "p50 ms", "p90 ms", "p99 ms", "max ms",

@@ -144,3 +144,9 @@ def test_bank_command_normalises_a_collection_and_eval_options(tmp_path: Path) -
     assert result.exit_code == 0 and Bank.open(out).vectors("texts").shape[0] == 20
     result = runner.invoke(app, ["bank", "-c", str(col)])
     assert result.exit_code != 0 and "give --dataset" in result.output
+
+
+def test_train_reranker_refuses_models_it_cannot_read(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "--reranker", "--model", "openai/clip-vit-base-patch32", "--data",
+                                 str(tmp_path), "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0 and "trains for lite models" in result.output

@@ -306,8 +306,9 @@ class ItemStore:
     # -- normalisation biases ----------------------------------------------------------------------
 
     def with_biases(self, items: list[NewItem]) -> list[NewItem]:
-        """Set the bias of items about to be stored (one batched computation per kind)."""
-        if self.bank is not None:
+        """Set the bias of items about to be stored (one batched computation per kind), when the stored
+        biases are the current bank's (else ``fill_biases`` recomputes them all, these included)."""
+        if self._bank_is_current():
             for kind in KINDS:
                 todo = [it for it in items if it.kind == kind]
                 if todo:
@@ -371,11 +372,22 @@ class ItemStore:
                            (self.reranker.tokens_fingerprint,))
 
     def drop_stale_tokens(self) -> None:
-        """Forget tokens of content no longer stored or of another reranker."""
-        with self.transaction() as db:
-            db.execute("DELETE FROM rerank_tokens WHERE reranker IS NOT ? OR hash NOT IN "
-                       "(SELECT hash FROM items WHERE kind = 'image')",
-                       (self.reranker.tokens_fingerprint if self.reranker else None,))
+        """Forget tokens of content no longer stored or of another reranker (one atomic statement; tokens are
+        not part of the snapshot, so the generation stays)."""
+        self.db.execute("DELETE FROM rerank_tokens WHERE reranker IS NOT ? OR hash NOT IN "
+                        "(SELECT hash FROM items WHERE kind = 'image')",
+                        (self.reranker.tokens_fingerprint if self.reranker else None,))
+
+    def _bank_is_current(self) -> bool:
+        """Are stored biases the current bank's? A store with no biases yet adopts the bank at once."""
+        if self.bank is None:
+            return False
+        if self._meta("bank") == self.bank.id:
+            return True
+        if self.db.execute("SELECT 1 FROM items WHERE bias IS NOT NULL LIMIT 1").fetchone() is None:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('bank', ?)", (self.bank.id,))  # one atomic write
+            return True
+        return False
 
     def _meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
