@@ -52,13 +52,13 @@ def _load(folder: Path) -> Reranker:
     return Reranker.load(folder)
 
 
-def pad_states(states: list[np.ndarray], masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Stack token states (L_i, C) and masks (L_i,) of different lengths, right-padded with zeros."""
-    longest = max(len(m) for m in masks)
+def pad_states(states: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Stack token states (L_i, C) of different lengths, right-padded with zeros, and their (B, L) int64 mask."""
+    longest = max(len(x) for x in states)
     out = np.zeros((len(states), longest, states[0].shape[-1]), dtype=np.float32)
     mask = np.zeros((len(states), longest), dtype=np.int64)
-    for i, (s, m) in enumerate(zip(states, masks, strict=True)):
-        out[i, : len(m)], mask[i, : len(m)] = s, m
+    for i, x in enumerate(states):
+        out[i, : len(x)], mask[i, : len(x)] = x, 1
     return out, mask
 
 
@@ -97,20 +97,16 @@ def dataset_scorers(encoder: Encoder, reranker: Reranker, data: CaptionDataset, 
     """Scorers over a dataset held in memory (eval), by the kind they rank: the photos' reranker tokens
     (computed with their vectors), token states of every caption computed once."""
     states: list[np.ndarray] = []
-    masks: list[np.ndarray] = []
     for start in range(0, len(data.texts), batch):
         s, m = encoder.token_states(data.texts[start:start + batch])
-        lengths = m.sum(1)
-        states += [row[:n] for row, n in zip(s, lengths, strict=True)]
-        masks += [row[:n] for row, n in zip(m, lengths, strict=True)]
+        states += [row[:n] for row, n in zip(s, m.sum(1), strict=True)]  # right padding: the real tokens lead
 
     def photos_for_text(query: int, items: np.ndarray) -> np.ndarray:
-        n = len(items)
-        return reranker.score(np.repeat(states[query][None], n, 0), np.repeat(masks[query][None], n, 0),
-                              tokens[items])
+        s, m = pad_states([states[query]])
+        return reranker.score(np.repeat(s, len(items), 0), np.repeat(m, len(items), 0), tokens[items])
 
     def texts_for_photo(query: int, items: np.ndarray) -> np.ndarray:
-        s, m = pad_states([states[i] for i in items], [masks[i] for i in items])
+        s, m = pad_states([states[i] for i in items])
         return reranker.score(s, m, np.repeat(tokens[query][None], len(items), 0))
 
     return {"image": photos_for_text, "text": texts_for_photo}

@@ -18,6 +18,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from ..encoders.lite import LiteTowers
+from ..search.rerank import pad_states
 from ..sources.datasets import CaptionDataset
 from ..sources.images import load_image
 
@@ -37,12 +38,7 @@ class Activations:
 
     def text_batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded hidden states (B, L, D) and attention mask (B, L) of captions ``idx``."""
-        lengths = self.offsets[idx + 1] - self.offsets[idx]
-        hidden = np.zeros((len(idx), lengths.max(), self.tokens.shape[1]), dtype=np.float32)
-        mask = np.zeros((len(idx), lengths.max()), dtype=np.int64)
-        for row, (j, n) in enumerate(zip(idx, lengths, strict=True)):
-            hidden[row, :n] = self.tokens[self.offsets[j]:self.offsets[j] + n]
-            mask[row, :n] = 1
+        hidden, mask = pad_states([self.tokens[self.offsets[j]:self.offsets[j + 1]] for j in idx])
         return torch.from_numpy(hidden), torch.from_numpy(mask)
 
     def image_batch(self, idx: np.ndarray, views: np.ndarray | None = None) -> torch.Tensor:

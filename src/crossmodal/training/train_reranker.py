@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..encoders.base import normalize
 from ..encoders.lite import LiteEncoder
+from ..search.rerank import pad_states
 from ..sources.datasets import CaptionDataset, load_dataset
 from ..sources.images import load_image
 
@@ -42,13 +43,7 @@ class SplitFeatures:
 
     def text_batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Token states (B, L, 384) float32, padded to the longest caption, and the (B, L) int64 mask."""
-        lengths = self.offsets[rows + 1] - self.offsets[rows]
-        width = int(lengths.max())
-        states = np.zeros((len(rows), width, self.tokens.shape[1]), dtype=np.float32)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for i, (row, n) in enumerate(zip(rows, lengths, strict=True)):
-            states[i, :n] = self.tokens[self.offsets[row]:self.offsets[row] + n]
-            mask[i, :n] = 1
+        states, mask = pad_states([self.tokens[self.offsets[j]:self.offsets[j + 1]] for j in rows])
         return torch.from_numpy(states), torch.from_numpy(mask)
 
     def grid_batch(self, rows: np.ndarray) -> torch.Tensor:
