@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +33,10 @@ class Reranker:
     """A cross-encoder reranker for one dual encoder, run with ONNX Runtime."""
 
     def __init__(self, folder: Path, threads: int = 1) -> None:
-        import onnxruntime as ort
-
         self.folder = Path(folder)
+        self.threads = threads
         self.meta: dict[str, Any] = json.loads((self.folder / "reranker.json").read_text())
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        providers = ["CPUExecutionProvider"]
-        self._photo = ort.InferenceSession(str(self.folder / "photo.onnx"), options, providers=providers)
-        self._score = ort.InferenceSession(str(self.folder / "score.onnx"), options, providers=providers)
         self.weight = float(self.meta["weight"])
-        self.depth = int(self.meta.get("depth", 16))
         self.tokens = int(self.meta["tokens"])
         self.d = int(self.meta["d"])
         self.fingerprint = weights_fingerprint(self.folder)
@@ -59,6 +52,23 @@ class Reranker:
             raise FileNotFoundError(f"no reranker at {folder} (expected photo.onnx, score.onnx, reranker.json)")
         return cls(Path(folder), threads)
 
+    @cached_property
+    def _photo(self) -> Any:
+        return self._session("photo.onnx")
+
+    @cached_property
+    def _score(self) -> Any:
+        return self._session("score.onnx")
+
+    def _session(self, name: str) -> Any:
+        """An ONNX Runtime session of one graph, opened when first used (opening a collection stays cheap)."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        return ort.InferenceSession(str(self.folder / name), options, providers=["CPUExecutionProvider"])
+
     def photo_tokens(self, grid: np.ndarray) -> np.ndarray:
         """Grid (N, 1280, 7, 7) float32 -> photo tokens (N, T, d) float16, to store beside each photo."""
         (out,) = self._photo.run(None, {"grid": np.ascontiguousarray(grid, dtype=np.float32)})
@@ -71,10 +81,6 @@ class Reranker:
                  "photo_tokens": np.ascontiguousarray(photo_tokens, dtype=np.float32)}
         (out,) = self._score.run(None, feeds)
         return out.astype(np.float32)
-
-    def fuse(self, dual: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        """Fused scores of top-N candidates: ``dual + weight * logit``."""
-        return np.asarray(dual, dtype=np.float32) + self.weight * np.asarray(logits, dtype=np.float32)
 
     def __repr__(self) -> str:
         return f"Reranker(name={self.name!r}, tokens={self.tokens}, d={self.d}, weight={self.weight})"
