@@ -123,7 +123,7 @@ class Collection:
         root = str(folder.absolute()) if folder.is_dir() else None
         report = index_images(self.store, self.encoder, paths, root=root, fields=fields, max_pixels=max_pixels,
                               prune=prune, progress=progress, **kwargs)
-        self._after_adding(progress)
+        self._after_adding(progress, read_photos=True)
         return report
 
     def add_images(self, paths: Iterable[str | Path], *, fields: dict[str, Any] | None = None,
@@ -234,11 +234,12 @@ class Collection:
             return None
         return collection_scorer(self.store, self.encoder, reranker, kind, self.lock), reranker.weight
 
-    def _after_adding(self, progress: bool = False) -> None:
-        """What an index run owes stored items: normalisation biases and reranker tokens they lack (items
-        stored before the bank or reranker existed), and no tokens of content no longer stored."""
+    def _after_adding(self, progress: bool = False, read_photos: bool = False) -> None:
+        """What adding owes stored items: normalisation biases they lack (stored before the bank existed),
+        no tokens of content no longer stored, and, for a folder run (``read_photos``), the reranker tokens
+        of photos stored before the reranker existed (each photo is read again, so never on an upload)."""
         self.store.fill_biases()
-        if self.store.reranker is not None:
+        if read_photos and self.store.reranker is not None:
             fill_tokens(self.store, self.encoder, progress=progress)
         self.store.drop_stale_tokens()
 
