@@ -74,8 +74,8 @@ def encode_query(encoder: Encoder, terms: list[Term], max_pixels: int | None = N
         photos = [load_image(t.value, **kwargs) for t in images]
         vecs = encoder.encode_images(photos)
         parts += [(t.weight, v) for t, v in zip(images, vecs, strict=True)]
-    return Query(combine(parts, encoder.dim), *modality_of([(t.weight, t.is_image) for t in terms],
-                                                           [str(t.value) for t in texts] + photos))
+    ordered = [(t.weight, False) for t in texts] + [(t.weight, True) for t in images]
+    return Query(combine(parts, encoder.dim), *modality_of(ordered, [str(t.value) for t in texts] + photos))
 
 
 def modality_of(terms: Sequence[tuple[float, bool]], values: Sequence[object]) -> tuple[str, object]:
