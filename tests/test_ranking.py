@@ -255,3 +255,16 @@ def test_photos_indexed_before_the_reranker_get_tokens_on_the_next_index(lite_sa
     assert [h.id for h in c.search(query, k=10)] == [h.id for h in c.search(query, k=10, ranking=Ranking(rerank=0))]
     c.index_folder(SAMPLES / "photos", progress=False)  # nothing changed on disk: only the tokens are added
     assert c.store.missing_tokens() == [] and [h.id for h in c.search(query, k=10)] == reranked
+
+
+def test_query_modality_says_what_normalisation_and_reranking_apply_to() -> None:
+    from crossmodal.search.pipeline import cross_modal
+    from crossmodal.search.query import modality_of
+
+    assert modality_of([(1.0, False)], ["a dog"]) == ("text", "a dog")
+    assert modality_of([(1.0, True)], ["photo"]) == ("image", "photo")
+    assert modality_of([(1.0, False), (0.5, False)], ["a", "b"]) == ("text", None)  # normalised, not reranked
+    assert modality_of([(1.0, False), (-1.0, False)], ["a", "b"]) == ("mixed", None)
+    assert modality_of([(1.0, False), (1.0, True)], ["a", "photo"]) == ("mixed", None)
+    assert cross_modal("text", "image") and cross_modal("image", "text")
+    assert not cross_modal("image", "image") and not cross_modal("mixed", "image")
