@@ -27,7 +27,7 @@ SHARE = 0.75
 BANK_FILE = "bank.npz"
 # The query's modality whose reference vectors rank items of each kind.
 REFERENCE_OF = {"image": "texts", "text": "images"}
-# Banks that ship with models (lite's: Flickr8k train captions and photos).
+# What ships with models: banks (lite's: Flickr8k train captions and photos) and rerankers.
 SHIPPED = Path(__file__).resolve().parent.parent / "encoders" / "weights"
 
 

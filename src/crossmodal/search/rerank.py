@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .normalise import SHIPPED
 from .pipeline import Query, SetScorer
 
 if TYPE_CHECKING:
@@ -26,9 +27,6 @@ if TYPE_CHECKING:
     from ..rerank.runtime import Reranker
     from ..sources.datasets import CaptionDataset
     from .pipeline import Scorer
-
-SHIPPED = Path(__file__).resolve().parent.parent / "encoders" / "weights"
-
 
 RERANKER_DIR = "reranker"  # a collection's own reranker (``crossmodal train --reranker --out COLLECTION/reranker``)
 
