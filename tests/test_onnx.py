@@ -3,6 +3,8 @@ identity, run lite by default on the CPU, and load through the same `--model` pa
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +161,26 @@ def test_server_encodes_queries_with_the_int8_text_tower(tmp_path: Path, torch_l
         assert r.status_code == 200 and [hit["id"] for hit in r.json()["results"]] == expected
     assert (cache_folder(WEIGHTS, int8_text=True) / "crossmodal-onnx.json").is_file()
     assert OnnxEncoder(cache_folder(WEIGHTS, int8_text=True)).config["int8"] is True
+
+
+def test_an_export_without_reranker_inputs_indexes_and_searches_unreranked(lite_onnx: Path, tmp_path: Path) -> None:
+    """An ONNX export from before the reranker (no grid or token-state outputs) still serves a lite collection:
+    photos get no reranker tokens, queries are normalised but not reranked, nothing fails."""
+    old = tmp_path / "old-export"
+    shutil.copytree(lite_onnx, old)
+    config = json.loads((old / "crossmodal-onnx.json").read_text())
+    del config["rerank_inputs"]
+    (old / "crossmodal-onnx.json").write_text(json.dumps(config))
+    encoder = OnnxEncoder(old)
+    assert not encoder.rerank_inputs and OnnxEncoder(lite_onnx).rerank_inputs
+    with Collection.open(tmp_path / "col", model=encoder) as c:
+        assert c.store.reranker is not None and c.reranker("image") is None
+        c.index_folder(SAMPLES / "photos", progress=False)
+        assert len(c.store.missing_tokens()) == 35
+        query = "a dog jumps into a swimming pool"
+        assert [h.id for h in c.search(query, k=5)] == [h.id for h in c.search(query, k=5, ranking=Ranking(rerank=0))]
+    vectors, states = OnnxEncoder(lite_onnx).encode_texts_with_states(["a dog", "two people on a beach"])
+    expected, mask = OnnxEncoder(lite_onnx).token_states(["a dog", "two people on a beach"])
+    assert np.allclose(vectors, OnnxEncoder(lite_onnx).encode_texts(["a dog", "two people on a beach"]), atol=1e-5)
+    for (s, m), full, row in zip(states, expected, mask, strict=True):
+        assert m.shape[1] == row.sum() and np.allclose(s[0], full[: row.sum()], atol=1e-4)

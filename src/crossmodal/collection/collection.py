@@ -230,7 +230,7 @@ class Collection:
     def reranker(self, kind: str) -> tuple[pipeline.Scorer, float] | None:
         """The reranker of this collection's model for items of ``kind`` (scorer, fusion weight), if any."""
         reranker = self.store.reranker
-        if reranker is None:
+        if reranker is None or not self.encoder.rerank_inputs:  # e.g. an ONNX export older than the reranker
             return None
         return collection_scorer(self.store, self.encoder, reranker, kind, self.lock), reranker.weight
 

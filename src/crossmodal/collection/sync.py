@@ -248,8 +248,9 @@ def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Loaded], field
 
 def encode_photos(store: ItemStore, encoder: Encoder, prepared: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
     """Vectors of prepared photos and, when the collection has a reranker, its tokens of each (from the same
-    model call: the reranker reads the photo tower's spatial features)."""
-    if store.reranker is None:
+    model call: the reranker reads the photo tower's spatial features; an encoder that cannot give them stores
+    none)."""
+    if store.reranker is None or not encoder.rerank_inputs:
         return encoder.encode_prepared(prepared), None
     vectors, grids = encoder.encode_prepared_grids(prepared)
     return vectors, store.reranker.photo_tokens(grids)
@@ -259,7 +260,7 @@ def fill_tokens(store: ItemStore, encoder: Encoder, max_pixels: int = DEFAULT_MA
                 report: Reporter = _warn) -> int:
     """Compute the reranker tokens of stored photos that lack them (indexed before the reranker existed),
     reading each photo again; returns how many were added. Unreadable photos are reported and left as they are."""
-    missing = {it.hash: it for it in store.missing_tokens() if it.path}
+    missing = {it.hash: it for it in store.missing_tokens() if it.path} if encoder.rerank_inputs else {}
     if not missing:
         return 0
     todo = []

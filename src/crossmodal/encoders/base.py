@@ -21,6 +21,8 @@ class Encoder(ABC):
     fingerprint: str
     dim: int
     batch_size: int = 32
+    # Whether the encoder gives what a reranker reads (photo grids, token states); without it, no reranking.
+    rerank_inputs: bool = False
 
     @abstractmethod
     def _encode_images(self, images: Sequence[Any]) -> np.ndarray:
@@ -52,6 +54,14 @@ class Encoder(ABC):
         """(text tower token states (B, L, C), attention mask (B, L) int64), for models whose reranker reads
         them; others raise NotImplementedError."""
         raise NotImplementedError(f"{type(self).__name__} gives no token states")
+
+    def encode_texts_with_states(self, texts: Sequence[str]) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+        """L2-normalised vectors and each text's (token states (1, L_i, C), mask (1, L_i)); backends that can
+        give both from one model call override this."""
+        states, mask = self.token_states(texts)
+        lengths = mask.sum(1)
+        return self.encode_texts(texts), [(s[None, :n], m[None, :n]) for s, m, n in zip(states, mask, lengths,
+                                                                                           strict=True)]
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Encode texts to L2-normalised (N, dim) float32 vectors.

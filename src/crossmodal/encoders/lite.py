@@ -179,6 +179,7 @@ class LiteEncoder(Encoder):
     """Towers + trained heads (and tuned tower tensors) from one weights file; no download."""
 
     batch_size = 64
+    rerank_inputs = True
 
     def __init__(self, weights: Path = WEIGHTS, device: str = "cpu") -> None:
         weights = Path(weights)

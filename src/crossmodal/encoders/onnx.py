@@ -203,6 +203,7 @@ class OnnxEncoder(Encoder):
         self.name = name or str(folder)
         self.fingerprint = self.config["fingerprint"]
         self.dim = int(self.config["dim"])
+        self.rerank_inputs = bool(self.config.get("rerank_inputs"))  # lite exports since EXPORT_VERSION 3
         cores = os.cpu_count() or 1
         self.batch_size = batch_size or min(64, 16 * cores)
         self.folder = folder
@@ -227,37 +228,37 @@ class OnnxEncoder(Encoder):
         return self.image_session.run(["embedding"], self.inputs.images(images))[0]
 
     def encode_prepared_grids(self, prepared: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-        if not self.config.get("rerank_inputs"):
+        if not self.rerank_inputs:
             return super().encode_prepared_grids(prepared)
         vectors, grid = self.image_session.run(["embedding", "grid"], self.inputs.images(prepared))
         return normalize(vectors), grid
 
     def token_states(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        if not self.config.get("rerank_inputs"):
+        if not self.rerank_inputs:
             return super().token_states(texts)
-        feeds = self.inputs.texts(texts)
-        return self.text_session.run(["states"], feeds)[0], feeds["attention_mask"]
+        (states,), mask = self._run_texts(texts, ["states"])
+        return states, mask
 
     def _encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self._run_texts(texts, ["embedding"])[0]
+        return self._run_texts(texts, ["embedding"])[0][0]
 
     def encode_texts_with_states(self, texts: Sequence[str]) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
-        """L2-normalised vectors and each text's (token states (L_i, C), mask (L_i,)), from one model call:
-        a query's vector and what the reranker reads of it cost one pass of the text tower."""
-        if not self.config.get("rerank_inputs") or not texts:
-            return self.encode_texts(texts), [self.token_states([t]) for t in texts]
-        vectors, states = self._run_texts(texts, ["embedding", "states"])
-        mask = self.inputs.texts(texts)["attention_mask"]
+        """As the base class, from one model call: a query's vector and what the reranker reads of it cost one
+        pass of the text tower."""
+        if not self.rerank_inputs or not texts:
+            return super().encode_texts_with_states(texts)
+        (vectors, states), mask = self._run_texts(texts, ["embedding", "states"])
         lengths = mask.sum(1)
         return normalize(vectors), [(s[None, :n], m[None, :n]) for s, m, n in zip(states, mask, lengths, strict=True)]
 
-    def _run_texts(self, texts: Sequence[str], outputs: list[str]) -> list[np.ndarray]:
+    def _run_texts(self, texts: Sequence[str], outputs: list[str]) -> tuple[list[np.ndarray], np.ndarray | None]:
         """Run texts of similar token length together, each group padded only to its own longest: in a batch
         of 16 search queries a third of the tokens were padding (right padding, so slicing it off is exact).
-        Returns each output for every text in order; per-token outputs are padded to the longest text."""
+        Returns (each output for every text in order, per-token outputs padded to the longest text; the
+        attention mask, if the graph takes one)."""
         feeds = self.inputs.texts(texts)
         if self.config["text"]["kwargs"].get("padding") == "max_length" or "attention_mask" not in feeds:
-            return self.text_session.run(outputs, feeds)
+            return self.text_session.run(outputs, feeds), feeds.get("attention_mask")
         lengths = feeds["attention_mask"].sum(1)
         order = np.argsort(lengths, kind="stable")
         results: list[np.ndarray] = []
@@ -274,7 +275,7 @@ class OnnxEncoder(Encoder):
                     out[rows, :longest] = value
                 else:
                     out[rows] = value
-        return results
+        return results, feeds["attention_mask"]
 
 
 def length_groups(sorted_lengths: np.ndarray, slack: float = 0.15) -> list[slice]:

@@ -121,7 +121,7 @@ def evaluate(encoder: Encoder, data: CaptionDataset, ks: tuple[int, ...] = (1, 5
     """
     started = time.perf_counter()
     ranking = ranking or Ranking(norm=False, rerank=0)
-    reranker = reranker if ranking.rerank else None
+    reranker = reranker if ranking.rerank and encoder.rerank_inputs else None
     emb = embed_dataset(encoder, data, progress, reranker)
     timings = Timings()
     score = pipeline_scores(encoder, emb, ranking, bank, reranker, timings)

@@ -108,9 +108,9 @@ class SearchBatcher:
         will read them (text queries ranking photos)."""
         if not texts:
             return []
-        reranks = self.collection.store.reranker is not None and any(
+        reranks = self.collection.reranker("image") is not None and any(
             job.ranking.rerank and job.kind == "image" for job in batch)
-        if reranks and hasattr(encoder, "encode_texts_with_states"):
+        if reranks:
             vectors, states = encoder.encode_texts_with_states(texts)
             return list(zip(vectors, states, strict=True))
         return [(v, None) for v in encoder.encode_texts(texts)]
