@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .atomic import atomic_write, atomic_write_json
+from .paths import decode_path, encode_path, under
 
 if TYPE_CHECKING:
     from ..rerank.runtime import Reranker
@@ -85,7 +86,7 @@ class Item:
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Item:
-        return cls(*row[:7], fields=json.loads(row[7]), added=row[8])
+        return cls(row[0], row[1], decode_path(row[2]), *row[3:7], fields=json.loads(row[7]), added=row[8])
 
 
 @dataclass
@@ -168,12 +169,12 @@ class ItemStore:
 
     def images_under(self, root: str) -> dict[str, Item]:
         """Image items whose path lies below the folder ``root``, by path."""
-        prefix = root.rstrip("/") + "/"
-        items = self.select("kind = 'image' AND substr(path, 1, ?) = ?", (len(prefix), prefix))
+        below, params = under("path", root)
+        items = self.select(f"kind = 'image' AND {below}", params)
         return {it.path: it for it in items}
 
     def image_by_path(self, path: str) -> Item | None:
-        found = self.select("kind = 'image' AND path = ?", (path,))
+        found = self.select("kind = 'image' AND path = ?", (encode_path(path),))
         return found[0] if found else None
 
     def by_hash(self, hash_: str, kind: str) -> list[Item]:
@@ -194,14 +195,12 @@ class ItemStore:
         return self.ids_where("kind = ? AND seq > ?", (kind, generation))
 
     def failures_under(self, root: str) -> dict[str, tuple[int, float]]:
-        prefix = root.rstrip("/") + "/"
-        rows = self.db.execute(
-            "SELECT path, size, mtime FROM failures WHERE substr(path, 1, ?) = ?", (len(prefix), prefix)
-        )
-        return {p: (s, m) for p, s, m in rows}
+        below, params = under("path", root)
+        rows = self.db.execute(f"SELECT path, size, mtime FROM failures WHERE {below}", params)
+        return {decode_path(p): (s, m) for p, s, m in rows}
 
     def failures(self) -> list[tuple[str, str]]:
-        return self.db.execute("SELECT path, error FROM failures ORDER BY path").fetchall()
+        return [(decode_path(p), e) for p, e in self.db.execute("SELECT path, error FROM failures ORDER BY path")]
 
     # -- writes (call inside transaction()) ---------------------------------------------------------
 
@@ -210,8 +209,8 @@ class ItemStore:
         vector = np.ascontiguousarray(item.vector, dtype=np.float32)
         if vector.shape != (self.dim,):
             raise ValueError(f"vector has shape {vector.shape}, the collection stores ({self.dim},)")
-        values = (item.kind, item.path, item.text, item.size, item.mtime, item.hash, json.dumps(item.fields),
-                  vector.tobytes(), self.generation + 1, item.bias)
+        values = (item.kind, encode_path(item.path), item.text, item.size, item.mtime, item.hash,
+                  json.dumps(item.fields), vector.tobytes(), self.generation + 1, item.bias)
         if item.id is not None:
             db.execute(
                 "UPDATE items SET kind=?, path=?, text=?, size=?, mtime=?, hash=?, fields=?, vector=?, seq=?, bias=? "
@@ -228,7 +227,7 @@ class ItemStore:
 
     def move(self, db: sqlite3.Connection, item_id: int, path: str, size: int, mtime: float) -> None:
         """Point an existing item at a new path (a rename): same id, same vector."""
-        db.execute("UPDATE items SET path=?, size=?, mtime=? WHERE id=?", (path, size, mtime, item_id))
+        db.execute("UPDATE items SET path=?, size=?, mtime=? WHERE id=?", (encode_path(path), size, mtime, item_id))
 
     def delete(self, db: sqlite3.Connection, ids: Iterable[int]) -> int:
         ids = [(int(i),) for i in ids]
@@ -237,10 +236,11 @@ class ItemStore:
 
     def record_failure(self, db: sqlite3.Connection, path: str, size: int | None, mtime: float | None,
                        error: str) -> None:
-        db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?)", (path, size, mtime, error, time.time()))
+        db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?)",
+                   (encode_path(path), size, mtime, error, time.time()))
 
     def clear_failures(self, db: sqlite3.Connection, paths: Iterable[str]) -> None:
-        db.executemany("DELETE FROM failures WHERE path = ?", [(p,) for p in paths])
+        db.executemany("DELETE FROM failures WHERE path = ?", [(encode_path(p),) for p in paths])
 
     # -- vectors for search ------------------------------------------------------------------------
 

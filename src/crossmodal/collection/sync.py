@@ -27,6 +27,7 @@ from ..encoders.base import Encoder
 from ..sources.captions import CaptionRecord
 from ..sources.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from ..sources.prefetch import batches, prefetch
+from .paths import encode_path, shown
 from .store import Item, ItemStore, NewItem
 
 Reporter = Callable[[str], None]
@@ -141,7 +142,7 @@ def index_images(
             st = os.stat(path)
         except OSError as e:
             result.failed.append((path, e.strerror or str(e)))
-            report(f"skipped {path}: {e.strerror or e}")
+            report(f"skipped {shown(path)}: {e.strerror or e}")
             continue
         item = known.get(path)
         if item is not None and item.size == st.st_size and item.mtime == st.st_mtime:
@@ -227,7 +228,7 @@ def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Loaded], field
             else:
                 result.updated += 1
     for entry, reason in failures:
-        report(f"skipped {entry.path}: {reason}")
+        report(f"skipped {shown(entry.path)}: {reason}")
         result.failed.append((entry.path, reason))
     store.with_biases(writes)
     with store.transaction() as db:
@@ -268,7 +269,7 @@ def fill_tokens(store: ItemStore, encoder: Encoder, max_pixels: int = DEFAULT_MA
         try:
             todo.append(_Pending(item.path, os.stat(item.path), item))
         except OSError as e:
-            report(f"no reranker features for {item.path}: {e.strerror or e}")
+            report(f"no reranker features for {shown(item.path)}: {e.strerror or e}")
     loaded = prefetch(lambda entry: _load(entry, frozenset(), max_pixels, encoder.prepare_image), todo,
                       window=2 * encoder.batch_size)
     done = 0
@@ -277,7 +278,7 @@ def fill_tokens(store: ItemStore, encoder: Encoder, max_pixels: int = DEFAULT_MA
         good = [b for b in batch if b.image is not None and b.digest == b.entry.item.hash]
         for b in batch:
             if b not in good:
-                report(f"no reranker features for {b.entry.path}: {b.error or 'changed since indexed'}")
+                report(f"no reranker features for {shown(b.entry.path)}: {b.error or 'changed since indexed'}")
         if good:
             _, tokens = encode_photos(store, encoder, [b.image for b in good])
             with store.transaction() as db:
@@ -307,7 +308,7 @@ def index_texts(
     """Store texts. With a ``source`` (a caption file), re-indexing it adds new captions and drops
     captions no longer in it; identical texts reuse their stored vector."""
     result = IndexReport()
-    existing = store.select("kind = 'text' AND path IS ?", (source,)) if source is not None else []
+    existing = store.select("kind = 'text' AND path IS ?", (encode_path(source),)) if source is not None else []
     available = Counter(_text_key(it.text or "", it.fields) for it in existing)
     new: list[CaptionRecord] = []
     for rec in records:
