@@ -9,6 +9,7 @@ from typing import Any
 COLUMNS = {"path", "text", "size", "mtime", "hash", "added", "id"}
 _OPS = ("<=", ">=", "!=", "=", "<", ">")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+INT64 = (-(2**63), 2**63 - 1)  # SQLite's INTEGER: a larger Python int cannot be bound as a parameter
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,11 @@ def parse_condition(spec: str) -> Condition:
             key = key.strip()
             if not _KEY.match(key):
                 raise ValueError(f"bad filter {spec!r}: field names are letters, digits, '_', '.', '-'")
-            return Condition(key, op, _coerce(value.strip()))
+            coerced = _coerce(value.strip())
+            if isinstance(coerced, int) and not INT64[0] <= coerced <= INT64[1]:
+                raise ValueError(f"bad filter {spec!r}: the number is outside SQLite's integer range "
+                                 "(-2**63 .. 2**63-1)")
+            return Condition(key, op, coerced)
     raise ValueError(f"bad filter {spec!r}: expected KEY=VALUE (or !=, <, <=, >, >=)")
 
 

@@ -14,7 +14,7 @@ import queue
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,12 +96,24 @@ class SearchBatcher:
                     self._queue.put(None)
                     break
                 batch.append(nxt)
-            try:
-                self._serve(batch)
-            except Exception as e:  # a failing batch fails its own requests, never the worker
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(e)
+            self._serve_isolated(batch)
+
+    def _serve_isolated(self, batch: list[SearchJob]) -> None:
+        """Serve a batch; if it fails, serve its unanswered jobs one by one, so a bad request (one whose
+        search raises) gets its own error and never fails the others it was batched with."""
+        try:
+            self._serve(batch)
+            return
+        except Exception as e:
+            if len(batch) == 1:
+                _settle(batch[0], error=e)
+                return
+        for job in batch:
+            if not job.future.done():
+                try:
+                    self._serve([job])
+                except Exception as e:  # never the worker
+                    _settle(job, error=e)
 
     def _encode_texts(self, encoder: Any, texts: list[str], batch: list[SearchJob]) -> list[tuple[np.ndarray, Any]]:
         """(vector, token states or None) per text; the states come from the same model call when a reranker
@@ -128,11 +140,22 @@ class SearchBatcher:
             try:
                 query = job.query(text_vecs, image_vecs, encoder.dim)
             except ValueError as e:
-                job.future.set_exception(e)
+                _settle(job, error=e)
                 continue
             groups[(job.kind, job.path, job.where, job.k, job.ranking)].append((job, query))
         for (kind, path, where, k, ranking), members in groups.items():
             results = self.collection.search_queries([q for _, q in members], k=k, kind=kind, path=path,
                                                      where=where, ranking=ranking)
             for (job, _), hits in zip(members, results, strict=True):
-                job.future.set_result(hits)
+                _settle(job, hits)
+
+
+def _settle(job: SearchJob, hits: list[Hit] | None = None, error: Exception | None = None) -> None:
+    """Answer a job, unless it is answered already or was cancelled (its client went away)."""
+    try:
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(hits)
+    except InvalidStateError:
+        pass
