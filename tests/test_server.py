@@ -101,8 +101,8 @@ def test_more_like_this_mixes_and_items(client: TestClient) -> None:
     assert mixed.status_code == 200 and hit["id"] not in [h["id"] for h in mixed.json()["results"]]
     item = client.get(f"/api/items/{hit['id']}").json()
     assert item["path"] == hit["path"] and item["kind"] == "image"
-    thumb = client.get(f"/api/items/{hit['id']}/thumbnail", params={"size": 64})
-    assert thumb.headers["content-type"] == "image/jpeg" and max(Image.open(io.BytesIO(thumb.content)).size) == 64
+    thumb = client.get(f"/api/items/{hit['id']}/thumbnail", params={"size": 64})  # served at the next fixed size
+    assert thumb.headers["content-type"] == "image/jpeg" and max(Image.open(io.BytesIO(thumb.content)).size) == 128
 
 
 def test_search_by_uploaded_photo(client: TestClient, folder: Path) -> None:

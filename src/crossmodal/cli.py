@@ -427,6 +427,9 @@ def serve(
     rerank: RerankOpt = DEFAULT_RERANK,
     norm: NormOpt = True,
     min_score: MinScoreOpt = None,
+    allowed_host: Annotated[list[str] | None, typer.Option(help="Also answer requests for this Host name "
+                                                           "(repeatable); bound to loopback, the server answers "
+                                                           "only localhost names by default.")] = None,
 ) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs) and the search page at http://HOST:PORT/.
 
@@ -435,13 +438,15 @@ def serve(
     import uvicorn
 
     from .server.app import create_app
+    from .server.limits import allowed_hosts, uvicorn_options
 
     folder = collection or default_collection()
     Collection.open(folder, model=model, create=False).close()  # fail fast and clearly on a wrong folder/model
     err.print(f"serving {folder} on http://{host}:{port}/  (API docs: /docs)", highlight=False)
     uvicorn.run(create_app(folder, api_key=api_key, max_upload_mb=max_upload_mb, model=model,
-                           int8_queries=int8_queries, ranking=Ranking(norm=norm, rerank=rerank, min_score=min_score)),
-                host=host, port=port, log_level="warning")
+                           int8_queries=int8_queries, ranking=Ranking(norm=norm, rerank=rerank, min_score=min_score),
+                           allowed_hosts=allowed_hosts(host, allowed_host or ())),
+                host=host, port=port, log_level="warning", **uvicorn_options())
 
 
 @app.command()

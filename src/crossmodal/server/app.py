@@ -4,13 +4,15 @@ add and delete items; health, readiness and Prometheus metrics.
 Every bad request gets a 4xx whose ``detail`` says what to fix; the server keeps serving.
 """
 
+import asyncio
+import errno
 import gc
-import hmac
-import io
 import os
+import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from functools import lru_cache
@@ -18,7 +20,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -28,29 +31,36 @@ from starlette.concurrency import run_in_threadpool
 from threadpoolctl import threadpool_limits
 
 from .. import __version__
+from ..collection.atomic import atomic_write
 from ..collection.collection import Collection, Hit
 from ..collection.manifest import Manifest
 from ..collection.sync import content_hash
 from ..encoders import Encoder, load_encoder
 from ..encoders.onnx import OnnxEncoder
-from ..search.filters import COLUMNS, parse_condition
+from ..search.filters import COLUMNS, INT64, parse_condition
 from ..search.pipeline import Ranking
 from ..sources.images import ImageError, is_image_path, load_image
+from . import photos
 from .batcher import SearchBatcher, SearchJob
+from .limits import Guard
 from .metrics import Metrics, MetricsMiddleware
 
 STATIC = Path(__file__).parent / "static"
 MAX_K = 200
 MAX_OFFSET = 10_000
 MAX_RERANK = 200
+MAX_FILES = 16  # photos per upload request
+JSON_BODY = 1024 * 1024  # the largest body of a request that carries no photo
+# Item ids are SQLite integers: a larger number can never name an item and cannot even be looked up.
+ItemId = Annotated[int, Field(ge=0, le=INT64[1], description="A stored item's id.")]
 
 
 class TermIn(BaseModel):
     """One weighted part of a query: a text or a stored item (by id)."""
 
     text: str | None = Field(None, max_length=2000)
-    image_id: int | None = None
-    weight: float = Field(1.0, ge=-10, le=10)
+    image_id: ItemId | None = None
+    weight: float = Field(1.0, ge=-10, le=10, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def one_of(self) -> "TermIn":
@@ -63,7 +73,7 @@ class SearchIn(BaseModel):
     """A search: a text, an item id ("more like this"), extra weighted terms, filters and a page."""
 
     text: str | None = Field(None, max_length=2000, description="What to look for, in words.")
-    image_id: int | None = Field(None, description="Find items like this stored item.")
+    image_id: ItemId | None = Field(None, description="Find items like this stored item.")
     terms: list[TermIn] = Field(default_factory=list, max_length=16)
     k: int = Field(20, ge=1, le=MAX_K, description="Results per page.")
     offset: int = Field(0, ge=0, le=MAX_OFFSET, description="Results to skip (paging).")
@@ -74,7 +84,8 @@ class SearchIn(BaseModel):
                               "default: the server's.")
     rerank: int | None = Field(None, ge=0, le=MAX_RERANK, description="Re-score the top N with the reranker "
                                "(0: off); default: the server's.")
-    min_score: float | None = Field(None, description="Drop results scoring under this; default: the server's.")
+    min_score: float | None = Field(None, allow_inf_nan=False,
+                                    description="Drop results scoring under this; default: the server's.")
 
     def ranking(self, default: Ranking) -> Ranking:
         """The request's ranking options, the server's where it sets none."""
@@ -99,19 +110,26 @@ class SearchOut(BaseModel):
 
 def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb: float = 20.0,
                max_batch: int | None = None, model: str | None = None, workers: int | None = None,
-               int8_queries: bool = False, ranking: Ranking | None = None) -> FastAPI:
+               int8_queries: bool = False, ranking: Ranking | None = None,
+               allowed_hosts: Iterable[str] | None = None) -> FastAPI:
     """Build the app over one collection; the model loads once, at start. ``model`` may name another
     backend of the collection's model (e.g. its ONNX export); a different model is refused. ``workers``
     batcher threads encode and search (default: one per core, each on one-thread ONNX Runtime sessions,
     or one for a PyTorch model, whose own thread pool already uses every core), each batch at most
     ``max_batch`` queries (default 8 with several workers, 32 with one). ``int8_queries`` encodes queries
     with a lite model's int8 text tower when no ``model`` is given (see ``load_encoder``). ``ranking`` holds
-    the defaults of requests that set no ranking options."""
+    the defaults of requests that set no ranking options. ``allowed_hosts``: the Host names it answers
+    (default: any; ``crossmodal serve`` bound to loopback allows only loopback names, see ``limits.py``)."""
     ranking = ranking or Ranking()
+    # Absolute, as indexing stores paths: an upload's stored path must compare equal to the one it wrote.
+    collection = Path(os.path.abspath(Path(collection).expanduser()))
     state: dict[str, Any] = {}
     lock = threading.RLock()  # one SQLite connection, shared by the worker threads
     metrics = Metrics()
     max_upload = int(max_upload_mb * 1024 * 1024)
+    decodes = asyncio.Semaphore(photos.DECODES)
+    thumbnails = photos.ThumbnailCache()
+    upload_lock = threading.Lock()  # two uploads of one photo write the same file
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -153,6 +171,16 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
                   description="Cross-modal search over one collection: photos by text, by photo, by example.")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
+    def keyed(method: str, path: str) -> bool:  # every write but a search needs the key
+        return method not in ("GET", "HEAD", "OPTIONS") and not path.startswith("/api/search")
+
+    def max_body(method: str, path: str) -> int:
+        if path == "/api/items" and method == "POST":
+            return MAX_FILES * max_upload + JSON_BODY
+        return max_upload + JSON_BODY if path in ("/api/search/image", "/api/texts") else JSON_BODY
+
+    app.add_middleware(Guard, api_key=api_key, keyed=keyed, max_body=max_body,
+                       hosts=None if allowed_hosts is None else frozenset(h.lower() for h in allowed_hosts))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
@@ -165,14 +193,6 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
         if not state.get("ready"):
             raise HTTPException(503, "starting up: the model is loading")
         return state["collection"]
-
-    async def require_key(x_api_key: Annotated[str | None, Header()] = None,
-                    authorization: Annotated[str | None, Header()] = None) -> None:
-        if api_key is None:
-            return
-        given = x_api_key or (authorization or "").removeprefix("Bearer ").strip()
-        if not given or not hmac.compare_digest(given.encode(), api_key.encode()):
-            raise HTTPException(401, "this endpoint needs the API key: send it as X-API-Key or Authorization: Bearer")
 
     def known_fields(c: Collection) -> set[str]:
         return _field_names(c, c.store.generation)
@@ -279,59 +299,84 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
                            min_score: Annotated[float | None, Form()] = None) -> JSONResponse:
         data = await read_upload(file)
         same = await run_in_threadpool(_locked, c.store.by_hash, content_hash(data), "image")
-        job = SearchJob(images=[(1.0, decode(data))], exclude=[it.id for it in same])
+        image = await decoded(photos.query_photo, data)
+        job = SearchJob(images=[(1.0, image)], exclude=[it.id for it in same])
         return await run_search(job, SearchIn(k=k, offset=offset, kind=kind, path=path, norm=norm, rerank=rerank,
                                               min_score=min_score))
 
     @app.get("/api/items/{item_id}/similar", response_model=SearchOut, summary="More like this item.")
-    async def similar(item_id: int, c: Annotated[Collection, Depends(col)], k: int = 20, offset: int = 0,
-                      kind: Literal["image", "text"] = "image") -> JSONResponse:
+    async def similar(item_id: Annotated[int, PathParam(ge=0, le=INT64[1])], c: Annotated[Collection, Depends(col)],
+                      k: int = 20, offset: int = 0, kind: Literal["image", "text"] = "image") -> JSONResponse:
         if not 1 <= k <= MAX_K or not 0 <= offset <= MAX_OFFSET:
             raise HTTPException(422, f"k must be 1..{MAX_K} and offset 0..{MAX_OFFSET}")
         job = SearchJob(vectors=[(1.0, *stored_vector(c, item_id))], exclude=[item_id])
         return await run_search(job, SearchIn(k=k, offset=offset, kind=kind))
 
     @app.get("/api/items/{item_id}", response_model=HitOut, summary="One item's metadata.")
-    async def item(item_id: int, c: Annotated[Collection, Depends(col)]) -> HitOut:
+    async def item(item_id: Annotated[int, PathParam(ge=0, le=INT64[1])], c: Annotated[Collection, Depends(col)]
+                   ) -> HitOut:
         found = _locked(c.store.get, [item_id]).get(item_id)
         if found is None:
             raise HTTPException(404, f"no item with id {item_id}")
         return _hit(Hit(found.id, 1.0, found.kind, found.path, found.text, found.fields or None))
 
     @app.get("/api/items/{item_id}/thumbnail", summary="A JPEG thumbnail of a stored photo.")
-    async def thumbnail(item_id: int, c: Annotated[Collection, Depends(col)], size: int = 256) -> Response:
+    async def thumbnail(item_id: Annotated[int, PathParam(ge=0, le=INT64[1])], c: Annotated[Collection, Depends(col)],
+                        size: int = 256) -> Response:
+        """``size`` is snapped up to the next of a few fixed sizes (128, 256, 512, 1024), each cached, so
+        requests at many sizes of one large photo cost a few decodes, not one each."""
         if not 16 <= size <= 1024:
             raise HTTPException(422, "size must be 16..1024")
         found = _locked(c.store.get, [item_id]).get(item_id)
         if found is None or found.kind != "image":
             raise HTTPException(404, f"no photo with id {item_id}")
-        try:
-            data = await run_in_threadpool(_thumbnail, found.path, found.hash, size)
-        except ImageError as e:
-            raise HTTPException(410, f"the photo can no longer be read: {e}") from None
+        key = (found.path, found.hash, photos.snap(size))
+
+        def render() -> bytes:  # the cache is read again here: a request that waited for a decode may find it done
+            data = thumbnails.get(key)
+            if data is None:
+                data = photos.thumbnail(found.path, found.size, found.mtime, key[2])
+                thumbnails.put(key, data)
+            return data
+
+        data = thumbnails.get(key) or await decoded(render, status=410, message="the photo can no longer be read")
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
 
-    @app.post("/api/items", summary="Upload photos into the collection (API key).",
-              dependencies=[Depends(require_key)])
+    @app.post("/api/items", summary="Upload photos into the collection (API key).")
     async def upload(c: Annotated[Collection, Depends(col)], files: Annotated[list[UploadFile], File()]
                      ) -> dict[str, Any]:
-        uploads = Path(c.folder) / "uploads"
-        saved = []
+        if len(files) > MAX_FILES:
+            raise HTTPException(413, f"at most {MAX_FILES} photos per upload")
+        uploads = c.folder / "uploads"
+        named = []
         for f in files:
             data = await read_upload(f)
-            decode(data)
+            await decoded(load_image, data)
             suffix = Path(f.filename or "").suffix.lower()
-            suffix = suffix if is_image_path(Path("x" + suffix)) else ".jpg"
-            target = uploads / f"{content_hash(data)}{suffix}"
-            uploads.mkdir(exist_ok=True)
-            if not target.exists():
-                target.write_bytes(data)
-            saved.append(target)
-        report = await run_in_threadpool(_locked, c.add_images, saved)
-        ids = [_locked(c.store.image_by_path, str(p)).id for p in saved]
-        return {"ids": ids, "added": report.added, "reused": report.reused + report.unchanged}
+            named.append((uploads / f"{content_hash(data)}{suffix if is_image_path(Path('x' + suffix)) else '.jpg'}",
+                          data))
+        try:
+            return await run_in_threadpool(_store_uploads, c, named)
+        except (OSError, sqlite3.OperationalError) as e:
+            if _disk_full(e):
+                raise HTTPException(507, "disk full: the server has no space left to store the photo") from None
+            raise
 
-    @app.post("/api/texts", summary="Add texts (API key).", dependencies=[Depends(require_key)])
+    def _store_uploads(c: Collection, named: list[tuple[Path, bytes]]) -> dict[str, Any]:
+        """Write each photo (atomically: a full disk leaves no partial file behind) and index them."""
+        with upload_lock:
+            for target, data in named:
+                if not (target.is_file() and target.stat().st_size == len(data)):
+                    atomic_write(target, lambda out, data=data: out.write(data))
+            with lock:
+                report = c.add_images([t for t, _ in named])
+                stored = [c.store.image_by_path(str(t)) for t, _ in named]
+        if None in stored:
+            problems = "; ".join(f"{Path(p).name}: {why}" for p, why in report.failed)
+            raise HTTPException(400, f"could not index: {problems}")
+        return {"ids": [it.id for it in stored], "added": report.added, "reused": report.reused + report.unchanged}
+
+    @app.post("/api/texts", summary="Add texts (API key).")
     async def add_texts(texts: Annotated[list[str], Field(min_length=1, max_length=1000)],
                         c: Annotated[Collection, Depends(col)]) -> dict[str, Any]:
         if any(not t.strip() for t in texts):
@@ -339,11 +384,36 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
         report = await run_in_threadpool(_locked, c.add_texts, texts)
         return {"added": report.added}
 
-    @app.delete("/api/items/{item_id}", summary="Delete an item (API key).", dependencies=[Depends(require_key)])
-    async def delete(item_id: int, c: Annotated[Collection, Depends(col)]) -> dict[str, Any]:
-        if not await run_in_threadpool(_locked, c.remove, [item_id]):
+    @app.delete("/api/items/{item_id}", summary="Delete an item (API key).")
+    async def delete(item_id: Annotated[int, PathParam(ge=0, le=INT64[1])], c: Annotated[Collection, Depends(col)]
+                     ) -> dict[str, Any]:
+        if not await run_in_threadpool(_remove, c, item_id):
             raise HTTPException(404, f"no item with id {item_id}")
         return {"deleted": item_id}
+
+    def _remove(c: Collection, item_id: int) -> bool:
+        """Delete an item, and its file when it was uploaded here and no other item is stored from it."""
+        uploads = c.folder / "uploads"
+        with upload_lock, lock:
+            found = c.store.get([item_id]).get(item_id)
+            if found is None or not c.remove([item_id]):
+                return False
+            path = Path(found.path) if found.path else None
+            if path is not None and path.parent == uploads and not c.store.select("path = ?", (str(path),)):
+                path.unlink(missing_ok=True)
+        return True
+
+    async def decoded(fn: Any, *args: Any, status: int = 400, message: str = "the upload is not a usable image"
+                      ) -> Any:
+        """``fn(*args)`` on a worker thread, at most ``photos.DECODES`` at once; an ImageError becomes ``status``
+        (413 for a photo refused for its pixel count)."""
+        async with decodes:
+            try:
+                return await run_in_threadpool(fn, *args)
+            except photos.TooLarge as e:
+                raise HTTPException(413, f"{message}: {e}") from None
+            except ImageError as e:
+                raise HTTPException(status, f"{message}: {e}") from None
 
     async def read_upload(file: UploadFile) -> bytes:
         data = await file.read(max_upload + 1)
@@ -356,11 +426,11 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
     return app
 
 
-def decode(data: bytes) -> Any:
-    try:
-        return load_image(data)
-    except ImageError as e:
-        raise HTTPException(400, f"the upload is not a usable image: {e}") from None
+def _disk_full(e: Exception) -> bool:
+    """Whether a write failed for want of space (the file system's ENOSPC, or SQLite's "disk is full")."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(e)
 
 
 def _thumbnail_url(h: Hit) -> str | None:
@@ -373,13 +443,3 @@ def _hit_json(h: Hit) -> dict[str, Any]:
 
 def _hit(h: Hit) -> HitOut:
     return HitOut(**asdict(h), thumbnail=_thumbnail_url(h))
-
-
-@lru_cache(maxsize=2048)
-def _thumbnail(path: str, digest: str, size: int) -> bytes:
-    """JPEG thumbnail bytes; cached by content hash, so a changed file gets a new one."""
-    image = load_image(path)
-    image.thumbnail((size, size))
-    out = io.BytesIO()
-    image.save(out, format="JPEG", quality=85)
-    return out.getvalue()
