@@ -162,3 +162,85 @@ def test_texts_sync_from_a_caption_file(tmp_path: Path, encoder: ColorEncoder) -
     assert (report.added, report.removed, report.unchanged) == (1, 1, 2)
     with pytest.raises(ValueError, match="empty"):
         c.add_texts(["fine", " "])
+
+
+def _small_folder(root: Path, n: int = 3) -> Path:
+    for i in range(n):
+        make_photo(root / f"s{i}.jpg", (40 * i + 20, 200 - 50 * i, 90))
+    return root
+
+
+def test_an_emptied_folder_keeps_its_photos_unless_prune_all(tmp_path: Path, encoder: ColorEncoder) -> None:
+    root = _small_folder(tmp_path / "disk")
+    c = Collection.open(tmp_path / "col", model=encoder)
+    c.index_folder(root, progress=False, fields={"album": "trip"})
+    ids = _ids_by_name(c)
+    aside = tmp_path / "aside"
+    root.rename(aside)
+    root.mkdir()  # an unmounted disk: its mount point is an empty folder
+    lines: list[str] = []
+    report = c.index_folder(root, progress=False, report=lines.append)
+    assert (report.removed, report.kept) == (0, 3) and "3 kept" in report.summary()
+    assert len(lines) == 1 and "kept the 3 stored photos" in lines[0] and "--prune-all" in lines[0]
+    assert _ids_by_name(c) == ids
+
+    root.rmdir()  # not even the mount point: a clear error, and still nothing removed
+    with pytest.raises(FileNotFoundError, match="3 stored photos are kept"):
+        c.index_folder(root, progress=False)
+    with pytest.raises(FileNotFoundError, match="no such file or folder$"):
+        c.index_folder(tmp_path / "typo", progress=False, prune_all=True)
+    assert _ids_by_name(c) == ids
+
+    aside.rename(root)  # mounted again: the same ids and fields, nothing read
+    back = c.index_folder(root, progress=False)
+    assert (back.unchanged, back.added, back.removed) == (3, 0, 0) and encoder.images_encoded == 3
+    assert _ids_by_name(c) == ids and {it.fields["album"] for it in c.store.select("kind = 'image'")} == {"trip"}
+
+
+def test_pruned_photos_that_come_back_keep_their_ids_and_fields(tmp_path: Path, encoder: ColorEncoder) -> None:
+    root = _small_folder(tmp_path / "disk")
+    c = Collection.open(tmp_path / "col", model=encoder)
+    c.index_folder(root, progress=False, fields={"album": "trip"})
+    ids = _ids_by_name(c)
+    aside = tmp_path / "aside"
+    shutil.copytree(root, aside)
+    shutil.rmtree(root)
+    gone = c.index_folder(root, progress=False, prune_all=True)  # a folder deleted on purpose
+    assert gone.removed == 3 and c.store.count("image") == 0
+
+    shutil.copytree(aside, root)  # ... and restored from a backup (new mtimes)
+    make_photo(root / "new.jpg", (1, 2, 3))
+    back = c.index_folder(root, progress=False, fields={"seen": "yes"})
+    assert (back.restored, back.added) == (3, 1) and "3 restored" in back.summary()
+    after = _ids_by_name(c)
+    assert {name: after[name] for name in ids} == ids and after["new.jpg"] > max(ids.values())
+    items = {Path(it.path).name: it for it in c.store.select("kind = 'image'")}
+    assert all(items[name].fields == {"album": "trip", "seen": "yes"} for name in ids)
+    assert [h.id for h in c.search_vector(c.store.vector(ids["s1.jpg"]), k=1)] == [ids["s1.jpg"]]
+
+    (root / "s2.jpg").unlink()  # one photo pruned while others stay, then put back under another name
+    assert c.index_folder(root, progress=False).removed == 1
+    shutil.copy(aside / "s2.jpg", root / "s2-again.jpg")
+    again = c.index_folder(root, progress=False)
+    assert again.restored == 1 and _ids_by_name(c)["s2-again.jpg"] == ids["s2.jpg"]
+    assert c.index_folder(root, progress=False).unchanged == 4
+
+
+def test_the_index_command_keeps_an_emptied_folder_unless_prune_all(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from crossmodal.cli import app
+
+    root = _small_folder(tmp_path / "disk", n=2)
+    col = ["-c", str(tmp_path / "col"), "-q"]
+    runner = CliRunner()
+    assert runner.invoke(app, ["index", str(root), *col]).exit_code == 0
+    for photo in root.iterdir():
+        photo.unlink()
+    kept = runner.invoke(app, ["index", str(root), *col])
+    assert kept.exit_code == 0 and "kept the 2 stored photos" in kept.output and "2 photos" in kept.output
+    root.rmdir()
+    missing = runner.invoke(app, ["index", str(root), *col])
+    assert missing.exit_code == 2 and "nothing was removed" in missing.output
+    pruned = runner.invoke(app, ["index", str(root), "--prune-all", *col])
+    assert pruned.exit_code == 0 and "2 removed" in pruned.output and "0 photos" in pruned.output

@@ -129,6 +129,9 @@ def index(
     collection: CollectionOpt = None,
     model: ModelOpt = None,
     prune: Annotated[bool, typer.Option(help="Drop stored items whose files were deleted.")] = True,
+    prune_all: Annotated[bool, typer.Option("--prune-all", help="Also drop the stored photos of a folder that "
+                                            "has no photos now or is gone (kept otherwise, as an unmounted "
+                                            "disk looks the same).")] = False,
     field: Annotated[list[str] | None, typer.Option("--field", help="KEY=VALUE stored with each photo.")] = None,
     max_pixels: Annotated[int, typer.Option(help="Skip images larger than this many pixels.")] = DEFAULT_MAX_PIXELS,
     hidden: Annotated[bool, typer.Option("--hidden", help="Also index hidden files and folders.")] = False,
@@ -143,8 +146,9 @@ def index(
     interrupted run. Unreadable files are reported once and skipped.
     """
     for path in paths:
-        if not path.expanduser().exists():
-            raise FileNotFoundError(f"{path}: no such file or folder")
+        if not path.expanduser().exists() and (texts or not prune_all):
+            raise FileNotFoundError(f"{path}: no such file or folder" + ("" if texts else "; nothing was removed "
+                                    "(--prune-all drops the stored photos of a folder gone for good)"))
     extra = _fields(field)
     budget = parse_size(memory)
     with Collection.open(collection or default_collection(), model=model) as c:
@@ -155,7 +159,7 @@ def index(
                     err.print(line, highlight=False)
                 err.print(f"{path}: {report.summary()}", highlight=False)
             else:
-                report = c.index_folder(path, prune=prune, include_hidden=hidden, fields=extra,
+                report = c.index_folder(path, prune=prune, prune_all=prune_all, include_hidden=hidden, fields=extra,
                                         max_pixels=max_pixels, progress=not quiet)
                 err.print(f"{path}: {report.summary()}", highlight=False)
         if index_kind is not None or memory is not None or recall is not None:

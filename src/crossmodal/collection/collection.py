@@ -112,17 +112,26 @@ class Collection:
 
     # -- adding ------------------------------------------------------------------------------------
 
-    def index_folder(self, folder: str | Path, *, prune: bool = True, include_hidden: bool = False,
-                     fields: dict[str, Any] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                     progress: bool = True, **kwargs: Any) -> IndexReport:
-        """Sync the photos below ``folder``: add new, re-embed changed, drop deleted (with ``prune``)."""
+    def index_folder(self, folder: str | Path, *, prune: bool = True, prune_all: bool = False,
+                     include_hidden: bool = False, fields: dict[str, Any] | None = None,
+                     max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True, **kwargs: Any) -> IndexReport:
+        """Sync the photos below ``folder``: add new, re-embed changed, drop deleted (with ``prune``).
+
+        A folder with no photos, or gone, keeps its stored photos (an unmounted disk is not a deletion)
+        unless ``prune_all``; a folder that is gone and holds nothing stored is a FileNotFoundError.
+        """
         folder = Path(folder).expanduser()
+        root = None if folder.is_file() else str(folder.absolute())
         if not folder.exists():
-            raise FileNotFoundError(f"{folder}: no such file or folder")
+            stored = len(self.store.images_under(root))
+            if not (stored and prune_all):
+                raise FileNotFoundError(f"{folder}: no such file or folder" + (
+                    f"; its {stored} stored photos are kept (index it with --prune-all to remove them)"
+                    if stored else ""))
         paths = list(iter_images(folder, include_hidden=include_hidden))
-        root = str(folder.absolute()) if folder.is_dir() else None
         report = index_images(self.store, self.encoder, paths, root=root, fields=fields, max_pixels=max_pixels,
-                              prune=prune, progress=progress, **kwargs)
+                              prune=prune, prune_all=prune_all, progress=progress,
+                              **kwargs)
         self._after_adding(progress, read_photos=True)
         return report
 

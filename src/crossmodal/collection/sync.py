@@ -4,7 +4,9 @@ Unchanged files (same size and mtime) are skipped without reading them, so a sec
 large folder takes seconds and an interrupted run resumes where it stopped. Changed files are
 hashed: a touched file keeps its vector, a renamed file keeps its id and vector, a duplicate reuses
 the vector, and only new content is decoded and encoded. Each batch is one transaction. Deleted
-files are dropped only after a complete scan, so an interrupted run never removes anything.
+files are dropped only after a complete scan, so an interrupted run never removes anything; a folder
+with no photos at all (an unmounted disk) keeps its stored photos unless told otherwise, and a pruned
+photo that comes back takes its old id and fields again (pruned.py).
 Photos are read, hashed, decoded and made ready for the model by worker threads ahead of it (``prefetch``).
 """
 
@@ -27,6 +29,7 @@ from ..encoders.base import Encoder
 from ..sources.captions import CaptionRecord
 from ..sources.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from ..sources.prefetch import batches, prefetch
+from . import pruned
 from .paths import encode_path, shown
 from .store import Item, ItemStore, NewItem
 
@@ -42,13 +45,15 @@ class IndexReport:
     unchanged: int = 0
     moved: int = 0
     reused: int = 0
+    restored: int = 0
     removed: int = 0
+    kept: int = 0
     skipped_known_bad: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"{self.added} added", f"{self.updated} updated", f"{self.unchanged} unchanged"]
-        for name in ("moved", "reused", "removed"):
+        for name in ("moved", "reused", "restored", "removed", "kept"):
             if getattr(self, name):
                 parts.append(f"{getattr(self, name)} {name}")
         if self.failed:
@@ -118,13 +123,15 @@ def index_images(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     batch_size: int | None = None,
     prune: bool = True,
+    prune_all: bool = False,
     progress: bool = True,
     report: Reporter = _warn,
     workers: int | None = None,
 ) -> IndexReport:
     """Add new photos, re-embed changed ones and, when ``root`` is given and ``prune`` is set, drop
-    stored photos below ``root`` that no longer exist. ``workers`` decoding threads run ahead of the
-    model (default: one per core; 0 decodes in this thread)."""
+    stored photos below ``root`` that no longer exist. When no photo at all is left below ``root`` (an
+    unmounted or emptied folder) its stored photos are kept, and reported, unless ``prune_all`` is set.
+    ``workers`` decoding threads run ahead of the model (default: one per core; 0 decodes in this thread)."""
     result = IndexReport()
     fields = dict(fields or {})
     files = [os.path.abspath(p) for p in paths]
@@ -159,31 +166,40 @@ def index_images(
                 db.execute("UPDATE items SET fields = ? WHERE id = ?",
                            (json.dumps({**item.fields, **fields}), item.id))
 
-    moved_ids: set[int] = set()
+    claimed: set[int] = set()  # ids taken this run by a moved or returning photo
+    returning = pruned.recall(store.db)
     size = batch_size or encoder.batch_size
     stored = store.hashes("image")
     loaded = prefetch(lambda entry: _load(entry, stored, max_pixels, encoder.prepare_image), todo,
                       window=2 * size, workers=workers)
     bar = tqdm(total=len(todo), unit="photo", desc="indexing", disable=not progress or not todo)
     for batch in batches(loaded, size):
-        _index_batch(store, encoder, batch, fields, max_pixels, result, moved_ids, report)
+        _index_batch(store, encoder, batch, fields, max_pixels, result, claimed, returning, report)
         bar.update(len(batch))
     bar.close()
 
     if root is not None and prune:
         present = set(files)
-        gone = [it.id for p, it in known.items() if p not in present and it.id not in moved_ids]
+        gone = [it for p, it in known.items() if p not in present and it.id not in claimed]
         stale_bad = [p for p in known_bad if p not in present]
+        if gone and not files and not prune_all:
+            result.kept = len(gone)
+            report(f"kept the {len(gone)} stored photos below {shown(root)}: no photo is there now (an unmounted "
+                   "or emptied folder?); index it with --prune-all (prune_all=True) to remove them")
+            gone, stale_bad = [], []
         if gone or stale_bad:
             with store.transaction() as db:
-                result.removed = store.delete(db, gone)
+                pruned.remember(db, gone)
+                result.removed = store.delete(db, [it.id for it in gone])
                 store.clear_failures(db, stale_bad)
     return result
 
 
 def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Loaded], fields: dict[str, Any],
-                 max_pixels: int, result: IndexReport, moved_ids: set[int], report: Reporter) -> None:
+                 max_pixels: int, result: IndexReport, claimed: set[int],
+                 returning: dict[str, list[pruned.Pruned]], report: Reporter) -> None:
     """Sort out one batch of loaded photos, encode the new ones and write it all in one transaction."""
+    back: dict[str, pruned.Pruned] = {}  # path -> the pruned photo a new file is
     writes: list[NewItem] = []
     moves: list[tuple[int, _Pending]] = []
     failures: list[tuple[_Pending, str]] = []
@@ -199,16 +215,18 @@ def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Loaded], field
             result.unchanged += 1
             continue
         twins = [t for t in store.by_hash(digest, "image") if t.path != entry.path]
-        vanished = [t for t in twins if t.id not in moved_ids and not os.path.exists(t.path)]
+        vanished = [t for t in twins if t.id not in claimed and not os.path.exists(t.path)]
         if item is None and vanished:  # renamed or moved: keep its id and vector
             moves.append((vanished[0].id, entry))
-            moved_ids.add(vanished[0].id)
+            claimed.add(vanished[0].id)
             continue
+        if item is None and (old := pruned.pick(returning.get(digest, []), entry.path, claimed)) is not None:
+            back[entry.path] = old  # pruned earlier, back now: its old id and fields
+            claimed.add(old.id)
         if twins:  # a duplicate of stored content: reuse the vector
-            base = item.fields if item else {}
-            writes.append(_image_item(entry, digest, store.vector(twins[0].id), {**base, **fields},
+            writes.append(_image_item(entry, digest, store.vector(twins[0].id), _fields(entry, back, fields),
                                       item.id if item else None))
-            result.reused += 1
+            _count(result, entry, back, "reused")
             continue
         if loaded.image is None and loaded.error is None:  # its stored twin is gone: decode it after all
             loaded = _load(entry, frozenset(), max_pixels, encoder.prepare_image)
@@ -221,19 +239,17 @@ def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Loaded], field
         vectors, tokens = encode_photos(store, encoder, [image for _, _, image in to_encode])
         for (entry, digest, _), vector in zip(to_encode, vectors, strict=True):
             item = entry.item
-            writes.append(_image_item(entry, digest, vector, {**(item.fields if item else {}), **fields},
-                                      item.id if item else None))
-            if item is None:
-                result.added += 1
-            else:
-                result.updated += 1
+            writes.append(_image_item(entry, digest, vector, _fields(entry, back, fields), item.id if item else None))
+            _count(result, entry, back, "added" if item is None else "updated")
     for entry, reason in failures:
         report(f"skipped {shown(entry.path)}: {reason}")
         result.failed.append((entry.path, reason))
     store.with_biases(writes)
     with store.transaction() as db:
         for new in writes:
-            store.put(db, new)
+            new_id = store.put(db, new)
+            if new.id is None and new.path in back:
+                pruned.restore(db, new_id, back[new.path])
         if tokens is not None:
             for (_, digest, _), photo_tokens in zip(to_encode, tokens, strict=True):
                 store.put_tokens(db, digest, photo_tokens)
@@ -245,6 +261,18 @@ def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Loaded], field
                 store.delete(db, [entry.item.id])
             store.record_failure(db, entry.path, entry.stat.st_size, entry.stat.st_mtime, reason)
         store.clear_failures(db, [w.path for w in writes] + [e.path for _, e in moves])
+
+
+def _fields(entry: _Pending, back: dict[str, pruned.Pruned], fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields a photo is stored with: its stored (or, returning, its pruned) fields, then this run's."""
+    old = entry.item.fields if entry.item else back[entry.path].fields if entry.path in back else {}
+    return {**old, **fields}
+
+
+def _count(result: IndexReport, entry: _Pending, back: dict[str, pruned.Pruned], outcome: str) -> None:
+    """Count a stored photo under ``outcome``, or as restored when it is a pruned photo come back."""
+    name = "restored" if entry.path in back else outcome
+    setattr(result, name, getattr(result, name) + 1)
 
 
 def encode_photos(store: ItemStore, encoder: Encoder, prepared: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
