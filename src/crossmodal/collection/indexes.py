@@ -2,24 +2,27 @@
 
 The planner picks a kind from the collection's size and the manifest's settings; the choice is
 recorded in the manifest. Small collections (and ``flat`` fp32) are searched straight from the
-memory-mapped snapshot, with no second copy. Otherwise the index lives in ``index/{kind}.faiss``
-with the store generation it reflects; on the next search after a change it is updated in place
+memory-mapped snapshot, with no second copy. Otherwise the index lives in a generation folder under
+``index/`` (swapped in whole by ``index/{kind}.state.json``, which records the store generation it
+reflects; see generations.py), checked against its member list when loaded and rebuilt from the store
+when damaged; on the next search after a change it is updated in place
 (new and re-embedded ids added, deleted ids removed) and rebuilt only on a threshold: HNSW with over
 20% tombstones, quantizers trained on a quarter of today's size, or a changed plan.
 """
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from ..index import VectorIndex, build_index, load_index
 from ..index.planner import IndexPlan, plan_index
 from ..search.normalise import augment, index_dim
-from .atomic import atomic_write, atomic_write_json
+from .generations import FileSet
 from .manifest import Manifest
 from .store import ItemStore
 
@@ -75,6 +78,7 @@ class IndexManager:
         self.store = store
         self.manifest = manifest
         self._cache: dict[str, tuple[int, VectorIndex | None]] = {}
+        self.read_only = store.read_only  # indexes are then built in memory and not saved
 
     def plan(self, kind: str, n: int) -> IndexPlan:
         settings = self.manifest.index
@@ -82,18 +86,20 @@ class IndexManager:
         return plan_index(n, self.manifest.dim, settings.get("memory"), settings.get("recall", 0.95),
                           None if requested == "auto" else requested)
 
-    def get(self, kind: str) -> VectorIndex | None:
+    def get(self, kind: str, rebuild: bool = False) -> VectorIndex | None:
         """The up-to-date index for items of ``kind``, or None when exact search on the snapshot is the plan."""
         generation = self.store.generation
         cached = self._cache.get(kind)
-        if cached is not None and cached[0] == generation:
+        if cached is not None and cached[0] == generation and not rebuild:
             return cached[1]
         ids, _ = self.store.matrix(kind)
         plan = self.plan(kind, len(ids))
         self._record(kind, plan)
         index = None
         if not (plan.kind == "flat" and plan.params.get("storage") == "fp32") and len(ids):
-            index = self._sync(kind, plan, ids, self.vectors(kind, plan.kind), generation)
+            index = self._sync(kind, plan, ids, self.vectors(kind, plan.kind), generation, rebuild)
+        elif not self.read_only:
+            FileSet(self.folder, kind).drop()
         self._cache[kind] = (generation, index)
         return index
 
@@ -106,26 +112,41 @@ class IndexManager:
         return SnapshotLookup(self.store.matrix(kind)[0], self.vectors(kind, index.kind))
 
     def rebuild(self, kind: str) -> VectorIndex | None:
-        """Drop the stored index of ``kind`` and build it again from the snapshot."""
-        for path in self.folder.glob(f"{kind}.*"):
-            path.unlink()
+        """Build the index of ``kind`` again from the snapshot (the stored one stays in use until then)."""
         self._cache.pop(kind, None)
-        return self.get(kind)
+        return self.get(kind, rebuild=True)
 
-    def _paths(self, kind: str) -> tuple[Path, Path, Path]:
-        return self.folder / f"{kind}.faiss", self.folder / f"{kind}.members.npy", self.folder / f"{kind}.state.json"
+    def _load(self, files: FileSet, generation: int) -> tuple[VectorIndex, np.ndarray, dict] | None:
+        """The stored index, its member ids and state, checked against each other; None when there is
+        none, or when it is damaged (then it is rebuilt from the store, which holds every vector)."""
+        current = files.current()
+        if current is None:
+            return None
+        folder, state = current
+        try:
+            index = load_index(folder / "index.faiss", mmap=state["generation"] == generation)
+            members = np.load(folder / "members.npy")
+            if index.ntotal != len(members):
+                raise ValueError(f"{index.ntotal} vectors for {len(members)} items")
+        except (OSError, ValueError, KeyError, RuntimeError) as e:  # FAISS raises RuntimeError
+            if files.current() != current:  # another process swapped in a newer set while we read
+                return self._load(files, generation)
+            tqdm.write(f"the {files.name} index in {folder} is damaged ({e}); rebuilding it from the store",
+                       file=sys.stderr)
+            return None
+        if not self.read_only:
+            files.clean()  # what a crashed save left
+        return index, members, state
 
-    def _sync(self, kind: str, plan: IndexPlan, ids: np.ndarray, vectors: IndexVectors, generation: int
-              ) -> VectorIndex:
-        index_path, members_path, state_path = self._paths(kind)
-        state = json.loads(state_path.read_text()) if state_path.is_file() else None
-        if state is not None and self._reusable(state, plan, len(ids)):
+    def _sync(self, kind: str, plan: IndexPlan, ids: np.ndarray, vectors: IndexVectors, generation: int,
+              rebuild: bool = False) -> VectorIndex:
+        files = FileSet(self.folder, kind)
+        loaded = None if rebuild else self._load(files, generation)
+        if loaded is not None and self._reusable(loaded[2], plan, len(ids)):
+            index, members, state = loaded
             if state["generation"] == generation:
-                index = load_index(index_path, mmap=True)
                 self._tune(index, plan)
                 return index
-            index = load_index(index_path, mmap=False)
-            members = np.load(members_path)
             removed = np.setdiff1d(members, ids, assume_unique=True)
             written = np.intersect1d(self.store.written_since(kind, state["generation"]), ids)
             added = np.union1d(np.setdiff1d(ids, members, assume_unique=True), written)
@@ -134,10 +155,10 @@ class IndexManager:
             index.add(added, vectors[rows])
             if getattr(index, "stale_fraction", 0.0) <= MAX_STALE:
                 self._tune(index, plan)
-                self._save(kind, index, ids, generation, state["built_n"])
+                self._save(files, index, ids, generation, state["built_n"])
                 return index
         index = build_index(plan.kind, ids, vectors, **plan.params)
-        self._save(kind, index, ids, generation, len(ids))
+        self._save(files, index, ids, generation, len(ids))
         return index
 
     @staticmethod
@@ -155,17 +176,19 @@ class IndexManager:
             if knob in plan.params:
                 index.params[knob] = plan.params[knob]
 
-    def _save(self, kind: str, index: VectorIndex, ids: np.ndarray, generation: int, built_n: int) -> None:
-        index_path, members_path, state_path = self._paths(kind)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        index.save(index_path)
-        atomic_write(members_path, lambda f: np.save(f, ids))
-        atomic_write_json(state_path, {"kind": index.kind, "layout": LAYOUT, "params": index.params,
-                                       "generation": generation,
-                                       "built_n": built_n, "bytes": index.nbytes})
+    def _save(self, files: FileSet, index: VectorIndex, ids: np.ndarray, generation: int, built_n: int) -> None:
+        """Store the index and its members as one new generation (nothing, on a read-only collection)."""
+        if self.read_only:
+            return
+        folder = files.new_folder()
+        index.save(folder / "index.faiss")
+        np.save(folder / "members.npy", ids)
+        files.commit(folder, {"kind": index.kind, "layout": LAYOUT, "params": index.params,
+                              "generation": generation, "built_n": built_n, "bytes": index.nbytes})
 
     def _record(self, kind: str, plan: IndexPlan) -> None:
         """Write the planner's choice into the manifest when it changes."""
         if self.manifest.index.get(kind) != plan.to_dict():
             self.manifest.index[kind] = plan.to_dict()
-            self.manifest.write(self.store.folder)
+            if not self.read_only:
+                self.manifest.write(self.store.folder)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -9,8 +10,6 @@ from typing import Any, ClassVar
 
 import faiss
 import numpy as np
-
-from ..collection.atomic import atomic_write, atomic_write_json
 
 # Given ids, return their stored full-precision vectors (rows in the same order).
 VectorLookup = Callable[[np.ndarray], np.ndarray]
@@ -85,12 +84,12 @@ class VectorIndex(ABC):
         return scores, ids
 
     def save(self, path: Path) -> None:
-        """Write the FAISS index and a JSON sidecar (kind, dimension, parameters), each atomically."""
-        binary = isinstance(self.index, faiss.IndexBinary)
-        serialize = faiss.serialize_index_binary if binary else faiss.serialize_index
-        atomic_write(path, lambda f: f.write(serialize(self.index).tobytes()))
+        """Write the FAISS index and a JSON sidecar (kind, dimension, parameters) straight to disk; the
+        caller writes into a fresh folder and swaps it in whole (collection/generations.py)."""
+        write = faiss.write_index_binary if isinstance(self.index, faiss.IndexBinary) else faiss.write_index
+        write(self.index, str(path))
         self._save_extra(path)
-        atomic_write_json(path.with_suffix(".json"), {"kind": self.kind, "dim": self.dim, "params": self.params})
+        path.with_suffix(".json").write_text(json.dumps({"kind": self.kind, "dim": self.dim, "params": self.params}))
 
     def _save_extra(self, path: Path) -> None:  # noqa: B027 - only kinds with state beyond FAISS
         """Write state FAISS does not hold (e.g. HNSW tombstones) beside the index."""

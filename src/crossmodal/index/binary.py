@@ -11,7 +11,6 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ..collection.atomic import atomic_write
 from .base import VectorIndex, VectorLookup, as_ids, as_vectors, exact_rescore
 
 
@@ -41,7 +40,7 @@ class BinaryIndex(VectorIndex):
         self.center = as_vectors(vectors).mean(axis=0)
 
     def _save_extra(self, path: Path) -> None:
-        atomic_write(path.with_suffix(".center.npy"), lambda f: np.save(f, self.center))
+        np.save(path.with_suffix(".center.npy"), self.center)
 
     def _load_extra(self, path: Path) -> None:
         self.center = np.load(path.with_suffix(".center.npy"))

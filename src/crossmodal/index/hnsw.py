@@ -12,7 +12,6 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ..collection.atomic import atomic_write
 from .base import VectorIndex, VectorLookup, as_ids, as_vectors, exact_rescore
 from .flat import BYTES_PER_DIM, STORAGE
 
@@ -80,9 +79,12 @@ class HNSWIndex(VectorIndex):
         return n * (code + 8 + 1) + links
 
     def _save_extra(self, path: Path) -> None:
-        atomic_write(path.with_suffix(".labels.npy"), lambda f: np.save(f, self.labels))
-        atomic_write(path.with_suffix(".alive.npy"), lambda f: np.save(f, self.alive))
+        np.save(path.with_suffix(".labels.npy"), self.labels)
+        np.save(path.with_suffix(".alive.npy"), self.alive)
 
     def _load_extra(self, path: Path) -> None:
         self.labels = np.load(path.with_suffix(".labels.npy"))
         self.alive = np.load(path.with_suffix(".alive.npy"))
+        if not len(self.labels) == len(self.alive) == self.index.ntotal:
+            raise ValueError(f"{path.name} holds {self.index.ntotal} nodes but {len(self.labels)} labels "
+                             f"and {len(self.alive)} flags")
