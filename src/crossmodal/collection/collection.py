@@ -8,13 +8,16 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from ..encoders import load_encoder
 from ..encoders.base import Encoder
@@ -28,9 +31,11 @@ from ..search.rerank import RERANKER_DIR, collection_scorer, find_reranker
 from ..sources.captions import CaptionRecord, read_captions
 from ..sources.folders import iter_images
 from ..sources.images import DEFAULT_MAX_PIXELS
+from .atomic import remove_leftovers
 from .indexes import IndexManager
+from .lock import write_lock
 from .manifest import MANIFEST, Manifest, ModelMismatchError
-from .store import KINDS, ItemStore
+from .store import KINDS, ItemStore, ReadOnlyCollectionError
 from .sync import IndexReport, content_hash, fill_tokens, index_images, index_texts
 
 DEFAULT_MODEL = "lite"
@@ -60,7 +65,9 @@ class Collection:
         self._encoder = encoder
         self.store = ItemStore(folder, manifest.dim)
         self.store.bank = find_bank(manifest.fingerprint, folder / BANK_FILE)
-        self.store.reranker = find_reranker(manifest.fingerprint, folder / RERANKER_DIR)
+        # An old collection on a read-only mount may lack the tokens table: it then ranks without reranking.
+        self.store.reranker = (find_reranker(manifest.fingerprint, folder / RERANKER_DIR)
+                               if self.store.has_tokens() else None)
         self.indexes = IndexManager(folder, self.store, manifest)
         # Searches hold it around store and index access (one SQLite connection), not around model calls.
         self.lock = threading.RLock()
@@ -72,6 +79,8 @@ class Collection:
         Raises ModelMismatchError if ``model`` is given and is not the model the collection was built with.
         """
         folder = Path(folder).expanduser()
+        if folder.is_dir():
+            remove_leftovers(folder)  # e.g. the manifest's temporary file, when creating it was interrupted
         if (folder / MANIFEST).is_file():
             manifest = Manifest.read(folder)
             encoder = None
@@ -129,10 +138,11 @@ class Collection:
                     f"; its {stored} stored photos are kept (index it with --prune-all to remove them)"
                     if stored else ""))
         paths = list(iter_images(folder, include_hidden=include_hidden))
-        report = index_images(self.store, self.encoder, paths, root=root, fields=fields, max_pixels=max_pixels,
-                              prune=prune, prune_all=prune_all, progress=progress,
-                              **kwargs)
-        self._after_adding(progress, read_photos=True)
+        with self._writing():
+            report = index_images(self.store, self.encoder, paths, root=root, fields=fields,
+                                  max_pixels=max_pixels, prune=prune, prune_all=prune_all, progress=progress,
+                                  **kwargs)
+            self._after_adding(progress, read_photos=True)
         return report
 
     def add_images(self, paths: Iterable[str | Path], *, fields: dict[str, Any] | None = None,
@@ -157,8 +167,9 @@ class Collection:
         """Sync the captions of a TSV/CSV/JSONL/text file; returns (report, problems with single rows)."""
         path = Path(path).expanduser().absolute()
         records, problems = read_captions(path)
-        report = index_texts(self.store, self.encoder, records, source=str(path), prune=prune, progress=progress)
-        self._after_adding(progress)
+        with self._writing():
+            report = index_texts(self.store, self.encoder, records, source=str(path), prune=prune, progress=progress)
+            self._after_adding(progress)
         return report, problems
 
     def remove(self, ids: Iterable[int]) -> int:
@@ -251,6 +262,13 @@ class Collection:
         if read_photos and self.store.reranker is not None:
             fill_tokens(self.store, self.encoder, progress=progress)
         self.store.drop_stale_tokens()
+
+    def _writing(self) -> AbstractContextManager[None]:
+        """The collection's write lock, held by a sync run so that two runs never race over the same rows."""
+        if self.store.read_only:
+            raise ReadOnlyCollectionError(f"{self.folder} is read-only: it can be searched, but indexing needs "
+                                          "write access to it")
+        return write_lock(self.folder, on_wait=lambda message: tqdm.write(message, file=sys.stderr))
 
     def _query_image_ids(self, terms: Sequence[Term]) -> list[int]:
         """Ids of stored photos with the same content as a query photo (the photo itself, its copies)."""

@@ -8,8 +8,11 @@ also kept as a memory-mappable ``.npy`` snapshot, rebuilt when the store's gener
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sqlite3
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from tqdm import tqdm
 
 from .atomic import atomic_write, atomic_write_json
 from .paths import decode_path, encode_path, under
@@ -70,6 +74,14 @@ INSERT OR IGNORE INTO meta VALUES ('generation', '0');
 COLUMNS = "id, kind, path, text, size, mtime, hash, fields, added"
 
 
+class ReadOnlyCollectionError(PermissionError):
+    """A write to a collection this process can only read."""
+
+
+class DiskFullError(OSError):
+    """A write failed because the disk is full; the store is unchanged."""
+
+
 @dataclass
 class Item:
     """One stored photo or text, without its vector."""
@@ -112,12 +124,19 @@ class ItemStore:
         self.folder = Path(folder)
         self.dim = dim
         # One connection; the HTTP server shares it between threads and serialises access itself.
-        self.db = sqlite3.connect(self.folder / DB, timeout=60, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
-        if "bias" not in {row[1] for row in self.db.execute("PRAGMA table_info(items)")}:  # older collections
-            self.db.execute("ALTER TABLE items ADD COLUMN bias REAL")
+        # A collection on a read-only mount (or without write permission) is searched, never written.
+        self.read_only = not os.access(self.folder, os.W_OK) or (
+            (self.folder / DB).exists() and not os.access(self.folder / DB, os.W_OK))
+        if self.read_only:
+            self.db = _connect_read_only(self.folder / DB)
+        else:
+            self.db = sqlite3.connect(self.folder / DB, timeout=60, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+            if "bias" not in self._columns():  # older collections
+                self.db.execute("ALTER TABLE items ADD COLUMN bias REAL")
+        self._bias = "bias" if "bias" in self._columns() else "NULL"  # NULL: an old read-only collection
         self.bank: Bank | None = None  # the normalisation bank biases are computed with (set by the collection)
         self.reranker: Reranker | None = None  # the reranker whose photo tokens are stored (set by the collection)
         # kind -> (generation, ids, vectors, biases)
@@ -126,16 +145,32 @@ class ItemStore:
     def close(self) -> None:
         self.db.close()
 
+    def _columns(self) -> set[str]:
+        return {row[1] for row in self.db.execute("PRAGMA table_info(items)")}
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic write: everything inside lands together, and bumps the generation."""
-        self.db.execute("BEGIN IMMEDIATE")
+        """One atomic write: everything inside lands together, and bumps the generation.
+
+        A full disk is reported as such (SQLite has already rolled back); a read-only collection refuses.
+        """
+        if self.read_only:
+            raise ReadOnlyCollectionError(f"{self.folder} is read-only: it can be searched, but adding or "
+                                          "removing items needs write access to it")
         try:
-            yield self.db
-            self.db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+                self.db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+                self.db.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+                    self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as e:
+            if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                raise DiskFullError(errno.ENOSPC, f"the disk holding {self.folder} is full; nothing of this "
+                                    "batch was stored (free some space and run again)") from e
             raise
 
     @property
@@ -283,10 +318,14 @@ class ItemStore:
         except (OSError, ValueError, KeyError):
             pass
         ids, vectors, biases = self._read_matrix(kind)
-        atomic_write(cache / f"{kind}.ids.npy", lambda f: np.save(f, ids))
-        atomic_write(cache / f"{kind}.vectors.npy", lambda f: np.save(f, vectors))
-        atomic_write(cache / f"{kind}.bias.npy", lambda f: np.save(f, biases))
-        atomic_write_json(state_file, {"generation": generation, "count": len(ids)})
+        if not self.read_only:
+            try:
+                atomic_write(cache / f"{kind}.ids.npy", lambda f: np.save(f, ids))
+                atomic_write(cache / f"{kind}.vectors.npy", lambda f: np.save(f, vectors))
+                atomic_write(cache / f"{kind}.bias.npy", lambda f: np.save(f, biases))
+                atomic_write_json(state_file, {"generation": generation, "count": len(ids)})
+            except OSError as e:  # the snapshot only saves time: search from memory (e.g. on a full disk)
+                tqdm.write(f"could not save the search snapshot in {cache} ({e.strerror or e})", file=sys.stderr)
         return ids, vectors, biases
 
     def _read_matrix(self, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -294,7 +333,7 @@ class ItemStore:
         ids = np.empty(n, dtype=np.int64)
         vectors = np.empty((n, self.dim), dtype=np.float32)
         biases = np.empty(n, dtype=np.float32)
-        rows = self.db.execute("SELECT id, vector, bias FROM items WHERE kind = ? ORDER BY id", (kind,))
+        rows = self.db.execute(f"SELECT id, vector, {self._bias} FROM items WHERE kind = ? ORDER BY id", (kind,))
         i = 0
         for i, (item_id, blob, bias) in enumerate(rows):
             ids[i] = item_id
@@ -393,5 +432,25 @@ class ItemStore:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else row[0]
 
+    def has_tokens(self) -> bool:
+        """Does the store have the reranker tokens table (an old read-only collection may not)?"""
+        return self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'rerank_tokens'").fetchone() is not None
+
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file())
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """Open the database without writing anything: read-only, or immutable where SQLite cannot even
+    create its shared-memory file beside it (a read-only mount)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (the collection is read-only, so it cannot be created)")
+    for mode in ("mode=ro", "immutable=1"):
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?{mode}", uri=True, isolation_level=None,
+                             check_same_thread=False)
+        try:
+            db.execute("SELECT COUNT(*) FROM items").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            db.close()
+    raise sqlite3.OperationalError(f"cannot open {path} for reading")
