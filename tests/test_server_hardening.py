@@ -414,6 +414,7 @@ def test_a_slow_body_gets_408(slow_server: int) -> None:
         slow.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n")
         answer = _closed_within(slow, 3, b"x" * 100)
     assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 0.5 s" in answer
+    assert b"connection: close" in answer  # the rest of the body is not waited for
 
 
 def test_serve_starts_uvicorn_with_the_deadlines_and_host_list(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

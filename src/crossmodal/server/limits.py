@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -70,28 +71,28 @@ class Guard:
             await self.app(scope, receive, send)
             return
         csp = DOCS_CSP if scope["path"].startswith(DOCS_PATHS) else PAGE_CSP
-        started = False
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        body = _Body(pending="transfer-encoding" in headers or headers.get("content-length", "0").strip() != "0")
 
         async def send_safe(message: dict) -> None:
-            nonlocal started
             if message["type"] == "http.response.start":
-                started = True
-                message["headers"] = [*message.get("headers", []), (b"x-content-type-options", b"nosniff"),
-                                      (b"x-frame-options", b"DENY"), (b"referrer-policy", b"same-origin"),
-                                      (b"content-security-policy", csp.encode())]
+                body.answered = True
+                extra = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                         (b"referrer-policy", b"same-origin"), (b"content-security-policy", csp.encode())]
+                if body.pending:  # answered before its body was read: close, rather than read the rest
+                    extra.append((b"connection", b"close"))
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        method, path = scope["method"], scope["path"]
         try:
-            limit = self.check(method, path, headers)
+            limit = self.check(scope["method"], scope["path"], headers)
         except HTTPException as e:
             await _refuse(e, scope, receive, send_safe)
             return
         try:
-            await self.app(scope, self.bounded(receive, limit), send_safe)
+            await self.app(scope, self.bounded(receive, limit, body), send_safe)
         except HTTPException as e:  # from bounded(), where the app let it through (e.g. a mounted app)
-            if started:
+            if body.answered:
                 raise
             await _refuse(e, scope, receive, send_safe)
 
@@ -117,17 +118,16 @@ class Guard:
                 raise HTTPException(413, f"the request body is over this endpoint's {_mb(limit)} limit")
         return limit
 
-    def bounded(self, receive: Any, limit: int) -> Any:
+    def bounded(self, receive: Any, limit: int, body: _Body) -> Any:
         """``receive`` that counts body bytes against ``limit`` and waits for the body at most
         ``body_seconds`` in all; once the body is complete it passes messages through untouched."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.body_seconds
         received = 0
-        complete = False
 
         async def receive_bounded() -> dict:
-            nonlocal received, complete
-            if complete:
+            nonlocal received
+            if not body.pending:
                 return await receive()
             try:
                 message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.001))
@@ -135,14 +135,23 @@ class Guard:
                 raise HTTPException(408, f"the request body did not arrive within {self.body_seconds:g} s") from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                complete = not message.get("more_body", False)
+                body.pending = message.get("more_body", False)
                 if received > limit:
+                    body.pending = True
                     raise HTTPException(413, f"the request body is over this endpoint's {_mb(limit)} limit")
             else:
-                complete = True
+                body.pending = False
             return message
 
         return receive_bounded
+
+
+@dataclass
+class _Body:
+    """Where a request's body stands: still (partly) unread, and whether the answer has started."""
+
+    pending: bool
+    answered: bool = False
 
 
 def _cross_site(headers: dict[str, str]) -> bool:
@@ -161,8 +170,7 @@ def _mb(n: int) -> str:
 
 
 async def _refuse(e: HTTPException, scope: dict, receive: Any, send: Any) -> None:
-    headers = {"connection": "close"} if e.status_code in (408, 413) else None
-    await JSONResponse({"detail": e.detail}, e.status_code, headers=headers)(scope, receive, send)
+    await JSONResponse({"detail": e.detail}, e.status_code)(scope, receive, send)
 
 
 class _HeaderDeadline:
