@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -50,6 +51,8 @@ def test_a_non_utf8_name_is_indexed_found_and_unchanged_next_run(tmp_path: Path,
 
     hits = c.search_vector(c.store.vector(item.id), k=1)
     assert hits[0].id == item.id and hits[0].path == str(odd)
+    assert json.dumps(hits[0].to_dict(), ensure_ascii=False).encode("utf-8")  # printable JSON
+    assert hits[0].to_dict()["path"].endswith("x\\xff.jpg")
 
     odd.rename(root / "renamed.jpg")  # a rename keeps its id, and its old odd name is let go
     third = c.index_folder(root, progress=False)

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from .collection.collection import Collection
 from .collection.manifest import ModelMismatchError
+from .collection.paths import shown
 from .search.pipeline import DEFAULT_RERANK, Ranking
 from .search.query import Term, parse_term
 from .sources.captions import CaptionFileError
@@ -230,7 +231,7 @@ def search(
     if not hits:
         err.print("no results (is the collection empty, or do the filters match nothing?)")
     for h in hits:
-        print(f"{h.score:.4f}\t{h.path if h.kind == 'image' else h.text}")
+        print(f"{h.score:.4f}\t{shown(h.path) if h.kind == 'image' else h.text}")
 
 
 @app.command()

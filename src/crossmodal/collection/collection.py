@@ -35,6 +35,7 @@ from .atomic import remove_leftovers
 from .indexes import IndexManager
 from .lock import write_lock
 from .manifest import MANIFEST, Manifest, ModelMismatchError
+from .paths import shown
 from .store import KINDS, ItemStore, ReadOnlyCollectionError
 from .sync import IndexReport, content_hash, fill_tokens, index_images, index_texts
 
@@ -53,7 +54,11 @@ class Hit:
     fields: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """The hit as JSON-ready values; a file name that is not UTF-8 shows its odd bytes as ``\\xNN``."""
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.path is not None:
+            out["path"] = shown(self.path)
+        return out
 
 
 class Collection:
