@@ -7,10 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from conftest import ColorEncoder, make_photo
 from crossmodal import Collection
 from crossmodal.collection.paths import decode_path, encode_path, shown
+from crossmodal.server.app import create_app
 
 
 def _odd_photo(folder: Path, name: bytes, color: tuple[int, int, int]) -> Path:
@@ -53,6 +55,14 @@ def test_a_non_utf8_name_is_indexed_found_and_unchanged_next_run(tmp_path: Path,
     assert hits[0].id == item.id and hits[0].path == str(odd)
     assert json.dumps(hits[0].to_dict(), ensure_ascii=False).encode("utf-8")  # printable JSON
     assert hits[0].to_dict()["path"].endswith("x\\xff.jpg")
+    globbed = c.search_vector(c.store.vector(item.id), k=5, path=f"{root}/x*")
+    assert [h.id for h in globbed] == [item.id]  # a path glob sees names stored as bytes
+    c.close()
+    with TestClient(create_app(tmp_path / "col", model=encoder)) as client:
+        found = client.post("/api/search", json={"text": "blue", "k": 5})
+        assert found.status_code == 200 and any(r["path"].endswith("x\\xff.jpg") for r in found.json()["results"])
+        assert client.get(f"/api/items/{item.id}").json()["path"].endswith("x\\xff.jpg")
+    c = Collection.open(tmp_path / "col", model=encoder)
 
     odd.rename(root / "renamed.jpg")  # a rename keeps its id, and its old odd name is let go
     third = c.index_folder(root, progress=False)

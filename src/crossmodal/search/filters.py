@@ -58,7 +58,7 @@ def where_clause(kind: str, path_glob: str | None = None, conditions: list[Condi
     """SQL WHERE text and parameters selecting the items of ``kind`` that pass every filter."""
     parts, params = ["kind = ?"], [kind]
     if path_glob:
-        parts.append("path GLOB ?")
+        parts.append("CAST(path AS TEXT) GLOB ?")  # a non-UTF-8 name is stored as bytes
         params.append(path_glob)
     for cond in conditions or []:
         sql, p = cond.sql()

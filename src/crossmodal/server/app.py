@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,6 +34,7 @@ from .. import __version__
 from ..collection.atomic import atomic_write
 from ..collection.collection import Collection, Hit
 from ..collection.manifest import Manifest
+from ..collection.paths import shown
 from ..collection.sync import content_hash
 from ..encoders import Encoder, load_encoder
 from ..encoders.onnx import OnnxEncoder
@@ -443,8 +443,9 @@ def _thumbnail_url(h: Hit) -> str | None:
 
 
 def _hit_json(h: Hit) -> dict[str, Any]:
-    return {**vars(h), "thumbnail": _thumbnail_url(h)}
+    """A hit as the API returns it (a non-UTF-8 file name with ``\\xNN`` escapes, as JSON needs text)."""
+    return {**vars(h), "path": shown(h.path) if h.path is not None else None, "thumbnail": _thumbnail_url(h)}
 
 
 def _hit(h: Hit) -> HitOut:
-    return HitOut(**asdict(h), thumbnail=_thumbnail_url(h))
+    return HitOut(**_hit_json(h))
