@@ -18,6 +18,7 @@ from rich.table import Table
 from .collection.collection import Collection
 from .collection.manifest import ModelMismatchError
 from .collection.paths import shown
+from .collection.store import DiskFullError
 from .search.pipeline import DEFAULT_RERANK, Ranking
 from .search.query import Term, parse_term
 from .sources.captions import CaptionFileError
@@ -76,8 +77,8 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]: finished batches are saved; run the same command again to resume.")
             raise typer.Exit(130) from None
-        except (FileNotFoundError, FileExistsError, ValueError, ModelMismatchError, ImageError,
-                CaptionFileError, KeyError) as e:
+        except (FileNotFoundError, FileExistsError, PermissionError, DiskFullError, ValueError, ModelMismatchError,
+                ImageError, CaptionFileError, KeyError) as e:
             err.print(f"[red]error[/]: {e}", highlight=False)
             raise typer.Exit(2) from None
         except ImportError as e:
