@@ -74,8 +74,9 @@ def crash_at(monkeypatch: pytest.MonkeyPatch, n: int) -> Callable[[], int]:
 def test_an_index_save_crashed_at_any_write_leaves_a_collection_that_answers(
         hnsw_col: Collection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = hnsw_col.folder
-    photos(tmp_path / "p", 10, seed=2)
-    hnsw_col.index_folder(tmp_path / "p", progress=False)
+    photos(tmp_path / "new", 10, seed=2)
+    hnsw_col.add_images(sorted((tmp_path / "new").iterdir()))  # the next search updates the index
+    hnsw_col.remove(hnsw_col.store.ids_where("kind = 'image' ORDER BY id LIMIT 3"))
     hnsw_col.close()
     pristine = tmp_path / "pristine"
     shutil.copytree(folder, pristine)

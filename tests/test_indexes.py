@@ -175,3 +175,23 @@ def test_index_updates_in_place_and_rebuilds_on_threshold(col: Collection) -> No
     col.search("x", k=3)
     third = json.loads(state_path.read_text())
     assert third["built_n"] == 28 and col.indexes.get("image").stale_fraction == 0
+
+
+def test_index_runs_leave_the_index_ready(col: Collection, tmp_path: Path) -> None:
+    col.configure_index("hnsw")
+    make_photo(tmp_path / "p" / "late.png", (10, 200, 10), noise=20)
+    col.index_folder(tmp_path / "p", progress=False)
+    state = json.loads((col.folder / "index" / "image.state.json").read_text())
+    assert state["generation"] == col.store.generation  # the first search builds nothing
+
+
+def test_ef_search_is_calibrated_on_the_collections_own_vectors(data: tuple) -> None:
+    from crossmodal.index.calibrate import calibrate_ef
+
+    ids, x, _ = data
+    index = build_index("hnsw", ids, x, m=8, ef_construction=40, ef_search=16)
+    strict, measured = calibrate_ef(index, ids, x, 0.999, bias_column=DIM - 1)
+    loose, loose_measured = calibrate_ef(index, ids, x, 0.5, bias_column=DIM - 1)
+    assert loose <= strict and loose_measured >= 0.5
+    assert measured >= 0.999 or strict == 512
+    assert loose == 16  # the least effort that reaches a low target

@@ -148,6 +148,7 @@ class Collection:
                                   max_pixels=max_pixels, prune=prune, prune_all=prune_all, progress=progress,
                                   **kwargs)
             self._after_adding(progress, read_photos=True)
+            self.refresh_indexes(progress)  # the first search must not build the index in the foreground
         return report
 
     def add_images(self, paths: Iterable[str | Path], *, fields: dict[str, Any] | None = None,
@@ -175,6 +176,7 @@ class Collection:
         with self._writing():
             report = index_texts(self.store, self.encoder, records, source=str(path), prune=prune, progress=progress)
             self._after_adding(progress)
+            self.refresh_indexes(progress)
         return report, problems
 
     def remove(self, ids: Iterable[int]) -> int:
@@ -297,10 +299,11 @@ class Collection:
         for item_kind in KINDS:
             self.indexes.rebuild(item_kind)
 
-    def refresh_indexes(self) -> None:
-        """Bring every index up to date now (otherwise the next search does it)."""
+    def refresh_indexes(self, progress: bool = False) -> None:
+        """Bring every index up to date now, so that the next search finds it ready (``index`` does this
+        at its end; otherwise the next search does it)."""
         for item_kind in KINDS:
-            self.indexes.get(item_kind)
+            self.indexes.get(item_kind, progress=progress)
 
     # -- facts -------------------------------------------------------------------------------------
 

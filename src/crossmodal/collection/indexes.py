@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..index import VectorIndex, build_index, load_index
+from ..index import VectorIndex, add_in_batches, build_index, load_index
+from ..index.calibrate import calibrate_ef
 from ..index.planner import IndexPlan, plan_index
-from ..search.normalise import augment, index_dim
+from ..search.normalise import SHARE, augment, index_dim
 from .generations import FileSet
 from .manifest import Manifest
 from .store import ItemStore
@@ -44,6 +45,16 @@ class IndexVectors:
 
     def __getitem__(self, rows: Any) -> np.ndarray:
         return augment(self.vectors[rows], 0.0 if self.biases is None else self.biases[rows], self.width)
+
+
+class _Rows:
+    """Chosen rows of the index vectors, sliced a batch at a time."""
+
+    def __init__(self, vectors: IndexVectors, rows: np.ndarray) -> None:
+        self.vectors, self.rows = vectors, rows
+
+    def __getitem__(self, part: slice) -> np.ndarray:
+        return self.vectors[self.rows[part]]
 
 
 class SnapshotLookup:
@@ -86,8 +97,9 @@ class IndexManager:
         return plan_index(n, self.manifest.dim, settings.get("memory"), settings.get("recall", 0.95),
                           None if requested == "auto" else requested)
 
-    def get(self, kind: str, rebuild: bool = False) -> VectorIndex | None:
-        """The up-to-date index for items of ``kind``, or None when exact search on the snapshot is the plan."""
+    def get(self, kind: str, rebuild: bool = False, progress: bool = False) -> VectorIndex | None:
+        """The up-to-date index for items of ``kind``, or None when exact search on the snapshot is the plan;
+        ``progress`` shows a bar while building or updating it (``index`` runs)."""
         generation = self.store.generation
         cached = self._cache.get(kind)
         if cached is not None and cached[0] == generation and not rebuild:
@@ -97,7 +109,7 @@ class IndexManager:
         self._record(kind, plan)
         index = None
         if not (plan.kind == "flat" and plan.params.get("storage") == "fp32") and len(ids):
-            index = self._sync(kind, plan, ids, self.vectors(kind, plan.kind), generation, rebuild)
+            index = self._sync(kind, plan, ids, self.vectors(kind, plan.kind), generation, rebuild, progress)
         elif not self.read_only:
             FileSet(self.folder, kind).drop()
         self._cache[kind] = (generation, index)
@@ -139,27 +151,37 @@ class IndexManager:
         return index, members, state
 
     def _sync(self, kind: str, plan: IndexPlan, ids: np.ndarray, vectors: IndexVectors, generation: int,
-              rebuild: bool = False) -> VectorIndex:
+              rebuild: bool = False, progress: bool = False) -> VectorIndex:
         files = FileSet(self.folder, kind)
         loaded = None if rebuild else self._load(files, generation)
         if loaded is not None and self._reusable(loaded[2], plan, len(ids)):
             index, members, state = loaded
             if state["generation"] == generation:
-                self._tune(index, plan)
+                self._tune(index, plan, state.get("calibrated"))
                 return index
             removed = np.setdiff1d(members, ids, assume_unique=True)
             written = np.intersect1d(self.store.written_since(kind, state["generation"]), ids)
             added = np.union1d(np.setdiff1d(ids, members, assume_unique=True), written)
             index.remove(removed)
             rows = np.searchsorted(ids, added)
-            index.add(added, vectors[rows])
+            add_in_batches(index, added, _Rows(vectors, rows), progress, f"updating the {kind} index")
             if getattr(index, "stale_fraction", 0.0) <= MAX_STALE:
-                self._tune(index, plan)
-                self._save(files, index, ids, generation, state["built_n"])
+                self._tune(index, plan, state.get("calibrated"))
+                self._save(files, index, ids, generation, state["built_n"], state.get("calibrated"))
                 return index
-        index = build_index(plan.kind, ids, vectors, **plan.params)
-        self._save(files, index, ids, generation, len(ids))
+        index = build_index(plan.kind, ids, vectors, progress=progress, **plan.params)
+        calibrated = self._calibrate(index, ids, vectors)
+        self._save(files, index, ids, generation, len(ids), calibrated)
         return index
+
+    def _calibrate(self, index: VectorIndex, ids: np.ndarray, vectors: IndexVectors) -> dict | None:
+        """For a graph index: the ef_search that reaches the recall target on this collection's own vectors."""
+        if index.kind != "hnsw":
+            return None
+        recall = self.manifest.index.get("recall", 0.95)
+        ef, measured = calibrate_ef(index, ids, vectors, recall, self.manifest.dim,
+                                    SHARE if vectors.biases is not None else 0.0)
+        return {"recall": recall, "ef_search": ef, "measured": round(measured, 4)}
 
     @staticmethod
     def _reusable(state: dict, plan: IndexPlan, n: int) -> bool:
@@ -169,14 +191,17 @@ class IndexManager:
         trained = plan.kind == "ivfpq" or plan.params.get("storage") == "int8"
         return same and not (trained and n > REBUILD_GROWTH * max(state["built_n"], 1))
 
-    @staticmethod
-    def _tune(index: VectorIndex, plan: IndexPlan) -> None:
-        """Search-time knobs follow the plan without a rebuild."""
+    def _tune(self, index: VectorIndex, plan: IndexPlan, calibrated: dict | None = None) -> None:
+        """Search-time knobs follow the plan without a rebuild; ef_search the value calibrated on this
+        collection for the plan's recall target, when there is one."""
         for knob in ("ef_search", "nprobe"):
             if knob in plan.params:
                 index.params[knob] = plan.params[knob]
+        if calibrated and calibrated["recall"] == self.manifest.index.get("recall", 0.95):
+            index.params["ef_search"] = calibrated["ef_search"]
 
-    def _save(self, files: FileSet, index: VectorIndex, ids: np.ndarray, generation: int, built_n: int) -> None:
+    def _save(self, files: FileSet, index: VectorIndex, ids: np.ndarray, generation: int, built_n: int,
+              calibrated: dict | None = None) -> None:
         """Store the index and its members as one new generation (nothing, on a read-only collection)."""
         if self.read_only:
             return
@@ -184,7 +209,8 @@ class IndexManager:
         index.save(folder / "index.faiss")
         np.save(folder / "members.npy", ids)
         files.commit(folder, {"kind": index.kind, "layout": LAYOUT, "params": index.params,
-                              "generation": generation, "built_n": built_n, "bytes": index.nbytes})
+                              "generation": generation, "built_n": built_n, "bytes": index.nbytes,
+                              "calibrated": calibrated})
 
     def _record(self, kind: str, plan: IndexPlan) -> None:
         """Write the planner's choice into the manifest when it changes."""

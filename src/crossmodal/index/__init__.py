@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from .base import VectorIndex, VectorLookup, read_faiss
 from .binary import BinaryIndex
@@ -38,16 +40,26 @@ def load_index(path: Path, mmap: bool = True) -> VectorIndex:
 
 
 def build_index(kind: str, ids: np.ndarray, vectors: np.ndarray, train_size: int = 200_000, seed: int = 0,
-                batch: int = 100_000, **params: Any) -> VectorIndex:
+                progress: bool = False, **params: Any) -> VectorIndex:
     """Build an index of ``kind`` over all ``vectors``, training on a random sample where needed."""
     index = make_index(kind, vectors.shape[1], **params)
     if index.needs_training:
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(len(vectors), size=min(train_size, len(vectors)), replace=False))
         index.train(np.asarray(vectors[sample], dtype=np.float32))
-    for start in range(0, len(vectors), batch):
-        index.add(ids[start:start + batch], np.asarray(vectors[start:start + batch], dtype=np.float32))
+    add_in_batches(index, ids, vectors, progress, f"building the {kind} index")
     return index
 
 
-__all__ = ["KINDS", "VectorIndex", "VectorLookup", "build_index", "load_index", "make_index"]
+def add_in_batches(index: VectorIndex, ids: np.ndarray, vectors: Any, progress: bool = False, desc: str = "",
+                   batch: int = 20_000) -> None:
+    """Add ``vectors`` (an array, or anything sliced into one) a batch at a time, with a progress bar
+    (and its ETA) when asked, so that a large build never holds a second full copy."""
+    with tqdm(total=len(ids), desc=desc, unit="item", disable=not progress or len(ids) <= batch,
+              file=sys.stderr) as bar:
+        for start in range(0, len(ids), batch):
+            index.add(ids[start:start + batch], np.asarray(vectors[start:start + batch], dtype=np.float32))
+            bar.update(min(batch, len(ids) - start))
+
+
+__all__ = ["KINDS", "VectorIndex", "VectorLookup", "add_in_batches", "build_index", "load_index", "make_index"]
