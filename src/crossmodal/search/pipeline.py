@@ -11,7 +11,10 @@ users get. Stages:
   retrieval so every index kind ranks by the normalised score;
 - rerank: a model that reads the query and each of the top N candidates together re-scores them as
   ``score + weight x logit`` (BLIP's ITM + ITC); only the order inside the top N changes;
-- cut: results scoring under ``min_score`` are dropped.
+- cut: results scoring under ``min_score`` are dropped;
+- diversify (optional): maximal marginal relevance picks the page from a pool of ``diversity.POOL``
+  candidates by their stored vectors (search/diversity.py), so near-copies do not fill it; scores stay
+  the pipeline's.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .diversity import POOL, check_lambda, mmr
 from .exact import scores as inner_products
 from .exact import topk
 from .normalise import Bank, augment_queries, index_dim
@@ -38,18 +42,27 @@ DEFAULT_RERANK = 16
 @dataclass(frozen=True)
 class Ranking:
     """How results are ranked, with the same defaults everywhere: normalisation on, rerank the top
-    ``rerank`` (0: off), drop results under ``min_score`` (None: keep all)."""
+    ``rerank`` (0: off), drop results under ``min_score`` (None: keep all), diversify with MMR at lambda
+    ``diversity`` (None or 1: off; lower is more diverse)."""
 
     norm: bool = True
     rerank: int = DEFAULT_RERANK
     min_score: float | None = None
+    diversity: float | None = None
 
     def __post_init__(self) -> None:
         if self.rerank < 0:
             raise ValueError(f"rerank must be 0 (off) or a number of results to re-score, not {self.rerank}")
+        if self.diversity is not None:
+            check_lambda(self.diversity)
+
+    @property
+    def diverse(self) -> bool:
+        """Whether the diversify stage runs (a lambda under 1)."""
+        return self.diversity is not None and self.diversity < 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"norm": self.norm, "rerank": self.rerank, "min_score": self.min_score}
+        return {"norm": self.norm, "rerank": self.rerank, "min_score": self.min_score, "diversity": self.diversity}
 
 
 @dataclass
@@ -124,7 +137,8 @@ def run(collection: Collection, queries: Sequence[Query], *, k: int, kind: str, 
     timings.queries += len(queries)
     started = time.perf_counter()
     reranking = collection.reranker(kind) if ranking.rerank else None
-    fetch = max(k, ranking.rerank if reranking else 0) + max((len(q.exclude) for q in queries), default=0)
+    pool = max(k, POOL) if ranking.diverse else k
+    fetch = max(pool, ranking.rerank if reranking else 0) + max((len(q.exclude) for q in queries), default=0)
     vectors = np.stack([q.vector for q in queries]).astype(np.float32)
     with collection.lock:
         bank = collection.store.bank
@@ -145,9 +159,22 @@ def run(collection: Collection, queries: Sequence[Query], *, k: int, kind: str, 
                 if logits is not None:
                     out[i] = rerank_top(*out[i], ranking.rerank, logits, weight)
         started = timings.add("rerank", started)
-    out = [cut(s[:k], i[:k], ranking.min_score) for s, i in out]
-    timings.add("cut", started)
+    out = [cut(s[:pool], i[:pool], ranking.min_score) for s, i in out]
+    started = timings.add("cut", started)
+    if ranking.diverse:
+        out = [diversify(collection, kind, s, i, ranking.diversity, k) for s, i in out]
+        timings.add("diversify", started)
     return out
+
+
+def diversify(collection: Collection, kind: str, scores: np.ndarray, ids: np.ndarray, lam: float, k: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` results MMR picks from one ranked list, in its order, by the items' stored vectors."""
+    with collection.lock:
+        stored_ids, matrix = collection.store.matrix(kind)
+        vectors = np.asarray(matrix[np.searchsorted(stored_ids, ids)], dtype=np.float32)
+    order = mmr(scores, vectors, lam, k)
+    return scores[order], ids[order]
 
 
 def retrieve(collection: Collection, vectors: np.ndarray, shares: np.ndarray, biases: np.ndarray | None,
@@ -169,8 +196,8 @@ SetScorer = Callable[[int, np.ndarray], np.ndarray]
 
 
 class SetScores:
-    """The pipeline over photos and captions held in memory (eval): the same normalisation and rerank
-    stages as ``run``, as score matrices that order each row the way search orders its results."""
+    """The pipeline over photos and captions held in memory (eval): the same normalisation, rerank and
+    diversify stages as ``run``, as score matrices that order each row the way search orders its results."""
 
     def __init__(self, image_emb: np.ndarray, text_emb: np.ndarray, ranking: Ranking, bank: Bank | None = None,
                  rerankers: dict[str, tuple[SetScorer, float]] | None = None, timings: Timings | None = None) -> None:
@@ -181,16 +208,14 @@ class SetScores:
         self.bias = {kind: self.bank.biases(kind, emb) for kind, emb in self.emb.items()} if self.bank else {}
 
     def __call__(self, direction: str, queries: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Scores (queries, items) whose row order is search's order (re-ranked items lifted above the rest)."""
+        """Scores (queries, items) whose row order is search's order (the re-ranked or diversified head of
+        each row lifted above the rest, in its order)."""
         scores, kind = self._retrieve(direction, queries, items)
-        if kind in self.rerankers:
-            started = time.perf_counter()
-            n = min(self.ranking.rerank, len(items))
+        if kind in self.rerankers or self.ranking.diverse:
+            n = POOL if self.ranking.diverse else min(self.ranking.rerank, len(items))
             for row, query in zip(scores, queries, strict=True):
-                order = np.lexsort((np.arange(len(items)), -row))
-                _, reranked = self._rerank(row[order], order, int(query), items, kind)
-                row[reranked[:n]] = row.max() + 1 + np.arange(n, 0, -1, dtype=np.float32)
-            self.timings.add("rerank", started)
+                head = self._order(row, int(query), items, kind, POOL)[1][:n]
+                row[head] = row.max() + 1 + np.arange(len(head), 0, -1, dtype=np.float32)
         return scores
 
     def ranked(self, direction: str, queries: np.ndarray, items: np.ndarray, k: int
@@ -199,11 +224,8 @@ class SetScores:
         scores, kind = self._retrieve(direction, queries, items)
         out = []
         for row, query in zip(scores, queries, strict=True):
-            order = np.lexsort((np.arange(len(items)), -row))
-            ranked = (row[order], order)
-            if kind in self.rerankers:
-                ranked = self._rerank(*ranked, int(query), items, kind)
-            out.append((ranked[0][:k], ranked[1][:k]))
+            ranked_scores, positions = self._order(row, int(query), items, kind, k)
+            out.append((ranked_scores[:k], positions[:k]))
         return out
 
     def _retrieve(self, direction: str, queries: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, str]:
@@ -216,9 +238,22 @@ class SetScores:
         self.timings.add("retrieve", started)
         return scores, kind
 
-    def _rerank(self, scores: np.ndarray, order: np.ndarray, query: int, items: np.ndarray, kind: str
-                ) -> tuple[np.ndarray, np.ndarray]:
-        """One query's ranked list (scores, positions) with its top N re-ranked, as search does it."""
-        logits, weight = self.rerankers[kind]
-        n = min(self.ranking.rerank, len(order))
-        return rerank_top(scores, order, n, logits(query, items[order[:n]]), weight)
+    def _order(self, row: np.ndarray, query: int, items: np.ndarray, kind: str, k: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """One query's ranked list (scores, item positions) as search orders it: by score, the top N re-ranked,
+        and when diversifying the ``k`` that MMR picks from the pool."""
+        order = np.lexsort((np.arange(len(items)), -row))
+        ranked = row[order], order
+        if kind in self.rerankers:
+            started = time.perf_counter()
+            logits, weight = self.rerankers[kind]
+            n = min(self.ranking.rerank, len(order))
+            ranked = rerank_top(*ranked, n, logits(query, items[order[:n]]), weight)
+            self.timings.add("rerank", started)
+        if self.ranking.diverse:
+            started = time.perf_counter()
+            pool_scores, pool = ranked[0][:max(k, POOL)], ranked[1][:max(k, POOL)]
+            picked = mmr(pool_scores, self.emb[kind][items[pool]], self.ranking.diversity, k)
+            ranked = pool_scores[picked], pool[picked]
+            self.timings.add("diversify", started)
+        return ranked
