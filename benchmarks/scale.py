@@ -1,0 +1,172 @@
+"""A collection at scale, through the API `crossmodal index` uses: synthetic items (fake paths, clustered
+unit vectors, fixed seed) stored in batches of one transaction each, then the index built as `index` ends.
+
+    python benchmarks/scale.py [--sizes 100000,1000000] [--dim 512] [--queries 200]
+
+Prints, side by side for each size: insert rate, the index build at the end of `index`, bytes per item
+on disk by file, peak RSS of each phase (each runs in its own process), the first search after `index`
+(a fresh process: open + one search), warm p50/p99, the next search after 1% churn (1% deleted, 1%
+added), and recall@10 of the planned kind against exact search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from search import clustered  # noqa: E402 - the same clustered vectors as benchmarks/search.py
+
+from crossmodal import Collection  # noqa: E402
+from crossmodal.collection.manifest import Manifest  # noqa: E402
+from crossmodal.collection.store import NewItem  # noqa: E402
+from crossmodal.search.exact import topk  # noqa: E402
+
+BATCH = 1000  # items per transaction, as an index run writes them
+CLUSTERS = 200
+
+
+def _vectors(n: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(12345)
+    centers = rng.normal(size=(CLUSTERS, dim)).astype(np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    return clustered(n, dim, CLUSTERS, seed, centers)[0]
+
+
+def insert(folder: Path, start: int, n: int, dim: int, seed: int) -> None:
+    """Store ``n`` synthetic photos (ids after ``start``) the way an index run does: one transaction per batch."""
+    with Collection(folder, Manifest.read(folder)) as c:
+        vectors = _vectors(n, dim, seed)
+        for b in range(0, n, BATCH):
+            with c.store.transaction() as db:
+                for i in range(b, min(b + BATCH, n)):
+                    c.store.put(db, NewItem("image", vectors[i], hash=f"h{start + i}",
+                                            path=f"/photos/{(start + i) // 1000:04d}/{start + i:07d}.jpg",
+                                            size=100_000 + i, mtime=1.7e9))
+
+
+def phase(args: argparse.Namespace) -> dict:
+    """One measured phase, in this (child) process; returns its figures with peak RSS."""
+    folder = Path(args.folder)
+    out: dict = {}
+    t0 = time.perf_counter()
+    if args.phase == "create":
+        Manifest(model="synthetic", fingerprint="synthetic", dim=args.dim).write(folder)
+        insert(folder, 0, args.n, args.dim, seed=1)
+        out["insert_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        with Collection(folder, Manifest.read(folder)) as c:
+            c.refresh_indexes()  # what `crossmodal index` does at its end
+            out["plan"] = c.manifest.index["image"]["kind"]
+        out["build_s"] = time.perf_counter() - t1
+    elif args.phase == "first":
+        with Collection(folder, Manifest.read(folder)) as c:
+            q = _vectors(1, args.dim, seed=7)[0]
+            c.search_vector(q, k=10, modality="text")
+        out["search_s"] = time.perf_counter() - t0
+    elif args.phase == "warm":
+        with Collection(folder, Manifest.read(folder)) as c:
+            queries = _vectors(args.queries, args.dim, seed=9)
+            c.search_vector(queries[0], k=10, modality="text")
+            times, found = [], []
+            for q in queries:
+                s = time.perf_counter()
+                hits = c.search_vector(q, k=10, modality="text")
+                times.append(time.perf_counter() - s)
+                found.append([h.id for h in hits])
+            ids, vectors = c.store.matrix("image")
+            _, rows = topk(vectors, queries, 10)
+            truth = ids[rows]
+            out["p50_ms"] = float(np.percentile(times, 50) * 1e3)
+            out["p99_ms"] = float(np.percentile(times, 99) * 1e3)
+            out["recall"] = float(np.mean([len(np.intersect1d(f, t)) / 10 for f, t in zip(found, truth, strict=True)]))
+    elif args.phase == "churn":
+        with Collection(folder, Manifest.read(folder)) as c:
+            c.search_vector(_vectors(1, args.dim, seed=7)[0], k=10, modality="text")
+            gone = c.store.ids_where("kind = 'image' ORDER BY random() LIMIT ?", (args.n // 100,))
+            c.remove(gone)
+        insert(folder, args.n, args.n // 100, args.dim, seed=3)
+        with Collection(folder, Manifest.read(folder)) as c:
+            s = time.perf_counter()
+            c.search_vector(_vectors(1, args.dim, seed=8)[0], k=10, modality="text")
+            out["search_s"] = time.perf_counter() - s
+    out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def run_phase(folder: Path, name: str, n: int, dim: int, queries: int) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--phase", name, "--folder", str(folder), "--n", str(n),
+                             "--dim", str(dim), "--queries", str(queries)], capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"phase {name} failed: {result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def disk(folder: Path, n: int) -> dict[str, float]:
+    """Bytes per item on disk, by top-level file or folder."""
+    out: dict[str, float] = {}
+    for path in folder.iterdir():
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+        out[path.name] = size / n
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--folder", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        print(json.dumps(phase(args)))
+        return
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    columns: dict[int, dict] = {}
+    with tempfile.TemporaryDirectory(dir=Path.home()) as tmp:
+        for n in sizes:
+            folder = Path(tmp) / f"c{n}"
+            folder.mkdir()
+            created = run_phase(folder, "create", n, args.dim, args.queries)
+            by_file = disk(folder, n)
+            first = run_phase(folder, "first", n, args.dim, args.queries)
+            warm = run_phase(folder, "warm", n, args.dim, args.queries)
+            churn = run_phase(folder, "churn", n, args.dim, args.queries)
+            columns[n] = {
+                "planned kind": created["plan"],
+                "insert rate (items/s)": f"{n / created['insert_s']:,.0f}",
+                "index build at the end of `index` (s)": f"{created['build_s']:.1f}",
+                "peak RSS of insert + build (MB)": f"{created['rss_mb']:,.0f}",
+                **{f"bytes/item: {name}": f"{size:,.0f}" for name, size in sorted(by_file.items())},
+                "bytes/item: total": f"{sum(by_file.values()):,.0f}",
+                "raw vector bytes/item": f"{args.dim * 4:,}",
+                "first search after `index`, fresh process (s)": f"{first['search_s']:.2f}",
+                "peak RSS of first search (MB)": f"{first['rss_mb']:,.0f}",
+                "warm p50 / p99 (ms)": f"{warm['p50_ms']:.2f} / {warm['p99_ms']:.2f}",
+                "recall@10 vs exact": f"{warm['recall']:.3f}",
+                "next search after 1% churn (s)": f"{churn['search_s']:.2f}",
+            }
+    table = Table(title=f"A collection at scale ({args.dim}-d synthetic vectors, 2 cores)")
+    table.add_column("")
+    for n in sizes:
+        table.add_column(f"{n:,}", justify="right")
+    for key in dict.fromkeys(k for col in columns.values() for k in col):
+        table.add_row(key, *(columns[n].get(key, "") for n in sizes))
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
