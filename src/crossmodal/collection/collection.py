@@ -31,13 +31,14 @@ from ..search.rerank import RERANKER_DIR, collection_scorer, find_reranker
 from ..sources.captions import CaptionRecord, read_captions
 from ..sources.folders import iter_images
 from ..sources.images import DEFAULT_MAX_PIXELS
+from . import photo_fields
 from .atomic import remove_leftovers
 from .indexes import IndexManager
 from .lock import write_lock
 from .manifest import MANIFEST, Manifest, ModelMismatchError
 from .paths import shown
 from .store import KINDS, ItemStore, ReadOnlyCollectionError
-from .sync import IndexReport, content_hash, fill_tokens, index_images, index_texts
+from .sync import IndexReport, content_hash, fill_metadata, fill_tokens, index_images, index_texts
 
 DEFAULT_MODEL = "lite"
 
@@ -264,11 +265,15 @@ class Collection:
     def _after_adding(self, progress: bool = False, read_photos: bool = False) -> None:
         """What adding owes stored items: normalisation biases they lack (stored before the bank existed),
         no tokens of content no longer stored, and, for a folder run (``read_photos``), the reranker tokens
-        of photos stored before the reranker existed (each photo is read again, so never on an upload)."""
+        of photos stored before the reranker existed (each photo is read again, so never on an upload) and
+        the file metadata of photos stored before it was read (their headers only)."""
         self.store.fill_biases()
         if read_photos and self.store.reranker is not None:
             fill_tokens(self.store, self.encoder, progress=progress)
+        if read_photos:
+            fill_metadata(self.store, progress=progress)
         self.store.drop_stale_tokens()
+        photo_fields.forget_stale(self.store.db)
 
     def _writing(self) -> AbstractContextManager[None]:
         """The collection's write lock, held by a sync run so that two runs never race over the same rows."""

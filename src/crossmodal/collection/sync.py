@@ -28,8 +28,9 @@ from tqdm import tqdm
 from ..encoders.base import Encoder
 from ..sources.captions import CaptionRecord
 from ..sources.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from ..sources.metadata import read_metadata
 from ..sources.prefetch import batches, prefetch
-from . import pruned
+from . import photo_fields, pruned
 from .paths import encode_path, shown
 from .store import Item, ItemStore, NewItem
 
@@ -84,13 +85,15 @@ class _Pending:
 
 @dataclass
 class _Loaded:
-    """A pending photo after the worker's part: its hash, and the decoded photo made ready for the model
-    (``Encoder.prepare_image``) unless its content is already stored or it failed (``error`` says why)."""
+    """A pending photo after the worker's part: its hash, what its header says (``meta``, metadata.py), and
+    the decoded photo made ready for the model (``Encoder.prepare_image``) unless its content is already
+    stored or it failed (``error`` says why)."""
 
     entry: _Pending
     digest: str | None = None
     image: Any = None
     error: str | None = None
+    meta: dict[str, Any] | None = None
 
 
 def _load(entry: _Pending, known: frozenset[str], max_pixels: int, prepare: Callable[[Image.Image], Any]
@@ -103,10 +106,11 @@ def _load(entry: _Pending, known: frozenset[str], max_pixels: int, prepare: Call
     except OSError as e:
         return _Loaded(entry, error=f"cannot read: {e.strerror or e}")
     digest = content_hash(data)
+    meta = read_metadata(data)
     if digest in known:
-        return _Loaded(entry, digest)
+        return _Loaded(entry, digest, meta=meta)
     try:
-        return _Loaded(entry, digest, image=prepare(load_image(data, max_pixels=max_pixels)))
+        return _Loaded(entry, digest, image=prepare(load_image(data, max_pixels=max_pixels)), meta=meta)
     except ImageError as e:
         return _Loaded(entry, digest, error=str(e))
     except Exception as e:  # one bad photo must not stop the run
@@ -204,6 +208,9 @@ def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Loaded], field
     moves: list[tuple[int, _Pending]] = []
     failures: list[tuple[_Pending, str]] = []
     to_encode: list[tuple[_Pending, str, Any]] = []
+    read = {b.entry.item.hash for b in batch if b.entry.item is not None} | {b.digest for b in batch if b.digest}
+    file_fields = photo_fields.stored(store.db, read)
+    metas = {b.digest: b.meta for b in batch if b.digest and b.meta is not None}
     for loaded in batch:
         entry, digest = loaded.entry, loaded.digest
         if digest is None:
@@ -211,7 +218,8 @@ def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Loaded], field
             continue
         item = entry.item
         if item is not None and item.hash == digest:  # touched, not changed
-            writes.append(_image_item(entry, digest, store.vector(item.id), {**item.fields, **fields}, item.id))
+            own = photo_fields.merged(item.fields, file_fields.get(item.hash), loaded.meta)
+            writes.append(_image_item(entry, digest, store.vector(item.id), {**own, **fields}, item.id))
             result.unchanged += 1
             continue
         twins = [t for t in store.by_hash(digest, "image") if t.path != entry.path]
@@ -224,8 +232,8 @@ def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Loaded], field
             back[entry.path] = old  # pruned earlier, back now: its old id and fields
             claimed.add(old.id)
         if twins:  # a duplicate of stored content: reuse the vector
-            writes.append(_image_item(entry, digest, store.vector(twins[0].id), _fields(entry, back, fields),
-                                      item.id if item else None))
+            own = _fields(entry, back, fields, file_fields, loaded.meta)
+            writes.append(_image_item(entry, digest, store.vector(twins[0].id), own, item.id if item else None))
             _count(result, entry, back, "reused")
             continue
         if loaded.image is None and loaded.error is None:  # its stored twin is gone: decode it after all
@@ -233,19 +241,22 @@ def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Loaded], field
         if loaded.error is not None:
             failures.append((entry, loaded.error))
             continue
-        to_encode.append((entry, digest, loaded.image))
+        to_encode.append((entry, digest, loaded))
     tokens = None
     if to_encode:
-        vectors, tokens = encode_photos(store, encoder, [image for _, _, image in to_encode])
-        for (entry, digest, _), vector in zip(to_encode, vectors, strict=True):
+        vectors, tokens = encode_photos(store, encoder, [loaded.image for _, _, loaded in to_encode])
+        for (entry, digest, loaded), vector in zip(to_encode, vectors, strict=True):
             item = entry.item
-            writes.append(_image_item(entry, digest, vector, _fields(entry, back, fields), item.id if item else None))
+            writes.append(_image_item(entry, digest, vector, _fields(entry, back, fields, file_fields, loaded.meta),
+                                      item.id if item else None))
             _count(result, entry, back, "added" if item is None else "updated")
     for entry, reason in failures:
         report(f"skipped {shown(entry.path)}: {reason}")
         result.failed.append((entry.path, reason))
     store.with_biases(writes)
     with store.transaction() as db:
+        for digest, meta in metas.items():
+            photo_fields.remember(db, digest, meta)
         for new in writes:
             new_id = store.put(db, new)
             if new.id is None and new.path in back:
@@ -263,10 +274,15 @@ def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Loaded], field
         store.clear_failures(db, [w.path for w in writes] + [e.path for _, e in moves])
 
 
-def _fields(entry: _Pending, back: dict[str, pruned.Pruned], fields: dict[str, Any]) -> dict[str, Any]:
-    """The fields a photo is stored with: its stored (or, returning, its pruned) fields, then this run's."""
-    old = entry.item.fields if entry.item else back[entry.path].fields if entry.path in back else {}
-    return {**old, **fields}
+def _fields(entry: _Pending, back: dict[str, pruned.Pruned], fields: dict[str, Any],
+            file_fields: dict[str, dict[str, Any]], meta: dict[str, Any] | None) -> dict[str, Any]:
+    """The fields a photo is stored with: what its file says (``meta``), then its stored (or, returning, its
+    pruned) fields less what its old content's file said (photo_fields.py), then this run's."""
+    if entry.item is not None:
+        old, said = entry.item.fields, file_fields.get(entry.item.hash)
+    else:
+        old, said = (back[entry.path].fields, meta) if entry.path in back else ({}, None)
+    return {**photo_fields.merged(old, said, meta), **fields}
 
 
 def _count(result: IndexReport, entry: _Pending, back: dict[str, pruned.Pruned], outcome: str) -> None:
@@ -316,6 +332,45 @@ def fill_tokens(store: ItemStore, encoder: Encoder, max_pixels: int = DEFAULT_MA
         bar.update(len(batch))
     bar.close()
     return done
+
+
+def fill_metadata(store: ItemStore, progress: bool = True, batch: int = 512) -> int:
+    """Read the metadata of stored photos that the current reader has not read (stored before it existed),
+    from each file's header, and merge it into their fields; returns how many photos were read. Nothing is
+    encoded again; a file gone or changed since it was indexed is left for the run that re-indexes it."""
+    if not photo_fields.exists(store.db):
+        store.db.execute(photo_fields.SCHEMA)  # one atomic statement, outside the snapshot: no new generation
+    items = store.select(photo_fields.missing_sql())
+    todo = [it for it in items if it.path and _unchanged(it)]
+    by_hash: dict[str, list[Item]] = {}
+    for it in todo:
+        by_hash.setdefault(it.hash, []).append(it)
+    first = [group[0] for group in by_hash.values()]
+    metas = prefetch(lambda it: (it.hash, read_metadata(it.path)), first, window=64)
+    done = 0
+    bar = tqdm(total=len(first), unit="photo", desc="photo metadata", disable=not progress or not first)
+    for chunk in batches(metas, batch):
+        said = photo_fields.stored(store.db, {h for h, _ in chunk})
+        with store.transaction() as db:
+            for hash_, meta in chunk:
+                photo_fields.remember(db, hash_, meta)
+                for it in by_hash[hash_]:
+                    fields = photo_fields.merged(it.fields, said.get(hash_), meta)
+                    if fields != it.fields:
+                        db.execute("UPDATE items SET fields = ? WHERE id = ?", (json.dumps(fields), it.id))
+        done += len(chunk)
+        bar.update(len(chunk))
+    bar.close()
+    return done
+
+
+def _unchanged(item: Item) -> bool:
+    """Is the photo's file still the one that was indexed (same size and mtime)?"""
+    try:
+        st = os.stat(item.path)
+    except OSError:
+        return False
+    return st.st_size == item.size and st.st_mtime == item.mtime
 
 
 def _image_item(entry: _Pending, digest: str, vector: Any, fields: dict[str, Any], item_id: int | None) -> NewItem:

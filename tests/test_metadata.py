@@ -1,0 +1,112 @@
+"""Photo metadata as fields: EXIF date, camera, lens, orientation and GPS, XMP keywords and title, a place
+name from coordinates; merged into stored fields (the user's win) and filled in for photos stored before."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import ExifTags, Image
+
+from conftest import ColorEncoder
+from crossmodal import Collection
+from crossmodal.sources.metadata import exif_date, read_metadata
+from crossmodal.sources.places import place_of
+
+XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+       b'<rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:subject><rdf:Bag><rdf:li>beach</rdf:li>'
+       b'<rdf:li>dog</rdf:li></rdf:Bag></dc:subject><dc:title><rdf:Alt><rdf:li xml:lang="x-default">Rex at the sea'
+       b'</rdf:li></rdf:Alt></dc:title></rdf:Description></rdf:RDF></x:xmpmeta>')
+
+
+def exif_photo(path: Path, color: tuple[int, int, int] = (200, 30, 30), taken: str | None = "2023:06:14 10:22:00",
+               gps: tuple[float, float] | None = (48.8566, 2.3522), camera: str = "EOS 5D", xmp: bytes | None = None
+               ) -> Path:
+    """A small JPEG whose EXIF (and XMP) the test writes itself."""
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0112] = "Canon", camera, 6
+    sub = exif.get_ifd(ExifTags.IFD.Exif)
+    if taken:
+        sub[0x9003] = taken
+    sub[0xA434] = "EF 24-70mm f/2.8L"
+    if gps:
+        ifd = exif.get_ifd(ExifTags.IFD.GPSInfo)
+        for (ref_tag, tag), value, refs in (((1, 2), gps[0], "NS"), ((3, 4), gps[1], "EW")):
+            degrees = abs(value)
+            minutes = (degrees % 1) * 60
+            ifd[ref_tag] = refs[value < 0]
+            ifd[tag] = (float(int(degrees)), float(int(minutes)), round((minutes % 1) * 60, 4))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.full((24, 32, 3), color, dtype=np.uint8)
+    Image.fromarray(arr).save(path, "JPEG", exif=exif, **({"xmp": xmp} if xmp else {}))
+    return path
+
+
+def test_exif_date_camera_lens_orientation_and_gps(tmp_path: Path) -> None:
+    fields = read_metadata(exif_photo(tmp_path / "a.jpg", gps=(-33.8688, 151.2093)))
+    assert fields["taken"] == "2023-06-14T10:22:00"
+    assert (fields["make"], fields["camera"], fields["lens"], fields["orientation"]) == (
+        "Canon", "EOS 5D", "EF 24-70mm f/2.8L", 6)
+    assert abs(fields["lat"] + 33.8688) < 1e-4 and abs(fields["lon"] - 151.2093) < 1e-4
+    assert fields["country"] == "Australia" and fields["region"] == "New South Wales"
+    bare = read_metadata(exif_photo(tmp_path / "b.jpg", taken=None, gps=None))
+    assert "taken" not in bare and "lat" not in bare and bare["camera"] == "EOS 5D"
+    assert read_metadata(b"not a photo") == {}
+
+
+def test_xmp_keywords_and_title(tmp_path: Path) -> None:
+    fields = read_metadata(exif_photo(tmp_path / "x.jpg", xmp=XMP).read_bytes())
+    assert fields["keywords"] == "beach, dog" and fields["title"] == "Rex at the sea"
+
+
+def test_place_name_from_coordinates() -> None:
+    assert place_of(48.8566, 2.3522) == {"city": "Paris", "region": "Île-de-France", "country": "France"}
+    assert place_of(0.0, -30.0) == {}  # mid-Atlantic: no town within reach, so no name rather than a wrong one
+
+
+def test_exif_dates() -> None:
+    assert exif_date("2021:12:31 23:59:58") == "2021-12-31T23:59:58"
+    assert exif_date(b"2021:12:31 23:59:58\x00") == "2021-12-31T23:59:58"
+    assert exif_date("0000:00:00 00:00:00") is None and exif_date("2021:13:40 00:00:00") is None
+    assert exif_date(None) is None and exif_date("yesterday") is None
+
+
+def test_indexing_stores_metadata_fields_and_user_fields_win(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    exif_photo(folder / "paris.jpg")
+    exif_photo(folder / "old.jpg", color=(20, 200, 20), taken="2019:01:02 03:04:05", gps=None, camera="EOS 7D")
+    with Collection.open(tmp_path / "c", model=ColorEncoder()) as c:
+        c.index_folder(folder, fields={"camera": "mine"}, progress=False)
+        by_name = {Path(it.path).name: it.fields for it in c.store.select("kind = 'image'")}
+    assert by_name["paris.jpg"]["taken"] == "2023-06-14T10:22:00" and by_name["paris.jpg"]["city"] == "Paris"
+    assert by_name["paris.jpg"]["camera"] == "mine" and by_name["old.jpg"]["camera"] == "mine"
+    assert by_name["old.jpg"]["taken"] == "2019-01-02T03:04:05" and "lat" not in by_name["old.jpg"]
+
+
+def test_a_changed_photo_gets_its_new_metadata_and_keeps_user_fields(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    photo = exif_photo(folder / "p.jpg")
+    with Collection.open(tmp_path / "c", model=ColorEncoder()) as c:
+        c.index_folder(folder, fields={"album": "trip"}, progress=False)
+        exif_photo(photo, color=(10, 10, 200), taken="2024:02:03 04:05:06", gps=None, camera="R5")
+        c.index_folder(folder, progress=False)
+        (item,) = c.store.select("kind = 'image'")
+    assert item.fields["taken"] == "2024-02-03T04:05:06" and item.fields["camera"] == "R5"
+    assert item.fields["album"] == "trip" and "lat" not in item.fields and "city" not in item.fields
+
+
+def test_photos_stored_before_get_their_metadata_without_encoding_again(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    exif_photo(folder / "p.jpg")
+    encoder = ColorEncoder()
+    with Collection.open(tmp_path / "c", model=encoder) as c:
+        c.index_folder(folder, fields={"album": "trip"}, progress=False)
+        # as a collection indexed before metadata was read looks
+        c.store.db.execute("DROP TABLE photo_meta")
+        c.store.db.execute("UPDATE items SET fields = ?", (json.dumps({"album": "trip"}),))
+        encoded = encoder.images_encoded
+        report = c.index_folder(folder, progress=False)
+        (item,) = c.store.select("kind = 'image'")
+    assert report.unchanged == 1 and encoder.images_encoded == encoded
+    assert item.fields["album"] == "trip" and item.fields["taken"] == "2023-06-14T10:22:00"
