@@ -110,3 +110,18 @@ def test_photos_stored_before_get_their_metadata_without_encoding_again(tmp_path
         (item,) = c.store.select("kind = 'image'")
     assert report.unchanged == 1 and encoder.images_encoded == encoded
     assert item.fields["album"] == "trip" and item.fields["taken"] == "2023-06-14T10:22:00"
+
+
+def test_where_filters_on_photo_dates_and_places(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    exif_photo(folder / "paris.jpg")
+    exif_photo(folder / "old.jpg", color=(20, 200, 20), taken="2019:01:02 03:04:05", gps=(51.5072, -0.1276))
+    with Collection.open(tmp_path / "c", model=ColorEncoder()) as c:
+        c.index_folder(folder, progress=False)
+
+        def names(*where: str) -> set[str]:
+            return {Path(h.path).name for h in c.search("photo", k=10, where=list(where))}
+
+        assert names("taken>=2023-06") == {"paris.jpg"} and names("taken<=2019") == {"old.jpg"}
+        assert names("country=France") == {"paris.jpg"} and names("near=51.5,-0.12,10") == {"old.jpg"}
+        assert names("camera=EOS 5D", "taken=2023-06-14") == {"paris.jpg"}

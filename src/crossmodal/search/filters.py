@@ -6,7 +6,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .dates import EPOCH_KEYS, Period, period
+from .near import Near
+
 COLUMNS = {"path", "text", "size", "mtime", "hash", "added", "id"}
+BUILT_IN = COLUMNS | {"near"}  # keys every collection knows: the columns and near=LAT,LON,KM
 _OPS = ("<=", ">=", "!=", "=", "<", ">")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 INT64 = (-(2**63), 2**63 - 1)  # SQLite's INTEGER: a larger Python int cannot be bound as a parameter
@@ -14,13 +18,21 @@ INT64 = (-(2**63), 2**63 - 1)  # SQLite's INTEGER: a larger Python int cannot be
 
 @dataclass(frozen=True)
 class Condition:
-    """``key OP value``; key is a built-in column (path, size, mtime, ...) or a user field."""
+    """``key OP value``; key is a built-in column (path, size, mtime, ...) or a user field; a ``Period``
+    value compares as a date (dates.py), a ``Near`` one is the near=LAT,LON,KM filter (near.py)."""
 
     key: str
     op: str
     value: Any
 
     def sql(self) -> tuple[str, list[Any]]:
+        if isinstance(self.value, Near):
+            return self.value.sql()
+        if isinstance(self.value, Period):
+            if not _KEY.match(self.key):
+                raise ValueError(f"bad filter key {self.key!r}")
+            lhs = self.key if self.key in COLUMNS else f"""json_extract(fields, '$."{self.key}"')"""
+            return self.value.sql(lhs, self.op, self.key in EPOCH_KEYS)
         if self.key in COLUMNS:
             lhs, params = self.key, []
         else:
@@ -36,11 +48,17 @@ def parse_condition(spec: str) -> Condition:
             key = key.strip()
             if not _KEY.match(key):
                 raise ValueError(f"bad filter {spec!r}: field names are letters, digits, '_', '.', '-'")
+            if key == "near" and op == "=":
+                return Condition(key, op, Near.parse(value.strip()))
             coerced = _coerce(value.strip())
             if isinstance(coerced, int) and not INT64[0] <= coerced <= INT64[1]:
                 raise ValueError(f"bad filter {spec!r}: the number is outside SQLite's integer range "
                                  "(-2**63 .. 2**63-1)")
-            return Condition(key, op, coerced)
+            try:
+                when = period(key, coerced)
+            except ValueError as e:
+                raise ValueError(f"bad filter {spec!r}: {e}") from None
+            return Condition(key, op, coerced if when is None else when)
     raise ValueError(f"bad filter {spec!r}: expected KEY=VALUE (or !=, <, <=, >, >=)")
 
 

@@ -38,7 +38,7 @@ from ..collection.paths import shown
 from ..collection.sync import content_hash
 from ..encoders import Encoder, load_encoder
 from ..encoders.onnx import OnnxEncoder
-from ..search.filters import COLUMNS, INT64, parse_condition
+from ..search.filters import BUILT_IN, INT64, parse_condition
 from ..search.pipeline import Ranking
 from ..sources.images import ImageError, is_image_path, load_image
 from . import photos
@@ -214,8 +214,8 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
                 cond = parse_condition(spec)
             except ValueError as e:
                 raise HTTPException(400, str(e)) from None
-            if cond.key not in COLUMNS and cond.key not in known_fields(c):
-                known = sorted(known_fields(c) | COLUMNS)
+            if cond.key not in BUILT_IN and cond.key not in known_fields(c):
+                known = sorted(known_fields(c) | BUILT_IN)
                 raise HTTPException(400, f"unknown filter field {cond.key!r}; known: {', '.join(known)}")
             conditions.append(cond)
         return conditions
