@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
+from . import keywords
 from .atomic import atomic_write, atomic_write_json
 from .paths import decode_path, encode_path, under
 
@@ -145,6 +146,8 @@ class ItemStore:
         self._writing: int | None = None  # the generation the open transaction writes
         # kind -> (generation, ids, vectors, biases)
         self._matrices: dict[str, tuple[int, np.ndarray, np.ndarray, np.ndarray]] = {}
+        if not self.read_only:
+            keywords.ensure(self.db)  # kept in step with the items by triggers (keywords.py)
 
     def close(self) -> None:
         self.db.close()
