@@ -5,8 +5,6 @@ that was indexed; at most ``DECODES`` decodes at once (each can take hundreds of
 from __future__ import annotations
 
 import io
-import os
-import stat
 import threading
 import warnings
 from collections import OrderedDict
@@ -14,6 +12,7 @@ from collections import OrderedDict
 from PIL import Image, ImageOps
 
 from ..sources.images import DECODE_SIDE, DEFAULT_MAX_PIXELS, ImageError, load_image, to_rgb
+from ..sources.photo_files import open_indexed
 
 QUERY_MAX_PIXELS = 40_000_000  # a query photo over this is refused before it is decoded
 THUMBNAIL_SIDES = (128, 256, 512, 1024)  # a requested size is served at the next of these
@@ -48,17 +47,9 @@ def snap(size: int) -> int:
 
 
 def thumbnail(path: str, size: int | None, mtime: float | None, side: int) -> bytes:
-    """JPEG bytes of the photo at ``path``, at most ``side`` pixels wide and high. Reads the file only if it
-    is still the regular file that was indexed (same size and mtime, checked on the open file), so a photo
-    replaced by a symlink, a device or another file after indexing is never read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        raise ImageError(f"cannot read: {e.strerror or e}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size != size or st.st_mtime != mtime:
-            raise ImageError("the file changed since it was indexed (index the folder again)")
+    """JPEG bytes of the photo at ``path``, at most ``side`` pixels wide and high; reads only the regular file
+    that was indexed (``open_indexed``)."""
+    with open_indexed(path, size, mtime) as f:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
