@@ -5,7 +5,8 @@ through these functions with the same ``Ranking`` options, so the number eval pr
 users get. Stages:
 
 - retrieve: exact (a matrix product on the snapshot) or through the collection's ANN index, with
-  filters applied before ranking;
+  filters applied before ranking; the ``keyword`` retriever takes BM25's list instead, ``hybrid`` fuses the
+  two (search/hybrid.py);
 - normalise: the score less ``share`` x the item's stored bias (search/normalise.py), for queries of
   the other modality than the items (a caption ranking photos, a photo ranking captions); folded into
   retrieval so every index kind ranks by the normalised score;
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import hybrid
 from .diversity import POOL, check_lambda, mmr
 from .exact import scores as inner_products
 from .exact import topk
@@ -43,18 +45,21 @@ DEFAULT_RERANK = 16
 class Ranking:
     """How results are ranked, with the same defaults everywhere: normalisation on, rerank the top
     ``rerank`` (0: off), drop results under ``min_score`` (None: keep all), diversify with MMR at lambda
-    ``diversity`` (None or 1: off; lower is more diverse)."""
+    ``diversity`` (None or 1: off; lower is more diverse); candidates from the ``retriever`` (dense,
+    keyword or hybrid: search/hybrid.py)."""
 
     norm: bool = True
     rerank: int = DEFAULT_RERANK
     min_score: float | None = None
     diversity: float | None = None
+    retriever: str = hybrid.DEFAULT_RETRIEVER
 
     def __post_init__(self) -> None:
         if self.rerank < 0:
             raise ValueError(f"rerank must be 0 (off) or a number of results to re-score, not {self.rerank}")
         if self.diversity is not None:
             check_lambda(self.diversity)
+        hybrid.check_retriever(self.retriever)
 
     @property
     def diverse(self) -> bool:
@@ -62,7 +67,8 @@ class Ranking:
         return self.diversity is not None and self.diversity < 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"norm": self.norm, "rerank": self.rerank, "min_score": self.min_score, "diversity": self.diversity}
+        return {"norm": self.norm, "rerank": self.rerank, "min_score": self.min_score, "diversity": self.diversity,
+                "retriever": self.retriever}
 
 
 @dataclass
@@ -136,7 +142,7 @@ def run(collection: Collection, queries: Sequence[Query], *, k: int, kind: str, 
     timings = timings if timings is not None else Timings()
     timings.queries += len(queries)
     started = time.perf_counter()
-    reranking = collection.reranker(kind) if ranking.rerank else None
+    reranking = collection.reranker(kind) if ranking.rerank and ranking.retriever != "keyword" else None
     pool = max(k, POOL) if ranking.diverse else k
     fetch = max(pool, ranking.rerank if reranking else 0) + max((len(q.exclude) for q in queries), default=0)
     vectors = np.stack([q.vector for q in queries]).astype(np.float32)
@@ -151,6 +157,11 @@ def run(collection: Collection, queries: Sequence[Query], *, k: int, kind: str, 
     for query, row_scores, row_ids in zip(queries, scores, found, strict=True):
         keep = (row_ids >= 0) & ~np.isin(row_ids, np.asarray(query.exclude, dtype=np.int64))
         out.append((row_scores[keep], row_ids[keep]))
+    if ranking.retriever != "dense":
+        with collection.lock:
+            out = hybrid.stage(collection, queries, out, kind=kind, allowed=allowed, fetch=fetch,
+                               retriever=ranking.retriever, shares=shares)
+        started = timings.add("keywords", started)
     if reranking is not None:
         scorer, weight = reranking
         for i, query in enumerate(queries):
