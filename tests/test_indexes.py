@@ -167,12 +167,12 @@ def test_index_updates_in_place_and_rebuilds_on_threshold(col: Collection) -> No
     first = json.loads(state_path.read_text())
     ids = col.store.ids_where("kind = 'image'")
     col.remove(ids[:3])  # 3 of 40 deleted: tombstones under the threshold, updated in place
-    col.search("x", k=3)
+    col.refresh_indexes()
     second = json.loads(state_path.read_text())
     assert second["generation"] > first["generation"] and second["built_n"] == first["built_n"] == 40
     assert col.indexes.get("image").stale_fraction == pytest.approx(3 / 40)
     col.remove(ids[3:12])  # now 12 of 40: over 20%, rebuilt from the snapshot
-    col.search("x", k=3)
+    col.refresh_indexes()
     third = json.loads(state_path.read_text())
     assert third["built_n"] == 28 and col.indexes.get("image").stale_fraction == 0
 
@@ -195,3 +195,24 @@ def test_ef_search_is_calibrated_on_the_collections_own_vectors(data: tuple) -> 
     assert loose <= strict and loose_measured >= 0.5
     assert measured >= 0.999 or strict == 512
     assert loose == 16  # the least effort that reaches a low target
+
+
+def test_searches_scan_what_changed_since_the_saved_index(col: Collection, tmp_path: Path) -> None:
+    from crossmodal.collection.indexes import CatchingUp
+
+    col.configure_index("hnsw")
+    state_path = col.folder / "index" / "image.state.json"
+    saved = json.loads(state_path.read_text())
+    col.remove(col.store.ids_where("kind = 'image' ORDER BY id LIMIT 4"))
+    for i in range(6):
+        make_photo(tmp_path / "new" / f"{i}.png", (40 * i, 250 - 40 * i, 90), noise=20)
+    col.add_images(sorted((tmp_path / "new").iterdir()))
+    queries = ["red green", "blue", "x", "dark"]
+    during = [[(h.id, round(h.score, 5)) for h in col.search(q, k=8)] for q in queries]
+    assert isinstance(col.indexes.get("image", lag=True), CatchingUp)
+    assert json.loads(state_path.read_text()) == saved  # the search did not update the index in the foreground
+    filtered = col.search("blue", k=5, where=["id>20"])
+    col.refresh_indexes()  # what `index` does at its end
+    assert json.loads(state_path.read_text())["generation"] == col.store.generation
+    assert [[(h.id, round(h.score, 5)) for h in col.search(q, k=8)] for q in queries] == during
+    assert [h.id for h in col.search("blue", k=5, where=["id>20"])] == [h.id for h in filtered]

@@ -13,21 +13,24 @@ when damaged; on the next search after a change it is updated in place
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from ..index import VectorIndex, add_in_batches, build_index, load_index
+from ..index import VectorIndex, VectorLookup, add_in_batches, build_index, load_index
 from ..index.calibrate import calibrate_ef
 from ..index.planner import IndexPlan, plan_index
+from ..search.exact import topk
 from ..search.normalise import SHARE, augment, index_dim
 from .generations import FileSet
 from .manifest import Manifest
 from .store import ItemStore
 
 INDEX_DIR = "index"
+FRESH_LIMIT = 50_000
 MAX_STALE = 0.2
 REBUILD_GROWTH = 4
 
@@ -59,10 +62,24 @@ class _Rows:
 
 class SnapshotLookup:
     """Stored vectors by id (as indexes store them), read from the sorted-id snapshot (memory-mapped),
-    for exact rescoring."""
+    for exact rescoring; ``load`` gives (ids, vectors) on first use."""
 
-    def __init__(self, ids: np.ndarray, vectors: IndexVectors) -> None:
-        self.ids, self.vectors = ids, vectors
+    def __init__(self, load: Callable[[], tuple[np.ndarray, IndexVectors]]) -> None:
+        self._load = load
+        self._held: tuple[np.ndarray, IndexVectors] | None = None
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._snapshot()[0]
+
+    @property
+    def vectors(self) -> IndexVectors:
+        return self._snapshot()[1]
+
+    def _snapshot(self) -> tuple[np.ndarray, IndexVectors]:
+        if self._held is None:
+            self._held = self._load()
+        return self._held
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         rows = np.searchsorted(self.ids, ids)
@@ -76,6 +93,35 @@ class SnapshotLookup:
         out = np.empty((len(ids), self.vectors.shape[1]), dtype=np.float32)
         out[order] = self.vectors[rows[order]]
         return out
+
+
+class CatchingUp:
+    """The last saved index answering for the store as it is now: items deleted or re-embedded since are
+    masked in it, and items written since are scanned exactly beside it (searches never wait for an
+    index update; ``index`` brings the saved index up to date)."""
+
+    def __init__(self, index: VectorIndex, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self.index, self.ids, self.vectors = index, ids, vectors
+        self.kind, self.dim, self.params = index.kind, index.dim, index.params
+
+    def query(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
+              lookup: VectorLookup | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The index's answer merged with the exact answer over the newer items (each id once)."""
+        scores, ids = self.index.query(queries, k, allowed, lookup)
+        mask = None if allowed is None else np.isin(self.ids, allowed)
+        fresh_scores, rows = topk(self.vectors, queries, k, mask)
+        out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        out_ids = np.full((len(queries), k), -1, dtype=np.int64)
+        for q in range(len(queries)):
+            all_ids = np.concatenate([ids[q], self.ids[rows[q]]])
+            all_scores = np.concatenate([scores[q], fresh_scores[q]])
+            keep = all_ids >= 0
+            all_ids, all_scores = all_ids[keep], all_scores[keep]
+            order = np.lexsort((all_ids, -all_scores))
+            _, first = np.unique(all_ids[order], return_index=True)
+            order = order[np.sort(first)][:k]
+            out_scores[q, : len(order)], out_ids[q, : len(order)] = all_scores[order], all_ids[order]
+        return out_scores, out_ids
 
 
 LAYOUT = "vector,-bias"  # what index files store; indexes written before normalisation are rebuilt
@@ -97,19 +143,23 @@ class IndexManager:
         return plan_index(n, self.manifest.dim, settings.get("memory"), settings.get("recall", 0.95),
                           None if requested == "auto" else requested)
 
-    def get(self, kind: str, rebuild: bool = False, progress: bool = False) -> VectorIndex | None:
-        """The up-to-date index for items of ``kind``, or None when exact search on the snapshot is the plan;
-        ``progress`` shows a bar while building or updating it (``index`` runs)."""
+    def get(self, kind: str, rebuild: bool = False, progress: bool = False, lag: bool = False
+            ) -> VectorIndex | CatchingUp | None:
+        """The index for items of ``kind``, or None when exact search on the snapshot is the plan;
+        ``progress`` shows a bar while building or updating it (``index`` runs). With ``lag`` (searches),
+        a saved index behind the store is not updated in the foreground: it answers as ``CatchingUp``, with
+        what was written since scanned exactly, unless over FRESH_LIMIT items changed."""
         generation = self.store.generation
         cached = self._cache.get(kind)
-        if cached is not None and cached[0] == generation and not rebuild:
+        if cached is not None and cached[0] == generation and not rebuild and (
+                lag or not isinstance(cached[1], CatchingUp)):
             return cached[1]
-        ids, _ = self.store.matrix(kind)
-        plan = self.plan(kind, len(ids))
+        n = self.store.count(kind)
+        plan = self.plan(kind, n)
         self._record(kind, plan)
         index = None
-        if not (plan.kind == "flat" and plan.params.get("storage") == "fp32") and len(ids):
-            index = self._sync(kind, plan, ids, self.vectors(kind, plan.kind), generation, rebuild, progress)
+        if not (plan.kind == "flat" and plan.params.get("storage") == "fp32") and n:
+            index = self._sync(kind, plan, n, generation, rebuild, progress, lag)
         elif not self.read_only:
             FileSet(self.folder, kind).drop()
         self._cache[kind] = (generation, index)
@@ -120,8 +170,9 @@ class IndexManager:
         _, vectors = self.store.matrix(kind)
         return IndexVectors(vectors, self.store.biases(kind), index_dim(self.manifest.dim, index_kind))
 
-    def lookup(self, kind: str, index: VectorIndex) -> SnapshotLookup:
-        return SnapshotLookup(self.store.matrix(kind)[0], self.vectors(kind, index.kind))
+    def lookup(self, kind: str, index: VectorIndex | CatchingUp) -> SnapshotLookup:
+        """Stored vectors by id for exact rescoring; the snapshot is read only if a search needs them."""
+        return SnapshotLookup(lambda: (self.store.matrix(kind)[0], self.vectors(kind, index.kind)))
 
     def rebuild(self, kind: str) -> VectorIndex | None:
         """Build the index of ``kind`` again from the snapshot (the stored one stays in use until then)."""
@@ -150,25 +201,33 @@ class IndexManager:
             files.clean()  # what a crashed save left
         return index, members, state
 
-    def _sync(self, kind: str, plan: IndexPlan, ids: np.ndarray, vectors: IndexVectors, generation: int,
-              rebuild: bool = False, progress: bool = False) -> VectorIndex:
+    def _sync(self, kind: str, plan: IndexPlan, n: int, generation: int, rebuild: bool = False,
+              progress: bool = False, lag: bool = False) -> VectorIndex | CatchingUp:
         files = FileSet(self.folder, kind)
         loaded = None if rebuild else self._load(files, generation)
-        if loaded is not None and self._reusable(loaded[2], plan, len(ids)):
+        if loaded is not None and self._reusable(loaded[2], plan, n):
             index, members, state = loaded
+            self._tune(index, plan, state.get("calibrated"))
             if state["generation"] == generation:
-                self._tune(index, plan, state.get("calibrated"))
                 return index
+            ids = self.store.ids_where("kind = ? ORDER BY id", (kind,))
             removed = np.setdiff1d(members, ids, assume_unique=True)
             written = np.intersect1d(self.store.written_since(kind, state["generation"]), ids)
             added = np.union1d(np.setdiff1d(ids, members, assume_unique=True), written)
-            index.remove(removed)
-            rows = np.searchsorted(ids, added)
+            index.remove(np.union1d(removed, written))  # a re-embedded item's old vector goes too
+            if lag and len(added) <= FRESH_LIMIT:
+                width = index_dim(self.manifest.dim, index.kind)
+                vectors, biases = self.store.vectors_of(added)
+                normalised = self.store.biases_current(kind)
+                return CatchingUp(index, added, augment(vectors, biases if normalised else 0.0, width))
+            vectors = self.vectors(kind, plan.kind)
+            rows = np.searchsorted(self.store.matrix(kind)[0], added)
             add_in_batches(index, added, _Rows(vectors, rows), progress, f"updating the {kind} index")
             if getattr(index, "stale_fraction", 0.0) <= MAX_STALE:
-                self._tune(index, plan, state.get("calibrated"))
                 self._save(files, index, ids, generation, state["built_n"], state.get("calibrated"))
                 return index
+        ids, _ = self.store.matrix(kind)
+        vectors = self.vectors(kind, plan.kind)
         index = build_index(plan.kind, ids, vectors, progress=progress, **plan.params)
         calibrated = self._calibrate(index, ids, vectors)
         self._save(files, index, ids, generation, len(ids), calibrated)

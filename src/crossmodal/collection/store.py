@@ -140,6 +140,8 @@ class ItemStore:
             self.db.executescript(SCHEMA)
             if "bias" not in self._columns():  # older collections
                 self.db.execute("ALTER TABLE items ADD COLUMN bias REAL")
+            # Finds an item still without a bias at once (biases_current), however large the store.
+            self.db.execute("CREATE INDEX IF NOT EXISTS items_no_bias ON items(kind) WHERE bias IS NULL")
         self._bias = "bias" if "bias" in self._columns() else "NULL"  # NULL: an old read-only collection
         self.bank: Bank | None = None  # the normalisation bank biases are computed with (set by the collection)
         self.reranker: Reranker | None = None  # the reranker whose photo tokens are stored (set by the collection)
@@ -234,6 +236,29 @@ class ItemStore:
         if row is None:
             raise KeyError(f"no item with id {item_id}")
         return np.frombuffer(row[0], dtype=np.float32).copy()
+
+    def vectors_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors (n, dim), biases (n,), NaN where none) of items by id, in the order given, read from SQLite
+        (for a few items: a search scanning what was written since its index was saved)."""
+        vectors = np.zeros((len(ids), self.dim), dtype=np.float32)
+        biases = np.full(len(ids), np.nan, dtype=np.float32)
+        where = {int(i): row for row, i in enumerate(ids)}
+        chunk_ids = list(where)
+        for start in range(0, len(chunk_ids), 500):
+            chunk = chunk_ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for item_id, blob, bias in self.db.execute(
+                    f"SELECT id, vector, {self._bias} FROM items WHERE id IN ({marks})", chunk):
+                vectors[where[item_id]] = np.frombuffer(blob, dtype=np.float32)
+                biases[where[item_id]] = np.nan if bias is None else bias
+        return vectors, biases
+
+    def biases_current(self, kind: str) -> bool:
+        """Does every item of ``kind`` have a bias from the current bank (so searches normalise)?"""
+        if self.bank is None or self._meta("bank") != self.bank.id:
+            return False
+        return self.db.execute(f"SELECT 1 FROM items WHERE kind = ? AND {self._bias} IS NULL LIMIT 1",
+                               (kind,)).fetchone() is None
 
     def written_since(self, kind: str, generation: int) -> np.ndarray:
         """Ids of items of ``kind`` whose vector was written after ``generation`` (new or re-embedded)."""

@@ -148,10 +148,10 @@ def run(collection: Collection, queries: Sequence[Query], *, k: int, kind: str, 
     vectors = np.stack([q.vector for q in queries]).astype(np.float32)
     with collection.lock:
         bank = collection.store.bank
-        biases = collection.store.biases(kind) if ranking.norm else None
-        shares = np.array([bank.share if biases is not None and cross_modal(q.modality, kind) else 0.0
+        normalised = ranking.norm and collection.store.biases_current(kind)
+        shares = np.array([bank.share if normalised and cross_modal(q.modality, kind) else 0.0
                            for q in queries], dtype=np.float32)
-        scores, found = retrieve(collection, vectors, shares, biases, fetch, kind, allowed)
+        scores, found = retrieve(collection, vectors, shares, normalised, fetch, kind, allowed)
     started = timings.add("retrieve", started)
     out = []
     for query, row_scores, row_ids in zip(queries, scores, found, strict=True):
@@ -188,14 +188,15 @@ def diversify(collection: Collection, kind: str, scores: np.ndarray, ids: np.nda
     return scores[order], ids[order]
 
 
-def retrieve(collection: Collection, vectors: np.ndarray, shares: np.ndarray, biases: np.ndarray | None,
+def retrieve(collection: Collection, vectors: np.ndarray, shares: np.ndarray, normalised: bool,
              fetch: int, kind: str, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Candidates (scores, ids; -1 where fewer were found) by the normalised score, exact or through the
-    collection's index."""
-    index = collection.indexes.get(kind)
+    collection's index (which never makes a search wait for its update: see ``CatchingUp``)."""
+    index = collection.indexes.get(kind, lag=True)
     if index is None:
         ids, matrix = collection.store.matrix(kind)
         mask = None if allowed is None else np.isin(ids, allowed)
+        biases = collection.store.biases(kind) if normalised else None
         scores, rows = topk(matrix, vectors, fetch, mask, biases, shares)
         return scores, ids[rows]
     queries = augment_queries(vectors, shares, index_dim(vectors.shape[1], index.kind))
