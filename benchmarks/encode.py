@@ -33,7 +33,8 @@ from rich.table import Table
 from crossmodal import Collection
 from crossmodal.encoders import load_encoder
 from crossmodal.encoders.base import Encoder
-from crossmodal.encoders.onnx import OnnxEncoder, export_onnx
+from crossmodal.encoders.onnx import OnnxEncoder
+from crossmodal.encoders.onnx_export import export_onnx
 from crossmodal.evaluation.metrics import recall_metrics
 from crossmodal.sources.datasets import load_flickr_layout
 from crossmodal.sources.images import load_image

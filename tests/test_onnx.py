@@ -16,8 +16,9 @@ from crossmodal import Collection
 from crossmodal.cli import app
 from crossmodal.encoders import load_encoder
 from crossmodal.encoders.lite import WEIGHTS
-from crossmodal.encoders.onnx import OnnxEncoder, export_onnx, length_groups
+from crossmodal.encoders.onnx import OnnxEncoder, length_groups
 from crossmodal.encoders.onnx_cache import cache_folder, cached_lite_onnx
+from crossmodal.encoders.onnx_export import export_onnx
 from crossmodal.search.pipeline import Ranking
 from crossmodal.sources.images import load_image
 

@@ -14,7 +14,8 @@ from test_hf_encoders import _build, _tokenizer
 
 from crossmodal.encoders import load_encoder
 from crossmodal.encoders.hf import HFDualEncoder
-from crossmodal.encoders.onnx import OnnxEncoder, export_onnx
+from crossmodal.encoders.onnx import OnnxEncoder
+from crossmodal.encoders.onnx_export import export_onnx
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

@@ -5,24 +5,24 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from platformdirs import user_data_dir
 from rich.console import Console
 from rich.table import Table
 
-from .collection.collection import Collection
-from .collection.manifest import ModelMismatchError
-from .collection.paths import shown
-from .collection.store import DiskFullError
-from .search.pipeline import DEFAULT_RERANK, Ranking
-from .search.query import Term, parse_term
-from .sources.captions import CaptionFileError
-from .sources.images import DEFAULT_MAX_PIXELS, ImageError
+from . import __version__
+from .defaults import DEFAULT_MAX_PIXELS, DEFAULT_RERANK
+
+if TYPE_CHECKING:
+    from .collection.collection import Collection
+
+# Commands import the rest (numpy, the collection, the models) when they run, so that `--help`, `--version` and a
+# search start fast; tests/test_cold_start.py checks that a text search imports neither torch nor transformers.
 
 app = typer.Typer(
     help="Cross-modal retrieval: find photos by describing them, captions for a photo, similar photos.",
@@ -33,12 +33,21 @@ app = typer.Typer(
 err = Console(stderr=True, soft_wrap=True)
 
 
+def show_version(value: bool) -> None:
+    """``--version``: print the version and stop."""
+    if value:
+        print(f"crossmodal {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     backend: Annotated[str, typer.Option(envvar="CROSSMODAL_BACKEND", help="How the lite model runs on the CPU: "
                                          "auto (ONNX Runtime when installed, else PyTorch), torch or onnx.")] = "auto",
     device: Annotated[str, typer.Option(envvar="CROSSMODAL_DEVICE", help="Where PyTorch models run: cpu, cuda or "
                                         "cuda:N.")] = "cpu",
+    version: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
 ) -> None:
     """Cross-modal retrieval: find photos by describing them, captions for a photo, similar photos."""
     from .encoders import BACKENDS
@@ -51,8 +60,17 @@ def main(
 
 def default_collection() -> Path:
     """$CROSSMODAL_COLLECTION, else a per-user data folder."""
+    from platformdirs import user_data_dir
+
     env = os.environ.get("CROSSMODAL_COLLECTION")
     return Path(env) if env else Path(user_data_dir("crossmodal")) / "default"
+
+
+def open_collection(folder: Path | None, **kwargs: Any) -> Collection:
+    """``Collection.open`` of ``folder``, else of the default collection."""
+    from .collection.collection import Collection
+
+    return Collection.open(folder or default_collection(), **kwargs)
 
 
 CollectionOpt = Annotated[
@@ -77,8 +95,7 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]: finished batches are saved; run the same command again to resume.")
             raise typer.Exit(130) from None
-        except (FileNotFoundError, FileExistsError, PermissionError, DiskFullError, ValueError, ModelMismatchError,
-                ImageError, CaptionFileError, KeyError) as e:
+        except expected_errors() as e:
             err.print(f"[red]error[/]: {e}", highlight=False)
             raise typer.Exit(2) from None
         except ImportError as e:
@@ -87,6 +104,17 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def expected_errors() -> tuple[type[Exception], ...]:
+    """The failures that get one line instead of a traceback (imported when one happens)."""
+    from .collection.manifest import ModelMismatchError
+    from .collection.store import DiskFullError
+    from .sources.captions import CaptionFileError
+    from .sources.images import ImageError
+
+    return (FileNotFoundError, FileExistsError, PermissionError, DiskFullError, ValueError, ModelMismatchError,
+            ImageError, CaptionFileError, KeyError)
 
 
 def parse_size(text: str | None) -> int | None:
@@ -105,6 +133,7 @@ MemoryOpt = Annotated[str | None, typer.Option("--memory", help="Memory budget f
 RecallOpt = Annotated[float | None, typer.Option("--recall", help="Recall@10 target for approximate kinds.")]
 
 
+QUERY_CHUNK = 512  # queries of a --queries file encoded and ranked together (bounds the token states held)
 RerankOpt = Annotated[int, typer.Option("--rerank", min=0, help="Re-score the top N results with the model's "
                                        "reranker (0: off).")]
 NormOpt = Annotated[bool, typer.Option("--norm/--no-norm", help="Nearest-neighbour score normalisation (less "
@@ -153,7 +182,7 @@ def index(
                                     "(--prune-all drops the stored photos of a folder gone for good)"))
     extra = _fields(field)
     budget = parse_size(memory)
-    with Collection.open(collection or default_collection(), model=model) as c:
+    with open_collection(collection, model=model) as c:
         for path in paths:
             if texts:
                 report, problems = c.index_captions(path, prune=prune, progress=not quiet)
@@ -188,7 +217,7 @@ def reindex(
     collection: CollectionOpt = None,
 ) -> None:
     """Rebuild the collection's vector indexes with another kind, memory budget or recall target."""
-    with Collection.open(collection or default_collection(), create=False) as c:
+    with open_collection(collection, create=False) as c:
         c.configure_index(index_kind, parse_size(memory), recall)
         for kind in ("image", "text"):
             plan = c.manifest.index.get(kind)
@@ -210,22 +239,41 @@ def search(
     where: Annotated[list[str] | None, typer.Option("--where", help="Only items with KEY=VALUE (also !=, <, "
                                                     "<=, >, >=); KEY is a field or size/mtime/path.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+    queries: Annotated[Path | None, typer.Option("--queries", help="Run every text query of this file (one a "
+                                                 "line; '-': standard input) with one model load; prints a JSON "
+                                                 "line per query: {\"query\", \"hits\"}.")] = None,
     rerank: RerankOpt = DEFAULT_RERANK,
     norm: NormOpt = True,
     min_score: MinScoreOpt = None,
     collection: CollectionOpt = None,
     model: ModelOpt = None,
 ) -> None:
-    """Search the collection by text, by photo, or by a weighted mix: prints score <TAB> path, best first."""
+    """Search the collection by text, by photo, or by a weighted mix: prints score <TAB> path, best first.
+
+    Examples: crossmodal search "a dog running on a beach" --top 5;
+    crossmodal search --image ./query.jpg --where album=paris;
+    crossmodal search --queries queries.txt > results.jsonl
+    """
+    from .collection.paths import shown
+    from .search.pipeline import Ranking
+    from .search.query import Term, parse_term
+
+    ranking = Ranking(norm=norm, rerank=rerank, min_score=min_score)
     terms: list[Term] = [parse_term(s) for s in plus or []] + [parse_term(s, -1.0) for s in minus or []]
+    if queries is not None:
+        if query is not None or image is not None or terms:
+            raise ValueError("--queries FILE takes the place of QUERY, --image, --plus and --minus: give one or the "
+                             "other")
+        search_file(queries, collection, model, k=top, kind="text" if texts else "image", path=path,
+                    where=where or [], ranking=ranking)
+        return
     if query is None and image is None and not terms:
-        raise ValueError("nothing to search for: give a QUERY, --image PATH, or --plus")
+        raise ValueError("nothing to search for: give a QUERY, --image PATH, --plus or --queries FILE")
     if image is not None and not image.expanduser().is_file():
         raise FileNotFoundError(f"{image}: no such file")
-    with Collection.open(collection or default_collection(), model=model, create=False) as c:
+    with open_collection(collection, model=model, create=False) as c:
         hits = c.search(query, image=image.expanduser() if image else None, terms=terms, k=top,
-                        kind="text" if texts else "image", path=path, where=where or [],
-                        ranking=Ranking(norm=norm, rerank=rerank, min_score=min_score))
+                        kind="text" if texts else "image", path=path, where=where or [], ranking=ranking)
     if as_json:
         print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))
         return
@@ -233,6 +281,26 @@ def search(
         err.print("no results (is the collection empty, or do the filters match nothing?)")
     for h in hits:
         print(f"{h.score:.4f}\t{shown(h.path) if h.kind == 'image' else h.text}")
+
+
+def search_file(file: Path, collection: Path | None, model: str | None, where: list[str], **options: Any) -> None:
+    """Print a JSON line {"query", "hits"} for each text query of ``file`` (one a line, blank lines skipped;
+    '-': standard input), ranked together by the search pipeline a chunk of queries at a time."""
+    from .search.filters import parse_condition
+    from .search.query import text_queries
+
+    lines = sys.stdin.read() if str(file) == "-" else file.expanduser().read_text(encoding="utf-8")
+    texts = [line.strip() for line in lines.splitlines() if line.strip()]
+    if not texts:
+        raise ValueError(f"{file}: no queries in it (one query per line)")
+    conditions = [parse_condition(spec) for spec in where]
+    with open_collection(collection, model=model, create=False) as c:
+        states = bool(options["ranking"].rerank) and c.reranker(options["kind"]) is not None
+        for start in range(0, len(texts), QUERY_CHUNK):
+            chunk = texts[start:start + QUERY_CHUNK]
+            results = c.search_queries(text_queries(c.encoder, chunk, states), where=conditions, **options)
+            for text, hits in zip(chunk, results, strict=True):
+                print(json.dumps({"query": text, "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
 
 
 @app.command()
@@ -243,7 +311,7 @@ def info(
     errors: Annotated[bool, typer.Option("--errors", help="List the unreadable files.")] = False,
 ) -> None:
     """What is in the collection: model, counts, size on disk, unreadable files."""
-    with Collection.open(collection or default_collection(), create=False) as c:
+    with open_collection(collection, create=False) as c:
         facts = c.info()
         failures = c.store.failures() if errors else []
     if as_json:
@@ -303,7 +371,7 @@ def bank(
         err.print(f"wrote {built.save(out)}: {len(built.vectors('texts'))} captions, "
                   f"{len(built.vectors('images'))} photos", highlight=False)
         return
-    with Collection.open(collection or default_collection(), model=model, create=False) as c:
+    with open_collection(collection, model=model, create=False) as c:
         built = build_bank(c.encoder, caption_list, image_list, limit=limit)
         built.save(c.folder / BANK_FILE)
         c.store.bank = built
@@ -355,6 +423,7 @@ def evaluate(
     from .evaluation.report import finish_report, write_report
     from .evaluation.runner import evaluate as run
     from .search.normalise import find_bank
+    from .search.pipeline import Ranking
     from .search.rerank import find_reranker
     from .sources.datasets import load_dataset
 
@@ -443,11 +512,12 @@ def serve(
     """
     import uvicorn
 
+    from .search.pipeline import Ranking
     from .server.app import create_app
     from .server.limits import allowed_hosts, uvicorn_options
 
     folder = collection or default_collection()
-    Collection.open(folder, model=model, create=False).close()  # fail fast and clearly on a wrong folder/model
+    open_collection(folder, model=model, create=False).close()  # fail fast and clearly on a wrong folder/model
     err.print(f"serving {folder} on http://{host}:{port}/  (API docs: /docs)", highlight=False)
     uvicorn.run(create_app(folder, api_key=api_key, max_upload_mb=max_upload_mb, model=model,
                            int8_queries=int8_queries, ranking=Ranking(norm=norm, rerank=rerank, min_score=min_score),
@@ -466,7 +536,7 @@ def export(
 ) -> None:
     """Export a model's photo and text towers to ONNX; `--model OUT` then loads it anywhere."""
     from .encoders import load_encoder
-    from .encoders.onnx import export_onnx
+    from .encoders.onnx_export import export_onnx
 
     folder = export_onnx(load_encoder(model, backend="torch"), out, int8=int8)
     err.print(f"wrote {folder} (load it with --model {folder})", highlight=False)

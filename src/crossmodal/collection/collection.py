@@ -249,7 +249,7 @@ class Collection:
         ranked = pipeline.run(self, queries, k=k, kind=kind, allowed=allowed, ranking=ranking or Ranking(),
                               timings=timings)
         with self.lock:
-            items = self.store.get(np.unique(np.concatenate([ids for _, ids in ranked] or [np.zeros(0, np.int64)])))
+            items = self.store.get(sorted({int(i) for _, ids in ranked for i in ids}))  # np.unique imports numpy.ma
         return [[Hit(id=int(i), score=float(s), kind=kind, path=items[int(i)].path, text=items[int(i)].text,
                      fields=items[int(i)].fields or None)
                  for s, i in zip(scores, ids, strict=True) if int(i) in items]

@@ -43,7 +43,7 @@ def resolve_device(device: str | None = None) -> str:
 @lru_cache(maxsize=4)
 def _load(name: str, device: str, backend: str, int8_text: bool) -> Encoder:
     if name == "lite":
-        from .lite import WEIGHTS
+        from .lite_spec import WEIGHTS
 
         return _lite(WEIGHTS, device, backend, int8_text)
     path = Path(name).expanduser()

@@ -21,30 +21,16 @@ from torch import nn
 from .base import Encoder, normalize
 from .efficientnet_lite import EfficientNetLite
 from .fingerprint import fingerprint_files
+from .lite_spec import TEXT_MAX_TOKENS, WEIGHTS, model_name, preprocess_array
 
-WEIGHTS = Path(__file__).parent / "weights" / "lite.safetensors"
 IMAGE_FEATURES = 1280
 TEXT_FEATURES = 384
-TEXT_MAX_TOKENS = 128
 TOWER_PREFIX = "towers."
 
 
-def model_name(weights: Path) -> str:
-    """How a lite weights file is named in manifests: ``lite`` for the shipped one, else its path."""
-    return "lite" if Path(weights) == WEIGHTS else str(Path(weights).resolve())
-
-
 def preprocess_image(image: Image.Image, size: int) -> torch.Tensor:
-    """Resize the short side to ``size``, centre-crop a square, scale as (x - 127) / 128 (Lite's TF input)."""
-    w, h = image.size
-    scale = size / min(w, h)
-    if (w, h) != (size, size):
-        image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-        w, h = image.size
-        left, top = (w - size) // 2, (h - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-    arr = np.asarray(image.convert("RGB"), dtype=np.float32)
-    return torch.from_numpy((arr - 127.0) / 128.0).permute(2, 0, 1)
+    """``preprocess_array`` as a (3, size, size) tensor."""
+    return torch.from_numpy(preprocess_array(image, size))
 
 
 class LiteTowers(nn.Module):

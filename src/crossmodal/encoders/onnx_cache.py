@@ -12,10 +12,10 @@ import shutil
 from pathlib import Path
 
 from platformdirs import user_cache_dir
-from tqdm import tqdm
 
 from .base import Encoder
 from .fingerprint import fingerprint_files
+from .lite_spec import model_name
 
 # Bump when the export changes, so caches written by older code are not reused.
 EXPORT_VERSION = 3
@@ -32,29 +32,47 @@ def cached_lite_onnx(weights: Path, required: bool = False, int8_text: bool = Fa
     exporting it first if needed; ``None`` (or an error, when ``required``) where ONNX Runtime is not
     installed or the export fails."""
     try:
-        import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError:
         if required:
             raise ImportError("the onnx backend needs onnxruntime and onnx: pip install onnxruntime onnx") from None
         return None
-    from .lite import LiteEncoder, model_name
-    from .onnx import CONFIG, OnnxEncoder, export_onnx
+    from .onnx import CONFIG, OnnxEncoder
 
     name = model_name(weights)
     folder = cache_folder(weights, int8_text)
-    if not (folder / CONFIG).is_file():
-        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-        try:
-            tqdm.write(f"exporting {name} to ONNX Runtime (once) into {folder}")
-            export_onnx(LiteEncoder(weights), tmp, int8=int8_text)
-            tmp.rename(folder)
-        except Exception as e:
-            if not (folder / CONFIG).is_file():  # else another process finished the same export first
-                if required:
-                    raise
-                tqdm.write(f"ONNX export failed ({e}); running {name} on PyTorch")
-                return None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    if not (folder / CONFIG).is_file() and not _export(weights, folder, name, required, int8_text):
+        return None
     return OnnxEncoder(folder, name=name)
+
+
+def _export(weights: Path, folder: Path, name: str, required: bool, int8_text: bool) -> bool:
+    """Export the lite model of ``weights`` into ``folder`` through a temporary folder; False (or the error,
+    when ``required``) where it fails. Only this imports PyTorch: later loads read the cached graphs."""
+    from tqdm import tqdm
+
+    from .onnx import CONFIG
+
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        if required:
+            raise ImportError("exporting lite to ONNX Runtime needs onnx: pip install onnx") from None
+        return False
+    from .lite import LiteEncoder
+    from .onnx_export import export_onnx
+
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    try:
+        tqdm.write(f"exporting {name} to ONNX Runtime (once) into {folder}")
+        export_onnx(LiteEncoder(weights), tmp, int8=int8_text)
+        tmp.rename(folder)
+    except Exception as e:
+        if not (folder / CONFIG).is_file():  # else another process finished the same export first
+            if required:
+                raise
+            tqdm.write(f"ONNX export failed ({e}); running {name} on PyTorch")
+            return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return True

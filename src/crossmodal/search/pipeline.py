@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..defaults import DEFAULT_RERANK
 from . import hybrid
 from .diversity import POOL, check_lambda, mmr
 from .exact import scores as inner_products
@@ -36,9 +37,6 @@ from .normalise import Bank, augment_queries, index_dim
 
 if TYPE_CHECKING:
     from ..collection.collection import Collection
-
-# Chosen within the serving budget (docs/benchmarks.md): 32 scored 0.9 dev RSUM more but its p99 reached 152 ms.
-DEFAULT_RERANK = 16
 
 
 @dataclass(frozen=True)

@@ -66,8 +66,13 @@ def encode_query(encoder: Encoder, terms: list[Term], max_pixels: int | None = N
             raise ValueError("empty text in the query")
     parts: list[tuple[float, np.ndarray]] = []
     photos = []
+    states = None
     if texts:
-        vecs = encoder.encode_texts([str(t.value) for t in texts])
+        values = [str(t.value) for t in texts]
+        if len(terms) == 1 and encoder.rerank_inputs:  # the reranker reads a lone text's token states: same pass
+            vecs, (states,) = encoder.encode_texts_with_states(values)
+        else:
+            vecs = encoder.encode_texts(values)
         parts += [(t.weight, v) for t, v in zip(texts, vecs, strict=True)]
     if images:
         kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
@@ -75,7 +80,20 @@ def encode_query(encoder: Encoder, terms: list[Term], max_pixels: int | None = N
         vecs = encoder.encode_images(photos)
         parts += [(t.weight, v) for t, v in zip(images, vecs, strict=True)]
     ordered = [(t.weight, False) for t in texts] + [(t.weight, True) for t in images]
-    return Query(combine(parts, encoder.dim), *modality_of(ordered, [str(t.value) for t in texts] + photos))
+    return Query(combine(parts, encoder.dim), *modality_of(ordered, [str(t.value) for t in texts] + photos),
+                 states=states)
+
+
+def text_queries(encoder: Encoder, texts: Sequence[str], states: bool = False) -> list[Query]:
+    """One text query per text, encoded together; with ``states``, also each text's token states for the
+    reranker, from the same model pass (encoders that give none leave them to the reranker's scorer)."""
+    if any(not t.strip() for t in texts):
+        raise ValueError("empty text in the queries")
+    if states and encoder.rerank_inputs:
+        vectors, token_states = encoder.encode_texts_with_states(list(texts))
+    else:
+        vectors, token_states = encoder.encode_texts(list(texts)), [None] * len(texts)
+    return [Query(v, "text", source=t, states=s) for v, t, s in zip(vectors, texts, token_states, strict=True)]
 
 
 def modality_of(terms: Sequence[tuple[float, bool]], values: Sequence[object]) -> tuple[str, object]:

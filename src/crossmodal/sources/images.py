@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from ..defaults import DEFAULT_MAX_PIXELS
+
 try:  # HEIC/HEIF/AVIF from phones, when the optional pillow-heif is installed.
     from pillow_heif import register_heif_opener
 
@@ -21,7 +23,6 @@ IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
     | ({".heic", ".heif", ".avif"} if HEIF else set())
 )
-DEFAULT_MAX_PIXELS = 90_000_000  # Pillow's own decompression-bomb warning threshold, rounded
 # The largest side we decode at: JPEGs are decoded at a reduced scale (draft mode) down to this.
 DECODE_SIDE = 1024
 
