@@ -216,3 +216,17 @@ def test_searches_scan_what_changed_since_the_saved_index(col: Collection, tmp_p
     assert json.loads(state_path.read_text())["generation"] == col.store.generation
     assert [[(h.id, round(h.score, 5)) for h in col.search(q, k=8)] for q in queries] == during
     assert [h.id for h in col.search("blue", k=5, where=["id>20"])] == [h.id for h in filtered]
+
+
+def test_a_search_updates_an_index_too_far_behind(col: Collection, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    col.configure_index("hnsw")
+    monkeypatch.setattr("crossmodal.collection.indexes.FRESH_LIMIT", 2)
+    for i in range(3):
+        make_photo(tmp_path / "more" / f"{i}.png", (90, 40 * i, 200), noise=20)
+    added = col.add_images(sorted((tmp_path / "more").iterdir()))
+    assert added.added == 3
+    hits = col.search("blue", k=50)
+    state = json.loads((col.folder / "index" / "image.state.json").read_text())
+    assert state["generation"] == col.store.generation and len(hits) == 43
+    assert col.indexes.get("image", lag=True).ntotal == 43

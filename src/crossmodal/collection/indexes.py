@@ -179,21 +179,23 @@ class IndexManager:
         self._cache.pop(kind, None)
         return self.get(kind, rebuild=True)
 
-    def _load(self, files: FileSet, generation: int) -> tuple[VectorIndex, np.ndarray, dict] | None:
+    def _load(self, files: FileSet, generation: int, lag: bool = False) -> tuple[VectorIndex, np.ndarray, dict] | None:
         """The stored index, its member ids and state, checked against each other; None when there is
-        none, or when it is damaged (then it is rebuilt from the store, which holds every vector)."""
+        none, or when it is damaged (then it is rebuilt from the store, which holds every vector). It is
+        memory-mapped when nothing will be added to it: it is current, or a graph a search lags behind with."""
         current = files.current()
         if current is None:
             return None
         folder, state = current
         try:
-            index = load_index(folder / "index.faiss", mmap=state["generation"] == generation)
+            mmap = state["generation"] == generation or (lag and state["kind"] == "hnsw")
+            index = load_index(folder / "index.faiss", mmap=mmap)
             members = np.load(folder / "members.npy")
             if index.ntotal != len(members):
                 raise ValueError(f"{index.ntotal} vectors for {len(members)} items")
         except (OSError, ValueError, KeyError, RuntimeError) as e:  # FAISS raises RuntimeError
             if files.current() != current:  # another process swapped in a newer set while we read
-                return self._load(files, generation)
+                return self._load(files, generation, lag)
             tqdm.write(f"the {files.name} index in {folder} is damaged ({e}); rebuilding it from the store",
                        file=sys.stderr)
             return None
@@ -204,7 +206,7 @@ class IndexManager:
     def _sync(self, kind: str, plan: IndexPlan, n: int, generation: int, rebuild: bool = False,
               progress: bool = False, lag: bool = False) -> VectorIndex | CatchingUp:
         files = FileSet(self.folder, kind)
-        loaded = None if rebuild else self._load(files, generation)
+        loaded = None if rebuild else self._load(files, generation, lag)
         if loaded is not None and self._reusable(loaded[2], plan, n):
             index, members, state = loaded
             self._tune(index, plan, state.get("calibrated"))
@@ -220,6 +222,8 @@ class IndexManager:
                 vectors, biases = self.store.vectors_of(added)
                 normalised = self.store.biases_current(kind)
                 return CatchingUp(index, added, augment(vectors, biases if normalised else 0.0, width))
+            if lag:  # too much changed: update a copy read into memory (a mapped graph is read-only)
+                return self._sync(kind, plan, n, generation, rebuild, progress)
             vectors = self.vectors(kind, plan.kind)
             rows = np.searchsorted(self.store.matrix(kind)[0], added)
             add_in_batches(index, added, _Rows(vectors, rows), progress, f"updating the {kind} index")

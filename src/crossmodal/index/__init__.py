@@ -33,8 +33,8 @@ def load_index(path: Path, mmap: bool = True) -> VectorIndex:
     """Read an index written by ``VectorIndex.save``; memory-mapped where FAISS supports it."""
     meta = json.loads(path.with_suffix(".json").read_text())
     kind, dim, params = meta["kind"], meta["dim"], meta["params"]
-    index = KINDS[kind](dim, **params, index=read_faiss(path, mmap=mmap and kind in ("flat", "ivfpq"),
-                                                        binary=kind == "binary"))
+    index = KINDS[kind](dim, **params, index=read_faiss(path, mmap=mmap and kind in ("flat", "ivfpq", "hnsw"),
+                                                        binary=kind == "binary", in_place=kind == "hnsw"))
     index._load_extra(path)
     return index
 

@@ -98,9 +98,12 @@ class VectorIndex(ABC):
         """Read what ``_save_extra`` wrote."""
 
 
-def read_faiss(path: Path, mmap: bool, binary: bool = False) -> Any:
-    """Read a FAISS index, memory-mapped when asked (FAISS maps the kinds that support it)."""
-    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+def read_faiss(path: Path, mmap: bool, binary: bool = False, in_place: bool = False) -> Any:
+    """Read a FAISS index, memory-mapped when asked (FAISS maps the kinds that support it); ``in_place``
+    maps the stored vectors of a graph index without copying them (the index is then read-only)."""
+    flags = 0
+    if mmap:
+        flags = faiss.IO_FLAG_MMAP_IFC if in_place else faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
     if binary:
         return faiss.read_index_binary(str(path), flags)
     return faiss.read_index(str(path), flags)
