@@ -18,6 +18,8 @@ def test_weighted_fusion_by_hand() -> None:
     bm25 = np.array([0.0, 4.0, 2.0], dtype=np.float32)  # best BM25 4.0 -> shares 1.0 and 0.5
     assert np.allclose(weighted(dense, bm25, 0.1), [0.50, 0.58, 0.35])
     assert np.allclose(weighted(dense, np.zeros(3, np.float32), 0.1), dense)  # no words matched: dense as is
+    everywhere = np.full(3, 1e-6, dtype=np.float32)  # a word every item holds: BM25 about 0, no share
+    assert np.allclose(weighted(dense, everywhere, 0.1), dense, atol=1e-6)
 
 
 def test_hybrid_list_is_the_union_ranked_by_fused_score() -> None:

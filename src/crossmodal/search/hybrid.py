@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 RETRIEVERS = ("dense", "keyword", "hybrid")
 DEFAULT_RETRIEVER = "dense"
 WEIGHT = 0.1  # the share of the normalised BM25 score in a hybrid score
+# BM25 scores are divided by the query's best one, but never by less than this: a word that nearly every item
+# holds (a folder name all share) scores about 1e-6 everywhere and must not become a full share. On Flickr8k
+# dev captions the best BM25 of a caption query is 5-56, so it never binds there.
+MIN_BEST = 1.0
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009), compared with WEIGHT in benchmarks
 
 Ranked = tuple[np.ndarray, np.ndarray]  # (scores, ids), best first
@@ -41,8 +45,8 @@ def words_of(query: Query) -> str | None:
 
 def weighted(dense: np.ndarray, bm25: np.ndarray, weight: float = WEIGHT) -> np.ndarray:
     """Fused scores of candidates with these dense and BM25 scores (0: no keyword match)."""
-    best = float(bm25.max(initial=0.0))
-    return (dense + np.float32(weight / best) * bm25 if best > 0 else dense).astype(np.float32)
+    best = max(float(bm25.max(initial=0.0)), MIN_BEST)
+    return (dense + np.float32(weight / best) * bm25).astype(np.float32)
 
 
 def reciprocal_rank(dense: np.ndarray, bm25: np.ndarray, k: int = RRF_K) -> np.ndarray:
@@ -62,14 +66,20 @@ def _ranks(scores: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def fuse(dense: Ranked, found: Ranked, dense_of: np.ndarray, weight: float = WEIGHT) -> Ranked:
-    """One query's hybrid list: the union of its dense list and its keyword list ``found`` (whose dense
-    scores are ``dense_of``), by fused score, best first (equal scores: dense order first)."""
+def union(dense: Ranked, found: Ranked, dense_of: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidates of a dense list and a keyword list ``found`` (whose dense scores are ``dense_of``):
+    (ids, dense scores, BM25 scores, 0 where not found by words), the dense list's first."""
     extra = ~np.isin(found[1], dense[1])
     ids = np.concatenate([dense[1], found[1][extra]])
-    dense_scores = np.concatenate([dense[0], dense_of[extra]]).astype(np.float32)
     bm25 = np.zeros(len(ids), dtype=np.float32)
     bm25[_positions(ids, found[1])] = found[0]
+    return ids, np.concatenate([dense[0], dense_of[extra]]).astype(np.float32), bm25
+
+
+def fuse(dense: Ranked, found: Ranked, dense_of: np.ndarray, weight: float = WEIGHT) -> Ranked:
+    """One query's hybrid list: the union of its dense and keyword lists by fused score, best first (equal
+    scores: the dense list's order first)."""
+    ids, dense_scores, bm25 = union(dense, found, dense_of)
     fused = weighted(dense_scores, bm25, weight)
     order = np.lexsort((np.arange(len(ids)), -fused))
     return fused[order], ids[order]
