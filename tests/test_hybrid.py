@@ -70,3 +70,19 @@ def test_a_photo_query_has_no_keyword_evidence(collection: Collection, tmp_path:
     assert collection.search(image=query, k=3, ranking=Ranking(retriever="keyword")) == []
     assert names(collection.search(image=query, k=3, ranking=Ranking(retriever="hybrid"))) == \
         names(collection.search(image=query, k=3))
+
+
+def test_eval_ranks_with_the_chosen_retriever(tmp_path: Path) -> None:
+    from crossmodal.evaluation.runner import evaluate
+    from crossmodal.sources.datasets import CaptionDataset
+
+    names = ["red", "green", "blue", "yellow"]
+    images = [make_photo(tmp_path / f"{n}_square.jpg", c) for n, c in
+              zip(names, [(220, 20, 20), (20, 220, 20), (20, 20, 220), (220, 220, 20)], strict=True)]
+    data = CaptionDataset("tiny", images, [f"a {n} square" for n in names], np.arange(4))
+    got = {r: evaluate(ColorEncoder(), data, progress=False, ranking=Ranking(norm=False, rerank=0, retriever=r))
+           for r in ("dense", "keyword", "hybrid")}
+    assert got["keyword"]["metrics"]["t2i_R@1"] == 100.0  # each caption names its photo's file
+    assert got["keyword"]["pipeline"]["retriever"] == "keyword"
+    assert got["hybrid"]["metrics"]["i2t_R@1"] == got["dense"]["metrics"]["i2t_R@1"]  # photo queries: no words
+    assert got["hybrid"]["metrics"]["t2i_R@1"] >= got["dense"]["metrics"]["t2i_R@1"]

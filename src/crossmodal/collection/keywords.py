@@ -69,6 +69,17 @@ def ensure(db: sqlite3.Connection) -> None:
         raise
 
 
+def memory_index(rows: list[tuple[int, str, str | None, str | None]]) -> sqlite3.Connection:
+    """A keyword table in memory over (id, kind, path, text) rows (eval's photos and captions), filled by the
+    same triggers as a collection's."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, kind TEXT, path TEXT, text TEXT, fields TEXT DEFAULT '{}')")
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    ensure(db)
+    db.executemany("INSERT INTO items (id, kind, path, text) VALUES (?, ?, ?, ?)", rows)
+    return db
+
+
 def available(db: sqlite3.Connection) -> bool:
     return _version(db) == VERSION
 

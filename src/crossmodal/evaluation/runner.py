@@ -7,12 +7,14 @@ are the numbers users get.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
+from ..collection import keywords
 from ..encoders.base import Encoder
 from ..search.normalise import Bank
 from ..search.pipeline import Ranking, SetScores, Timings
@@ -108,7 +110,26 @@ def pipeline_scores(encoder: Encoder, emb: Embedded, ranking: Ranking, bank: Ban
     rerankers = {} if reranker is None or not ranking.rerank else {
         kind: (scorer, reranker.weight)
         for kind, scorer in dataset_scorers(encoder, reranker, emb.data, emb.photo_tokens).items()}
-    return SetScores(emb.images, emb.texts, ranking, bank, rerankers, timings)
+    return SetScores(emb.images, emb.texts, ranking, bank, rerankers, timings,
+                     dataset_keywords(emb.data) if ranking.retriever != "dense" else None)
+
+
+def dataset_keywords(data: CaptionDataset) -> Callable[[str, np.ndarray, np.ndarray], np.ndarray]:
+    """BM25 scores as a collection of the dataset would give them: photos by their paths, captions by their
+    words. Photo queries have no words (a zero row), so only caption queries ranking photos can match."""
+    db = keywords.memory_index([(i, "image", str(path), None) for i, path in enumerate(data.images)])
+
+    def scores(direction: str, queries: np.ndarray, items: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(queries), len(items)), dtype=np.float32)
+        if direction == "t2i":
+            where = {int(item): col for col, item in enumerate(items)}
+            for row, query in enumerate(queries):
+                found, ids = keywords.search(db, data.texts[int(query)], "image", len(data.images))
+                cols = [where.get(int(i), -1) for i in ids]
+                out[row, [c for c in cols if c >= 0]] = found[[j for j, c in enumerate(cols) if c >= 0]]
+        return out
+
+    return scores
 
 
 def evaluate(encoder: Encoder, data: CaptionDataset, ks: tuple[int, ...] = (1, 5, 10), folds: int | None = None,

@@ -203,6 +203,8 @@ def retrieve(collection: Collection, vectors: np.ndarray, shares: np.ndarray, no
 
 # logits(query index, item indices) -> reranker logits, over a set held in memory (eval).
 SetScorer = Callable[[int, np.ndarray], np.ndarray]
+# BM25 scores (queries, items) of a direction's queries against items held in memory (0: no word matched).
+SetKeywords = Callable[[str, np.ndarray, np.ndarray], np.ndarray]
 
 
 class SetScores:
@@ -210,10 +212,12 @@ class SetScores:
     diversify stages as ``run``, as score matrices that order each row the way search orders its results."""
 
     def __init__(self, image_emb: np.ndarray, text_emb: np.ndarray, ranking: Ranking, bank: Bank | None = None,
-                 rerankers: dict[str, tuple[SetScorer, float]] | None = None, timings: Timings | None = None) -> None:
+                 rerankers: dict[str, tuple[SetScorer, float]] | None = None, timings: Timings | None = None,
+                 keywords: SetKeywords | None = None) -> None:
         self.emb = {"image": image_emb, "text": text_emb}
         self.ranking, self.bank = ranking, bank if ranking.norm else None
-        self.rerankers = (rerankers or {}) if ranking.rerank else {}
+        self.rerankers = (rerankers or {}) if ranking.rerank and ranking.retriever != "keyword" else {}
+        self.keywords = keywords if ranking.retriever != "dense" else None
         self.timings = timings if timings is not None else Timings()
         self.bias = {kind: self.bank.biases(kind, emb) for kind, emb in self.emb.items()} if self.bank else {}
 
@@ -245,7 +249,12 @@ class SetScores:
         scores = inner_products(self.emb[kind][items], self.emb[query_kind][queries])
         if self.bank is not None:
             scores -= np.float32(self.bank.share) * self.bias[kind][items]
-        self.timings.add("retrieve", started)
+        started = self.timings.add("retrieve", started)
+        if self.keywords is not None:  # over every item: the candidates of both of search's lists, and more
+            bm25 = self.keywords(direction, queries, items)
+            scores = bm25 if self.ranking.retriever == "keyword" else np.stack(
+                [hybrid.weighted(row, words) for row, words in zip(scores, bm25, strict=True)])
+            self.timings.add("keywords", started)
         return scores, kind
 
     def _order(self, row: np.ndarray, query: int, items: np.ndarray, kind: str, k: int
