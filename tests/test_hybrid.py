@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ColorEncoder, make_photo
+from conftest import SAMPLES, ColorEncoder, make_photo
 from crossmodal import Collection
 from crossmodal.search.hybrid import fuse, reciprocal_rank, weighted
 from crossmodal.search.pipeline import Ranking
@@ -86,3 +86,38 @@ def test_eval_ranks_with_the_chosen_retriever(tmp_path: Path) -> None:
     assert got["keyword"]["pipeline"]["retriever"] == "keyword"
     assert got["hybrid"]["metrics"]["i2t_R@1"] == got["dense"]["metrics"]["i2t_R@1"]  # photo queries: no words
     assert got["hybrid"]["metrics"]["t2i_R@1"] >= got["dense"]["metrics"]["t2i_R@1"]
+
+
+
+def test_retriever_on_the_command_line_and_the_api(tmp_path: Path) -> None:
+    import json as jsonlib
+    import shutil
+
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from crossmodal.cli import app
+    from crossmodal.server.app import create_app
+
+    samples = sorted((SAMPLES / "photos").iterdir())[:3]
+    for name, sample in zip(["eiffel_tower.jpg", "louvre.jpg", "beach.jpg"], samples, strict=True):
+        (tmp_path / "photos").mkdir(exist_ok=True)
+        shutil.copy(sample, tmp_path / "photos" / name)
+    folder = str(tmp_path / "c")
+    runner = CliRunner()
+    assert runner.invoke(app, ["index", str(tmp_path / "photos"), "--collection", folder, "-q"]).exit_code == 0
+    cli = runner.invoke(app, ["search", "eiffel", "--collection", folder, "--retriever", "keyword", "--json"])
+    assert cli.exit_code == 0, cli.output
+    assert [Path(h["path"]).name for h in jsonlib.loads(cli.stdout)] == ["eiffel_tower.jpg"]
+    bad = runner.invoke(app, ["search", "eiffel", "--collection", folder, "--retriever", "bm42"])
+    assert bad.exit_code == 2 and "unknown retriever" in bad.output
+    with TestClient(create_app(folder)) as client:
+        got = client.post("/api/search", json={"text": "eiffel", "retriever": "keyword"}).json()
+        assert [Path(h["path"]).name for h in got["results"]] == ["eiffel_tower.jpg"]
+        scores = {r: {Path(h["path"]).name: h["score"] for h in client.post(
+            "/api/search", json={"text": "eiffel", "retriever": r, "rerank": 0}).json()["results"]}
+            for r in ("dense", "hybrid")}
+        boost = scores["hybrid"].pop("eiffel_tower.jpg") - scores["dense"].pop("eiffel_tower.jpg")
+        assert 0 < boost <= 0.1 + 1e-6  # a share of at most WEIGHT (BM25 under 1 in so small a collection)
+        assert scores["hybrid"] == pytest.approx(scores["dense"])  # no words matched: dense scores
+        assert client.post("/api/search", json={"text": "eiffel", "retriever": "bm42"}).status_code == 422

@@ -7,6 +7,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -15,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
+from . import __version__, defaults
 from .defaults import DEFAULT_MAX_PIXELS, DEFAULT_RERANK
 
 if TYPE_CHECKING:
@@ -140,6 +141,9 @@ NormOpt = Annotated[bool, typer.Option("--norm/--no-norm", help="Nearest-neighbo
                                        "hubness; needs a bank: the model's own or `crossmodal bank`).")]
 MinScoreOpt = Annotated[float | None, typer.Option("--min-score", help="Drop results scoring under this "
                                                    "(normalised, fused score; see docs/ranking.md).")]
+RetrieverOpt = Annotated[str, typer.Option("--retriever", help="Where candidates come from: dense (the model's "
+                                           "vectors), keyword (BM25 over file names, folders, texts and fields) or "
+                                           "hybrid (dense plus keyword evidence; docs/ranking.md).")]
 
 
 def _fields(specs: list[str] | None) -> dict[str, Any]:
@@ -245,6 +249,7 @@ def search(
     rerank: RerankOpt = DEFAULT_RERANK,
     norm: NormOpt = True,
     min_score: MinScoreOpt = None,
+    retriever: RetrieverOpt = defaults.DEFAULT_RETRIEVER,
     collection: CollectionOpt = None,
     model: ModelOpt = None,
 ) -> None:
@@ -259,6 +264,7 @@ def search(
     from .search.query import Term, parse_term
 
     ranking = Ranking(norm=norm, rerank=rerank, min_score=min_score)
+    ranking = replace(ranking, retriever=retriever)
     terms: list[Term] = [parse_term(s) for s in plus or []] + [parse_term(s, -1.0) for s in minus or []]
     if queries is not None:
         if query is not None or image is not None or terms:
@@ -404,6 +410,7 @@ def evaluate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     rerank: RerankOpt = DEFAULT_RERANK,
     norm: NormOpt = True,
+    retriever: RetrieverOpt = defaults.DEFAULT_RETRIEVER,
     bank: Annotated[Path | None, typer.Option("--bank", help="Normalisation bank file (`crossmodal bank --out`); "
                                               "default: the one the model ships with, if any.")] = None,
     reranker: Annotated[Path | None, typer.Option("--reranker", help="Reranker folder (`crossmodal train "
@@ -433,6 +440,7 @@ def evaluate(
     command += [a for x in k or () for a in ("--k", str(x))] + (["--folds", str(folds)] if folds else [])
     command += ["--rerank", str(rerank)] + ([] if norm else ["--no-norm"]) + (["--bank", str(bank)] if bank else [])
     command += ["--reranker", str(reranker)] if reranker else []
+    command += ["--retriever", retriever]
     encoder = load_encoder(model)
     found = find_bank(encoder.fingerprint, *([bank] if bank else []))
     if bank is not None and (found is None or found.path != bank):
@@ -441,8 +449,8 @@ def evaluate(
     if reranker is not None and (scorer is None or scorer.folder.resolve() != reranker.resolve()):
         raise ValueError(f"{reranker} is not a reranker for {encoder.name!r} (trained for other weights?)")
     result = finish_report(run(encoder, data, tuple(k or ()), folds, progress=not quiet,
-                               ranking=Ranking(norm=norm, rerank=rerank), bank=found, reranker=scorer), split,
-                           command)
+                               ranking=Ranking(norm=norm, rerank=rerank, retriever=retriever), bank=found,
+                               reranker=scorer), split, command)
     if report is not None:
         for path in write_report(result, report):
             err.print(f"wrote {path}", highlight=False)
@@ -462,7 +470,7 @@ def evaluate(
     stages = ", ".join(f"{stage} {ms:.2f}" for stage, ms in pipe["stage_ms_per_query"].items())
     print(f"RSUM {m['rsum']:.2f}")
     print(f"ranking: normalisation {'on' if pipe['bank'] else 'off'}, rerank top "
-          f"{pipe['rerank'] if pipe['reranker'] else 0}; ms per query: {stages}")
+          f"{pipe['rerank'] if pipe['reranker'] else 0}, retriever {pipe['retriever']}; ms per query: {stages}")
 
 
 @eval_app.command("compare")
@@ -502,6 +510,7 @@ def serve(
     rerank: RerankOpt = DEFAULT_RERANK,
     norm: NormOpt = True,
     min_score: MinScoreOpt = None,
+    retriever: RetrieverOpt = defaults.DEFAULT_RETRIEVER,
     allowed_host: Annotated[list[str] | None, typer.Option(help="Also answer requests for this Host name "
                                                            "(repeatable); bound to loopback, the server answers "
                                                            "only localhost names by default.")] = None,
@@ -520,7 +529,8 @@ def serve(
     open_collection(folder, model=model, create=False).close()  # fail fast and clearly on a wrong folder/model
     err.print(f"serving {folder} on http://{host}:{port}/  (API docs: /docs)", highlight=False)
     uvicorn.run(create_app(folder, api_key=api_key, max_upload_mb=max_upload_mb, model=model,
-                           int8_queries=int8_queries, ranking=Ranking(norm=norm, rerank=rerank, min_score=min_score),
+                           int8_queries=int8_queries, ranking=Ranking(norm=norm, rerank=rerank, min_score=min_score,
+                                                                       retriever=retriever),
                            allowed_hosts=allowed_hosts(host, allowed_host or ())),
                 host=host, port=port, log_level="warning", **uvicorn_options())
 

@@ -4,3 +4,6 @@
 # but its p99 reached 152 ms.
 DEFAULT_RERANK = 16
 DEFAULT_MAX_PIXELS = 90_000_000  # the decompression-bomb cap: Pillow's own warning threshold, rounded
+# Where candidates come from by default (search/hybrid.py); hybrid scored 2.4 points higher on dev caption search
+# but adds a keyword query to each search (docs/ranking.md).
+DEFAULT_RETRIEVER = "dense"

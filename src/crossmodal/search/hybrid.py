@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from .pipeline import Query
 
 RETRIEVERS = ("dense", "keyword", "hybrid")
-DEFAULT_RETRIEVER = "dense"
 WEIGHT = 0.1  # the share of the normalised BM25 score in a hybrid score
 # BM25 scores are divided by the query's best one, but never by less than this: a word that nearly every item
 # holds (a folder name all share) scores about 1e-6 everywhere and must not become a full share. On Flickr8k

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..defaults import DEFAULT_RERANK
+from ..defaults import DEFAULT_RERANK, DEFAULT_RETRIEVER
 from . import hybrid
 from .diversity import POOL, check_lambda, mmr
 from .exact import scores as inner_products
@@ -50,7 +50,7 @@ class Ranking:
     rerank: int = DEFAULT_RERANK
     min_score: float | None = None
     diversity: float | None = None
-    retriever: str = hybrid.DEFAULT_RETRIEVER
+    retriever: str = DEFAULT_RETRIEVER
 
     def __post_init__(self) -> None:
         if self.rerank < 0:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -87,6 +88,9 @@ class SearchIn(BaseModel):
                                "(0: off); default: the server's.")
     min_score: float | None = Field(None, allow_inf_nan=False,
                                     description="Drop results scoring under this; default: the server's.")
+    retriever: Literal["dense", "keyword", "hybrid"] | None = Field(
+        None, description="Where candidates come from: dense (vectors), keyword (BM25 over file names, folders, "
+        "texts and fields) or hybrid (dense plus keyword evidence); default: the server's.")
 
     def ranking(self, default: Ranking) -> Ranking:
         """The request's ranking options, the server's where it sets none."""
@@ -230,6 +234,8 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
     async def run_search(job: SearchJob, body: SearchIn) -> JSONResponse:
         start = time.perf_counter()
         job.k, job.kind, job.path, job.ranking = body.k + body.offset, body.kind, body.path, body.ranking(ranking)
+        if body.retriever is not None:
+            job.ranking = replace(job.ranking, retriever=body.retriever)
         job.where = tuple(check_filters(state["collection"], body.where))
         try:
             hits = await state["batcher"].search(job)
