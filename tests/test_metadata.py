@@ -125,3 +125,46 @@ def test_where_filters_on_photo_dates_and_places(tmp_path: Path) -> None:
         assert names("taken>=2023-06") == {"paris.jpg"} and names("taken<=2019") == {"old.jpg"}
         assert names("country=France") == {"paris.jpg"} and names("near=51.5,-0.12,10") == {"old.jpg"}
         assert names("camera=EOS 5D", "taken=2023-06-14") == {"paris.jpg"}
+
+
+def test_dates_and_places_in_query_words_become_filters(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    exif_photo(folder / "paris.jpg")
+    exif_photo(folder / "london.jpg", color=(20, 200, 20), taken="2019:01:02 03:04:05", gps=(51.5072, -0.1276))
+    with Collection.open(tmp_path / "c", model=ColorEncoder()) as c:
+        c.index_folder(folder, progress=False)
+        u = c.understand("dog beach 2023 france")
+        assert u.text == "dog beach" and [(n["words"], n["field"], n["as"]) for n in u.notes] == [
+            ("2023", "taken", "filter"), ("france", "country", "filter")]
+        assert [Path(h.path).name for h in c.search(u.text, where=u.conditions)] == ["paris.jpg"]
+        none = c.understand("party 2021 in London")  # nothing taken in 2021: the year stays a word
+        assert none.text == "party 2021 in" and none.notes[0]["as"] == "ignored" and len(none.conditions) == 1
+        assert c.understand("a london bus").conditions == []  # a city only as written with a capital
+        assert c.understand("2023").conditions == []  # nothing left to search for: read as words
+
+
+def test_the_api_and_the_command_line_say_what_they_read(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from crossmodal.cli import app
+    from crossmodal.server.app import create_app
+
+    folder = tmp_path / "photos"
+    exif_photo(folder / "paris.jpg")
+    exif_photo(folder / "old.jpg", color=(20, 200, 20), taken="2019:01:02 03:04:05", gps=None)
+    col = str(tmp_path / "c")
+    runner = CliRunner()
+    assert runner.invoke(app, ["index", str(folder), "--collection", col, "-q"]).exit_code == 0
+    cli = runner.invoke(app, ["search", "a red photo 2019", "--collection", col])
+    assert cli.exit_code == 0 and "old.jpg" in cli.stdout and "paris.jpg" not in cli.stdout
+    assert "'2019': taken 2019 (filter)" in cli.stderr
+    literal = runner.invoke(app, ["search", "a red photo 2019", "--collection", col, "--literal"])
+    assert "paris.jpg" in literal.stdout and "old.jpg" in literal.stdout
+    with TestClient(create_app(col)) as client:
+        got = client.post("/api/search", json={"text": "a red photo in 2023 France"}).json()
+        assert [Path(h["path"]).name for h in got["results"]] == ["paris.jpg"]
+        assert [(u["words"], u["field"], u["value"], u["as"]) for u in got["understood"]] == [
+            ("2023", "taken", "2023", "filter"), ("France", "country", "France", "filter")]
+        plain = client.post("/api/search", json={"text": "a red photo 2023", "understand": False}).json()
+        assert len(plain["results"]) == 2 and plain["understood"] == []

@@ -250,6 +250,10 @@ def search(
     norm: NormOpt = True,
     min_score: MinScoreOpt = None,
     retriever: RetrieverOpt = defaults.DEFAULT_RETRIEVER,
+    understand: Annotated[bool, typer.Option("--understand/--literal", help="Read a year or date in QUERY as a "
+                                             "filter on the date taken, and a place the photos know (country, "
+                                             "region, city) as a filter on it; stderr says what was read. "
+                                             "--literal: every word goes to the model.")] = True,
     collection: CollectionOpt = None,
     model: ModelOpt = None,
 ) -> None:
@@ -278,6 +282,12 @@ def search(
     if image is not None and not image.expanduser().is_file():
         raise FileNotFoundError(f"{image}: no such file")
     with open_collection(collection, model=model, create=False) as c:
+        if query is not None and understand:
+            read = c.understand(query, "text" if texts else "image")
+            for note in read.notes:
+                err.print(f"{note['words']!r}: {note['field']} {note['value']} ({note['as']}"
+                          f"{', ' + note['why'] if 'why' in note else ''})", highlight=False)
+            query, where = read.text, [*(where or []), *read.conditions]
         hits = c.search(query, image=image.expanduser() if image else None, terms=terms, k=top,
                         kind="text" if texts else "image", path=path, where=where or [], ranking=ranking)
     if as_json:

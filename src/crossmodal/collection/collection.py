@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from ..search.normalise import BANK_FILE, find_bank
 from ..search.pipeline import Query, Ranking, Timings
 from ..search.query import Term, encode_query
 from ..search.rerank import RERANKER_DIR, collection_scorer, find_reranker
+from ..search.understand import PLACE_FIELDS, Understood, understand
 from ..sources.captions import CaptionRecord, read_captions
 from ..sources.folders import iter_images
 from ..sources.images import DEFAULT_MAX_PIXELS
@@ -219,6 +221,28 @@ class Collection:
         query.exclude = self._query_image_ids(all_terms) if exclude_query_image and kind == "image" else []
         conditions = [c if isinstance(c, Condition) else parse_condition(c) for c in where]
         return self.search_queries([query], k=k, kind=kind, path=path, where=conditions, ranking=ranking)[0]
+
+    def understand(self, text: str, kind: str = "image") -> Understood:
+        """The dates and places in a query's words as filters on what the items of ``kind`` hold
+        (search/understand.py): ``c.search(u.text, where=u.conditions)`` then searches as the CLI and API do."""
+
+        def matches(condition: Condition) -> bool:
+            sql, params = where_clause(kind, None, [condition])
+            return self.store.db.execute(f"SELECT 1 FROM items WHERE {sql} LIMIT 1", params).fetchone() is not None
+
+        with self.lock:
+            return understand(text, matches, self._places(kind, self.store.generation))
+
+    @lru_cache(maxsize=4)  # noqa: B019 - a collection lives as long as its users; the cache holds 4 small maps
+    def _places(self, kind: str, generation: int) -> dict[str, dict[str, str]]:
+        """The place names stored with items of ``kind``: field -> lower-cased value -> value."""
+        marks = ",".join("?" * len(PLACE_FIELDS))
+        rows = self.store.db.execute(f"SELECT DISTINCT key, value FROM items, json_each(items.fields) WHERE kind = ? "
+                                     f"AND key IN ({marks}) AND type = 'text'", (kind, *PLACE_FIELDS))
+        out: dict[str, dict[str, str]] = {}
+        for key, value in rows:
+            out.setdefault(key, {})[value.lower()] = value
+        return out
 
     def search_vector(self, vector: np.ndarray, *, k: int = 10, kind: str = "image", path: str | None = None,
                       where: Sequence[Condition] = (), exclude: Iterable[int] = (), modality: str = "mixed",

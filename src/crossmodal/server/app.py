@@ -41,6 +41,7 @@ from ..encoders import Encoder, load_encoder
 from ..encoders.onnx import OnnxEncoder
 from ..search.filters import BUILT_IN, INT64, parse_condition
 from ..search.pipeline import Ranking
+from ..search.understand import Understood
 from ..sources.images import ImageError, is_image_path, load_image
 from . import photos
 from .batcher import SearchBatcher, SearchJob
@@ -91,6 +92,9 @@ class SearchIn(BaseModel):
     retriever: Literal["dense", "keyword", "hybrid"] | None = Field(
         None, description="Where candidates come from: dense (vectors), keyword (BM25 over file names, folders, "
         "texts and fields) or hybrid (dense plus keyword evidence); default: the server's.")
+    understand: bool = Field(True, description="Read a year or date in text as a filter on the date taken, and a "
+                             "place the photos know (country, region, city) as a filter on it; the answer's "
+                             "'understood' says what was read. false: every word goes to the model.")
 
     def ranking(self, default: Ranking) -> Ranking:
         """The request's ranking options, the server's where it sets none."""
@@ -108,6 +112,8 @@ class HitOut(Hit):
 
 class SearchOut(BaseModel):
     results: list[HitOut]
+    understood: list[dict[str, Any]] = Field(default_factory=list, description="Dates and places read from the "
+                                             "text: words, field, value, and as (filter, or ignored and why).")
     k: int
     offset: int
     took_ms: float
@@ -231,12 +237,12 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
         except KeyError:
             raise HTTPException(404, f"no item with id {item_id}") from None
 
-    async def run_search(job: SearchJob, body: SearchIn) -> JSONResponse:
+    async def run_search(job: SearchJob, body: SearchIn, read: Understood | None = None) -> JSONResponse:
         start = time.perf_counter()
         job.k, job.kind, job.path, job.ranking = body.k + body.offset, body.kind, body.path, body.ranking(ranking)
         if body.retriever is not None:
             job.ranking = replace(job.ranking, retriever=body.retriever)
-        job.where = tuple(check_filters(state["collection"], body.where))
+        job.where = tuple(check_filters(state["collection"], body.where)) + tuple(read.conditions if read else ())
         try:
             hits = await state["batcher"].search(job)
         except ValueError as e:
@@ -244,6 +250,7 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
         # Built as plain JSON (the shape of SearchOut): validating 20 result models per request took as much
         # of the event loop as all the rest of a search.
         return JSONResponse({"results": [_hit_json(h) for h in hits[body.offset:]], "k": body.k,
+                             "understood": read.notes if read else [],
                              "offset": body.offset, "took_ms": (time.perf_counter() - start) * 1000})
 
     @app.get("/", include_in_schema=False)
@@ -278,11 +285,13 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
 
     @app.post("/api/search", response_model=SearchOut, summary="Search by text, item id and weighted terms.")
     async def search(body: SearchIn, c: Annotated[Collection, Depends(col)]) -> JSONResponse:
-        job = SearchJob()
+        job, read = SearchJob(), None
         if body.text is not None:
             if not body.text.strip():
                 raise HTTPException(400, "text is empty: type something to search for")
-            job.texts.append((1.0, body.text))
+            if body.understand:
+                read = await run_in_threadpool(c.understand, body.text, body.kind)
+            job.texts.append((1.0, read.text if read else body.text))
         if body.image_id is not None:
             job.vectors.append((1.0, *stored_vector(c, body.image_id)))
             job.exclude.append(body.image_id)
@@ -297,7 +306,7 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
                     job.exclude.append(term.image_id)
         if not (job.texts or job.vectors):
             raise HTTPException(400, "nothing to search for: give text, image_id or terms")
-        return await run_search(job, body)
+        return await run_search(job, body, read)
 
     @app.post("/api/search/image", response_model=SearchOut, summary="Search by an uploaded photo.")
     async def search_image(c: Annotated[Collection, Depends(col)], file: Annotated[UploadFile, File()],
