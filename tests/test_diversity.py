@@ -95,3 +95,31 @@ def test_eval_diversifies_like_search(bursty: Collection) -> None:
         assert ids[positions].tolist() == searched
         matrix = score("t2i", np.array([row]), np.arange(len(ids)))[0]
         assert ids[np.lexsort((np.arange(len(ids)), -matrix))[:8]].tolist() == searched
+
+
+def test_diverse_option_takes_an_optional_lambda(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from conftest import SAMPLES
+    from crossmodal.cli import app
+    from crossmodal.cli_options import with_optional_values
+
+    fill = {"--diverse": "0.5"}
+    assert with_optional_values(["a dog", "--diverse"], fill) == ["a dog", "--diverse", "0.5"]
+    assert with_optional_values(["--diverse", "a dog"], fill) == ["--diverse", "0.5", "a dog"]
+    assert with_optional_values(["--diverse", "0.2", "a dog"], fill) == ["--diverse", "0.2", "a dog"]
+    assert with_optional_values(["--diverse", "--json"], fill) == ["--diverse", "0.5", "--json"]
+    for photo in sorted((SAMPLES / "photos").iterdir())[:8]:
+        (tmp_path / "p").mkdir(exist_ok=True)
+        (tmp_path / "p" / photo.name).write_bytes(photo.read_bytes())
+    with Collection.open(tmp_path / "col") as c:
+        c.index_folder(tmp_path / "p", progress=False)
+    runner = CliRunner()
+    ask = ["search", "a dog", "-c", str(tmp_path / "col"), "--top", "5"]
+    plain = runner.invoke(app, ask)
+    assert plain.exit_code == 0, plain.output
+    for extra in (["--diverse"], ["--diverse", "0.3"], ["--diverse", "1"]):
+        result = runner.invoke(app, [*ask, *extra])
+        assert result.exit_code == 0 and len(result.stdout.splitlines()) == 5, result.output
+    assert runner.invoke(app, [*ask, "--diverse", "1"]).stdout == plain.stdout  # lambda 1 changes nothing
+    assert runner.invoke(app, [*ask, "--diverse", "1.5"]).exit_code == 2

@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__, defaults
-from .defaults import DEFAULT_MAX_PIXELS, DEFAULT_RERANK
+from .cli_options import optional_values
+from .defaults import DEFAULT_DIVERSITY, DEFAULT_MAX_PIXELS, DEFAULT_RERANK, DUPLICATE_THRESHOLD
 
 if TYPE_CHECKING:
     from .collection.collection import Collection
@@ -229,7 +230,7 @@ def reindex(
                 err.print(f"{kind}: {plan['kind']} {plan['params']} ({plan['reason']})", highlight=False)
 
 
-@app.command()
+@app.command(cls=optional_values({"--diverse": str(DEFAULT_DIVERSITY)}))
 @friendly
 def search(
     query: Annotated[str | None, typer.Argument(help="What to look for, in words.")] = None,
@@ -254,6 +255,9 @@ def search(
                                              "filter on the date taken, and a place the photos know (country, "
                                              "region, city) as a filter on it; stderr says what was read. "
                                              "--literal: every word goes to the model.")] = True,
+    diverse: Annotated[float | None, typer.Option("--diverse", metavar="[LAMBDA]", min=0.0, max=1.0, help=(
+        f"Spread the page over different photos (maximal marginal relevance; alone: {DEFAULT_DIVERSITY}); 1 "
+        "changes nothing, lower is more diverse."), show_default=False)] = None,
     collection: CollectionOpt = None,
     model: ModelOpt = None,
 ) -> None:
@@ -267,7 +271,7 @@ def search(
     from .search.pipeline import Ranking
     from .search.query import Term, parse_term
 
-    ranking = Ranking(norm=norm, rerank=rerank, min_score=min_score)
+    ranking = Ranking(norm=norm, rerank=rerank, min_score=min_score, diversity=diverse)
     ranking = replace(ranking, retriever=retriever)
     terms: list[Term] = [parse_term(s) for s in plus or []] + [parse_term(s, -1.0) for s in minus or []]
     if queries is not None:
@@ -317,6 +321,41 @@ def search_file(file: Path, collection: Path | None, model: str | None, where: l
             results = c.search_queries(text_queries(c.encoder, chunk, states), where=conditions, **options)
             for text, hits in zip(chunk, results, strict=True):
                 print(json.dumps({"query": text, "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
+
+
+@app.command()
+@friendly
+def duplicates(
+    threshold: Annotated[float, typer.Option("--threshold", "-t", min=0.01, max=1.0, help="How alike two photos "
+                                             "must be to count as copies (cosine; higher: only closer copies).")
+                         ] = DUPLICATE_THRESHOLD,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of groups.")] = False,
+    collection: CollectionOpt = None,
+) -> None:
+    """Group the photos that are copies of each other: exact copies (same content) and near-copies (crops,
+    re-encodes, resizes, bursts). Each group lists its largest photo first; a line per photo: cosine to it
+    ("exact": same content) <TAB> width x height <TAB> size <TAB> path.
+
+    Examples:
+      crossmodal duplicates
+      crossmodal duplicates --threshold 0.9 --json > groups.json
+    """
+    from .collection.duplicates import find_duplicates
+    from .collection.paths import shown
+
+    with open_collection(collection, create=False) as c:
+        groups = find_duplicates(c, threshold)
+    if as_json:
+        print(json.dumps([g.to_dict() for g in groups], ensure_ascii=False, indent=2))
+        return
+    for n, group in enumerate(groups, 1):
+        print(f"group {n}: {len(group.photos)} photos")
+        for i, p in enumerate(group.photos):
+            shape = f"{p.width}x{p.height}" if p.width else "?x?"
+            alike = "exact" if p.exact and i else f"{p.similarity:.3f}"
+            print(f"  {alike}\t{shape}\t{(p.bytes or 0) / 1e6:.2f} MB\t{shown(p.path)}")
+    err.print(f"{len(groups)} groups, {sum(len(g.photos) for g in groups)} photos at threshold {threshold}"
+              + ("" if groups else " (a lower --threshold finds looser copies)"), highlight=False)
 
 
 @app.command()

@@ -16,7 +16,6 @@ import numpy as np
 # Candidates a page is chosen from. Fixed rather than a multiple of k: greedy MMR over the same pool gives
 # the same first results whatever the page size, so page 2 continues page 1.
 POOL = 200
-DEFAULT_LAMBDA = 0.5  # an even trade-off, the usual default (LangChain's max_marginal_relevance_search)
 
 
 def check_lambda(lam: float) -> float:
