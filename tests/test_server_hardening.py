@@ -178,6 +178,8 @@ def test_thumbnails_snap_to_fixed_sizes_cached_with_bounded_decodes(client: Test
     [
         ("post", "/api/search", {"json": {"text": "x", "where": ["size>99999999999999999999999"]}}, 400,
          "outside SQLite's integer range"),
+        ("post", "/api/search", {"json": {"text": "x", "where": ["size>abc"]}}, 400, "size takes a number"),
+        ("post", "/api/search", {"json": {"text": "x", "where": ["size>>3"]}}, 400, "the value starts with '>'"),
         ("post", "/api/search", {"json": {"image_id": 10**30}}, 422, "image_id: Input should be less than"),
         ("post", "/api/search", {"json": {"terms": [{"image_id": 10**30}]}}, 422, "image_id"),
         ("post", "/api/search", {"content": b'{"text": "x", "min_score": NaN}',

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from functools import wraps
@@ -17,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__, defaults
+from .cli_help import TidyGroup
 from .cli_options import optional_values
 from .defaults import DEFAULT_DIVERSITY, DEFAULT_MAX_PIXELS, DEFAULT_RERANK, DUPLICATE_THRESHOLD
 
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 # search start fast; tests/test_cold_start.py checks that a text search imports neither torch nor transformers.
 
 app = typer.Typer(
+    cls=TidyGroup,
     help="Cross-modal retrieval: find photos by describing them, captions for a photo, similar photos.",
     no_args_is_help=True,
     add_completion=False,
@@ -53,6 +56,10 @@ def main(
 ) -> None:
     """Cross-modal retrieval: find photos by describing them, captions for a photo, similar photos."""
     from .encoders import BACKENDS
+
+    if not sys.warnoptions:  # third-party notes (deprecations, tracer hints) are not for users; -W shows them
+        warnings.simplefilter("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # transformers logs through logging, not warnings
 
     if backend not in BACKENDS:
         raise typer.BadParameter(f"use one of {', '.join(BACKENDS)}", param_hint="--backend")
@@ -147,6 +154,11 @@ RetrieverOpt = Annotated[str, typer.Option("--retriever", help="Where candidates
                                            "hybrid (dense plus keyword evidence; docs/ranking.md).")]
 
 
+WhereOpt = Annotated[list[str] | None, typer.Option("--where", help="Only items with KEY=VALUE (also !=, <, <=, >, "
+                                                   ">=); KEY is a field or size/mtime/added/id/path. != also keeps "
+                                                   "items without the field.")]
+
+
 def _fields(specs: list[str] | None) -> dict[str, Any]:
     out = {}
     for spec in specs or []:
@@ -180,11 +192,18 @@ def index(
 
     Running it again adds new files, re-embeds changed ones, drops deleted ones and resumes an
     interrupted run. Unreadable files are reported once and skipped.
+
+    Examples:
+      crossmodal index ~/Pictures
+      crossmodal index ~/Pictures/paris --field album=paris
+      crossmodal index captions.tsv --texts
     """
     for path in paths:
         if not path.expanduser().exists() and (texts or not prune_all):
             raise FileNotFoundError(f"{path}: no such file or folder" + ("" if texts else "; nothing was removed "
                                     "(--prune-all drops the stored photos of a folder gone for good)"))
+    from .sources.images import IMAGE_SUFFIXES
+
     extra = _fields(field)
     budget = parse_size(memory)
     with open_collection(collection, model=model) as c:
@@ -198,6 +217,9 @@ def index(
                 report = c.index_folder(path, prune=prune, prune_all=prune_all, include_hidden=hidden, fields=extra,
                                         max_pixels=max_pixels, progress=not quiet)
                 err.print(f"{path}: {report.summary()}", highlight=False)
+                if not report.seen:
+                    err.print(f"[yellow]warning[/]: {path} holds no photos ({', '.join(sorted(IMAGE_SUFFIXES))}; "
+                              "hidden files and folders only with --hidden)", highlight=False)
         if index_kind is not None or memory is not None or recall is not None:
             settings = c.manifest.index
             c.configure_index(index_kind or settings.get("kind", "auto"), budget if memory else settings.get("memory"),
@@ -209,8 +231,13 @@ def index(
 
 
 def _plan_line(c: Collection) -> str:
-    plan = c.manifest.index.get("image") or {}
-    return f"{plan.get('kind', 'flat')} {plan.get('params', {})}".strip()
+    return plan_text(c.manifest.index.get("image") or {})
+
+
+def plan_text(plan: dict[str, Any]) -> str:
+    """An index plan in words: ``flat (storage fp32)``, ``hnsw (m 32, ef_search 96, storage int8)``."""
+    params = ", ".join(f"{key} {value}" for key, value in plan.get("params", {}).items())
+    return f"{plan.get('kind', 'flat')} ({params})" if params else plan.get("kind", "flat")
 
 
 @app.command()
@@ -221,13 +248,18 @@ def reindex(
     recall: Annotated[float, typer.Option("--recall", help="Recall@10 target for approximate kinds.")] = 0.95,
     collection: CollectionOpt = None,
 ) -> None:
-    """Rebuild the collection's vector indexes with another kind, memory budget or recall target."""
+    """Rebuild the collection's vector indexes with another kind, memory budget or recall target.
+
+    Examples:
+      crossmodal reindex --index hnsw
+      crossmodal reindex --index ivfpq --memory 2GB --recall 0.9
+    """
     with open_collection(collection, create=False) as c:
         c.configure_index(index_kind, parse_size(memory), recall)
         for kind in ("image", "text"):
             plan = c.manifest.index.get(kind)
             if plan:
-                err.print(f"{kind}: {plan['kind']} {plan['params']} ({plan['reason']})", highlight=False)
+                err.print(f"{kind}: {plan_text(plan)}: {plan['reason']}", highlight=False)
 
 
 @app.command(cls=optional_values({"--diverse": str(DEFAULT_DIVERSITY)}))
@@ -241,8 +273,7 @@ def search(
     top: Annotated[int, typer.Option("--top", "-k", help="How many results.", min=1)] = 10,
     texts: Annotated[bool, typer.Option("--texts", help="Return texts instead of photos.")] = False,
     path: Annotated[str | None, typer.Option("--path", help="Only items whose path matches this glob.")] = None,
-    where: Annotated[list[str] | None, typer.Option("--where", help="Only items with KEY=VALUE (also !=, <, "
-                                                    "<=, >, >=); KEY is a field or size/mtime/path.")] = None,
+    where: WhereOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
     queries: Annotated[Path | None, typer.Option("--queries", help="Run every text query of this file (one a "
                                                  "line; '-': standard input) with one model load; prints a JSON "
@@ -263,9 +294,11 @@ def search(
 ) -> None:
     """Search the collection by text, by photo, or by a weighted mix: prints score <TAB> path, best first.
 
-    Examples: crossmodal search "a dog running on a beach" --top 5;
-    crossmodal search --image ./query.jpg --where album=paris;
-    crossmodal search --queries queries.txt > results.jsonl
+    Examples:
+      crossmodal search "a dog running on a beach" --top 5
+      crossmodal search --image ./query.jpg --where album=paris
+      crossmodal search "beach" --minus people --plus 0.5:sunset --json
+      crossmodal search --queries queries.txt > results.jsonl
     """
     from .collection.paths import shown
     from .search.pipeline import Ranking
@@ -358,6 +391,17 @@ def duplicates(
               + ("" if groups else " (a lower --threshold finds looser copies)"), highlight=False)
 
 
+INFO_LABELS = {"images": "photos", "dim": "dimensions", "fingerprint": "model fingerprint",
+               "unreadable": "unreadable files"}
+
+
+def fact_text(value: Any) -> str:
+    """A fact of ``info`` as words: a mapping as ``key value, ...``, anything else as itself."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {fact_text(v)}" for k, v in value.items()) or "none"
+    return str(value)
+
+
 @app.command()
 @friendly
 def info(
@@ -365,7 +409,12 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     errors: Annotated[bool, typer.Option("--errors", help="List the unreadable files.")] = False,
 ) -> None:
-    """What is in the collection: model, counts, size on disk, unreadable files."""
+    """What is in the collection: model, counts, size on disk, unreadable files.
+
+    Examples:
+      crossmodal info
+      crossmodal info --errors --collection ~/photos.cm
+    """
     with open_collection(collection, create=False) as c:
         facts = c.info()
         failures = c.store.failures() if errors else []
@@ -375,14 +424,99 @@ def info(
     table = Table(show_header=False, box=None)
     for key, value in facts.items():
         if key == "index":
-            for kind in ("image", "text"):
+            for kind, label in (("image", "photo index"), ("text", "text index")):
                 if value.get(kind):
-                    table.add_row(f"index ({kind})", f"{value[kind]['kind']} {value[kind]['params']}")
+                    table.add_row(label, plan_text(value[kind]))
+        elif key == "bytes_on_disk":
+            table.add_row("size on disk", f"{value / 1e6:.1f} MB")
         else:
-            table.add_row(key, f"{value / 1e6:.1f} MB" if key == "bytes_on_disk" else str(value))
+            table.add_row(INFO_LABELS.get(key, key.replace("_", " ")), fact_text(value))
     Console().print(table)
     for path, reason in failures:
         print(f"{path}\t{reason}")
+
+
+def item_line(item: Any) -> str:
+    """id <TAB> kind <TAB> path (a text: the text) <TAB> fields as key=value, for people and for cut/awk."""
+    from .collection.paths import shown
+
+    shown_as = item.text if item.kind == "text" else shown(item.path or "")
+    return "\t".join([str(item.id), item.kind, shown_as, ", ".join(f"{k}={v}" for k, v in item.fields.items())])
+
+
+def item_json(item: Any) -> dict[str, Any]:
+    """An item as JSON-ready values (a file name that is not UTF-8 shows its odd bytes as \\xNN)."""
+    from .collection.paths import shown
+
+    out = {"id": item.id, "kind": item.kind, "path": shown(item.path) if item.path else None, "text": item.text,
+           "size": item.size, "mtime": item.mtime, "added": item.added, "fields": item.fields}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+@app.command("list")
+@friendly
+def list_items(
+    kind: Annotated[str | None, typer.Option("--kind", help="Only photos (image) or only texts (text).")] = None,
+    path: Annotated[str | None, typer.Option("--path", help="Only items whose stored path matches this glob.")]
+    = None,
+    where: WhereOpt = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most this many (the first by id).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+    collection: CollectionOpt = None,
+) -> None:
+    """List what is stored, by id: id <TAB> kind <TAB> path (or text) <TAB> fields.
+
+    Examples:
+      crossmodal list --limit 20
+      crossmodal list --where album=paris --path "*/2023/*"
+      crossmodal list --kind text --json
+    """
+    from .collection.selection import list_items as select
+    from .search.filters import parse_condition
+
+    if kind not in (None, "image", "text"):
+        raise ValueError(f"--kind {kind!r}: use image (photos) or text")
+    conditions = [parse_condition(spec) for spec in where or []]
+    with open_collection(collection, create=False) as c:
+        items = select(c.store, kind, path, conditions, limit)
+    if as_json:
+        print(json.dumps([item_json(it) for it in items], ensure_ascii=False, indent=2))
+        return
+    if not items:
+        err.print("nothing stored matches the filters" if kind or path or where else "the collection is empty")
+    for it in items:
+        print(item_line(it))
+
+
+@app.command()
+@friendly
+def remove(
+    targets: Annotated[list[str], typer.Argument(help="Item ids, stored paths (a photo; a caption file: its "
+                                                 "captions; a folder: everything below it) or globs on stored "
+                                                 "paths ('*/2019/*.jpg').")],
+    collection: CollectionOpt = None,
+) -> None:
+    """Remove items from the collection (never the files) and print each one removed; asks nothing.
+
+    Nothing is removed unless every target names something stored. A photo that is still in an indexed
+    folder comes back with the next `crossmodal index` of that folder.
+
+    Examples:
+      crossmodal remove 12 15
+      crossmodal remove ~/Pictures/screenshots
+      crossmodal remove "*/2019/*.png"
+    """
+    from .collection.selection import select_targets
+
+    with open_collection(collection, create=False) as c:
+        try:
+            items = select_targets(c.store, targets)
+        except ValueError as e:
+            raise ValueError(f"{e}; nothing was removed") from None
+        removed = c.remove([it.id for it in items])
+    for it in items:
+        print(item_line(it))
+    err.print(f"removed {removed} item{'s' if removed != 1 else ''} from {c.folder}", highlight=False)
 
 
 @app.command()
@@ -406,6 +540,10 @@ def bank(
 
     A bank is the vectors of typical queries: captions (they rank photos) and photos (they rank
     captions). Written into the collection, every item's bias is computed at once and kept up to date.
+
+    Examples:
+      crossmodal bank --dataset my-data --split train
+      crossmodal bank --texts queries.txt --images ~/Pictures/sample --limit 5000
     """
     from .encoders import load_encoder
     from .search.normalise import BANK_FILE, build_bank
@@ -436,7 +574,8 @@ def bank(
                   "photos; scores are normalised", highlight=False)
 
 
-eval_app = typer.Typer(help="Measure retrieval quality with the published protocol (CLIP_benchmark definitions).")
+# Its help is evaluate's docstring; `eval` runs by itself, so the subcommand is shown as optional.
+eval_app = typer.Typer(subcommand_metavar="[compare REPORT_A REPORT_B]")
 app.add_typer(eval_app, name="eval")
 
 
@@ -466,10 +605,17 @@ def evaluate(
                                                   "--reranker`); default: the one the model ships with, if any.")]
     = None,
 ) -> None:
-    """Evaluate a model on an image-caption dataset: R@K both ways, RSUM, mAP@R, R-Precision, ranks.
+    """Measure retrieval quality on an image-caption dataset with the published protocol (CLIP_benchmark
+    definitions): R@K both ways, RSUM, mAP@R, R-Precision, ranks.
 
     It ranks with the search pipeline and the same defaults as `crossmodal search` (normalisation,
     --rerank), so its numbers are what users get; --no-norm --rerank 0 gives the plain dual encoder.
+    `crossmodal eval compare A B` prints the change between two reports.
+
+    Examples:
+      crossmodal eval --dataset ../shared/datasets/flickr8k --split test --report out/
+      crossmodal eval --dataset karpathy:dataset_coco.json --images coco/ --folds 5
+      crossmodal eval compare runs/a/report.json runs/b/report.json
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -528,7 +674,11 @@ def compare_reports(
     a: Annotated[Path, typer.Argument(help="First report.json (or its folder).")],
     b: Annotated[Path, typer.Argument(help="Second report.json (or its folder).")],
 ) -> None:
-    """Print every metric of two reports side by side with the change from A to B."""
+    """Print every metric of two reports side by side with the change from A to B.
+
+    Example:
+      crossmodal eval compare runs/a/report.json runs/b/report.json
+    """
     from .evaluation.report import compare, load_report
 
     ra, rb = load_report(a), load_report(b)
@@ -567,6 +717,10 @@ def serve(
     """Serve the HTTP API (OpenAPI docs at /docs) and the search page at http://HOST:PORT/.
 
     --rerank, --norm and --min-score are the defaults of requests that do not set them.
+
+    Examples:
+      crossmodal serve ./my-collection --port 8000
+      crossmodal serve --host 0.0.0.0 --api-key "$KEY"
     """
     import uvicorn
 
@@ -593,7 +747,12 @@ def export(
     int8: Annotated[bool, typer.Option("--int8", help="Quantize the text tower's weights to int8 (faster queries; "
                                        "the photo tower stays float32, so the vectors stay compatible).")] = False,
 ) -> None:
-    """Export a model's photo and text towers to ONNX; `--model OUT` then loads it anywhere."""
+    """Export a model's photo and text towers to ONNX; `--model OUT` then loads it anywhere.
+
+    Examples:
+      crossmodal export --int8 --out lite-int8
+      crossmodal export --model ./clip-folder --out clip-onnx
+    """
     from .encoders import load_encoder
     from .encoders.onnx_export import export_onnx
 
@@ -659,6 +818,11 @@ def train(
     """Fine-tune a dual encoder on image-caption data; `--model OUT` then loads the result anywhere.
 
     With --reranker, train the cross-encoder that re-scores the model's top results (docs/ranking.md).
+
+    Examples:
+      crossmodal train --data ../shared/datasets/flickr8k --out runs/my-lite --unfreeze image:5,text:6
+      crossmodal train --model ./clip-folder --data my.tsv --loss siglip --unfreeze last:2 --out runs/my-clip
+      crossmodal train --reranker --data ../shared/datasets/flickr8k --out my-collection/reranker
     """
     if reranker:
         from .encoders.lite import WEIGHTS

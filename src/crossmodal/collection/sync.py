@@ -52,6 +52,12 @@ class IndexReport:
     skipped_known_bad: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
 
+    @property
+    def seen(self) -> int:
+        """How many files the run found: stored, unchanged, moved, re-used, restored or unreadable."""
+        return (self.added + self.updated + self.unchanged + self.moved + self.reused + self.restored
+                + len(self.failed) + self.skipped_known_bad)
+
     def summary(self) -> str:
         parts = [f"{self.added} added", f"{self.updated} updated", f"{self.unchanged} unchanged"]
         for name in ("moved", "reused", "restored", "removed", "kept"):

@@ -33,6 +33,7 @@ def _session(path: Path, threads: int) -> Any:
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # errors only: ONNX Runtime's notes on the graph are not for users
     # Idle worker threads sleep instead of spinning, so decoding threads and the server keep their cores.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

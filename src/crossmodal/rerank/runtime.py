@@ -67,6 +67,7 @@ class Reranker:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: ONNX Runtime's notes on the graph are not for users
         return ort.InferenceSession(str(self.folder / name), options, providers=["CPUExecutionProvider"])
 
     def photo_tokens(self, grid: np.ndarray) -> np.ndarray:
