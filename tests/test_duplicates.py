@@ -110,3 +110,17 @@ def test_dimensions_read_the_header_of_the_indexed_file_only(tmp_path: Path) -> 
     assert dimensions(str(path), st.st_size + 1, st.st_mtime) is None  # changed since indexed
     assert dimensions(str(tmp_path / "gone.jpg"), 1, 1.0) is None
 
+
+def test_duplicates_endpoint(copies: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from crossmodal.server.app import create_app
+
+    with TestClient(create_app(copies / "col")) as client:
+        found = client.get("/api/duplicates").json()
+        assert found["total"] == 2 and [g["size"] for g in found["groups"]] == [4, 2]
+        first = found["groups"][0]["photos"][0]
+        assert first["thumbnail"] == f"/api/items/{first['id']}/thumbnail" and first["width"] == 224
+        assert client.get("/api/duplicates", params={"threshold": 0.999, "limit": 1}).json()["total"] == 1
+        assert client.get("/api/duplicates", params={"threshold": 0}).status_code == 422
+        assert client.get("/api/duplicates", params={"limit": 0}).status_code == 422

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
@@ -34,9 +34,11 @@ from threadpoolctl import threadpool_limits
 from .. import __version__
 from ..collection.atomic import atomic_write
 from ..collection.collection import Collection, Hit
+from ..collection.duplicates import find_duplicates
 from ..collection.manifest import Manifest
 from ..collection.paths import shown
 from ..collection.sync import content_hash
+from ..defaults import DUPLICATE_THRESHOLD
 from ..encoders import Encoder, load_encoder
 from ..encoders.onnx import OnnxEncoder
 from ..search.filters import BUILT_IN, INT64, parse_condition
@@ -53,6 +55,7 @@ MAX_K = 200
 MAX_OFFSET = 10_000
 MAX_RERANK = 200
 MAX_FILES = 16  # photos per upload request
+MAX_GROUPS = 1000  # duplicate groups per answer
 JSON_BODY = 1024 * 1024  # the largest body of a request that carries no photo
 # Item ids are SQLite integers: a larger number can never name an item and cannot even be looked up.
 ItemId = Annotated[int, Field(ge=0, le=INT64[1], description="A stored item's id.")]
@@ -95,12 +98,16 @@ class SearchIn(BaseModel):
     understand: bool = Field(True, description="Read a year or date in text as a filter on the date taken, and a "
                              "place the photos know (country, region, city) as a filter on it; the answer's "
                              "'understood' says what was read. false: every word goes to the model.")
+    diverse: float | None = Field(None, ge=0, le=1, description="Spread the page over different items: maximal "
+                                  "marginal relevance at this lambda (1: off, lower: more diverse); default: the "
+                                  "server's.")
 
     def ranking(self, default: Ranking) -> Ranking:
         """The request's ranking options, the server's where it sets none."""
         return Ranking(norm=default.norm if self.norm is None else self.norm,
                        rerank=default.rerank if self.rerank is None else self.rerank,
-                       min_score=default.min_score if self.min_score is None else self.min_score)
+                       min_score=default.min_score if self.min_score is None else self.min_score,
+                       diversity=default.diversity if self.diverse is None else self.diverse)
 
 
 @pydantic_dataclass
@@ -313,16 +320,20 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
                            k: Annotated[int, Form(ge=1, le=MAX_K)] = 20,
                            offset: Annotated[int, Form(ge=0, le=MAX_OFFSET)] = 0,
                            kind: Annotated[Literal["image", "text"], Form()] = "image",
-                           path: Annotated[str | None, Form()] = None,
+                           path: Annotated[str | None, Form(max_length=1000)] = None,
+                           where: Annotated[list[str] | None, Form(max_length=16)] = None,
                            norm: Annotated[bool | None, Form()] = None,
                            rerank: Annotated[int | None, Form(ge=0, le=MAX_RERANK)] = None,
-                           min_score: Annotated[float | None, Form()] = None) -> JSONResponse:
+                           min_score: Annotated[float | None, Form()] = None,
+                           diverse: Annotated[float | None, Form(ge=0, le=1)] = None) -> JSONResponse:
+        """The form's fields mean what they mean in ``/api/search``; ``where`` may be given several times."""
+        body = SearchIn(k=k, offset=offset, kind=kind, path=path, where=where or [], norm=norm, rerank=rerank,
+                        min_score=min_score, diverse=diverse)
         data = await read_upload(file)
         same = await run_in_threadpool(_locked, c.store.by_hash, content_hash(data), "image")
         image = await decoded(photos.query_photo, data)
         job = SearchJob(images=[(1.0, image)], exclude=[it.id for it in same])
-        return await run_search(job, SearchIn(k=k, offset=offset, kind=kind, path=path, norm=norm, rerank=rerank,
-                                              min_score=min_score))
+        return await run_search(job, body)
 
     @app.get("/api/items/{item_id}/similar", response_model=SearchOut, summary="More like this item.")
     async def similar(item_id: Annotated[int, PathParam(ge=0, le=INT64[1])], c: Annotated[Collection, Depends(col)],
@@ -347,20 +358,66 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
         requests at many sizes of one large photo cost a few decodes, not one each."""
         if not 16 <= size <= 1024:
             raise HTTPException(422, "size must be 16..1024")
+        data = await rendered(stored_photo(c, item_id), photos.snap(size))
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
+
+    def stored_photo(c: Collection, item_id: int) -> Any:
+        """A stored photo's item (a 404 for an unknown id or a text)."""
         found = _locked(c.store.get, [item_id]).get(item_id)
         if found is None or found.kind != "image":
             raise HTTPException(404, f"no photo with id {item_id}")
-        key = (found.path, found.hash, photos.snap(size))
+        return found
+
+    async def rendered(found: Any, side: int) -> bytes:
+        """A stored photo as a JPEG of at most ``side`` pixels, from the cache or decoded (a 410 when unreadable)."""
+        key = (found.path, found.hash, side)
 
         def render() -> bytes:  # the cache is read again here: a request that waited for a decode may find it done
             data = thumbnails.get(key)
             if data is None:
-                data = photos.thumbnail(found.path, found.size, found.mtime, key[2])
+                data = photos.thumbnail(found.path, found.size, found.mtime, side)
                 thumbnails.put(key, data)
             return data
 
-        data = thumbnails.get(key) or await decoded(render, status=410, message="the photo can no longer be read")
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
+        return thumbnails.get(key) or await decoded(render, status=410, message="the photo can no longer be read")
+
+    @app.get("/api/items/{item_id}/photo", summary="A stored photo's file, for viewing.")
+    async def photo(item_id: Annotated[int, PathParam(ge=0, le=INT64[1])], c: Annotated[Collection, Depends(col)]
+                    ) -> Response:
+        """The file that was indexed, as it is, when browsers show its format and it is at most
+        ``photos.MAX_ORIGINAL`` bytes; otherwise (HEIC, TIFF, a huge file) a JPEG of at most 1024 pixels."""
+        found = stored_photo(c, item_id)
+        try:
+            original = await run_in_threadpool(photos.original, found.path, found.size, found.mtime)
+        except ImageError as e:
+            raise HTTPException(410, f"the photo can no longer be read: {e}") from None
+        headers = {"Cache-Control": "private, max-age=3600"}
+        if original is None:
+            data = await rendered(found, photos.THUMBNAIL_SIDES[-1])
+            return Response(data, media_type="image/jpeg", headers=headers)
+        file, media_type = original
+        return StreamingResponse(photos.chunks(file, found.size), media_type=media_type,
+                                 headers={**headers, "Content-Length": str(found.size)})
+
+    @app.get("/api/duplicates", summary="Groups of photos that are copies of each other (exact or near).")
+    async def duplicates(c: Annotated[Collection, Depends(col)],
+                         threshold: Annotated[float, Query(gt=0, le=1)] = DUPLICATE_THRESHOLD,
+                         limit: Annotated[int, Query(ge=1, le=MAX_GROUPS)] = 100) -> dict[str, Any]:
+        """Groups, largest first, each with its largest photo first (see ``crossmodal duplicates``); at most
+        ``limit`` groups, ``total`` says how many there are. Computed once per threshold and collection state."""
+        start = time.perf_counter()
+        generation = await run_in_threadpool(_locked, lambda: c.store.generation)
+        groups = await run_in_threadpool(_duplicate_groups, c, generation, threshold)
+        out = [g.to_dict() for g in groups[:limit]]
+        for group in out:
+            for p in group["photos"]:
+                p["thumbnail"] = f"/api/items/{p['id']}/thumbnail"
+        return {"threshold": threshold, "total": len(groups), "groups": out,
+                "took_ms": (time.perf_counter() - start) * 1000}
+
+    @lru_cache(maxsize=8)
+    def _duplicate_groups(c: Collection, generation: int, threshold: float) -> list[Any]:
+        return find_duplicates(c, threshold)  # cached per store generation: recomputed once the collection changes
 
     @app.post("/api/items", summary="Upload photos into the collection (API key).")
     async def upload(c: Annotated[Collection, Depends(col)], files: Annotated[list[UploadFile], File()]

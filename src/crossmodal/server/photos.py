@@ -8,6 +8,8 @@ import io
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from PIL import Image, ImageOps
 
@@ -16,6 +18,10 @@ from ..sources.photo_files import open_indexed
 
 QUERY_MAX_PIXELS = 40_000_000  # a query photo over this is refused before it is decoded
 THUMBNAIL_SIDES = (128, 256, 512, 1024)  # a requested size is served at the next of these
+MAX_ORIGINAL = 64 * 1024 * 1024  # a larger photo file is shown as a JPEG of the largest thumbnail side
+# Formats browsers show as they are (MPO: a camera's JPEG with extra frames); others are converted to JPEG.
+SHOWN = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp",
+         "BMP": "image/bmp"}
 DECODES = 2  # decodes at once, per server
 
 
@@ -68,6 +74,35 @@ def thumbnail(path: str, size: int | None, mtime: float | None, side: int) -> by
     out = io.BytesIO()
     small.save(out, format="JPEG", quality=85)
     return out.getvalue()
+
+
+def original(path: str, size: int | None, mtime: float | None) -> tuple[BinaryIO, str] | None:
+    """The indexed photo's file opened at its start, with its media type, when browsers can show it as it is;
+    None when it must be converted (another format, or over ``MAX_ORIGINAL`` bytes); an ImageError when it
+    cannot be read (``open_indexed``)."""
+    f = open_indexed(path, size, mtime)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            kind = Image.open(f).format  # reads the header only; the file stays open
+    except Exception as e:
+        f.close()
+        raise ImageError(f"cannot read the header: {e}") from None
+    if kind not in SHOWN or (size or 0) > MAX_ORIGINAL:
+        f.close()
+        return None
+    f.seek(0)
+    return f, SHOWN[kind]
+
+
+def chunks(f: BinaryIO, size: int | None, chunk: int = 256 * 1024) -> Iterator[bytes]:
+    """The first ``size`` bytes of an open file (its size when indexed, so a file that grew while it is sent
+    never sends more than the length announced), a chunk at a time; closes it at the end."""
+    with f:
+        left = size or 0
+        while left > 0 and (data := f.read(min(chunk, left))):
+            left -= len(data)
+            yield data
 
 
 class ThumbnailCache:
