@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from ..encoders import load_encoder
 from ..encoders.base import Encoder
-from ..index import KINDS as INDEX_KINDS
 from ..search import pipeline
 from ..search.filters import Condition, parse_condition, where_clause
 from ..search.normalise import BANK_FILE, find_bank
@@ -319,6 +318,8 @@ class Collection:
 
     def configure_index(self, kind: str = "auto", memory: int | None = None, recall: float = 0.95) -> None:
         """Choose how vectors are indexed (``auto`` lets the planner decide) and rebuild the indexes."""
+        from ..index import KINDS as INDEX_KINDS
+
         if kind != "auto" and kind not in INDEX_KINDS:
             raise ValueError(f"unknown index kind {kind!r}; choose auto or one of {', '.join(INDEX_KINDS)}")
         if not 0 < recall <= 1:

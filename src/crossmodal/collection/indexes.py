@@ -15,19 +15,20 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
-from ..index import VectorIndex, VectorLookup, add_in_batches, build_index, load_index
-from ..index.calibrate import calibrate_ef
 from ..index.planner import IndexPlan, plan_index
 from ..search.exact import topk
 from ..search.normalise import SHARE, augment, index_dim
 from .generations import FileSet
 from .manifest import Manifest
 from .store import ItemStore
+
+if TYPE_CHECKING:  # FAISS is imported only where an index is loaded or built: exact search needs none
+    from ..index import VectorIndex, VectorLookup
 
 INDEX_DIR = "index"
 FRESH_LIMIT = 50_000
@@ -189,6 +190,8 @@ class IndexManager:
         folder, state = current
         try:
             mmap = state["generation"] == generation or (lag and state["kind"] == "hnsw")
+            from ..index import load_index
+
             index = load_index(folder / "index.faiss", mmap=mmap)
             members = np.load(folder / "members.npy")
             if index.ntotal != len(members):
@@ -205,6 +208,8 @@ class IndexManager:
 
     def _sync(self, kind: str, plan: IndexPlan, n: int, generation: int, rebuild: bool = False,
               progress: bool = False, lag: bool = False) -> VectorIndex | CatchingUp:
+        from ..index import add_in_batches, build_index
+
         files = FileSet(self.folder, kind)
         loaded = None if rebuild else self._load(files, generation, lag)
         if loaded is not None and self._reusable(loaded[2], plan, n):
@@ -242,6 +247,8 @@ class IndexManager:
         if index.kind != "hnsw":
             return None
         recall = self.manifest.index.get("recall", 0.95)
+        from ..index.calibrate import calibrate_ef
+
         ef, measured = calibrate_ef(index, ids, vectors, recall, self.manifest.dim,
                                     SHARE if vectors.biases is not None else 0.0)
         return {"recall": recall, "ef_search": ef, "measured": round(measured, 4)}
