@@ -173,7 +173,9 @@ function render(data, kind) {
     results.append(hit.kind === "image" ? card(hit, photos) : textRow(hit));
   }
   const n = data.results.length;
-  setStatus(n ? `Results ${data.offset + 1}–${data.offset + n} (${data.took_ms.toFixed(0)} ms)` : "No results.");
+  const read = understood(data.understood);
+  setStatus((n ? `Results ${data.offset + 1}–${data.offset + n} (${data.took_ms.toFixed(0)} ms)` : "No results.")
+    + (read ? ` · read: ${read}` : ""));
   $("pager").hidden = n === 0 && data.offset === 0;
   $("prev").disabled = data.offset === 0;
   $("next").disabled = n < data.k;
@@ -193,10 +195,24 @@ function card(hit, photos) {
   const meta = element("div", "meta");
   meta.append(element("span", "name", name), element("span", "score", hit.score.toFixed(3)));
   article.append(img, meta);
+  const about = whenAndWhere(hit.fields || {});
+  if (about) article.append(element("div", "about", about));
   const open = () => view(photos, photos.indexOf(hit));
   article.addEventListener("click", open);
   article.addEventListener("keydown", (e) => { if (e.key === "Enter") open(); });
   return article;
+}
+
+// The day a photo was taken and where (its EXIF date, its place name): "2023-06-14 · Paris, France".
+function whenAndWhere(fields) {
+  const place = [fields.city, fields.country].filter(Boolean).join(", ");
+  return [fields.taken ? String(fields.taken).slice(0, 10) : "", place].filter(Boolean).join(" · ");
+}
+
+// What the server read from the query's words: "2023 → taken 2023 (filter)".
+function understood(notes) {
+  return (notes || []).map((n) => `${n.words} → ${n.field} ${n.value} (${n.as === "filter" ? "filter" : "ignored"})`)
+    .join("; ");
 }
 
 function textRow(hit) {
