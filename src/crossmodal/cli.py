@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from . import __version__, defaults
 from .cli_help import TidyGroup
@@ -35,7 +33,23 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True, soft_wrap=True)
+
+
+class LazyConsole:
+    """A rich Console made when first used: a search that prints only its results never imports rich (40 ms)."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options, self._console = options, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
+err = LazyConsole(stderr=True, soft_wrap=True)
 
 
 def show_version(value: bool) -> None:
@@ -421,6 +435,9 @@ def info(
     if as_json:
         print(json.dumps({**facts, **({"errors": dict(failures)} if errors else {})}, indent=2))
         return
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(show_header=False, box=None)
     for key, value in facts.items():
         if key == "index":
@@ -653,6 +670,9 @@ def evaluate(
         print(json.dumps(result, indent=2))
         return
     m = result["metrics"]
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title=f"{result['model']['name']} on {result['dataset']['name']} "
                         f"({result['dataset']['images']} photos, {result['dataset']['texts']} captions)")
     for col in ("direction", *(f"R@{x}" for x in sorted({1, 5, 10, *(k or ())})), "mAP@R", "MedR"):
@@ -679,6 +699,9 @@ def compare_reports(
     Example:
       crossmodal eval compare runs/a/report.json runs/b/report.json
     """
+    from rich.console import Console
+    from rich.table import Table
+
     from .evaluation.report import compare, load_report
 
     ra, rb = load_report(a), load_report(b)
