@@ -22,15 +22,17 @@ QUERIES = ["a dog", "two children playing in the water", "a man riding a bike do
 TEXTS = [*QUERIES, "", "x", "Ünïcödé café, naïve — 東京 🙂", "  spaces   and\ttabs\n", "UPPER lower MiXeD 123,456.78",
          "a man " * 200, "don't stop-believing (really!) #1 @home"]
 
-# Runs the CLI in a fresh interpreter, then reports which heavy modules it imported (FAISS: a small collection is
-# searched exactly, with no index) and which graphs it opened.
+# Runs the CLI in a fresh interpreter, then reports which heavy modules it imported (a text search needs only
+# tokenizers, onnxruntime and numpy; a small collection is searched exactly, without FAISS) and which graphs it
+# opened.
 PROBE = """
 import json, sys
+HEAVY = ("torch", "transformers", "faiss", "scipy", "sklearn")
 from crossmodal.cli import app
 app(sys.argv[1:], standalone_mode=False)
 from crossmodal.encoders import load_encoder
 encoder = load_encoder("lite")
-print(json.dumps({"modules": sorted(m for m in ("torch", "transformers", "faiss") if m in sys.modules),
+print(json.dumps({"modules": sorted(m for m in HEAVY if m in sys.modules),
                   "sessions": sorted(encoder._sessions)}))
 """
 
