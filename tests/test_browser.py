@@ -63,7 +63,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     extra.mkdir()
     shutil.copy(SAMPLES / "photos" / DOG, extra / "dog-copy.jpg")
     with Image.open(SAMPLES / "photos" / DOG) as im:
-        im.resize((160, 160)).save(extra / "dog-small.jpg", quality=80)
+        im.resize((180, 180), Image.LANCZOS).save(extra / "dog-small.jpg", quality=90)
     with Collection.open(root / "col") as c:
         c.index_folder(SAMPLES / "photos", progress=False)
         c.index_folder(extra, progress=False, fields={"album": "extra"})
@@ -195,7 +195,7 @@ def test_duplicates_view(page) -> None:
     assert query_of(page)["view"] == ["duplicates"]
     group = page.locator(".group").filter(has=page.locator("img[alt='dog-copy.jpg']"))
     assert sorted(group.locator(".tile .name").all_inner_texts()) == sorted(["dog-copy.jpg", "dog-small.jpg", DOG])
-    assert "exact copy" in group.inner_text() and "160×160" in group.inner_text()
+    assert "exact copy" in group.inner_text() and "180×180" in group.inner_text()
     page.wait_for_function("() => [...document.querySelectorAll('.tile img')]"
                            ".every(i => i.complete && i.naturalWidth > 0)")
     page.screenshot(path=str(SCREENSHOTS / "duplicates.png"))

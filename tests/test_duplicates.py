@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from conftest import SAMPLES
 from crossmodal import Collection
 from crossmodal.cli import app
-from crossmodal.collection.duplicates import components, find_duplicates, similar_pairs
+from crossmodal.collection.duplicates import DEFAULT_THRESHOLD, components, find_duplicates, similar_pairs
 from crossmodal.sources.photo_files import dimensions
 
 ORIGINAL, TWIN = "1679557684_50a206e4a9.jpg", "111497985_38e9f88856.jpg"
@@ -51,8 +51,8 @@ def copies(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(photos / TWIN, photos / "twin-copy.jpg")
     with Image.open(photos / ORIGINAL) as im:
         im.crop((15, 10, 210, 214)).save(photos / "dog-crop.jpg", quality=90)
-        im.save(photos / "dog-q35.jpg", quality=35)
-        im.resize((150, 150), Image.LANCZOS).save(photos / "dog-small.png")
+        im.save(photos / "dog-q60.jpg", quality=60)
+        im.resize((180, 180), Image.LANCZOS).save(photos / "dog-small.png")
     with Collection.open(root / "col") as c:
         c.index_folder(photos, progress=False)
     return root
@@ -65,12 +65,12 @@ def _names(groups) -> list[set[str]]:
 def test_exact_and_near_copies_are_grouped_and_distinct_photos_are_not(copies: Path) -> None:
     with Collection.open(copies / "col") as c:
         groups = find_duplicates(c)
-    assert _names(groups) == [{ORIGINAL, "dog-crop.jpg", "dog-q35.jpg", "dog-small.png"}, {TWIN, "twin-copy.jpg"}]
+    assert _names(groups) == [{ORIGINAL, "dog-crop.jpg", "dog-q60.jpg", "dog-small.png"}, {TWIN, "twin-copy.jpg"}]
     dog, twin = groups
     assert Path(dog.photos[0].path).name == ORIGINAL  # the largest first
-    assert dog.photos[0].similarity == pytest.approx(1.0) and all(p.similarity > 0.78 for p in dog.photos)
+    assert dog.photos[0].similarity == pytest.approx(1.0) and all(p.similarity >= DEFAULT_THRESHOLD for p in dog.photos)
     small = next(p for p in dog.photos if p.path.endswith("dog-small.png"))
-    assert (small.width, small.height) == (150, 150) and not small.exact and small.bytes > 0
+    assert (small.width, small.height) == (180, 180) and not small.exact and small.bytes > 0
     assert all(p.exact for p in twin.photos) and twin.photos[0].width == 224
     with Collection.open(copies / "col") as c:
         assert _names(find_duplicates(c, 0.999)) == [{TWIN, "twin-copy.jpg"}]  # exact copies at any threshold
@@ -94,7 +94,7 @@ def test_duplicates_command(copies: Path) -> None:
     assert [g["size"] for g in groups] == [4, 2]
     assert {"id", "path", "bytes", "width", "height", "similarity", "exact", "taken"} <= set(groups[0]["photos"][0])
     text = runner.invoke(app, ["duplicates", "-c", str(copies / "col")])
-    assert text.exit_code == 0 and "group 1: 4 photos" in text.stdout and "150x150" in text.stdout
+    assert text.exit_code == 0 and "group 1: 4 photos" in text.stdout and "180x180" in text.stdout
     assert "exact" in text.stdout and "2 groups, 6 photos" in text.stderr
     bad = runner.invoke(app, ["duplicates", "-c", str(copies / "col"), "--threshold", "2"])
     assert bad.exit_code == 2

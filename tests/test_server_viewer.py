@@ -27,7 +27,8 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     Image.open(photos / DOG).save(photos / "dog.tiff")
     with Collection.open(root / "col") as c:
         c.index_folder(photos, progress=False)
-        c.store.db.execute("UPDATE items SET fields = json_set(fields, '$.album', 'dogs') WHERE path LIKE '%1679557684%'")
+        c.store.db.execute("UPDATE items SET fields = json_set(fields, '$.album', 'dogs') "
+                           "WHERE path LIKE '%1679557684%'")
         c.store.db.commit()
     with TestClient(create_app(root / "col")) as client:
         yield client, root

@@ -5,7 +5,9 @@
 DEFAULT_RERANK = 16
 DEFAULT_MAX_PIXELS = 90_000_000  # the decompression-bomb cap: Pillow's own warning threshold, rounded
 DEFAULT_DIVERSITY = 0.5  # MMR's lambda for a bare --diverse: an even trade-off, the usual default (search/diversity.py)
-DUPLICATE_THRESHOLD = 0.78  # cosine of near-copies: best F1 on half of Flickr8k dev (benchmarks/duplicates.py)
+# Cosine at which two photos count as copies: best F1 on half of Flickr8k dev with synthetic copies among 3,500
+# other photos (benchmarks/duplicates.py; docs/benchmarks.md).
+DUPLICATE_THRESHOLD = 0.86
 # Where candidates come from by default (search/hybrid.py); hybrid scored 2.4 points higher on dev caption search
 # but adds a keyword query to each search (docs/ranking.md).
 DEFAULT_RETRIEVER = "dense"

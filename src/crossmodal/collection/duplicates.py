@@ -121,25 +121,31 @@ def find_duplicates(collection: Collection, threshold: float = DEFAULT_THRESHOLD
         near = None if collection.indexes.get("image") is None else neighbour_pairs(collection, ids, vectors,
                                                                                      threshold)
     near = near or similar_pairs(vectors, threshold)
-    same = _same_content([hashes[int(i)] for i in ids])
-    a, b = np.concatenate([near[0], same[0]]), np.concatenate([near[1], same[1]])
-    labels = components(len(ids), a, b)
-    members: dict[int, list[int]] = defaultdict(list)
-    for row in np.unique(np.concatenate([a, b])):
-        members[int(labels[row])].append(int(row))
+    groups = copy_groups(len(ids), near, same_content([hashes[int(i)] for i in ids]))
     with collection.lock:
-        items = collection.store.get(ids[np.unique(np.concatenate([a, b]))])
-    groups = []
-    for rows in members.values():
+        items = collection.store.get(ids[[row for rows in groups for row in rows]])
+    out = []
+    for rows in groups:
         grouped = [items[int(ids[r])] for r in rows if int(ids[r]) in items]
         shapes = {it.id: dimensions(it.path, it.size, it.mtime) for it in grouped} if read_sizes else {}
         if len(grouped) > 1:
-            groups.append(_group(grouped, ids, vectors, shapes))
-    groups.sort(key=lambda g: (-len(g.photos), -min(p.similarity for p in g.photos), g.photos[0].id))
-    return groups
+            out.append(_group(grouped, ids, vectors, shapes))
+    out.sort(key=lambda g: (-len(g.photos), -min(p.similarity for p in g.photos), g.photos[0].id))
+    return out
 
 
-def _same_content(hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def copy_groups(n: int, *pairs: tuple[np.ndarray, np.ndarray]) -> list[list[int]]:
+    """The rows of each group of two or more of ``n`` rows joined by any of the row ``pairs``."""
+    a = np.concatenate([p[0] for p in pairs]) if pairs else np.zeros(0, dtype=np.int64)
+    b = np.concatenate([p[1] for p in pairs]) if pairs else np.zeros(0, dtype=np.int64)
+    labels = components(n, a, b)
+    members: dict[int, list[int]] = defaultdict(list)
+    for row in np.unique(np.concatenate([a, b])):
+        members[int(labels[row])].append(int(row))
+    return list(members.values())
+
+
+def same_content(hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Row pairs of photos with the same content hash (each joined to the first row with that hash)."""
     first: dict[str, int] = {}
     pairs = [(first.setdefault(h, row), row) for row, h in enumerate(hashes)]

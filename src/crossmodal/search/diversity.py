@@ -36,7 +36,6 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, lam: float, k: int) -> np.ndarr
     relevance = (scores - scores.min()) / span if span > 0 else np.ones(n, dtype=np.float32)
     unit = np.asarray(vectors, dtype=np.float32)
     unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
-    similarity = unit @ unit.T
     redundancy = np.zeros(n, dtype=np.float32)  # nothing picked yet: the first pick is the most relevant
     free = np.ones(n, dtype=bool)
     order = np.empty(k, dtype=np.int64)
@@ -44,5 +43,5 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, lam: float, k: int) -> np.ndarr
         value = np.where(free, lam * relevance - (1.0 - lam) * redundancy, -np.inf)
         pick = int(np.argmax(value))  # ties go to the better-ranked candidate
         order[step], free[pick] = pick, False
-        np.maximum(redundancy, similarity[pick], out=redundancy)
+        np.maximum(redundancy, unit @ unit[pick], out=redundancy)  # a row at a time: k of them, not n
     return order
