@@ -362,7 +362,8 @@ def search_file(file: Path, collection: Path | None, model: str | None, where: l
         raise ValueError(f"{file}: no queries in it (one query per line)")
     conditions = [parse_condition(spec) for spec in where]
     with open_collection(collection, model=model, create=False) as c:
-        states = bool(options["ranking"].rerank) and c.reranker(options["kind"]) is not None
+        # the reranker reads text queries' token states when they rank photos: take them from the same pass
+        states = options["kind"] == "image" and bool(options["ranking"].rerank) and c.reranker("image") is not None
         for start in range(0, len(texts), QUERY_CHUNK):
             chunk = texts[start:start + QUERY_CHUNK]
             results = c.search_queries(text_queries(c.encoder, chunk, states), where=conditions, **options)
