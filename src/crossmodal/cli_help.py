@@ -41,7 +41,7 @@ def tidy(command: Any, ctx: Any) -> None:
         elif getattr(param, "is_flag", False):
             param.metavar = ""
         elif param.metavar is None:
-            param.metavar = value_name(param.type_descriptor.annotation)
+            param.metavar = value_name(param)
     for sub in getattr(command, "commands", {}).values():
         tidy(sub, ctx)
 
@@ -51,8 +51,13 @@ def reflow(text: str) -> str:
     return "\n\n".join(p if "\n " in p else p.replace("\n", " ") for p in inspect.cleandoc(text).split("\n\n"))
 
 
-def value_name(annotation: Any) -> str:
-    """TEXT, INTEGER, NUMBER or PATH for an option's type (a repeatable option: its items' type)."""
+def value_name(param: Any) -> str:
+    """TEXT, INTEGER, NUMBER or PATH for an option's type (a repeatable option: its items' type); with a Typer
+    that still builds on click (before 0.28), click's own name for it."""
+    descriptor = getattr(param, "type_descriptor", None)
+    if descriptor is None:
+        return param.type.name.upper()
+    annotation = descriptor.annotation
     if get_origin(annotation) in (list, tuple):
         annotation = get_args(annotation)[0]
     return VALUE_NAMES.get(annotation, getattr(annotation, "__name__", "VALUE").upper())
