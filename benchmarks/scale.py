@@ -165,7 +165,7 @@ def main() -> None:
         table.add_column(f"{n:,}", justify="right")
     for key in dict.fromkeys(k for col in columns.values() for k in col):
         table.add_row(key, *(columns[n].get(key, "") for n in sizes))
-    Console().print(table)
+    Console(width=150).print(table)
 
 
 if __name__ == "__main__":
