@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from test_metadata import exif_photo
 
 from crossmodal import Collection
-from test_metadata import exif_photo
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
