@@ -164,8 +164,9 @@ NormOpt = Annotated[bool, typer.Option("--norm/--no-norm", help="Nearest-neighbo
 MinScoreOpt = Annotated[float | None, typer.Option("--min-score", help="Drop results scoring under this "
                                                    "(normalised, fused score; see docs/ranking.md).")]
 RetrieverOpt = Annotated[str, typer.Option("--retriever", help="Where candidates come from: dense (the model's "
-                                           "vectors), keyword (BM25 over file names, folders, texts and fields) or "
-                                           "hybrid (dense plus keyword evidence; docs/ranking.md).")]
+                                           "vectors), keyword (BM25 over file names, folders, texts and fields), "
+                                           "sparse (learned word weights, inverted index) or hybrid (dense plus "
+                                           "keyword evidence; docs/ranking.md).")]
 
 
 WhereOpt = Annotated[list[str] | None, typer.Option("--where", help="Only items with KEY=VALUE (also !=, <, <=, >, "
@@ -837,6 +838,10 @@ def train(
     reranker: Annotated[bool, typer.Option("--reranker", help="Train a reranker for the (lite) model instead, on "
                                            "hard negatives the model mines; --out COLLECTION/reranker puts it to "
                                            "use in that collection, `eval --reranker OUT` measures it.")] = False,
+    sparse: Annotated[bool, typer.Option("--sparse", help="Train sparse heads for the (lite) model instead: its "
+                                         "vectors to weights over WordPiece words, for --retriever sparse and "
+                                         "hybrid; --out COLLECTION/sparse.npz puts them to use in that "
+                                         "collection.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Fine-tune a dual encoder on image-caption data; `--model OUT` then loads the result anywhere.
@@ -848,6 +853,17 @@ def train(
       crossmodal train --model ./clip-folder --data my.tsv --loss siglip --unfreeze last:2 --out runs/my-clip
       crossmodal train --reranker --data ../shared/datasets/flickr8k --out my-collection/reranker
     """
+    if sparse:
+        from .training.train_sparse import SparseConfig, train_lite_sparse
+
+        if model != "lite" and not Path(model).expanduser().is_dir():
+            raise ValueError("--sparse trains for lite models: --model lite or a folder `crossmodal train` wrote")
+        history = train_lite_sparse(model, data, out, cache, SparseConfig(epochs=epochs, seed=seed),
+                                    log=lambda line: err.print(line, highlight=False))
+        best = max(history, key=lambda h: h["rsum"])
+        err.print(f"wrote {out}: dev RSUM {best['rsum']:.2f} (sparse scores alone, epoch {best['epoch']})",
+                  highlight=False)
+        return
     if reranker:
         from .encoders.lite import WEIGHTS
         from .training.train_reranker import train_reranker

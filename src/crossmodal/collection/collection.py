@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from ..search.normalise import BANK_FILE, find_bank
 from ..search.pipeline import Query, Ranking, Timings
 from ..search.query import Term, encode_query
 from ..search.rerank import RERANKER_DIR, collection_scorer, find_reranker
+from ..search.sparse import SPARSE_FILE, find_sparse
 from ..search.understand import PLACE_FIELDS, Understood, understand
 from ..sources.captions import CaptionRecord, read_captions
 from ..sources.folders import iter_images
@@ -38,6 +39,7 @@ from .indexes import IndexManager
 from .lock import write_lock
 from .manifest import MANIFEST, Manifest, ModelMismatchError
 from .paths import shown
+from .sparse_index import SparseIndexes
 from .store import KINDS, ItemStore, ReadOnlyCollectionError
 from .sync import IndexReport, content_hash, fill_metadata, fill_tokens, index_images, index_texts
 
@@ -220,6 +222,12 @@ class Collection:
         query.exclude = self._query_image_ids(all_terms) if exclude_query_image and kind == "image" else []
         conditions = [c if isinstance(c, Condition) else parse_condition(c) for c in where]
         return self.search_queries([query], k=k, kind=kind, path=path, where=conditions, ranking=ranking)[0]
+
+    @cached_property
+    def sparse(self) -> SparseIndexes:
+        """The sparse indexes (learned sparse retrieval, search/sparse.py), when the model has sparse heads: the
+        collection's own (``sparse.npz``) or those its model ships."""
+        return SparseIndexes(self.folder, self.store, find_sparse(self.manifest.fingerprint, self.folder / SPARSE_FILE))
 
     def understand(self, text: str, kind: str = "image") -> Understood:
         """The dates and places in a query's words as filters on what the items of ``kind`` hold

@@ -19,6 +19,7 @@ from ..encoders.base import Encoder
 from ..search.normalise import Bank
 from ..search.pipeline import Ranking, SetScores, Timings
 from ..search.rerank import dataset_scorers
+from ..search.sparse import SparseHeads, find_sparse
 from ..sources.datasets import CaptionDataset
 from ..sources.images import ImageError, load_image
 from .metrics import Ranks, Scores, evaluate_embeddings, folded_metrics, mean_rank_variance
@@ -105,13 +106,35 @@ def worst_queries(emb: Embedded, ranks: Ranks, score: Scores, n: int = 10, shown
 
 
 def pipeline_scores(encoder: Encoder, emb: Embedded, ranking: Ranking, bank: Bank | None,
-                    reranker: Reranker | None, timings: Timings | None = None) -> SetScores:
-    """The search pipeline's ranking of an embedded dataset (``reranker`` needs ``emb.photo_tokens``)."""
+                    reranker: Reranker | None, timings: Timings | None = None,
+                    sparse_heads: SparseHeads | None = None) -> SetScores:
+    """The search pipeline's ranking of an embedded dataset (``reranker`` needs ``emb.photo_tokens``; the sparse
+    and hybrid retrievers use ``sparse_heads``, by default the model's own)."""
     rerankers = {} if reranker is None or not ranking.rerank else {
         kind: (scorer, reranker.weight)
         for kind, scorer in dataset_scorers(encoder, reranker, emb.data, emb.photo_tokens).items()}
+    heads = None
+    if ranking.retriever in ("sparse", "hybrid"):
+        heads = sparse_heads or find_sparse(encoder.fingerprint)
+        if heads is None and ranking.retriever == "sparse":
+            raise ValueError(f"the model {encoder.name!r} has no sparse heads (train some with `crossmodal train "
+                             "--sparse`)")
     return SetScores(emb.images, emb.texts, ranking, bank, rerankers, timings,
-                     dataset_keywords(emb.data) if ranking.retriever != "dense" else None)
+                     dataset_keywords(emb.data) if ranking.retriever != "dense" else None,
+                     None if heads is None else dataset_sparse(heads, emb.images, emb.texts))
+
+
+def dataset_sparse(heads: SparseHeads, images: np.ndarray, texts: np.ndarray
+                   ) -> Callable[[str, np.ndarray, np.ndarray], np.ndarray]:
+    """Sparse scores between a dataset's photos and captions (their dense vectors), as a collection's sparse
+    index gives them."""
+    vectors = {"image": heads.encode(images, "image"), "text": heads.encode(texts, "text")}
+
+    def scores(direction: str, queries: np.ndarray, items: np.ndarray) -> np.ndarray:
+        query_kind, kind = ("image", "text") if direction == "i2t" else ("text", "image")
+        return (vectors[query_kind][queries] @ vectors[kind][items].T).toarray().astype(np.float32)
+
+    return scores
 
 
 def dataset_keywords(data: CaptionDataset) -> Callable[[str, np.ndarray, np.ndarray], np.ndarray]:

@@ -1,6 +1,7 @@
-"""Keyword evidence in the ranking pipeline: the ``keyword`` retriever (BM25 over the items' words alone)
-and the ``hybrid`` one (the dense score plus a share of the BM25 score, over the union of both candidate
-lists).
+"""Retrievers besides dense in the ranking pipeline: ``keyword`` (BM25 over the items' words alone),
+``sparse`` (learned sparse vectors through an inverted index, search/sparse.py) and ``hybrid`` (the dense
+score plus a share of the BM25 score and, when the model has sparse heads, of the sparse score, over the
+union of the candidate lists).
 
 Hybrid scores stay on the dense scale, so the rerank, cut and diversify stages work on them unchanged:
 ``fused = dense + weight x bm25 / best bm25 of the query``; an item found by its words alone gets its
@@ -10,7 +11,7 @@ keyword evidence: hybrid then ranks as dense, keyword finds nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,13 +22,14 @@ if TYPE_CHECKING:
     from ..collection.collection import Collection
     from .pipeline import Query
 
-RETRIEVERS = ("dense", "keyword", "hybrid")
+RETRIEVERS = ("dense", "keyword", "sparse", "hybrid")
 WEIGHT = 0.1  # the share of the normalised BM25 score in a hybrid score
 # BM25 scores are divided by the query's best one, but never by less than this: a word that nearly every item
 # holds (a folder name all share) scores about 1e-6 everywhere and must not become a full share. On Flickr8k
 # dev captions the best BM25 of a caption query is 5-56, so it never binds there.
 MIN_BEST = 1.0
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009), compared with WEIGHT in benchmarks
+SPARSE_WEIGHT = 0.0  # the share of the normalised sparse score in a hybrid score (chosen on dev)
 
 Ranked = tuple[np.ndarray, np.ndarray]  # (scores, ids), best first
 
@@ -42,10 +44,33 @@ def words_of(query: Query) -> str | None:
     return query.source if query.modality == "text" and isinstance(query.source, str) else None
 
 
-def weighted(dense: np.ndarray, bm25: np.ndarray, weight: float = WEIGHT) -> np.ndarray:
-    """Fused scores of candidates with these dense and BM25 scores (0: no keyword match)."""
+def reranks(retriever: str) -> bool:
+    """Whether the reranker re-scores this retriever's list (its scores are on the dense scale)."""
+    return retriever in ("dense", "hybrid")
+
+
+def weighted(dense: np.ndarray, bm25: np.ndarray, weight: float = WEIGHT, sparse: np.ndarray | None = None,
+             sparse_weight: float | None = None) -> np.ndarray:
+    """Fused scores of candidates with these dense, BM25 (0: no keyword match) and sparse scores (the sparse
+    share ``SPARSE_WEIGHT`` unless given)."""
     best = max(float(bm25.max(initial=0.0)), MIN_BEST)
-    return (dense + np.float32(weight / best) * bm25).astype(np.float32)
+    fused = dense + np.float32(weight / best) * bm25
+    sparse_weight = SPARSE_WEIGHT if sparse_weight is None else sparse_weight
+    if sparse is not None and sparse_weight:
+        fused = fused + np.float32(sparse_weight / max(float(sparse.max(initial=0.0)), 1e-6)) * sparse
+    return fused.astype(np.float32)
+
+
+def set_scores(retriever: str, dense: np.ndarray, bm25: np.ndarray | None, sparse: np.ndarray | None) -> np.ndarray:
+    """Score matrices (queries, items) of a set held in memory (eval), as each retriever ranks them."""
+    zeros = np.zeros_like(dense)
+    if retriever == "keyword":
+        return zeros if bm25 is None else bm25
+    if retriever == "sparse":
+        return zeros if sparse is None else sparse
+    return np.stack([weighted(d, zeros[0] if bm25 is None else b, sparse=None if sparse is None else s)
+                     for d, b, s in zip(dense, zeros if bm25 is None else bm25, zeros if sparse is None else sparse,
+                                        strict=True)])
 
 
 def reciprocal_rank(dense: np.ndarray, bm25: np.ndarray, k: int = RRF_K) -> np.ndarray:
@@ -75,11 +100,13 @@ def union(dense: Ranked, found: Ranked, dense_of: np.ndarray) -> tuple[np.ndarra
     return ids, np.concatenate([dense[0], dense_of[extra]]).astype(np.float32), bm25
 
 
-def fuse(dense: Ranked, found: Ranked, dense_of: np.ndarray, weight: float = WEIGHT) -> Ranked:
-    """One query's hybrid list: the union of its dense and keyword lists by fused score, best first (equal
-    scores: the dense list's order first)."""
+def fuse(dense: Ranked, found: Ranked, dense_of: np.ndarray, weight: float = WEIGHT,
+         sparse_of: Callable[[np.ndarray], np.ndarray] | None = None) -> Ranked:
+    """One query's hybrid list: the union of its dense and keyword lists (``found``: BM25 scores, 0 for other
+    candidates) by fused score, best first (equal scores: the dense list's order first); ``sparse_of(ids)``
+    gives the candidates' sparse scores, when the model has sparse heads."""
     ids, dense_scores, bm25 = union(dense, found, dense_of)
-    fused = weighted(dense_scores, bm25, weight)
+    fused = weighted(dense_scores, bm25, weight, None if sparse_of is None else sparse_of(ids))
     order = np.lexsort((np.arange(len(ids)), -fused))
     return fused[order], ids[order]
 
@@ -92,8 +119,10 @@ def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
 
 def stage(collection: Collection, queries: Sequence[Query], dense: list[Ranked], *, kind: str,
           allowed: np.ndarray | None, fetch: int, retriever: str, shares: np.ndarray) -> list[Ranked]:
-    """The keyword or hybrid retriever's candidates for each query, from the dense ones (call holding the
-    collection's lock): keyword replaces them by the BM25 list, hybrid fuses the two."""
+    """The keyword, sparse or hybrid retriever's candidates for each query, from the dense ones (call holding
+    the collection's lock): keyword and sparse replace them by their own lists, hybrid fuses dense and BM25."""
+    if retriever == "sparse":
+        return sparse_stage(collection, queries, kind=kind, allowed=allowed, fetch=fetch)
     out = []
     for query, share, ranked in zip(queries, shares, dense, strict=True):
         words = words_of(query)
@@ -103,8 +132,47 @@ def stage(collection: Collection, queries: Sequence[Query], dense: list[Ranked],
         found = (found[0][keep], found[1][keep])
         if retriever == "keyword":
             out.append(found)
-        else:
-            out.append(fuse(ranked, found, dense_scores(collection, kind, found[1], query.vector, float(share))))
+            continue
+        sparse_of = None
+        if collection.sparse.heads is not None and SPARSE_WEIGHT and query.modality in ("text", "image"):
+            more = sparse_stage(collection, [query], kind=kind, allowed=allowed, fetch=fetch)[0][1]
+            more = more[~np.isin(more, found[1]) & _stored(collection, kind, more)]
+            found = (np.concatenate([found[0], np.zeros(len(more), np.float32)]), np.concatenate([found[1], more]))
+            sparse_of = _sparse_scorer(collection, kind, query)
+        out.append(fuse(ranked, found, dense_scores(collection, kind, found[1], query.vector, float(share)),
+                        sparse_of=sparse_of))
+    return out
+
+
+def _sparse_scorer(collection: Collection, kind: str, query: Query) -> Callable[[np.ndarray], np.ndarray]:
+    """Exact sparse scores of stored items (by id) for one query."""
+    index, heads = collection.sparse.get(kind), collection.sparse.heads
+    vector = heads.encode(query.vector, query.modality)
+
+    def scores(ids: np.ndarray) -> np.ndarray:
+        rows = np.searchsorted(index.ids, ids)
+        return np.asarray((index.rows[rows] @ vector.T).todense(), dtype=np.float32).reshape(-1)
+
+    return scores
+
+
+def sparse_stage(collection: Collection, queries: Sequence[Query], *, kind: str, allowed: np.ndarray | None,
+                 fetch: int) -> list[Ranked]:
+    """Each query's candidates by its sparse vector (its own modality's head) through the inverted index; a
+    mixed query has no sparse vector and finds nothing."""
+    index = collection.sparse.get(kind)
+    if index is None:
+        raise ValueError(f"the model {collection.manifest.model!r} has no sparse heads, so --retriever sparse "
+                         "cannot be used with it (train some with `crossmodal train --sparse`)")
+    heads = collection.sparse.heads
+    out = []
+    for query in queries:
+        if query.modality not in ("text", "image"):
+            out.append((np.zeros(0, np.float32), np.zeros(0, np.int64)))
+            continue
+        scores, ids = index.search(heads.encode(query.vector, query.modality), fetch, allowed)[0]
+        keep = ~np.isin(ids, np.asarray(query.exclude, dtype=np.int64))
+        out.append((scores[keep], ids[keep]))
     return out
 
 

@@ -140,7 +140,7 @@ def run(collection: Collection, queries: Sequence[Query], *, k: int, kind: str, 
     timings = timings if timings is not None else Timings()
     timings.queries += len(queries)
     started = time.perf_counter()
-    reranking = collection.reranker(kind) if ranking.rerank and ranking.retriever != "keyword" else None
+    reranking = collection.reranker(kind) if ranking.rerank and hybrid.reranks(ranking.retriever) else None
     pool = max(k, POOL) if ranking.diverse else k
     fetch = max(pool, ranking.rerank if reranking else 0) + max((len(q.exclude) for q in queries), default=0)
     vectors = np.stack([q.vector for q in queries]).astype(np.float32)
@@ -203,8 +203,8 @@ def retrieve(collection: Collection, vectors: np.ndarray, shares: np.ndarray, no
 
 # logits(query index, item indices) -> reranker logits, over a set held in memory (eval).
 SetScorer = Callable[[int, np.ndarray], np.ndarray]
-# BM25 scores (queries, items) of a direction's queries against items held in memory (0: no word matched).
-SetKeywords = Callable[[str, np.ndarray, np.ndarray], np.ndarray]
+# BM25 (0: no word matched) or sparse scores (queries, items) of a direction's queries against items in memory.
+SetEvidence = Callable[[str, np.ndarray, np.ndarray], np.ndarray]
 
 
 class SetScores:
@@ -213,11 +213,12 @@ class SetScores:
 
     def __init__(self, image_emb: np.ndarray, text_emb: np.ndarray, ranking: Ranking, bank: Bank | None = None,
                  rerankers: dict[str, tuple[SetScorer, float]] | None = None, timings: Timings | None = None,
-                 keywords: SetKeywords | None = None) -> None:
+                 keywords: SetEvidence | None = None, sparse: SetEvidence | None = None) -> None:
         self.emb = {"image": image_emb, "text": text_emb}
         self.ranking, self.bank = ranking, bank if ranking.norm else None
-        self.rerankers = (rerankers or {}) if ranking.rerank and ranking.retriever != "keyword" else {}
-        self.keywords = keywords if ranking.retriever != "dense" else None
+        self.rerankers = (rerankers or {}) if ranking.rerank and hybrid.reranks(ranking.retriever) else {}
+        self.keywords = keywords if ranking.retriever in ("keyword", "hybrid") else None
+        self.sparse = sparse if ranking.retriever in ("sparse", "hybrid") else None
         self.timings = timings if timings is not None else Timings()
         self.bias = {kind: self.bank.biases(kind, emb) for kind, emb in self.emb.items()} if self.bank else {}
 
@@ -250,10 +251,10 @@ class SetScores:
         if self.bank is not None:
             scores -= np.float32(self.bank.share) * self.bias[kind][items]
         started = self.timings.add("retrieve", started)
-        if self.keywords is not None:  # over every item: the candidates of both of search's lists, and more
-            bm25 = self.keywords(direction, queries, items)
-            scores = bm25 if self.ranking.retriever == "keyword" else np.stack(
-                [hybrid.weighted(row, words) for row, words in zip(scores, bm25, strict=True)])
+        if self.ranking.retriever != "dense":  # over every item: the candidates of all of search's lists, and more
+            bm25 = None if self.keywords is None else self.keywords(direction, queries, items)
+            weights = None if self.sparse is None else self.sparse(direction, queries, items)
+            scores = hybrid.set_scores(self.ranking.retriever, scores, bm25, weights)
             self.timings.add("keywords", started)
         return scores, kind
 

@@ -1,0 +1,129 @@
+"""Learned sparse retrieval (LexLIP-style): photos and texts as non-negative weights over words of the text
+tower's WordPiece vocabulary, searched through an inverted index.
+
+Two heads, one per modality, map a model's dense vectors (what a collection already stores) to
+``log(1 + relu(x W + b))`` over a vocabulary of WordPiece tokens; each vector keeps its ``top`` largest
+weights. A query's score for an item is the dot product of their sparse vectors, computed from the
+postings of the query's terms only, so its cost grows with the postings it touches, not the collection.
+Heads are trained per model (training/train_sparse.py); lite ships its own (``weights/lite-sparse.npz``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from scipy import sparse
+
+SIDES = ("image", "text")
+SHIPPED = Path(__file__).resolve().parent.parent / "encoders" / "weights" / "lite-sparse.npz"
+SPARSE_FILE = "sparse.npz"  # a collection's own heads, for a model that ships none
+
+
+@dataclass
+class SparseHeads:
+    """The trained heads of one dense model (``fingerprint``): ``weight[side]`` (dim, V), ``bias[side]`` (V,),
+    over the WordPiece ids ``vocab`` (V,) whose strings are ``tokens``; ``top[side]`` weights kept per vector."""
+
+    fingerprint: str
+    vocab: np.ndarray
+    tokens: list[str]
+    weight: dict[str, np.ndarray]
+    bias: dict[str, np.ndarray]
+    top: dict[str, int]
+
+    @property
+    def id(self) -> str:
+        """Names these heads (and their pruning), so an index built with other heads is rebuilt."""
+        digest = hashlib.blake2b(digest_size=8)
+        for side in SIDES:
+            digest.update(self.weight[side].tobytes())
+            digest.update(str(self.top[side]).encode())
+        return digest.hexdigest()
+
+    def encode(self, vectors: np.ndarray, side: str) -> sparse.csr_matrix:
+        """Sparse vectors (n, V) of dense ``vectors`` (n, dim) of ``side``'s modality, ``top[side]`` terms each."""
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        out = []
+        for start in range(0, len(vectors), 4096):
+            dense = np.log1p(np.maximum(vectors[start:start + 4096] @ self.weight[side] + self.bias[side], 0.0))
+            out.append(_keep_top(dense, self.top[side]))
+        return sparse.vstack(out, format="csr") if out else sparse.csr_matrix((0, len(self.vocab)), dtype=np.float32)
+
+    def terms(self, row: sparse.csr_matrix, n: int = 10) -> list[tuple[str, float]]:
+        """The ``n`` heaviest words of one sparse vector (what it "says")."""
+        order = np.argsort(-row.data)[:n]
+        return [(self.tokens[row.indices[i]], float(row.data[i])) for i in order]
+
+    def save(self, path: Path | BinaryIO) -> None:
+        arrays = {f"{kind}_{side}": (self.weight if kind == "weight" else self.bias)[side].astype(np.float16)
+                  for kind in ("weight", "bias") for side in SIDES}
+        np.savez(path, fingerprint=self.fingerprint, vocab=self.vocab.astype(np.int32),
+                 tokens=np.array(self.tokens), top=np.array([self.top[s] for s in SIDES]), **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> SparseHeads:
+        with np.load(path) as f:
+            return cls(str(f["fingerprint"]), f["vocab"].astype(np.int64), [str(t) for t in f["tokens"]],
+                       {s: f[f"weight_{s}"].astype(np.float32) for s in SIDES},
+                       {s: f[f"bias_{s}"].astype(np.float32) for s in SIDES},
+                       {s: int(n) for s, n in zip(SIDES, f["top"], strict=True)})
+
+
+def find_sparse(fingerprint: str, *paths: Path) -> SparseHeads | None:
+    """The sparse heads for the model with ``fingerprint``: from ``paths`` (e.g. a collection's own), else
+    the shipped ones when they were trained on this model."""
+    for path in (*paths, SHIPPED):
+        if Path(path).is_file():
+            heads = SparseHeads.load(Path(path))
+            if heads.fingerprint == fingerprint:
+                return heads
+    return None
+
+
+def _keep_top(dense: np.ndarray, top: int) -> sparse.csr_matrix:
+    """The ``top`` largest positive entries of each row, as a CSR matrix."""
+    if dense.shape[1] > top:
+        cut = np.argpartition(-dense, top - 1, axis=1)[:, top - 1:top]
+        threshold = np.take_along_axis(dense, cut, axis=1)
+        dense = np.where(dense >= threshold, dense, 0.0)
+    return sparse.csr_matrix(dense.astype(np.float32))
+
+
+class SparseIndex:
+    """Items' sparse vectors as an inverted index: ``postings`` (V, N) holds, per term, the items that carry
+    it and their weights (float16 on disk); ``ids`` the item id of each column."""
+
+    def __init__(self, ids: np.ndarray, rows: sparse.csr_matrix) -> None:
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.rows = rows.astype(np.float32).tocsr()  # (N, V): one item per row, for updates
+        self.postings = self.rows.T.tocsr()  # (V, N): one term per row, what a query reads
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def nbytes(self) -> int:
+        """Bytes of the postings as stored: a 4-byte item index and a 2-byte weight per entry, plus offsets."""
+        return self.postings.nnz * 6 + self.postings.indptr.nbytes
+
+    def search(self, queries: sparse.csr_matrix, k: int, allowed: np.ndarray | None = None
+               ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(scores, ids) of the ``k`` best items for each query row (only ``allowed`` ids, if given), best first;
+        items sharing no term with a query are not returned."""
+        scores = (queries.tocsr() @ self.postings).tocsr()  # (q, N), only the items the postings touch
+        keep = None if allowed is None else np.isin(self.ids, allowed)
+        out = []
+        for row in range(scores.shape[0]):
+            cols = scores.indices[scores.indptr[row]:scores.indptr[row + 1]]
+            values = scores.data[scores.indptr[row]:scores.indptr[row + 1]]
+            if keep is not None:
+                cols, values = cols[keep[cols]], values[keep[cols]]
+            if len(cols) > k:
+                part = np.argpartition(-values, k - 1)[:k]
+                cols, values = cols[part], values[part]
+            order = np.lexsort((self.ids[cols], -values))
+            out.append((values[order].astype(np.float32), self.ids[cols[order]]))
+        return out
