@@ -4,9 +4,11 @@ name from coordinates; merged into stored fields (the user's win) and filled in 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import ExifTags, Image
 
 from conftest import ColorEncoder
@@ -112,35 +114,36 @@ def test_photos_stored_before_get_their_metadata_without_encoding_again(tmp_path
     assert item.fields["album"] == "trip" and item.fields["taken"] == "2023-06-14T10:22:00"
 
 
-def test_where_filters_on_photo_dates_and_places(tmp_path: Path) -> None:
-    folder = tmp_path / "photos"
-    exif_photo(folder / "paris.jpg")
-    exif_photo(folder / "old.jpg", color=(20, 200, 20), taken="2019:01:02 03:04:05", gps=(51.5072, -0.1276))
-    with Collection.open(tmp_path / "c", model=ColorEncoder()) as c:
-        c.index_folder(folder, progress=False)
-
-        def names(*where: str) -> set[str]:
-            return {Path(h.path).name for h in c.search("photo", k=10, where=list(where))}
-
-        assert names("taken>=2023-06") == {"paris.jpg"} and names("taken<=2019") == {"old.jpg"}
-        assert names("country=France") == {"paris.jpg"} and names("near=51.5,-0.12,10") == {"old.jpg"}
-        assert names("camera=EOS 5D", "taken=2023-06-14") == {"paris.jpg"}
-
-
-def test_dates_and_places_in_query_words_become_filters(tmp_path: Path) -> None:
+@pytest.fixture
+def paris_and_london(tmp_path: Path) -> Iterator[Collection]:
+    """A collection of two photos: Paris, June 2023, and London, January 2019."""
     folder = tmp_path / "photos"
     exif_photo(folder / "paris.jpg")
     exif_photo(folder / "london.jpg", color=(20, 200, 20), taken="2019:01:02 03:04:05", gps=(51.5072, -0.1276))
     with Collection.open(tmp_path / "c", model=ColorEncoder()) as c:
         c.index_folder(folder, progress=False)
-        u = c.understand("dog beach 2023 france")
-        assert u.text == "dog beach" and [(n["words"], n["field"], n["as"]) for n in u.notes] == [
-            ("2023", "taken", "filter"), ("france", "country", "filter")]
-        assert [Path(h.path).name for h in c.search(u.text, where=u.conditions)] == ["paris.jpg"]
-        none = c.understand("party 2021 in London")  # nothing taken in 2021: the year stays a word
-        assert none.text == "party 2021 in" and none.notes[0]["as"] == "ignored" and len(none.conditions) == 1
-        assert c.understand("a london bus").conditions == []  # a city only as written with a capital
-        assert c.understand("2023").conditions == []  # nothing left to search for: read as words
+        yield c
+
+
+def test_where_filters_on_photo_dates_and_places(paris_and_london: Collection) -> None:
+    def names(*where: str) -> set[str]:
+        return {Path(h.path).name for h in paris_and_london.search("photo", k=10, where=list(where))}
+
+    assert names("taken>=2023-06") == {"paris.jpg"} and names("taken<=2019") == {"london.jpg"}
+    assert names("country=France") == {"paris.jpg"} and names("near=51.5,-0.12,10") == {"london.jpg"}
+    assert names("camera=EOS 5D", "taken=2023-06-14") == {"paris.jpg"}
+
+
+def test_dates_and_places_in_query_words_become_filters(paris_and_london: Collection) -> None:
+    c = paris_and_london
+    u = c.understand("dog beach 2023 france")
+    assert u.text == "dog beach" and [(n["words"], n["field"], n["as"]) for n in u.notes] == [
+        ("2023", "taken", "filter"), ("france", "country", "filter")]
+    assert [Path(h.path).name for h in c.search(u.text, where=u.conditions)] == ["paris.jpg"]
+    none = c.understand("party 2021 in London")  # nothing taken in 2021: the year stays a word
+    assert none.text == "party 2021 in" and none.notes[0]["as"] == "ignored" and len(none.conditions) == 1
+    assert c.understand("a london bus").conditions == []  # a city only as written with a capital
+    assert c.understand("2023").conditions == []  # nothing left to search for: read as words
 
 
 def test_the_api_and_the_command_line_say_what_they_read(tmp_path: Path) -> None:
