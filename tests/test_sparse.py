@@ -72,7 +72,8 @@ def test_a_collection_searches_its_sparse_index_and_keeps_it_in_step(tmp_path: P
 
         def brute(text: str) -> list[int]:
             ids, vectors = c.store.matrix("image")
-            scores = (heads.encode(encoder.encode_texts([text]), "text") @ heads.encode(vectors, "image").T).toarray()[0]
+            query = heads.encode(encoder.encode_texts([text]), "text")
+            scores = (query @ heads.encode(vectors, "image").T).toarray()[0]
             order = np.lexsort((ids, -scores))
             return [int(ids[i]) for i in order if scores[i] > 0][:5]
 

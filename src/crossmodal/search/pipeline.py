@@ -5,8 +5,8 @@ through these functions with the same ``Ranking`` options, so the number eval pr
 users get. Stages:
 
 - retrieve: exact (a matrix product on the snapshot) or through the collection's ANN index, with
-  filters applied before ranking; the ``keyword`` retriever takes BM25's list instead, ``hybrid`` fuses the
-  two (search/hybrid.py);
+  filters applied before ranking; the ``keyword`` and ``sparse`` retrievers take BM25's list or the learned
+  sparse index's instead, ``hybrid`` fuses dense and BM25 (search/hybrid.py);
 - normalise: the score less ``share`` x the item's stored bias (search/normalise.py), for queries of
   the other modality than the items (a caption ranking photos, a photo ranking captions); folded into
   retrieval so every index kind ranks by the normalised score;
@@ -44,7 +44,7 @@ class Ranking:
     """How results are ranked, with the same defaults everywhere: normalisation on, rerank the top
     ``rerank`` (0: off), drop results under ``min_score`` (None: keep all), diversify with MMR at lambda
     ``diversity`` (None or 1: off; lower is more diverse); candidates from the ``retriever`` (dense,
-    keyword or hybrid: search/hybrid.py)."""
+    keyword, sparse or hybrid: search/hybrid.py)."""
 
     norm: bool = True
     rerank: int = DEFAULT_RERANK
