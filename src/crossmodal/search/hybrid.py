@@ -44,8 +44,9 @@ def words_of(query: Query) -> str | None:
     return query.source if query.modality == "text" and isinstance(query.source, str) else None
 
 
-def reranks(retriever: str) -> bool:
-    """Whether the reranker re-scores this retriever's list (its scores are on the dense scale)."""
+def dense_scale(retriever: str) -> bool:
+    """Whether this retriever scores on the dense scale (dense, or dense plus shares of other evidence): its
+    list starts from the dense one, and the reranker may re-score it."""
     return retriever in ("dense", "hybrid")
 
 

@@ -140,7 +140,7 @@ def run(collection: Collection, queries: Sequence[Query], *, k: int, kind: str, 
     timings = timings if timings is not None else Timings()
     timings.queries += len(queries)
     started = time.perf_counter()
-    reranking = collection.reranker(kind) if ranking.rerank and hybrid.reranks(ranking.retriever) else None
+    reranking = collection.reranker(kind) if ranking.rerank and hybrid.dense_scale(ranking.retriever) else None
     pool = max(k, POOL) if ranking.diverse else k
     fetch = max(pool, ranking.rerank if reranking else 0) + max((len(q.exclude) for q in queries), default=0)
     vectors = np.stack([q.vector for q in queries]).astype(np.float32)
@@ -149,7 +149,10 @@ def run(collection: Collection, queries: Sequence[Query], *, k: int, kind: str, 
         normalised = ranking.norm and collection.store.biases_current(kind)
         shares = np.array([bank.share if normalised and cross_modal(q.modality, kind) else 0.0
                            for q in queries], dtype=np.float32)
-        scores, found = retrieve(collection, vectors, shares, normalised, fetch, kind, allowed)
+        if hybrid.dense_scale(ranking.retriever):
+            scores, found = retrieve(collection, vectors, shares, normalised, fetch, kind, allowed)
+        else:  # keyword and sparse lists replace the dense one: do not compute it
+            scores, found = np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
     started = timings.add("retrieve", started)
     out = []
     for query, row_scores, row_ids in zip(queries, scores, found, strict=True):
@@ -159,7 +162,7 @@ def run(collection: Collection, queries: Sequence[Query], *, k: int, kind: str, 
         with collection.lock:
             out = hybrid.stage(collection, queries, out, kind=kind, allowed=allowed, fetch=fetch,
                                retriever=ranking.retriever, shares=shares)
-        started = timings.add("keywords", started)
+        started = timings.add(ranking.retriever, started)
     if reranking is not None:
         scorer, weight = reranking
         for i, query in enumerate(queries):
@@ -216,7 +219,7 @@ class SetScores:
                  keywords: SetEvidence | None = None, sparse: SetEvidence | None = None) -> None:
         self.emb = {"image": image_emb, "text": text_emb}
         self.ranking, self.bank = ranking, bank if ranking.norm else None
-        self.rerankers = (rerankers or {}) if ranking.rerank and hybrid.reranks(ranking.retriever) else {}
+        self.rerankers = (rerankers or {}) if ranking.rerank and hybrid.dense_scale(ranking.retriever) else {}
         self.keywords = keywords if ranking.retriever in ("keyword", "hybrid") else None
         self.sparse = sparse if ranking.retriever in ("sparse", "hybrid") else None
         self.timings = timings if timings is not None else Timings()
