@@ -3,7 +3,9 @@ name from coordinates; merged into stored fields (the user's win) and filled in 
 
 from __future__ import annotations
 
+import io
 import json
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,6 +62,23 @@ def test_exif_date_camera_lens_orientation_and_gps(tmp_path: Path) -> None:
 def test_xmp_keywords_and_title(tmp_path: Path) -> None:
     fields = read_metadata(exif_photo(tmp_path / "x.jpg", xmp=XMP).read_bytes())
     assert fields["keywords"] == "beach, dog" and fields["title"] == "Rex at the sea"
+
+
+def iptc_jpeg(records: list[tuple[int, str]]) -> bytes:
+    """A small JPEG with an IPTC block (Photoshop APP13, resource 0x0404) of (dataset, text) records."""
+    data = b"".join(bytes([0x1C, 2, dataset]) + struct.pack(">H", len(text.encode())) + text.encode()
+                    for dataset, text in records)
+    block = b"8BIM" + struct.pack(">H", 0x0404) + b"\x00\x00" + struct.pack(">I", len(data)) + data
+    payload = b"Photoshop 3.0\x00" + block + b"\x00" * (len(data) % 2)
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(out, "JPEG")
+    return out.getvalue()[:2] + b"\xff\xed" + struct.pack(">H", len(payload) + 2) + payload + out.getvalue()[2:]
+
+
+def test_iptc_title_keywords_and_place() -> None:
+    fields = read_metadata(iptc_jpeg([(5, "Harbour at dawn"), (25, "boat"), (25, "sea"), (90, "Brest"),
+                                      (101, "France")]))
+    assert fields == {"title": "Harbour at dawn", "keywords": "boat, sea", "city": "Brest", "country": "France"}
 
 
 def test_place_name_from_coordinates() -> None:
