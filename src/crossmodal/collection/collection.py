@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -28,7 +28,6 @@ from ..search.normalise import BANK_FILE, find_bank
 from ..search.pipeline import Query, Ranking, Timings
 from ..search.query import Term, encode_query
 from ..search.rerank import RERANKER_DIR, collection_scorer, find_reranker
-from ..search.sparse import SPARSE_FILE, find_sparse
 from ..search.understand import PLACE_FIELDS, Understood, understand
 from ..sources.captions import CaptionRecord, read_captions
 from ..sources.folders import iter_images
@@ -39,9 +38,11 @@ from .indexes import IndexManager
 from .lock import write_lock
 from .manifest import MANIFEST, Manifest, ModelMismatchError
 from .paths import shown
-from .sparse_index import SparseIndexes
 from .store import KINDS, ItemStore, ReadOnlyCollectionError
 from .sync import IndexReport, content_hash, fill_metadata, fill_tokens, index_images, index_texts
+
+if TYPE_CHECKING:
+    from .sparse_index import SparseIndexes
 
 DEFAULT_MODEL = "lite"
 
@@ -226,7 +227,10 @@ class Collection:
     @cached_property
     def sparse(self) -> SparseIndexes:
         """The sparse indexes (learned sparse retrieval, search/sparse.py), when the model has sparse heads: the
-        collection's own (``sparse.npz``) or those its model ships."""
+        collection's own (``sparse.npz``) or those its model ships (imported here: SciPy only for sparse searches)."""
+        from ..search.sparse import SPARSE_FILE, find_sparse
+        from .sparse_index import SparseIndexes
+
         return SparseIndexes(self.folder, self.store, find_sparse(self.manifest.fingerprint, self.folder / SPARSE_FILE))
 
     def understand(self, text: str, kind: str = "image") -> Understood:
