@@ -22,9 +22,6 @@ import json
 import os
 import random
 import re
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -34,6 +31,7 @@ import numpy as np
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
+from server_process import serving
 
 from crossmodal import Collection
 from crossmodal.sources.datasets import load_flickr_layout
@@ -261,23 +259,8 @@ def main() -> None:
     Image.new("L", BIG_SIDE).save(out, format="PNG")
     big_png = out.getvalue()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "crossmodal", "serve", str(args.collection), "--port", str(port),
-                               "--api-key", KEY], env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise SystemExit("server did not become ready in 180 s")
+    with serving(["serve", str(args.collection), "--api-key", KEY]) as (server, port):
+        base = f"http://127.0.0.1:{port}"
         asyncio.run(attack_free(port, Run(5.0), args, queries[:400]))  # warm-up, not counted
         baseline = Run(args.baseline)
         asyncio.run(attack_free(port, baseline, args, queries[400:10_000]))
@@ -287,9 +270,6 @@ def main() -> None:
         asyncio.run(attack(port, run, args, queries[10_000:], big_id, ids, big_png, closed_after))
         after = memory(server.pid)
         alive = server.poll() is None and httpx.get(f"{base}/health", timeout=5).status_code == 200
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
     bound = before["VmHWM"] + DECODE_BYTES + SLACK_BYTES
     table = Table(title=f"crossmodal serve under hostile load: {n} photos, {args.clients} normal clients, "

@@ -18,9 +18,6 @@ import asyncio
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,6 +25,7 @@ import httpx
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from server_process import serving
 
 from crossmodal import Collection
 from crossmodal.sources.datasets import load_flickr_layout
@@ -107,33 +105,14 @@ def run_server(folder: Path, backend: str, flags: list[str], queries: list[str],
                ) -> tuple[list[float], list[str], float, float, float]:
     """Start `crossmodal serve` with one backend, warm it up, run the load; (latencies, errors, wall, mean
     queries per model call, the server's CPU use in cores)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "crossmodal", "--backend", backend, "serve", str(folder), "--port", str(port),
-               *flags]
-    server = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise SystemExit("server did not become ready in 120 s")
+    with serving(["--backend", backend, "serve", str(folder), *flags], ready_within=120) as (server, port):
+        base = f"http://127.0.0.1:{port}"
         asyncio.run(load(port, queries[:64], args.clients, 3.0, args.k))  # warm-up, not counted
         before = batch_stats(base)
         cpu = _cpu_seconds(server.pid)
         latencies, errors, wall = asyncio.run(load(port, queries[64:], args.clients, args.seconds, args.k))
         cpu = _cpu_seconds(server.pid) - cpu
         after = batch_stats(base)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     return latencies, errors, wall, (after[0] - before[0]) / max(after[1] - before[1], 1), cpu / wall
 
 

@@ -147,27 +147,30 @@ def test_leftovers_of_an_interrupted_creation_do_not_block_it(tmp_path: Path) ->
         Collection.open(tmp_path / "other", model=ColorEncoder(dim=16))
 
 
+def index_in_thread(tmp_path: Path, errors: list[BaseException]) -> threading.Thread:
+    """An index run of tmp_path/p into tmp_path/col in a thread of its own; what it raises goes to ``errors``."""
+    def run() -> None:
+        try:
+            with Collection.open(tmp_path / "col", model=ColorEncoder(dim=16)) as c:
+                c.index_folder(tmp_path / "p", progress=False)
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            errors.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
 def test_a_second_index_run_waits_for_the_first(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     photos(tmp_path / "p", 12, seed=3)
     c = Collection.open(tmp_path / "col", model=ColorEncoder(dim=16))
-    done = threading.Event()
     errors: list[BaseException] = []
-
-    def second() -> None:
-        try:
-            with Collection.open(tmp_path / "col", model=ColorEncoder(dim=16)) as other:
-                other.index_folder(tmp_path / "p", progress=False)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-        done.set()
-
     with write_lock(c.folder):  # the first run
-        thread = threading.Thread(target=second)
-        thread.start()
+        thread = index_in_thread(tmp_path, errors)
         time.sleep(0.5)
-        assert not done.is_set() and c.store.count("image") == 0
+        assert thread.is_alive() and c.store.count("image") == 0
     thread.join(30)
-    assert done.is_set() and not errors
+    assert not thread.is_alive() and not errors
     assert "waiting for it to finish" in capsys.readouterr().err
     assert c.store.count("image") == 12
 
@@ -176,17 +179,7 @@ def test_concurrent_index_runs_both_finish(tmp_path: Path) -> None:
     photos(tmp_path / "p", 24, seed=4)
     Collection.open(tmp_path / "col", model=ColorEncoder(dim=16)).close()
     errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            with Collection.open(tmp_path / "col", model=ColorEncoder(dim=16)) as c:
-                c.index_folder(tmp_path / "p", progress=False)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for t in threads:
-        t.start()
+    threads = [index_in_thread(tmp_path, errors) for _ in range(2)]
     for t in threads:
         t.join(60)
     assert not errors
