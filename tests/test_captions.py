@@ -91,3 +91,15 @@ def test_the_cli_prints_one_line_for_a_broken_caption_file(tmp_path: Path) -> No
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "deep.jsonl:1: JSON nested too deeply" in lines[0], result.output
+
+
+def test_the_field_limit_holds_when_another_library_raised_csvs(tmp_path: Path) -> None:
+    import csv
+
+    previous = csv.field_size_limit(2**31 - 1)  # what importing reverse_geocode does
+    try:
+        huge = _write(tmp_path / "huge.csv", f'image,caption\na.jpg,fine\nb.jpg,"{"x" * 200_000}"\nc.jpg,ok\n')
+        with pytest.raises(CaptionFileError, match=r"huge\.csv:3: field larger than field limit"):
+            read_captions(huge)
+    finally:
+        csv.field_size_limit(previous)

@@ -21,6 +21,9 @@ TEXT_KEYS = ("caption", "text", "sentence", "raw")
 # Far beyond what any text tower reads (77 to 512 tokens): a longer "caption" is a file gone wrong (a wrong
 # column, a swallowed block of rows) rather than a caption, so it is reported and skipped, not truncated.
 MAX_CAPTION_CHARS = 10_000
+# csv's own default field limit, checked here too: csv's limit is process-wide and some libraries raise it
+# when imported (reverse_geocode does), which would let a runaway field through.
+FIELD_LIMIT = 131_072
 # A quoted CSV field may hold line breaks; one running over more lines than this is a quote left open.
 MAX_ROW_LINES = 20
 
@@ -152,6 +155,8 @@ def _read_csv(path: Path, text: str) -> Rows:
             if reader.line_num - start >= MAX_ROW_LINES:
                 raise CaptionFileError(f"{path}:{start}: a quoted field runs over {reader.line_num - start + 1} "
                                        f"lines, to line {reader.line_num}: a quote left open?")
+            if any(len(field_) > FIELD_LIMIT for field_ in row):  # whatever limit another library set for csv
+                raise CaptionFileError(f"{path}:{start}: field larger than field limit ({FIELD_LIMIT})")
             if header is None:
                 header = _header(row) if row else None
             elif row:
