@@ -4,6 +4,7 @@ arguments named in capitals, and prose that wraps to the terminal (Typer keeps a
 
 from __future__ import annotations
 
+import copy
 import inspect
 from pathlib import Path
 from typing import Any, get_args, get_origin
@@ -36,8 +37,10 @@ def tidy(command: Any, ctx: Any) -> None:
         if param is None:
             continue
         if isinstance(param, TyperArgument):
-            param.metavar = param.metavar or param.name.upper()
-            param.display_type_rich = _no_type  # the capitalised name says what to give
+            param.metavar = param.metavar or param.name.upper() + ("..." if param.nargs == -1 else "")
+            param.display_type_rich = _no_type  # the capitalised name says what to give (Typer 0.29)
+            if hasattr(param, "type"):  # Typer 0.28 prints the type's metavar instead
+                param.type = _without_metavar(param.type)
         elif getattr(param, "is_flag", False):
             param.metavar = ""
         elif param.metavar is None:
@@ -65,3 +68,10 @@ def value_name(param: Any) -> str:
 
 def _no_type(ctx: Any = None) -> None:
     return None
+
+
+def _without_metavar(kind: Any) -> Any:
+    """A copy of a parameter type that names no value in help (types such as click's STRING are shared)."""
+    kind = copy.copy(kind)
+    kind.get_metavar = lambda *args, **kwargs: ""
+    return kind
