@@ -230,3 +230,20 @@ def test_a_search_updates_an_index_too_far_behind(col: Collection, tmp_path: Pat
     state = json.loads((col.folder / "index" / "image.state.json").read_text())
     assert state["generation"] == col.store.generation and len(hits) == 43
     assert col.indexes.get("image", lag=True).ntotal == 43
+
+
+def test_a_lagging_index_learns_deletes_from_the_log(col: Collection, monkeypatch: pytest.MonkeyPatch) -> None:
+    col.configure_index("hnsw")
+    gone = col.store.ids_where("kind = 'image' ORDER BY id LIMIT 5")
+    col.remove(gone)
+    read_all: list[str] = []
+    ids_where = col.store.ids_where
+    monkeypatch.setattr(col.store, "ids_where",
+                        lambda where, params=(): read_all.append(where) or ids_where(where, params))
+    index = col.indexes.get("image", lag=True)
+    assert not [w for w in read_all if w.startswith("kind = ? ORDER BY id")]  # no full read of the ids
+    _, found = index.query(np.ones((1, index.dim), dtype=np.float32), 40)
+    assert not set(found[0].tolist()) & set(gone.tolist()) and (found[0] >= 0).sum() == 35
+    col.refresh_indexes()
+    assert col.store.deleted_since("image", col.store.generation - 1) is not None
+    assert len(col.store.ids_where_table("deleted", "kind = 'image'")) == 0  # forgotten once the index caught up

@@ -161,8 +161,9 @@ class IndexManager:
         index = None
         if not (plan.kind == "flat" and plan.params.get("storage") == "fp32") and n:
             index = self._sync(kind, plan, n, generation, rebuild, progress, lag)
-        elif not self.read_only:
+        elif not self.read_only:  # searched exactly: no stored index, nothing to catch up on
             FileSet(self.folder, kind).drop()
+            self.store.forget_deleted(kind, generation)
         self._cache[kind] = (generation, index)
         return index
 
@@ -217,11 +218,14 @@ class IndexManager:
             self._tune(index, plan, state.get("calibrated"))
             if state["generation"] == generation:
                 return index
-            ids = self.store.ids_where("kind = ? ORDER BY id", (kind,))
-            removed = np.setdiff1d(members, ids, assume_unique=True)
-            written = np.intersect1d(self.store.written_since(kind, state["generation"]), ids)
-            added = np.union1d(np.setdiff1d(ids, members, assume_unique=True), written)
-            index.remove(np.union1d(removed, written))  # a re-embedded item's old vector goes too
+            written = self.store.written_since(kind, state["generation"])  # new, re-embedded or back
+            deleted = self.store.deleted_since(kind, state["generation"])
+            if deleted is None:  # deletes not logged that far back: compare every id
+                ids = self.store.ids_where("kind = ? ORDER BY id", (kind,))
+                deleted = np.setdiff1d(members, ids, assume_unique=True)
+            removed = np.intersect1d(deleted, members)
+            added = np.unique(written)
+            index.remove(np.union1d(removed, added))  # a re-embedded item's old vector goes too
             if lag and len(added) <= FRESH_LIMIT:
                 width = index_dim(self.manifest.dim, index.kind)
                 vectors, biases = self.store.vectors_of(added)
@@ -229,8 +233,9 @@ class IndexManager:
                 return CatchingUp(index, added, augment(vectors, biases if normalised else 0.0, width))
             if lag:  # too much changed: update a copy read into memory (a mapped graph is read-only)
                 return self._sync(kind, plan, n, generation, rebuild, progress)
+            ids = self.store.matrix(kind)[0]
             vectors = self.vectors(kind, plan.kind)
-            rows = np.searchsorted(self.store.matrix(kind)[0], added)
+            rows = np.searchsorted(ids, added)
             add_in_batches(index, added, _Rows(vectors, rows), progress, f"updating the {kind} index")
             if getattr(index, "stale_fraction", 0.0) <= MAX_STALE:
                 self._save(files, index, ids, generation, state["built_n"], state.get("calibrated"))
@@ -281,6 +286,7 @@ class IndexManager:
         files.commit(folder, {"kind": index.kind, "layout": LAYOUT, "params": index.params,
                               "generation": generation, "built_n": built_n, "bytes": index.nbytes,
                               "calibrated": calibrated})
+        self.store.forget_deleted(files.name, generation)  # only once the saved index reflects them
 
     def _record(self, kind: str, plan: IndexPlan) -> None:
         """Write the planner's choice into the manifest when it changes."""

@@ -71,6 +71,15 @@ CREATE TABLE IF NOT EXISTS rerank_tokens (
     PRIMARY KEY (hash, reranker)
 );
 INSERT OR IGNORE INTO meta VALUES ('generation', '0');
+-- Ids deleted, by the generation that deleted them, so that an index behind the store learns what left it
+-- without reading every id (collection/indexes.py); kept until the index has caught up.
+CREATE TABLE IF NOT EXISTS deleted (id INTEGER NOT NULL, kind TEXT NOT NULL, seq INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS deleted_seq ON deleted(kind, seq);
+CREATE TRIGGER IF NOT EXISTS items_deleted AFTER DELETE ON items BEGIN
+    INSERT INTO deleted
+    VALUES (OLD.id, OLD.kind, (SELECT CAST(value AS INTEGER) + 1 FROM meta WHERE key = 'generation'));
+END;
+INSERT OR IGNORE INTO meta SELECT 'deletes_logged_after', value FROM meta WHERE key = 'generation';
 """
 
 COLUMNS = "id, kind, path, text, size, mtime, hash, fields, added"
@@ -211,7 +220,10 @@ class ItemStore:
         return [Item.from_row(r) for r in self.db.execute(f"SELECT {COLUMNS} FROM items WHERE {where}", params)]
 
     def ids_where(self, where: str, params: Sequence[Any] = ()) -> np.ndarray:
-        rows = self.db.execute(f"SELECT id FROM items WHERE {where}", params).fetchall()
+        return self.ids_where_table("items", where, params)
+
+    def ids_where_table(self, table: str, where: str, params: Sequence[Any] = ()) -> np.ndarray:
+        rows = self.db.execute(f"SELECT id FROM {table} WHERE {where}", params).fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     def images_under(self, root: str) -> dict[str, Item]:
@@ -236,6 +248,20 @@ class ItemStore:
         if row is None:
             raise KeyError(f"no item with id {item_id}")
         return np.frombuffer(row[0], dtype=np.float32).copy()
+
+    def deleted_since(self, kind: str, generation: int) -> np.ndarray | None:
+        """Ids of ``kind`` deleted after ``generation`` (some may be back, with their old id), or None when
+        deletes were not logged that far back (a collection from before the log)."""
+        logged_after = self._meta("deletes_logged_after")
+        if logged_after is None or generation < int(logged_after):
+            return None
+        return self.ids_where_table("deleted", "kind = ? AND seq > ?", (kind, generation))
+
+    def forget_deleted(self, kind: str, generation: int) -> None:
+        """Drop the log of deletes up to ``generation`` (an index of ``kind`` has caught up with them)."""
+        if not self.read_only and self.db.execute("SELECT 1 FROM deleted WHERE kind = ? AND seq <= ? LIMIT 1",
+                                                  (kind, generation)).fetchone():
+            self.db.execute("DELETE FROM deleted WHERE kind = ? AND seq <= ?", (kind, generation))
 
     def vectors_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(vectors (n, dim), biases (n,), NaN where none) of items by id, in the order given, read from SQLite
