@@ -247,3 +247,22 @@ def test_a_lagging_index_learns_deletes_from_the_log(col: Collection, monkeypatc
     col.refresh_indexes()
     assert col.store.deleted_since("image", col.store.generation - 1) is not None
     assert len(col.store.ids_where_table("deleted", "kind = 'image'")) == 0  # forgotten once the index caught up
+
+
+def test_a_mapped_graph_index_is_read_whole_in_the_background(col: Collection,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setattr("crossmodal.collection.indexes.READ_WHOLE_AFTER", 0.0)
+    col.configure_index("hnsw")
+    expected = [h.id for h in col.search("red green", k=5)]
+    col.close()
+    again = Collection.open(col.folder, model=ColorEncoder(dim=16))
+    first = again.indexes.get("image", lag=True)
+    assert first.mapped  # opened memory-mapped: a fresh process's first search reads no whole file
+    deadline = time.time() + 10
+    while again.indexes.get("image", lag=True) is first and time.time() < deadline:
+        time.sleep(0.05)
+    whole = again.indexes.get("image", lag=True)
+    assert whole is not first and not getattr(whole, "mapped", None)
+    assert [h.id for h in again.search("red green", k=5)] == expected

@@ -13,6 +13,7 @@ when damaged; on the next search after a change it is updated in place
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ if TYPE_CHECKING:  # FAISS is imported only where an index is loaded or built: e
 
 INDEX_DIR = "index"
 FRESH_LIMIT = 50_000
+READ_WHOLE_AFTER = 1.0  # seconds after a mapped graph index is opened
 MAX_STALE = 0.2
 REBUILD_GROWTH = 4
 
@@ -165,7 +167,33 @@ class IndexManager:
             FileSet(self.folder, kind).drop()
             self.store.forget_deleted(kind, generation)
         self._cache[kind] = (generation, index)
+        if getattr(index.index if isinstance(index, CatchingUp) else index, "mapped", None):
+            self._read_in_background(kind, generation, index)
         return index
+
+    def _read_in_background(self, kind: str, generation: int, held: VectorIndex | CatchingUp) -> None:
+        """Read a memory-mapped graph index whole in a background thread and put it in the mapped one's
+        place: the mapping makes a fresh process's first search fast, but a search through it costs page
+        faults (at 200k x 512, p50 0.65 ms and p99 23 ms mapped against 0.35 and 0.58 ms read whole)."""
+        from ..index import load_index
+
+        mapped = held.index if isinstance(held, CatchingUp) else held
+
+        def read() -> None:
+            try:
+                whole = load_index(mapped.mapped, mmap=False)
+            except (OSError, ValueError, RuntimeError):  # e.g. a newer save removed the folder: keep the mapping
+                return
+            whole.params.update(mapped.params)
+            whole.alive = mapped.alive  # tombstones a lagging search applied
+            if isinstance(held, CatchingUp):
+                held.index = whole
+            elif self._cache.get(kind) == (generation, held):
+                self._cache[kind] = (generation, whole)
+
+        reader = threading.Timer(READ_WHOLE_AFTER, read)  # a one-shot CLI search is done by then
+        reader.daemon = True
+        reader.start()
 
     def vectors(self, kind: str, index_kind: str) -> IndexVectors:
         """The snapshot of ``kind`` as an index of ``index_kind`` stores it (normalisation bias included)."""
@@ -194,6 +222,8 @@ class IndexManager:
             from ..index import load_index
 
             index = load_index(folder / "index.faiss", mmap=mmap)
+            if mmap and index.kind == "hnsw":
+                index.mapped = folder / "index.faiss"  # read whole later, in the background (see get)
             members = np.load(folder / "members.npy")
             if index.ntotal != len(members):
                 raise ValueError(f"{index.ntotal} vectors for {len(members)} items")
