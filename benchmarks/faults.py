@@ -91,13 +91,18 @@ def run_child(operation: str, folder: Path, n: int, arg: str = "") -> subprocess
 
 # -- checking a collection after a crash --------------------------------------------------------------------
 
-def snapshot(folder: Path) -> dict[int, bytes]:
-    """Every stored item's vector, by id, read from SQLite directly."""
+def _rows(folder: Path, sql: str) -> list[tuple]:
+    """Rows of a query on a collection's SQLite database, read directly (no crossmodal code involved)."""
     db = sqlite3.connect(folder / "items.sqlite")
     try:
-        return dict(db.execute("SELECT id, vector FROM items"))
+        return db.execute(sql).fetchall()
     finally:
         db.close()
+
+
+def snapshot(folder: Path) -> dict[int, bytes]:
+    """Every stored item's vector, by id."""
+    return dict(_rows(folder, "SELECT id, vector FROM items"))
 
 
 def answers(folder: Path) -> list[list[int]]:
@@ -179,11 +184,7 @@ def kill_indexing(photos: Path, work: Path, kills: int, seed: int, reference: Pa
 
 
 def _by_path(folder: Path) -> set[tuple[str, bytes]]:
-    db = sqlite3.connect(folder / "items.sqlite")
-    try:
-        return set(db.execute("SELECT path, vector FROM items WHERE kind = 'image'"))
-    finally:
-        db.close()
+    return set(_rows(folder, "SELECT path, vector FROM items WHERE kind = 'image'"))
 
 
 def _answers_by_path(folder: Path) -> list[list[str]]:

@@ -281,7 +281,7 @@ class ItemStore:
 
     def biases_current(self, kind: str) -> bool:
         """Does every item of ``kind`` have a bias from the current bank (so searches normalise)?"""
-        if self.bank is None or self._meta("bank") != self.bank.id:
+        if not self._stored_bank_current():
             return False
         return self.db.execute(f"SELECT 1 FROM items WHERE kind = ? AND {self._bias} IS NULL LIMIT 1",
                                (kind,)).fetchone() is None
@@ -352,8 +352,7 @@ class ItemStore:
         """Normalisation biases (N,) in ``matrix`` order, or None unless every item of ``kind`` has one
         from the current bank (until then searches rank by the plain score)."""
         biases = self._snapshot(kind)[3]
-        current = self.bank is not None and self._meta("bank") == self.bank.id
-        return biases if current and not np.isnan(biases).any() else None
+        return biases if self._stored_bank_current() and not np.isnan(biases).any() else None
 
     def _snapshot(self, kind: str) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
         if kind not in KINDS:
@@ -478,11 +477,15 @@ class ItemStore:
                         "(SELECT hash FROM items WHERE kind = 'image')",
                         (self.reranker.tokens_fingerprint if self.reranker else None,))
 
+    def _stored_bank_current(self) -> bool:
+        """Were the stored biases computed with the current bank?"""
+        return self.bank is not None and self._meta("bank") == self.bank.id
+
     def _bank_is_current(self) -> bool:
         """Are stored biases the current bank's? A store with no biases yet adopts the bank at once."""
         if self.bank is None:
             return False
-        if self._meta("bank") == self.bank.id:
+        if self._stored_bank_current():
             return True
         if self.db.execute("SELECT 1 FROM items WHERE bias IS NOT NULL LIMIT 1").fetchone() is None:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('bank', ?)", (self.bank.id,))  # one atomic write
