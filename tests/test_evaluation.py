@@ -15,6 +15,7 @@ from crossmodal.cli import app
 from crossmodal.evaluation.metrics import (
     folded_metrics,
     mean_rank_variance,
+    per_language_metrics,
     positive_ranks,
     r_precision_and_map_at_r,
     rank_summary,
@@ -85,6 +86,21 @@ def test_mean_rank_variance_by_hand() -> None:
     langs = ["en", "de", "en", "de", "en"]
     groups = ["g1", "g1", "g2", "g2", "g3"]
     assert mean_rank_variance(first, langs, groups) == pytest.approx(0.5)
+
+
+def test_per_language_metrics_rank_each_language_alone() -> None:
+    # 3 photos; each has an English caption equal to its vector and a German one pointing at the next photo
+    image = np.eye(3, dtype=np.float32)
+    text = np.concatenate([np.eye(3), np.roll(np.eye(3), 1, axis=0)]).astype(np.float32)
+    owner = np.array([0, 1, 2, 0, 1, 2])
+    langs = ["en"] * 3 + ["de"] * 3
+    by_lang = per_language_metrics(image, text, owner, langs)
+    assert by_lang["en"] == recall_metrics(image, text[:3], owner[:3])
+    assert by_lang["en"]["t2i_R@1"] == by_lang["en"]["i2t_R@1"] == 100.0
+    # German captions rank their photo second of three: R@1 0, R@5 100 both ways
+    assert by_lang["de"]["t2i_R@1"] == by_lang["de"]["i2t_R@1"] == 0.0
+    assert by_lang["de"]["t2i_R@5"] == by_lang["de"]["i2t_R@5"] == 100.0
+    assert by_lang["de"]["rsum"] == pytest.approx(400.0)
 
 
 def test_retrieval_ranks_in_blocks_equal_one_block(monkeypatch: pytest.MonkeyPatch) -> None:

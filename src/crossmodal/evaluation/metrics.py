@@ -136,6 +136,27 @@ def rank_summary(ranks: np.ndarray) -> dict[str, float]:
     return {"medr": float(np.median(first)), "meanr": float(first.mean())}
 
 
+MRV_CONVENTION = ("population variance (ddof 0), across the languages of a group, of the 1-based text->image rank "
+                  "(a language's ranks averaged first when it has several captions in the group); mean over groups "
+                  "with >= 2 languages")
+
+
+def per_language_metrics(image_emb: np.ndarray, text_emb: np.ndarray, text_image: np.ndarray,
+                         langs: Sequence[str], ks: Sequence[int] = (1, 5, 10), score: Scores | None = None
+                         ) -> dict[str, dict[str, float]]:
+    """Each language's metrics on its own, keyed like the overall ones: its captions ranking every photo, and
+    every photo ranking the captions of that language (photos without one are left out as queries)."""
+    langs_arr = np.asarray(langs)
+    text_image = np.asarray(text_image)
+    out = {}
+    for lang in sorted(set(langs)):
+        texts = np.flatnonzero(langs_arr == lang)
+        ranks = retrieval_ranks(image_emb, text_emb[texts], text_image[texts], score, np.arange(len(image_emb)),
+                                texts)
+        out[lang] = Ranks(*ranks).metrics(ks)
+    return out
+
+
 def mean_rank_variance(t2i_first: np.ndarray, langs: Sequence[str], groups: Sequence[str]) -> float:
     """MRV: for each group of captions (one meaning in several languages), the variance across languages
     of the 1-based text->image rank (averaged within a language), then the mean over groups with >= 2

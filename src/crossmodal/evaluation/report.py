@@ -67,6 +67,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     extra = {k: v for k, v in m.items() if "fold" in k or k == "mrv"}
     if extra:
         lines += ["", "| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in extra.items()]
+    if "mrv" in m:
+        lines += ["", f"MRV: {report['protocol']['mrv']}."]
+    if report.get("by_lang"):
+        lines += ["", "| language | i2t R@1 | i2t R@5 | i2t R@10 | t2i R@1 | t2i R@5 | t2i R@10 | RSUM |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {lang} | " + " | ".join(_fmt(x[f"{d}_R@{k}"]) for d in ("i2t", "t2i") for k in (1, 5, 10))
+                  + f" | {_fmt(x['rsum'])} |" for lang, x in report["by_lang"].items()]
     pipe = report.get("pipeline")
     if pipe:
         stages = ", ".join(f"{stage} {ms:.2f} ms" for stage, ms in pipe["stage_ms_per_query"].items())

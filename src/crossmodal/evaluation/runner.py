@@ -22,7 +22,15 @@ from ..search.rerank import dataset_scorers
 from ..search.sparse import SparseHeads, find_sparse
 from ..sources.datasets import CaptionDataset
 from ..sources.images import ImageError, load_image
-from .metrics import Ranks, Scores, evaluate_embeddings, folded_metrics, mean_rank_variance
+from .metrics import (
+    MRV_CONVENTION,
+    Ranks,
+    Scores,
+    evaluate_embeddings,
+    folded_metrics,
+    mean_rank_variance,
+    per_language_metrics,
+)
 
 if TYPE_CHECKING:
     from ..rerank.runtime import Reranker
@@ -174,11 +182,15 @@ def evaluate(encoder: Encoder, data: CaptionDataset, ks: tuple[int, ...] = (1, 5
     if folds:
         metrics |= {f"{folds}fold_{k}": v for k, v in
                     folded_metrics(emb.images, emb.texts, emb.data.text_image, folds, ks, score).items()}
-    if emb.data.langs and emb.data.groups:
-        metrics["mrv"] = mean_rank_variance(ranks.t2i[:, 0], emb.data.langs, emb.data.groups)
+    by_lang = None
+    if emb.data.langs:
+        by_lang = per_language_metrics(emb.images, emb.texts, emb.data.text_image, emb.data.langs, ks, score)
+        if emb.data.groups:
+            metrics["mrv"] = mean_rank_variance(ranks.t2i[:, 0], emb.data.langs, emb.data.groups)
     n_images, n_texts = len(emb.images), len(emb.texts)
     return {
         "metrics": metrics,
+        **({"by_lang": by_lang} if by_lang is not None else {}),
         "model": {"name": encoder.name, "fingerprint": encoder.fingerprint, "dim": encoder.dim},
         "dataset": {"name": data.name, "images": n_images, "texts": n_texts, "skipped_images": emb.skipped},
         "throughput": {
@@ -193,5 +205,6 @@ def evaluate(encoder: Encoder, data: CaptionDataset, ks: tuple[int, ...] = (1, 5
         "wall_seconds": time.perf_counter() - started,
         "protocol": {"ties": "equal scores: lower index ranks first",
                      "no_positive": "queries without a positive are left out",
-                     "folds": folds or 1},
+                     "folds": folds or 1,
+                     **({"mrv": MRV_CONVENTION} if by_lang is not None else {})},
     }
