@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import builtins
 import io
+import json
 import os
 import random
 import shutil
@@ -100,9 +101,22 @@ def _rows(folder: Path, sql: str) -> list[tuple]:
         db.close()
 
 
+def _vectors(folder: Path, key: str) -> dict[Any, bytes]:
+    """Every stored item's vector by ``key`` (a column), read from its row of its kind's vector file."""
+    files = {k[len("vectors."):]: json.loads(v) for k, v in _rows(folder, "SELECT key, value FROM meta")
+             if k.startswith("vectors.")}
+    dim = json.loads((folder / "manifest.json").read_text())["dim"]
+    out = {}
+    for value, kind, row in _rows(folder, f"SELECT {key}, kind, vector_row FROM items"):
+        with open(folder / "vectors" / files[kind]["file"], "rb") as f:
+            f.seek(row * (dim + 1) * 4)
+            out[value] = f.read(dim * 4)
+    return out
+
+
 def snapshot(folder: Path) -> dict[int, bytes]:
     """Every stored item's vector, by id."""
-    return dict(_rows(folder, "SELECT id, vector FROM items"))
+    return _vectors(folder, "id")
 
 
 def answers(folder: Path) -> list[list[int]]:
@@ -184,7 +198,7 @@ def kill_indexing(photos: Path, work: Path, kills: int, seed: int, reference: Pa
 
 
 def _by_path(folder: Path) -> set[tuple[str, bytes]]:
-    return set(_rows(folder, "SELECT path, vector FROM items WHERE kind = 'image'"))
+    return set(_vectors(folder, "path").items())
 
 
 def _answers_by_path(folder: Path) -> list[list[str]]:
@@ -217,6 +231,12 @@ def main() -> None:
 
         rows.append(crash_every_write("crash at each write of collection creation", Path(tmp / "none"), work,
                                       "create", "lite", lambda w: (None, None)))
+        more = tmp / "more"
+        more.mkdir()
+        for path in list(iter_images(source))[args.limit: args.limit + 20]:
+            (more / path.name).symlink_to(path)
+        rows.append(crash_every_write("crash at each write of adding 20 photos", base, work, "index", str(more),
+                                      lambda w: (snapshot(base), None)))  # every row stored before is kept
         for kind in ("hnsw", "binary"):
             pristine = tmp / f"pristine-{kind}"
             shutil.copytree(base, pristine)

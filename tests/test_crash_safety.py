@@ -248,3 +248,88 @@ def test_a_full_disk_says_so_and_keeps_the_store(tmp_path: Path) -> None:
     assert len(c) == 2
     with pytest.raises(sqlite3.OperationalError), c.store.transaction() as db:  # not mistaken for a full disk
         db.execute("SELECT * FROM no_such_table")
+
+
+def to_old_layout(c: Collection) -> dict[int, np.ndarray]:
+    """Close ``c`` and write it as versions before vector files did (each vector in its SQLite row, search
+    snapshots in cache/); returns every stored vector by id."""
+    vectors = {int(i): c.store.vector(int(i)) for i in c.store.ids_where("1")}
+    folder = c.folder
+    c.close()
+    db = sqlite3.connect(folder / "items.sqlite")
+    db.execute("ALTER TABLE items ADD COLUMN vector BLOB NOT NULL DEFAULT x''")
+    db.executemany("UPDATE items SET vector = ? WHERE id = ?", [(v.tobytes(), i) for i, v in vectors.items()])
+    db.execute("ALTER TABLE items DROP COLUMN vector_row")
+    db.execute("DELETE FROM meta WHERE key LIKE 'vectors.%'")
+    db.commit()
+    db.close()
+    shutil.rmtree(folder / "vectors")
+    (folder / "cache").mkdir()
+    (folder / "cache" / "image.json").write_text('{"generation": 1, "count": 0}')
+    return vectors
+
+
+def test_a_collection_from_before_vector_files_is_migrated_on_open(hnsw_col: Collection) -> None:
+    hnsw_col.add_texts(["a red car", "a blue bus"])
+    hnsw_col.refresh_indexes()
+    expected, texts = answers(hnsw_col), [h.id for h in hnsw_col.search("a red car", k=2, kind="text")]
+    folder = hnsw_col.folder
+    vectors = to_old_layout(hnsw_col)
+    with Collection.open(folder, model=ColorEncoder(dim=16)) as c:
+        assert "vector" not in c.store._columns() and not (folder / "cache").exists()
+        assert {i: c.store.vector(i).tobytes() for i in vectors} == {i: v.tobytes() for i, v in vectors.items()}
+        assert answers(c) == expected and [h.id for h in c.search("a red car", k=2, kind="text")] == texts
+        c.add_texts(["a green tram"])
+        assert len(c) == len(vectors) + 1
+
+
+def test_a_read_only_collection_from_before_vector_files_is_searched(
+        hnsw_col: Collection, read_only: Callable[[Path], Path]) -> None:
+    expected = answers(hnsw_col)
+    folder = hnsw_col.folder
+    vectors = to_old_layout(hnsw_col)
+    with Collection.open(read_only(folder), model=ColorEncoder(dim=16)) as c:
+        assert "vector" in c.store._columns()
+        assert answers(c) == expected
+        assert all(np.array_equal(c.store.vector(i), v) for i, v in vectors.items())
+
+
+def test_adding_crashed_at_any_write_keeps_what_was_stored(hnsw_col: Collection, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    photos(tmp_path / "new", 6, seed=6)
+    new = sorted((tmp_path / "new").iterdir())
+    folder = hnsw_col.folder
+    hnsw_col.close()
+    pristine = tmp_path / "pristine"
+    shutil.copytree(folder, pristine)
+    with Collection.open(folder, model=ColorEncoder(dim=16)) as c:
+        before, stored = answers(c), {int(i): c.store.vector(int(i)) for i in c.store.ids_where("1")}
+        with monkeypatch.context() as m:
+            writes = crash_at(m, 0)
+            c.add_images(new)
+            total = writes()
+        after = answers(c)
+    assert total >= 1
+    for n in range(1, total + 1):
+        shutil.rmtree(folder)
+        shutil.copytree(pristine, folder)
+        with Collection.open(folder, model=ColorEncoder(dim=16)) as c, monkeypatch.context() as m:
+            crash_at(m, n)
+            with pytest.raises(Crash):
+                c.add_images(new)
+        with Collection.open(folder, model=ColorEncoder(dim=16)) as c:
+            assert all(np.array_equal(c.store.vector(i), v) for i, v in stored.items())
+            assert answers(c) in (before, after), f"crash at write {n} of {total}"
+            c.add_images(new)  # running again completes the add
+            assert answers(c) == after
+
+
+def test_a_vector_file_with_many_unused_rows_is_compacted(hnsw_col: Collection) -> None:
+    name, rows = hnsw_col.store.vector_file("image")
+    hnsw_col.remove(hnsw_col.store.ids_where("kind = 'image' ORDER BY id LIMIT 15"))
+    expected = answers(hnsw_col)
+    hnsw_col.refresh_indexes()
+    new, compacted = hnsw_col.store.vector_file("image")
+    assert new != name and compacted == 25 == hnsw_col.store.count("image") and rows == 40
+    assert not (hnsw_col.folder / "vectors" / name).exists()
+    assert answers(hnsw_col) == expected

@@ -343,8 +343,9 @@ class Collection:
 
     def refresh_indexes(self, progress: bool = False) -> None:
         """Bring every index up to date now, so that the next search finds it ready (``index`` does this
-        at its end; otherwise the next search does it)."""
+        at its end; otherwise the next search does it), compacting vector files with many unused rows first."""
         for item_kind in KINDS:
+            self.store.compact(item_kind)
             self.indexes.get(item_kind, progress=progress)
 
     # -- facts -------------------------------------------------------------------------------------

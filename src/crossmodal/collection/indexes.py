@@ -2,7 +2,7 @@
 
 The planner picks a kind from the collection's size and the manifest's settings; the choice is
 recorded in the manifest. Small collections (and ``flat`` fp32) are searched straight from the
-memory-mapped snapshot, with no second copy. Otherwise the index lives in a generation folder under
+memory-mapped vector files (vector_file.py), with no second copy. Otherwise the index lives in a generation folder under
 ``index/`` (swapped in whole by ``index/{kind}.state.json``, which records the store generation it
 reflects; see generations.py), checked against its member list when loaded and rebuilt from the store
 when damaged; on the next search after a change it is updated in place
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,18 +38,20 @@ REBUILD_GROWTH = 4
 
 
 class IndexVectors:
-    """The snapshot's vectors as indexes store them, ``[vector, -bias, 0...]``, made a slice at a time
-    (no second full copy of a large collection)."""
+    """The stored rows ``[vector, -bias]`` as indexes store them, ``[vector, -bias, 0...]`` (the bias 0 until
+    every item has one from the current bank), made a slice at a time (no second full copy)."""
 
-    def __init__(self, vectors: np.ndarray, biases: np.ndarray | None, width: int) -> None:
-        self.vectors, self.biases, self.width = vectors, biases, width
-        self.shape = (len(vectors), width)
+    def __init__(self, rows: Any, biases: np.ndarray | None, width: int) -> None:
+        self.rows, self.biases, self.width = rows, biases, width
+        self.shape = (len(rows), width)
 
     def __len__(self) -> int:
-        return len(self.vectors)
+        return len(self.rows)
 
-    def __getitem__(self, rows: Any) -> np.ndarray:
-        return augment(self.vectors[rows], 0.0 if self.biases is None else self.biases[rows], self.width)
+    def __getitem__(self, sel: Any) -> np.ndarray:
+        rows = np.atleast_2d(self.rows[sel])
+        dim = rows.shape[1] - 1
+        return augment(rows[:, :dim], 0.0 if self.biases is None else -rows[:, dim], self.width)
 
 
 class _Rows:
@@ -63,39 +64,17 @@ class _Rows:
         return self.vectors[self.rows[part]]
 
 
-class SnapshotLookup:
-    """Stored vectors by id (as indexes store them), read from the sorted-id snapshot (memory-mapped),
-    for exact rescoring; ``load`` gives (ids, vectors) on first use."""
+class StoredLookup:
+    """Stored vectors by id, as indexes store them, for exact rescoring: a few rows at a time, found
+    through SQLite and read from the memory-mapped vector file."""
 
-    def __init__(self, load: Callable[[], tuple[np.ndarray, IndexVectors]]) -> None:
-        self._load = load
-        self._held: tuple[np.ndarray, IndexVectors] | None = None
-
-    @property
-    def ids(self) -> np.ndarray:
-        return self._snapshot()[0]
-
-    @property
-    def vectors(self) -> IndexVectors:
-        return self._snapshot()[1]
-
-    def _snapshot(self) -> tuple[np.ndarray, IndexVectors]:
-        if self._held is None:
-            self._held = self._load()
-        return self._held
-
-    def rows(self, ids: np.ndarray) -> np.ndarray:
-        rows = np.searchsorted(self.ids, ids)
-        if len(ids) and (rows.max(initial=0) >= len(self.ids) or not np.array_equal(self.ids[rows], ids)):
-            raise KeyError("some ids are not in the collection snapshot")
-        return rows
+    def __init__(self, store: ItemStore, kind: str, width: int) -> None:
+        self.store, self.width = store, width
+        self.normalised = store.biases_current(kind)
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
-        rows = self.rows(ids)
-        order = np.argsort(rows)  # read the memory map front to back
-        out = np.empty((len(ids), self.vectors.shape[1]), dtype=np.float32)
-        out[order] = self.vectors[rows[order]]
-        return out
+        vectors, biases = self.store.vectors_of(ids, missing=KeyError)
+        return augment(vectors, biases if self.normalised else 0.0, self.width)
 
 
 class CatchingUp:
@@ -148,7 +127,7 @@ class IndexManager:
 
     def get(self, kind: str, rebuild: bool = False, progress: bool = False, lag: bool = False
             ) -> VectorIndex | CatchingUp | None:
-        """The index for items of ``kind``, or None when exact search on the snapshot is the plan;
+        """The index for items of ``kind``, or None when exact search on the vector file is the plan;
         ``progress`` shows a bar while building or updating it (``index`` runs). With ``lag`` (searches),
         a saved index behind the store is not updated in the foreground: it answers as ``CatchingUp``, with
         what was written since scanned exactly, unless over FRESH_LIMIT items changed."""
@@ -196,16 +175,16 @@ class IndexManager:
         reader.start()
 
     def vectors(self, kind: str, index_kind: str) -> IndexVectors:
-        """The snapshot of ``kind`` as an index of ``index_kind`` stores it (normalisation bias included)."""
-        _, vectors = self.store.matrix(kind)
-        return IndexVectors(vectors, self.store.biases(kind), index_dim(self.manifest.dim, index_kind))
+        """The stored vectors of ``kind`` as an index of ``index_kind`` stores them (normalisation bias included)."""
+        _, rows = self.store.rows(kind)
+        return IndexVectors(rows, self.store.biases(kind), index_dim(self.manifest.dim, index_kind))
 
-    def lookup(self, kind: str, index: VectorIndex | CatchingUp) -> SnapshotLookup:
-        """Stored vectors by id for exact rescoring; the snapshot is read only if a search needs them."""
-        return SnapshotLookup(lambda: (self.store.matrix(kind)[0], self.vectors(kind, index.kind)))
+    def lookup(self, kind: str, index: VectorIndex | CatchingUp) -> StoredLookup:
+        """Stored vectors by id for exact rescoring, read only if a search needs them."""
+        return StoredLookup(self.store, kind, index_dim(self.manifest.dim, index.kind))
 
     def rebuild(self, kind: str) -> VectorIndex | None:
-        """Build the index of ``kind`` again from the snapshot (the stored one stays in use until then)."""
+        """Build the index of ``kind`` again from the store (the stored one stays in use until then)."""
         self._cache.pop(kind, None)
         return self.get(kind, rebuild=True)
 

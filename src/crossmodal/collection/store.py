@@ -1,9 +1,10 @@
-"""The on-disk item store: one SQLite database holding every item's metadata and vector.
+"""The on-disk item store: one SQLite database holding every item's metadata, and its vectors.
 
 SQLite gives atomic, durable transactions, so a write either lands whole or not at all and a killed
 index run loses at most the batch in flight. Ids are SQLite AUTOINCREMENT keys: stable and never
-reused, so they survive deletes, renames and re-embeds. For search, the vectors of each kind are
-also kept as a memory-mappable ``.npy`` snapshot, rebuilt when the store's generation changes.
+reused, so they survive deletes, renames and re-embeds. Vectors live once, in an append-only file per
+kind (vector_file.py) that searches memory-map; each item names its row there, and a transaction's new
+rows are made durable before it commits.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import errno
 import json
 import os
 import sqlite3
-import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm import tqdm
 
 from . import keywords
-from .atomic import atomic_write, atomic_write_json
 from .paths import decode_path, encode_path, under
+from .vector_file import DiskFullError, GatheredRows, VectorFiles
 
 if TYPE_CHECKING:
     from ..rerank.runtime import Reranker
@@ -33,7 +32,8 @@ if TYPE_CHECKING:
 
 DB = "items.sqlite"
 PAGE_SIZE = 16384
-CACHE = "cache"
+MAX_UNUSED = 0.2  # share of a vector file's rows left unused (deleted, rewritten) before it is compacted
+CACHE = "cache"  # memory-mappable snapshots of the vectors, before vector files (removed on migration)
 KINDS = ("image", "text")
 
 SCHEMA = """
@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS items (
     fields TEXT NOT NULL DEFAULT '{}',
     added REAL NOT NULL,
     seq INTEGER NOT NULL DEFAULT 0,  -- generation in which the vector (or its bias) was last written
-    vector BLOB NOT NULL,
+    vector_row INTEGER,  -- the row of its vector in the kind's vector file (vector_file.py)
     bias REAL  -- nearest-neighbour normalisation bias (search/normalise.py); NULL until computed
 );
 CREATE UNIQUE INDEX IF NOT EXISTS items_image_path ON items(path) WHERE kind = 'image';
@@ -87,10 +87,6 @@ COLUMNS = "id, kind, path, text, size, mtime, hash, fields, added"
 
 class ReadOnlyCollectionError(PermissionError):
     """A write to a collection this process can only read."""
-
-
-class DiskFullError(OSError):
-    """A write failed because the disk is full; the store is unchanged."""
 
 
 @dataclass
@@ -142,7 +138,7 @@ class ItemStore:
             self.db = _connect_read_only(self.folder / DB)
         else:
             self.db = sqlite3.connect(self.folder / DB, timeout=60, isolation_level=None, check_same_thread=False)
-            # For a new database only: a ~2.2 KB row with its vector fills half of a 4 KB page, a quarter of 16 KB.
+            # For a new database only (rows of collections from before vector files held a ~2.2 KB vector).
             self.db.execute(f"PRAGMA page_size={PAGE_SIZE}")
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
@@ -155,10 +151,18 @@ class ItemStore:
         self.bank: Bank | None = None  # the normalisation bank biases are computed with (set by the collection)
         self.reranker: Reranker | None = None  # the reranker whose photo tokens are stored (set by the collection)
         self._writing: int | None = None  # the generation the open transaction writes
-        # kind -> (generation, ids, vectors, biases)
-        self._matrices: dict[str, tuple[int, np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.files = VectorFiles(self.folder, dim + 1)
+        self._pending: dict[str, tuple[str, int, list[np.ndarray]]] = {}  # kind -> (file, first row, new rows)
+        # kind -> (generation, ids, rows [vector, -bias] in id order, biases)
+        self._matrices: dict[str, tuple[int, np.ndarray, Any, np.ndarray]] = {}
         if not self.read_only:
             keywords.ensure(self.db)  # kept in step with the items by triggers (keywords.py)
+            if "vector" in self._columns():  # vectors still in the rows: written before vector files
+                from .migrate import vectors_to_files
+
+                vectors_to_files(self)
+        # Where an item's vector is: its row in the vector file, or (an old read-only collection) its blob.
+        self._ref = "vector" if "vector" in self._columns() else "vector_row"
 
     def close(self) -> None:
         self.db.close()
@@ -180,6 +184,7 @@ class ItemStore:
             self._writing = self.generation + 1
             try:
                 yield self.db
+                self._write_rows(self.db)  # durable before the rows that name them commit
                 self.db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
                 self.db.execute("COMMIT")
             except BaseException:
@@ -188,6 +193,7 @@ class ItemStore:
                 raise
             finally:
                 self._writing = None
+                self._pending = {}
         except sqlite3.OperationalError as e:
             if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
                 raise DiskFullError(errno.ENOSPC, f"the disk holding {self.folder} is full; nothing of this "
@@ -244,10 +250,8 @@ class ItemStore:
         return frozenset(h for (h,) in self.db.execute("SELECT hash FROM items WHERE kind = ?", (kind,)))
 
     def vector(self, item_id: int) -> np.ndarray:
-        row = self.db.execute("SELECT vector FROM items WHERE id = ?", (item_id,)).fetchone()
-        if row is None:
-            raise KeyError(f"no item with id {item_id}")
-        return np.frombuffer(row[0], dtype=np.float32).copy()
+        vectors, _ = self.vectors_of(np.array([item_id]), missing=KeyError)
+        return vectors[0]
 
     def deleted_since(self, kind: str, generation: int) -> np.ndarray | None:
         """Ids of ``kind`` deleted after ``generation`` (some may be back, with their old id), or None when
@@ -263,21 +267,52 @@ class ItemStore:
                                                   (kind, generation)).fetchone():
             self.db.execute("DELETE FROM deleted WHERE kind = ? AND seq <= ?", (kind, generation))
 
-    def vectors_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(vectors (n, dim), biases (n,), NaN where none) of items by id, in the order given, read from SQLite
-        (for a few items: a search scanning what was written since its index was saved)."""
+    def vectors_of(self, ids: np.ndarray, missing: type[Exception] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors (n, dim), biases (n,), NaN where none) of items by id, in the order given (zeros for an id
+        not stored, unless ``missing`` is raised): for a few items, e.g. the candidates a search rescores."""
         vectors = np.zeros((len(ids), self.dim), dtype=np.float32)
         biases = np.full(len(ids), np.nan, dtype=np.float32)
         where = {int(i): row for row, i in enumerate(ids)}
         chunk_ids = list(where)
+        seen: set[int] = set()
         for start in range(0, len(chunk_ids), 500):
             chunk = chunk_ids[start:start + 500]
             marks = ",".join("?" * len(chunk))
-            for item_id, blob, bias in self.db.execute(
-                    f"SELECT id, vector, {self._bias} FROM items WHERE id IN ({marks})", chunk):
-                vectors[where[item_id]] = np.frombuffer(blob, dtype=np.float32)
+            refs: dict[str, list[tuple[int, Any]]] = {}
+            for item_id, kind, ref, bias in self.db.execute(
+                    f"SELECT id, kind, {self._ref}, {self._bias} FROM items WHERE id IN ({marks})", chunk):
+                refs.setdefault(kind, []).append((where[item_id], ref))
+                seen.add(item_id)
                 biases[where[item_id]] = np.nan if bias is None else bias
+            for kind, pairs in refs.items():
+                out, kind_refs = zip(*pairs, strict=True)
+                vectors[list(out)] = self._vectors(kind, kind_refs)
+        if missing is not None and len(seen) < len(where):
+            raise missing(f"no item with id {min(set(where) - seen)}")
         return vectors, biases
+
+    def _vectors(self, kind: str, refs: Sequence[Any]) -> np.ndarray:
+        """Vectors (n, dim) by their rows in the vector file of ``kind`` (or, in an old collection, blobs)."""
+        if self._ref == "vector":
+            return np.stack([np.frombuffer(blob, dtype=np.float32) for blob in refs])
+        rows = np.asarray(refs, dtype=np.int64)
+        order = np.argsort(rows)  # read the mapping front to back
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        out[order] = self._mapping(kind)[rows[order], : self.dim]
+        return out
+
+    def _mapping(self, kind: str) -> np.ndarray:
+        """The committed rows of the vector file of ``kind``, memory-mapped."""
+        name, count = self.vector_file(kind)
+        return self.files.rows(name, count)
+
+    def vector_file(self, kind: str) -> tuple[str, int]:
+        """(name, committed rows) of the vector file of ``kind``."""
+        state = self._meta(f"vectors.{kind}")
+        if state is None:
+            return f"{kind}.f32", 0
+        state = json.loads(state)
+        return state["file"], state["rows"]
 
     def biases_current(self, kind: str) -> bool:
         """Does every item of ``kind`` have a bias from the current bank (so searches normalise)?"""
@@ -305,21 +340,47 @@ class ItemStore:
         vector = np.ascontiguousarray(item.vector, dtype=np.float32)
         if vector.shape != (self.dim,):
             raise ValueError(f"vector has shape {vector.shape}, the collection stores ({self.dim},)")
+        row = int(self.stage_rows(item.kind, np.append(vector, -(item.bias or 0.0))[None])[0])
         values = (item.kind, encode_path(item.path), item.text, item.size, item.mtime, item.hash,
-                  json.dumps(item.fields), vector.tobytes(), self._writing or self.generation + 1, item.bias)
+                  json.dumps(item.fields), row, self._writing or self.generation + 1, item.bias)
         if item.id is not None:
             db.execute(
-                "UPDATE items SET kind=?, path=?, text=?, size=?, mtime=?, hash=?, fields=?, vector=?, seq=?, bias=? "
-                "WHERE id=?",
+                "UPDATE items SET kind=?, path=?, text=?, size=?, mtime=?, hash=?, fields=?, vector_row=?, seq=?, "
+                "bias=? WHERE id=?",
                 (*values, item.id),
             )
             return item.id
         cur = db.execute(
-            "INSERT INTO items (kind, path, text, size, mtime, hash, fields, vector, seq, bias, added) "
+            "INSERT INTO items (kind, path, text, size, mtime, hash, fields, vector_row, seq, bias, added) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (*values, time.time()),
         )
         return int(cur.lastrowid)
+
+    def stage_rows(self, kind: str, rows: np.ndarray) -> np.ndarray:
+        """Queue rows ``[vector, -bias]`` for the vector file of ``kind``; returns the row numbers they will
+        have once the open transaction commits (which writes them first)."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        if kind not in self._pending:
+            self._pending[kind] = (*self.vector_file(kind), [])
+        _, first, queued = self._pending[kind]
+        start = first + sum(len(r) for r in queued)
+        queued.append(np.asarray(rows, dtype=np.float32))
+        return np.arange(start, start + len(rows))
+
+    def _write_rows(self, db: sqlite3.Connection) -> None:
+        """Append the open transaction's queued rows to their files, durably, and record the new row counts."""
+        for kind, (name, first, queued) in self._pending.items():
+            if queued:
+                rows = np.concatenate(queued)
+                self.files.append(name, first, rows)
+                self.set_vector_file(db, kind, name, first + len(rows))
+
+    def set_vector_file(self, db: sqlite3.Connection, kind: str, name: str, rows: int) -> None:
+        """Record which file holds the vectors of ``kind`` and how many of its rows are committed."""
+        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                   (f"vectors.{kind}", json.dumps({"file": name, "rows": rows})))
 
     def move(self, db: sqlite3.Connection, item_id: int, path: str, size: int, mtime: float) -> None:
         """Point an existing item at a new path (a rename): same id, same vector."""
@@ -341,12 +402,16 @@ class ItemStore:
     # -- vectors for search ------------------------------------------------------------------------
 
     def matrix(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
-        """(ids (N,), vectors (N, dim)) of every item of ``kind``, memory-mapped from a snapshot.
+        """(ids (N,), vectors (N, dim)) of every item of ``kind``, ids ascending: the vector file memory-mapped
+        (rows read on indexing where the file's order is not the ids', after re-embeds or deletes)."""
+        _, ids, rows, _ = self._snapshot(kind)
+        return ids, rows[:, : self.dim] if isinstance(rows, np.ndarray) else GatheredRows(rows.mapping, rows.row_of,
+                                                                                          self.dim)
 
-        The snapshot is rebuilt (atomically) when the store changed since it was written, so readers
-        never see a half-written matrix and an interrupted rebuild only costs a rebuild.
-        """
-        return self._snapshot(kind)[1:3]
+    def rows(self, kind: str) -> tuple[np.ndarray, np.ndarray | GatheredRows]:
+        """(ids (N,), rows [vector, -bias] (N, dim + 1)) of every item of ``kind`` in ``matrix`` order."""
+        _, ids, rows, _ = self._snapshot(kind)
+        return ids, rows
 
     def biases(self, kind: str) -> np.ndarray | None:
         """Normalisation biases (N,) in ``matrix`` order, or None unless every item of ``kind`` has one
@@ -354,53 +419,55 @@ class ItemStore:
         biases = self._snapshot(kind)[3]
         return biases if self._stored_bank_current() and not np.isnan(biases).any() else None
 
-    def _snapshot(self, kind: str) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    def _snapshot(self, kind: str) -> tuple[int, np.ndarray, Any, np.ndarray]:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
         generation = self.generation
         held = self._matrices.get(kind)
         if held is None or held[0] != generation:
-            held = (generation, *self._load_matrix(kind, generation))
+            held = (generation, *self._load_matrix(kind))
             self._matrices[kind] = held
         return held
 
-    def _load_matrix(self, kind: str, generation: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        cache = self.folder / CACHE
-        state_file = cache / f"{kind}.json"
-        try:
-            state = json.loads(state_file.read_text())
-            if state["generation"] == generation:
-                ids = np.load(cache / f"{kind}.ids.npy")
-                vectors = np.load(cache / f"{kind}.vectors.npy", mmap_mode="r")
-                biases = np.load(cache / f"{kind}.bias.npy")
-                if len(ids) == len(vectors) == len(biases):
-                    return ids, vectors, biases
-        except (OSError, ValueError, KeyError):
-            pass
-        ids, vectors, biases = self._read_matrix(kind)
-        if not self.read_only:
-            try:
-                atomic_write(cache / f"{kind}.ids.npy", lambda f: np.save(f, ids))
-                atomic_write(cache / f"{kind}.vectors.npy", lambda f: np.save(f, vectors))
-                atomic_write(cache / f"{kind}.bias.npy", lambda f: np.save(f, biases))
-                atomic_write_json(state_file, {"generation": generation, "count": len(ids)})
-            except OSError as e:  # the snapshot only saves time: search from memory (e.g. on a full disk)
-                tqdm.write(f"could not save the search snapshot in {cache} ({e.strerror or e})", file=sys.stderr)
-        return ids, vectors, biases
+    def _load_matrix(self, kind: str) -> tuple[np.ndarray, Any, np.ndarray]:
+        """(ids, rows, biases) of ``kind`` in id order: a slice of the mapped file where it is in id order
+        with no unused row (as a compacted or only appended file is), else rows gathered on indexing."""
+        cursor = self.db.execute(f"SELECT id, {self._ref}, {self._bias} FROM items WHERE kind = ? ORDER BY id", (kind,))
+        if self._ref == "vector":  # an old read-only collection: its vectors are read into memory
+            found = cursor.fetchall()
+            ids = np.array([r[0] for r in found], dtype=np.int64)
+            biases = np.array([np.nan if r[2] is None else r[2] for r in found], dtype=np.float32)
+            rows = np.zeros((len(found), self.dim + 1), dtype=np.float32)
+            if found:
+                rows[:, : self.dim] = self._vectors(kind, [r[1] for r in found])
+                rows[:, self.dim] = -np.nan_to_num(biases)
+            return ids, rows, biases
+        table = np.fromiter(((i, r, np.nan if b is None else b) for i, r, b in cursor),
+                            dtype=[("id", np.int64), ("row", np.int64), ("bias", np.float32)])
+        mapping = self._mapping(kind)
+        if np.array_equal(table["row"], np.arange(len(table))):
+            return table["id"], mapping[: len(table)], table["bias"]
+        return table["id"], GatheredRows(mapping, table["row"], self.dim + 1), table["bias"]
 
-    def _read_matrix(self, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        n = self.count(kind)
-        ids = np.empty(n, dtype=np.int64)
-        vectors = np.empty((n, self.dim), dtype=np.float32)
-        biases = np.empty(n, dtype=np.float32)
-        rows = self.db.execute(f"SELECT id, vector, {self._bias} FROM items WHERE kind = ? ORDER BY id", (kind,))
-        i = 0
-        for i, (item_id, blob, bias) in enumerate(rows):
-            ids[i] = item_id
-            vectors[i] = np.frombuffer(blob, dtype=np.float32)
-            biases[i] = np.nan if bias is None else bias
-        n = i + 1 if n else 0
-        return ids[:n], vectors[:n], biases[:n]
+    def compact(self, kind: str, unused: float = MAX_UNUSED, batch: int = 65536) -> bool:
+        """Rewrite the vector file of ``kind`` with only the rows items use, in id order, when over ``unused``
+        of its rows are unused (deleted or rewritten items); returns whether it did. The new file is durable
+        before the transaction that points the items at it commits; the old one is removed after."""
+        name, count = self.vector_file(kind)
+        if self.read_only or count - self.count(kind) <= unused * count:
+            return False
+        with self.transaction() as db:
+            table = np.fromiter(db.execute("SELECT id, vector_row FROM items WHERE kind = ? ORDER BY id", (kind,)),
+                                dtype=[("id", np.int64), ("row", np.int64)])
+            mapping = self.files.rows(name, count)
+            new = f"{kind}.{self._writing}.f32"
+            for start in range(0, len(table), batch):
+                self.files.append(new, start, mapping[table["row"][start:start + batch]])
+            db.executemany("UPDATE items SET vector_row = ? WHERE id = ?",
+                           zip(range(len(table)), table["id"].tolist(), strict=True))
+            self.set_vector_file(db, kind, new, len(table))
+        self.files.remove_others({self.vector_file(k)[0] for k in KINDS})
+        return True
 
     # -- normalisation biases ----------------------------------------------------------------------
 
@@ -419,7 +486,8 @@ class ItemStore:
     def fill_biases(self, batch: int = 4096) -> int:
         """Compute the biases items lack (all of them when the bank changed); returns how many were written.
 
-        Each batch is one transaction and marks its items as written, so indexes pick up the new scores.
+        Each batch is one transaction and marks its items as written, so indexes pick up the new scores; it
+        appends their rows again, with the new bias (vector files are only appended to).
         """
         bank_id = self.bank.id if self.bank is not None else ""
         stale = "1" if self._meta("bank") != bank_id else "bias IS NULL"
@@ -427,15 +495,15 @@ class ItemStore:
         for kind in KINDS:
             ids = self.ids_where(f"kind = ? AND {stale}", (kind,)) if bank_id else np.zeros(0, np.int64)
             for start in range(0, len(ids), batch):
-                chunk = [int(i) for i in ids[start:start + batch]]
-                marks = ",".join("?" * len(chunk))
-                rows = self.db.execute(f"SELECT id, vector FROM items WHERE id IN ({marks})", chunk).fetchall()
-                vectors = np.stack([np.frombuffer(blob, dtype=np.float32) for _, blob in rows])
+                chunk = ids[start:start + batch]
+                vectors, _ = self.vectors_of(chunk)
                 biases = self.bank.biases(kind, vectors)
                 with self.transaction() as db:
-                    db.executemany("UPDATE items SET bias = ?, seq = ? WHERE id = ?",
-                                   [(float(b), self.generation + 1, r[0]) for b, r in zip(biases, rows, strict=True)])
-                done += len(rows)
+                    rows = self.stage_rows(kind, np.column_stack([vectors, -biases]))
+                    db.executemany("UPDATE items SET bias = ?, seq = ?, vector_row = ? WHERE id = ?",
+                                   [(float(b), self._writing, int(r), int(i))
+                                    for b, r, i in zip(biases, rows, chunk, strict=True)])
+                done += len(chunk)
         if self._meta("bank") != bank_id:
             with self.transaction() as db:
                 if not bank_id:

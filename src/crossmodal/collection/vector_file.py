@@ -1,0 +1,111 @@
+"""Append-only vector files, one per item kind: the one full-precision copy of every stored vector.
+
+A row is ``[vector, -bias]`` (float32, the layout indexes search, search/normalise.py), so a graph index
+can search the file itself. Rows are only ever appended: rewriting an item appends a new row and leaves
+the old one unused until the file is compacted. An item names its row in SQLite, and appended rows are
+fsynced before the transaction that names them commits (store.py): a crash leaves at most rows past
+the committed count, which no item names and the next append overwrites. Compacting writes a new file
+under a new name that one transaction swaps in. Searches read a file memory-mapped.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import fsync_dir
+
+VECTORS = "vectors"
+
+
+class DiskFullError(OSError):
+    """A write failed because the disk is full; the store is unchanged."""
+
+
+class VectorFiles:
+    """The vector files of one collection folder, ``width`` float32 columns a row."""
+
+    def __init__(self, folder: Path, width: int) -> None:
+        self.folder = Path(folder) / VECTORS
+        self.width = width
+        self._mapped: dict[str, tuple[int, np.ndarray]] = {}  # file name -> (rows, mapping)
+
+    def rows(self, name: str, count: int) -> np.ndarray:
+        """The first ``count`` rows of file ``name``, memory-mapped read-only (mapped again once it grew)."""
+        held = self._mapped.get(name)
+        if held is None or held[0] < count:
+            mapping = (np.memmap(self.folder / name, dtype=np.float32, mode="r", shape=(count, self.width))
+                       if count else np.zeros((0, self.width), dtype=np.float32))
+            held = self._mapped[name] = (count, mapping)
+        return held[1][:count]
+
+    def read(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` copied into memory with one read (builds: the page cache holds them, not us)."""
+        out = np.empty((stop - start, self.width), dtype=np.float32)
+        with open(self.folder / name, "rb") as f:
+            f.seek(start * self.width * 4)
+            f.readinto(memoryview(out).cast("B"))
+        return out
+
+    def append(self, name: str, at: int, rows: np.ndarray) -> None:
+        """Write ``rows`` from row ``at`` on (over what a crashed writer left there) and make them durable."""
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[1] != self.width:
+            raise ValueError(f"rows of shape {rows.shape}, the file holds rows of {self.width}")
+        path = self.folder / name
+        new = not path.exists()
+        try:
+            self.folder.mkdir(exist_ok=True)
+            with open(path, "w+b" if new or at == 0 else "r+b") as f:  # from row 0: nothing of it is committed
+                f.seek(at * self.width * 4)
+                f.write(memoryview(rows).cast("B"))
+                f.flush()
+                os.fsync(f.fileno())
+            if new:
+                fsync_dir(self.folder)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise DiskFullError(errno.ENOSPC, f"the disk holding {self.folder} is full; nothing of this batch "
+                                    "was stored (free some space and run again)") from e
+            raise
+
+    def remove_others(self, keep: set[str]) -> None:
+        """Delete vector files no kind uses any more (replaced by a compacted one)."""
+        for path in self.folder.glob("*.f32"):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+                self._mapped.pop(path.name, None)
+
+    def bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.folder.glob("*.f32"))
+
+
+class GatheredRows:
+    """Rows of a mapped file in another order (ids sorted; some rows unused), read on indexing, so that no
+    full copy is made: ``cols`` columns of each."""
+
+    def __init__(self, mapping: np.ndarray, rows: np.ndarray, cols: int) -> None:
+        self.mapping, self.row_of, self.cols = mapping, rows, cols
+        self.shape = (len(rows), cols)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return len(self.row_of)
+
+    def __getitem__(self, sel: Any) -> np.ndarray:
+        rows = self.row_of[sel]
+        if np.ndim(rows) == 0:
+            return np.array(self.mapping[int(rows), : self.cols])
+        order = np.argsort(rows, kind="stable")  # read the mapping front to back
+        out = np.empty((len(rows), self.cols), dtype=np.float32)
+        out[order] = self.mapping[rows[order], : self.cols]
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
