@@ -11,6 +11,7 @@ import pytest
 
 from conftest import ColorEncoder, make_photo
 from crossmodal import Collection
+from crossmodal.collection.generations import FileSet
 from crossmodal.index import build_index, load_index
 from crossmodal.index.planner import plan_index
 
@@ -266,3 +267,23 @@ def test_a_mapped_graph_index_is_read_whole_in_the_background(col: Collection,
     whole = again.indexes.get("image", lag=True)
     assert whole is not first and not getattr(whole, "mapped", None)
     assert [h.id for h in again.search("red green", k=5)] == expected
+
+
+def test_a_graph_index_searches_the_vector_file_in_place(col: Collection, tmp_path: Path) -> None:
+    col.configure_index("hnsw")
+    folder, state = FileSet(col.folder / "index", "image").current()
+    assert state["rows_file"] == col.store.vector_file("image")[0] and not (folder / "index.faiss").exists()
+    for name in ("00.png", "01.png"):  # pruned: their rows and nodes unused
+        (tmp_path / "p" / name).unlink()
+    make_photo(tmp_path / "p" / "05.png", (250, 10, 10), noise=20)  # re-embedded: a new row, a new node
+    for i in range(2):
+        make_photo(tmp_path / "p" / f"new{i}.png", (10 * i, 240, 30), noise=20)
+    col.index_folder(tmp_path / "p", progress=False)
+    _, updated = FileSet(col.folder / "index", "image").current()
+    assert updated["rows_file"] == state["rows_file"] and updated["built_n"] == 40  # extended, not rebuilt
+    graph = col.indexes.get("image")
+    assert len(graph.labels) == col.store.vector_file("image")[1] == 43 and graph.ntotal == 40
+    queries = ["red green", "blue", "dark light", "red"]
+    found = [[h.id for h in col.search(q, k=5)] for q in queries]
+    col.configure_index("flat")
+    assert [[h.id for h in col.search(q, k=5)] for q in queries] == found

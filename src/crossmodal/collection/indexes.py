@@ -23,9 +23,10 @@ from tqdm import tqdm
 from ..index.planner import IndexPlan, plan_index
 from ..search.exact import topk
 from ..search.normalise import SHARE, augment, index_dim
+from . import shared_graph
 from .generations import FileSet
 from .manifest import Manifest
-from .store import ItemStore
+from .store import KINDS, ItemStore
 
 if TYPE_CHECKING:  # FAISS is imported only where an index is loaded or built: exact search needs none
     from ..index import VectorIndex, VectorLookup
@@ -145,6 +146,7 @@ class IndexManager:
         elif not self.read_only:  # searched exactly: no stored index, nothing to catch up on
             FileSet(self.folder, kind).drop()
             self.store.forget_deleted(kind, generation)
+            self._drop_unused_files()
         self._cache[kind] = (generation, index)
         if getattr(index.index if isinstance(index, CatchingUp) else index, "mapped", None):
             self._read_in_background(kind, generation, index)
@@ -165,6 +167,8 @@ class IndexManager:
                 return
             whole.params.update(mapped.params)
             whole.alive = mapped.alive  # tombstones a lagging search applied
+            if getattr(mapped, "shared", None) is not None:
+                whole.share_rows(mapped.shared)
             if isinstance(held, CatchingUp):
                 held.index = whole
             elif self._cache.get(kind) == (generation, held):
@@ -201,6 +205,8 @@ class IndexManager:
             from ..index import load_index
 
             index = load_index(folder / "index.faiss", mmap=mmap)
+            if state.get("rows_file"):  # a graph over a vector file (shared_graph.py)
+                index.share_rows(self.store.files.rows(state["rows_file"], len(index.labels)))
             if mmap and index.kind == "hnsw":
                 index.mapped = folder / "index.faiss"  # read whole later, in the background (see get)
             members = np.load(folder / "members.npy")
@@ -227,6 +233,7 @@ class IndexManager:
             self._tune(index, plan, state.get("calibrated"))
             if state["generation"] == generation:
                 return index
+            rows_file, count = self.store.vector_file(kind)  # rows appended after this are next time's
             written = self.store.written_since(kind, state["generation"])  # new, re-embedded or back
             deleted = self.store.deleted_since(kind, state["generation"])
             if deleted is None:  # deletes not logged that far back: compare every id
@@ -243,17 +250,30 @@ class IndexManager:
             if lag:  # too much changed: update a copy read into memory (a mapped graph is read-only)
                 return self._sync(kind, plan, n, generation, rebuild, progress)
             ids = self.store.matrix(kind)[0]
-            vectors = self.vectors(kind, plan.kind)
-            rows = np.searchsorted(ids, added)
-            add_in_batches(index, added, _Rows(vectors, rows), progress, f"updating the {kind} index")
-            if getattr(index, "stale_fraction", 0.0) <= MAX_STALE:
-                self._save(files, index, ids, generation, state["built_n"], state.get("calibrated"))
+            if state.get("rows_file") is None:
+                vectors = self.vectors(kind, plan.kind)
+                rows = np.searchsorted(ids, added)
+                add_in_batches(index, added, _Rows(vectors, rows), progress, f"updating the {kind} index")
+            elif state["rows_file"] == rows_file:
+                shared_graph.extend(self.store, kind, index, added, count, progress)
+            if state.get("rows_file") in (None, rows_file) and getattr(index, "stale_fraction", 0.0) <= MAX_STALE:
+                self._save(files, index, ids, generation, state["built_n"], state.get("calibrated"),
+                           state.get("rows_file"))
                 return index
+        rows_file, count = None, 0
+        if shared_graph.shareable(plan) and not self.read_only and self.store.compact(kind, unused=0.0):
+            generation = self.store.generation  # the same items, their rows renumbered (read before the ids)
+        if shared_graph.shareable(plan) and not self.read_only:  # the graph's nodes are the file's rows
+            rows_file, count = self.store.vector_file(kind)
         ids, _ = self.store.matrix(kind)
         vectors = self.vectors(kind, plan.kind)
-        index = build_index(plan.kind, ids, vectors, progress=progress, **plan.params)
+        if rows_file is not None and count == len(ids):
+            index = shared_graph.build(self.store, rows_file, ids, plan, progress)
+        else:
+            rows_file = None
+            index = build_index(plan.kind, ids, vectors, progress=progress, **plan.params)
         calibrated = self._calibrate(index, ids, vectors)
-        self._save(files, index, ids, generation, len(ids), calibrated)
+        self._save(files, index, ids, generation, len(ids), calibrated, rows_file)
         return index
 
     def _calibrate(self, index: VectorIndex, ids: np.ndarray, vectors: IndexVectors) -> dict | None:
@@ -285,8 +305,9 @@ class IndexManager:
             index.params["ef_search"] = calibrated["ef_search"]
 
     def _save(self, files: FileSet, index: VectorIndex, ids: np.ndarray, generation: int, built_n: int,
-              calibrated: dict | None = None) -> None:
-        """Store the index and its members as one new generation (nothing, on a read-only collection)."""
+              calibrated: dict | None = None, rows_file: str | None = None) -> None:
+        """Store the index and its members as one new generation (nothing, on a read-only collection);
+        ``rows_file``: the vector file a graph searches in place."""
         if self.read_only:
             return
         folder = files.new_folder()
@@ -294,8 +315,18 @@ class IndexManager:
         np.save(folder / "members.npy", ids)
         files.commit(folder, {"kind": index.kind, "layout": LAYOUT, "params": index.params,
                               "generation": generation, "built_n": built_n, "bytes": index.nbytes,
-                              "calibrated": calibrated})
+                              "calibrated": calibrated, "rows_file": rows_file})
         self.store.forget_deleted(files.name, generation)  # only once the saved index reflects them
+        self._drop_unused_files()
+
+    def _drop_unused_files(self) -> None:
+        """Remove vector files that neither the store nor a saved index uses (replaced by compacted ones)."""
+        keep = {self.store.vector_file(kind)[0] for kind in KINDS}
+        for kind in KINDS:
+            current = FileSet(self.folder, kind).current()
+            if current is not None and current[1].get("rows_file"):
+                keep.add(current[1]["rows_file"])
+        self.store.files.remove_others(keep)
 
     def _record(self, kind: str, plan: IndexPlan) -> None:
         """Write the planner's choice into the manifest when it changes."""

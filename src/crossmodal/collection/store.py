@@ -291,6 +291,18 @@ class ItemStore:
             raise missing(f"no item with id {min(set(where) - seen)}")
         return vectors, biases
 
+    def vector_rows(self, ids: np.ndarray) -> np.ndarray:
+        """The rows of items' vectors in their kind's vector file, in the order given (-1: not stored)."""
+        where = {int(i): n for n, i in enumerate(ids)}
+        out = np.full(len(ids), -1, dtype=np.int64)
+        chunk_ids = list(where)
+        for start in range(0, len(chunk_ids), 500):
+            chunk = chunk_ids[start:start + 500]
+            for item_id, row in self.db.execute(
+                    f"SELECT id, vector_row FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                out[where[item_id]] = row
+        return out
+
     def _vectors(self, kind: str, refs: Sequence[Any]) -> np.ndarray:
         """Vectors (n, dim) by their rows in the vector file of ``kind`` (or, in an old collection, blobs)."""
         if self._ref == "vector":
@@ -452,7 +464,8 @@ class ItemStore:
     def compact(self, kind: str, unused: float = MAX_UNUSED, batch: int = 65536) -> bool:
         """Rewrite the vector file of ``kind`` with only the rows items use, in id order, when over ``unused``
         of its rows are unused (deleted or rewritten items); returns whether it did. The new file is durable
-        before the transaction that points the items at it commits; the old one is removed after."""
+        before the transaction that points the items at it commits; the old one stays while an index searches
+        it (the index manager removes it)."""
         name, count = self.vector_file(kind)
         if self.read_only or count - self.count(kind) <= unused * count:
             return False
@@ -466,7 +479,6 @@ class ItemStore:
             db.executemany("UPDATE items SET vector_row = ? WHERE id = ?",
                            zip(range(len(table)), table["id"].tolist(), strict=True))
             self.set_vector_file(db, kind, new, len(table))
-        self.files.remove_others({self.vector_file(k)[0] for k in KINDS})
         return True
 
     # -- normalisation biases ----------------------------------------------------------------------

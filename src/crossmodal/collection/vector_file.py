@@ -51,6 +51,10 @@ class VectorFiles:
             f.readinto(memoryview(out).cast("B"))
         return out
 
+    def reader(self, name: str, start: int, stop: int) -> FileRows:
+        """Rows ``start:stop`` of file ``name`` as something sliced into arrays, each slice one read."""
+        return FileRows(self, name, start, stop)
+
     def append(self, name: str, at: int, rows: np.ndarray) -> None:
         """Write ``rows`` from row ``at`` on (over what a crashed writer left there) and make them durable."""
         rows = np.ascontiguousarray(rows, dtype=np.float32)
@@ -109,3 +113,19 @@ class GatheredRows:
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self[:]
         return out if dtype is None else out.astype(dtype)
+
+
+class FileRows:
+    """A range of a vector file's rows, sliced into arrays by reading the file (an index build adds them a
+    batch at a time: the page cache holds the file, not the building process)."""
+
+    def __init__(self, files: VectorFiles, name: str, start: int, stop: int) -> None:
+        self.files, self.name, self.start, self.stop = files, name, start, stop
+        self.shape = (stop - start, files.width)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, part: slice) -> np.ndarray:
+        first, last, _ = part.indices(len(self))
+        return self.files.read(self.name, self.start + first, self.start + max(first, last))

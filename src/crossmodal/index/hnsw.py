@@ -2,10 +2,14 @@
 
 FAISS cannot delete from an HNSW graph, so deleted items become tombstones that searches skip, and
 the owner rebuilds the graph once tombstones pass a share of the index (see ``stale_fraction``).
+A float32 graph can search rows it does not hold (``share_rows``: a collection's memory-mapped vector
+file, row i being node i); it then saves the graph alone, and the vectors are stored once.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,8 @@ class HNSWIndex(VectorIndex):
         super().__init__(dim, index, m=m, ef_construction=ef_construction, ef_search=ef_search, storage=storage)
         self.labels = np.zeros(0, dtype=np.int64)  # internal node -> item id
         self.alive = np.zeros(0, dtype=bool)
+        self.shared: np.ndarray | None = None  # rows searched in place of stored vectors (node i = row i)
+        self._held: list[Any] = []  # what FAISS views into must outlive it (storage, mapped arrays)
 
     @property
     def rescores(self) -> bool:  # type: ignore[override]
@@ -39,9 +45,44 @@ class HNSWIndex(VectorIndex):
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         ids = as_ids(ids)
         self.remove(ids)  # a re-embedded item: its old node becomes a tombstone
+        if self.shared is not None:
+            self.own_rows()
         self.index.add(as_vectors(vectors))
         self.labels = np.concatenate([self.labels, ids])
-        self.alive = np.concatenate([self.alive, np.ones(len(ids), dtype=bool)])
+        self.alive = np.concatenate([self.alive, ids >= 0])  # -1: a node for a row no item uses
+
+    def share_rows(self, rows: np.ndarray) -> None:
+        """Search ``rows`` (row i is node i, e.g. a memory-mapped vector file) instead of the stored vectors,
+        which are freed; saving then writes the graph alone."""
+        if self.params["storage"] != "fp32" or rows.shape != (len(self.labels), self.dim):
+            raise ValueError(f"a float32 graph of {len(self.labels)} nodes cannot search rows of shape {rows.shape}")
+        storage = faiss.IndexFlatIP(self.dim)
+        _view(storage.codes, np.ascontiguousarray(rows).reshape(-1).view(np.uint8))
+        storage.ntotal = len(rows)
+        self._replace_storage(storage)
+        self.shared = rows
+        self._held.append(rows)
+
+    def own_rows(self, read: Callable[[int, int], np.ndarray] | None = None, batch: int = 65536) -> None:
+        """Hold a copy of the shared rows again (FAISS adds only to vectors it holds); ``read(start, stop)``
+        reads them (default: from the shared rows), and the graph's links are copied if mapped."""
+        storage = faiss.IndexFlatIP(self.dim)
+        n = len(self.labels)
+        for start in range(0, n, batch):
+            storage.add(as_vectors(read(start, min(n, start + batch)) if read else self.shared[start:start + batch]))
+        if not self.index.hnsw.neighbors.is_owned:
+            faiss.copy_array_to_vector(faiss.vector_to_array(self.index.hnsw.neighbors), _owned(self.index.hnsw))
+        self._replace_storage(storage)
+        self.shared = None
+
+    def _replace_storage(self, storage: Any) -> None:
+        old, owned = self.index.storage, self.index.own_fields
+        self.index.own_fields = False
+        self.index.storage = storage
+        self.index.ntotal = storage.ntotal
+        self._held.append(storage)
+        if owned:
+            old.thisown = True  # freed here, now that the index no longer owns it
 
     def remove(self, ids: np.ndarray) -> None:
         if len(self.labels):
@@ -78,13 +119,62 @@ class HNSWIndex(VectorIndex):
         links = self.index.hnsw.neighbors.size() * 4 + self.index.hnsw.offsets.size() * 8
         return n * (code + 8 + 1) + links
 
+    def save(self, path: Path) -> None:
+        """As ``VectorIndex.save``; a graph searching shared rows writes its links and levels, not the rows."""
+        if self.shared is None:
+            return super().save(path)
+        hnsw = self.index.hnsw
+        for name in GRAPH:
+            np.save(path.with_suffix(f".{name}.npy"), faiss.vector_to_array(getattr(hnsw, name)))
+        self._save_extra(path)
+        path.with_suffix(".json").write_text(json.dumps({
+            "kind": self.kind, "dim": self.dim, "params": self.params,
+            "graph": {"entry_point": hnsw.entry_point, "max_level": hnsw.max_level}}))
+        return None
+
+    @classmethod
+    def load_graph(cls, path: Path, dim: int, params: dict[str, Any], graph: dict[str, int], mmap: bool
+                   ) -> HNSWIndex:
+        """A graph saved without its rows; it searches once ``share_rows`` gives them (links mapped if ``mmap``)."""
+        index = cls(dim, **params)
+        hnsw = index.index.hnsw
+        for name in GRAPH:
+            array = np.load(path.with_suffix(f".{name}.npy"), mmap_mode="r" if mmap and name == "neighbors" else None)
+            if isinstance(array, np.memmap):
+                _view(hnsw.neighbors, array)
+                index._held.append(array)
+            else:
+                faiss.copy_array_to_vector(array, getattr(hnsw, name))
+        hnsw.entry_point, hnsw.max_level = graph["entry_point"], graph["max_level"]
+        index._load_extra(path, nodes=hnsw.levels.size())
+        return index
+
     def _save_extra(self, path: Path) -> None:
         np.save(path.with_suffix(".labels.npy"), self.labels)
         np.save(path.with_suffix(".alive.npy"), self.alive)
 
-    def _load_extra(self, path: Path) -> None:
+    def _load_extra(self, path: Path, nodes: int | None = None) -> None:
         self.labels = np.load(path.with_suffix(".labels.npy"))
         self.alive = np.load(path.with_suffix(".alive.npy"))
-        if not len(self.labels) == len(self.alive) == self.index.ntotal:
-            raise ValueError(f"{path.name} holds {self.index.ntotal} nodes but {len(self.labels)} labels "
+        nodes = self.index.ntotal if nodes is None else nodes
+        if not len(self.labels) == len(self.alive) == nodes:
+            raise ValueError(f"{path.name} holds {nodes} nodes but {len(self.labels)} labels "
                              f"and {len(self.alive)} flags")
+
+
+GRAPH = ("levels", "offsets", "neighbors")  # what a graph saved without its rows is
+
+
+def _view(vector: Any, array: np.ndarray) -> None:
+    """Point a FAISS MaybeOwnedVector at ``array``'s memory without copying (the caller keeps it alive)."""
+    pointer = faiss.swig_ptr(array)
+    vector.is_owned = False
+    vector.view_data, vector.view_size = pointer, array.size
+    vector.c_ptr, vector.c_size = pointer, array.size
+
+
+def _owned(hnsw: Any) -> Any:
+    """The graph's link table made an owned (empty) vector, ready to be filled."""
+    hnsw.neighbors.is_owned = True
+    hnsw.neighbors.view_size = hnsw.neighbors.c_size = 0
+    return hnsw.neighbors

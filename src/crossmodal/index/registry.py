@@ -33,6 +33,8 @@ def load_index(path: Path, mmap: bool = True) -> VectorIndex:
     """Read an index written by ``VectorIndex.save``; memory-mapped where FAISS supports it."""
     meta = json.loads(path.with_suffix(".json").read_text())
     kind, dim, params = meta["kind"], meta["dim"], meta["params"]
+    if "graph" in meta:  # saved without its rows: searches once the caller shares them (HNSWIndex.share_rows)
+        return HNSWIndex.load_graph(path, dim, params, meta["graph"], mmap)
     index = KINDS[kind](dim, **params, index=read_faiss(path, mmap=mmap and kind in ("flat", "ivfpq", "hnsw"),
                                                         binary=kind == "binary", in_place=kind == "hnsw"))
     index._load_extra(path)
