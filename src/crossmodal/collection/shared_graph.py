@@ -51,6 +51,6 @@ def extend(store: ItemStore, kind: str, index: HNSWIndex, added: np.ndarray, cou
     new = (rows >= nodes) & (rows < count)
     labels[rows[new] - nodes] = added[new]
     if len(labels):
-        index.own_rows(lambda start, stop: store.files.read(name, start, stop))
+        index.own_rows(lambda start, stop: store.files.read(name, start, stop), room=len(labels))
         add_in_batches(index, labels, store.files.reader(name, nodes, count), progress, f"updating the {kind} index")
     index.share_rows(store.files.rows(name, count))

@@ -51,6 +51,12 @@ class HNSWIndex(VectorIndex):
         self.labels = np.concatenate([self.labels, ids])
         self.alive = np.concatenate([self.alive, ids >= 0])  # -1: a node for a row no item uses
 
+    def reserve(self, n: int) -> None:
+        """Make room for ``n`` stored vectors at once: added a batch at a time, FAISS would grow its array by
+        doubling, briefly holding the old and the new one (at 1M x 513, 2 GB + 4 GB)."""
+        if self.shared is None and self.params["storage"] == "fp32":
+            _reserve(faiss.downcast_index(self.index.storage).codes, n * (self.dim * 4))
+
     def share_rows(self, rows: np.ndarray) -> None:
         """Search ``rows`` (row i is node i, e.g. a memory-mapped vector file) instead of the stored vectors,
         which are freed; saving then writes the graph alone."""
@@ -63,11 +69,12 @@ class HNSWIndex(VectorIndex):
         self.shared = rows
         self._held.append(rows)
 
-    def own_rows(self, read: Callable[[int, int], np.ndarray] | None = None, batch: int = 65536) -> None:
-        """Hold a copy of the shared rows again (FAISS adds only to vectors it holds); ``read(start, stop)``
-        reads them (default: from the shared rows), and the graph's links are copied if mapped."""
+    def own_rows(self, read: Callable[[int, int], np.ndarray] | None = None, room: int = 0, batch: int = 65536) -> None:
+        """Hold a copy of the shared rows again (FAISS adds only to vectors it holds), with space for ``room``
+        more; ``read(start, stop)`` reads them (default: from the shared rows); mapped links are copied."""
         storage = faiss.IndexFlatIP(self.dim)
         n = len(self.labels)
+        _reserve(storage.codes, (n + room) * self.dim * 4)
         for start in range(0, n, batch):
             storage.add(as_vectors(read(start, min(n, start + batch)) if read else self.shared[start:start + batch]))
         if not self.index.hnsw.neighbors.is_owned:
@@ -171,6 +178,14 @@ def _view(vector: Any, array: np.ndarray) -> None:
     vector.is_owned = False
     vector.view_data, vector.view_size = pointer, array.size
     vector.c_ptr, vector.c_size = pointer, array.size
+
+
+def _reserve(codes: Any, nbytes: int) -> None:
+    """Allocate an owned FAISS byte vector's capacity in one go (resizing down keeps the capacity)."""
+    size = codes.size()
+    if nbytes > size:
+        codes.resize(nbytes)
+        codes.resize(size)
 
 
 def _owned(hnsw: Any) -> Any:

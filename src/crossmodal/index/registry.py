@@ -45,6 +45,8 @@ def build_index(kind: str, ids: np.ndarray, vectors: np.ndarray, train_size: int
                 progress: bool = False, **params: Any) -> VectorIndex:
     """Build an index of ``kind`` over all ``vectors``, training on a random sample where needed."""
     index = make_index(kind, vectors.shape[1], **params)
+    if hasattr(index, "reserve"):
+        index.reserve(len(ids))
     if index.needs_training:
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(len(vectors), size=min(train_size, len(vectors)), replace=False))
