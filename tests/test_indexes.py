@@ -4,6 +4,7 @@ reloading from disk, the planner, and the collection keeping its index in step w
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -281,6 +282,11 @@ def test_a_graph_index_searches_the_vector_file_in_place(col: Collection, tmp_pa
     col.index_folder(tmp_path / "p", progress=False)
     _, updated = FileSet(col.folder / "index", "image").current()
     assert updated["rows_file"] == state["rows_file"] and updated["built_n"] == 40  # extended, not rebuilt
+    before = col.store.generation
+    for path in (tmp_path / "p").iterdir():  # touched, not changed: rewritten in SQLite, not in the file
+        os.utime(path, (1.8e9, 1.8e9))
+    col.index_folder(tmp_path / "p", progress=False)
+    assert len(col.store.written_since("image", before)) == 40
     graph = col.indexes.get("image")
     assert len(graph.labels) == col.store.vector_file("image")[1] == 43 and graph.ntotal == 40
     queries = ["red green", "blue", "dark light", "red"]

@@ -352,7 +352,9 @@ class ItemStore:
         vector = np.ascontiguousarray(item.vector, dtype=np.float32)
         if vector.shape != (self.dim,):
             raise ValueError(f"vector has shape {vector.shape}, the collection stores ({self.dim},)")
-        row = int(self.stage_rows(item.kind, np.append(vector, -(item.bias or 0.0))[None])[0])
+        row = np.append(vector, -(item.bias or 0.0)).astype(np.float32)
+        kept = None if item.id is None else self._unchanged_row(item.id, item.kind, row)
+        row = kept if kept is not None else int(self.stage_rows(item.kind, row[None])[0])
         values = (item.kind, encode_path(item.path), item.text, item.size, item.mtime, item.hash,
                   json.dumps(item.fields), row, self._writing or self.generation + 1, item.bias)
         if item.id is not None:
@@ -368,6 +370,15 @@ class ItemStore:
             (*values, time.time()),
         )
         return int(cur.lastrowid)
+
+    def _unchanged_row(self, item_id: int, kind: str, row: np.ndarray) -> int | None:
+        """The stored row of an item being rewritten when it already holds ``row`` (a touched file, new fields):
+        the vector file then does not grow."""
+        found = self.db.execute("SELECT vector_row FROM items WHERE id = ? AND kind = ?", (item_id, kind)).fetchone()
+        mapping = self._mapping(kind)
+        if found is None or found[0] is None or found[0] >= len(mapping):
+            return None
+        return found[0] if np.array_equal(mapping[found[0]], row) else None
 
     def stage_rows(self, kind: str, rows: np.ndarray) -> np.ndarray:
         """Queue rows ``[vector, -bias]`` for the vector file of ``kind``; returns the row numbers they will
