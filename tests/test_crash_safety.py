@@ -86,18 +86,26 @@ def test_an_index_save_crashed_at_any_write_leaves_a_collection_that_answers(
         total = writes()
         expected = answers(c)
     assert total >= 6
+    for n in crashed_runs(folder, pristine, Collection.refresh_indexes, total, monkeypatch):
+        with Collection.open(folder, model=ColorEncoder(dim=16)) as c:  # after the "crash": no manual repair
+            assert answers(c) == expected, f"crash at write {n} of {total}"
+            assert c.indexes.get("image").kind == "hnsw"
+        current = FileSet(folder / "index", "image").current()
+        assert current is not None and len(list((folder / "index").glob("image.*"))) == 2  # pointer + folder
+
+
+def crashed_runs(folder: Path, pristine: Path, operation: Callable[[Collection], Any], total: int,
+                 monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """For each of ``total`` writes: restore ``folder`` from ``pristine`` and run ``operation`` on it with a
+    crash at that write; yields the write's number after each crash."""
     for n in range(1, total + 1):
         shutil.rmtree(folder)
         shutil.copytree(pristine, folder)
         with Collection.open(folder, model=ColorEncoder(dim=16)) as c, monkeypatch.context() as m:
             crash_at(m, n)
             with pytest.raises(Crash):
-                c.refresh_indexes()
-        with Collection.open(folder, model=ColorEncoder(dim=16)) as c:  # after the "crash": no manual repair
-            assert answers(c) == expected, f"crash at write {n} of {total}"
-            assert c.indexes.get("image").kind == "hnsw"
-        current = FileSet(folder / "index", "image").current()
-        assert current is not None and len(list((folder / "index").glob("image.*"))) == 2  # pointer + folder
+                operation(c)
+        yield n
 
 
 def test_a_damaged_index_is_rebuilt_from_the_store(hnsw_col: Collection, capsys: pytest.CaptureFixture) -> None:
@@ -310,13 +318,7 @@ def test_adding_crashed_at_any_write_keeps_what_was_stored(hnsw_col: Collection,
             total = writes()
         after = answers(c)
     assert total >= 1
-    for n in range(1, total + 1):
-        shutil.rmtree(folder)
-        shutil.copytree(pristine, folder)
-        with Collection.open(folder, model=ColorEncoder(dim=16)) as c, monkeypatch.context() as m:
-            crash_at(m, n)
-            with pytest.raises(Crash):
-                c.add_images(new)
+    for n in crashed_runs(folder, pristine, lambda c: c.add_images(new), total, monkeypatch):
         with Collection.open(folder, model=ColorEncoder(dim=16)) as c:
             assert all(np.array_equal(c.store.vector(i), v) for i, v in stored.items())
             assert answers(c) in (before, after), f"crash at write {n} of {total}"
