@@ -335,3 +335,14 @@ def test_a_vector_file_with_many_unused_rows_is_compacted(hnsw_col: Collection) 
     assert new != name and compacted == 25 == hnsw_col.store.count("image") and rows == 40
     assert not (hnsw_col.folder / "vectors" / name).exists()
     assert answers(hnsw_col) == expected
+
+
+def test_a_vector_file_being_written_by_another_process_is_kept(hnsw_col: Collection) -> None:
+    vectors = hnsw_col.folder / "vectors"
+    writing, crashed = vectors / f"image.99.{os.getppid()}.f32", vectors / f"image.98.{dead_pid()}.f32"
+    for path in (writing, crashed):
+        path.write_bytes(b"\0" * 68)
+    hnsw_col.remove(hnsw_col.store.ids_where("kind = 'image' ORDER BY id LIMIT 1"))
+    hnsw_col.refresh_indexes()  # saves the index, then removes vector files nothing uses
+    assert writing.exists() and not crashed.exists()
+    assert (vectors / hnsw_col.store.vector_file("image")[0]).exists()

@@ -63,16 +63,16 @@ class FileSet:
             if path == self.pointer or path.name == keep:
                 continue
             if path.is_dir():
-                if not _written_by_live_other(path):
+                if not written_by_live_other(path.name):
                     shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
 
 
-def _written_by_live_other(folder: Path) -> bool:
-    """Is ``folder`` (named ``name.time.pid``) being written by another process that is still running?"""
+def written_by_live_other(name: str) -> bool:
+    """Is the file or folder named ``name`` (``prefix.pid``) being written by another process still running?"""
     try:
-        pid = int(folder.name.rsplit(".", 1)[1])
+        pid = int(name.rsplit(".", 1)[1])
     except (IndexError, ValueError):
         return False
     return pid != os.getpid() and not writer_gone(pid)

@@ -484,7 +484,7 @@ class ItemStore:
             table = np.fromiter(db.execute("SELECT id, vector_row FROM items WHERE kind = ? ORDER BY id", (kind,)),
                                 dtype=[("id", np.int64), ("row", np.int64)])
             mapping = self.files.rows(name, count)
-            new = f"{kind}.{self._writing}.f32"
+            new = self.files.new_name(kind, self._writing)
             for start in range(0, len(table), batch):
                 self.files.append(new, start, mapping[table["row"][start:start + batch]])
             db.executemany("UPDATE items SET vector_row = ? WHERE id = ?",

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import fsync_dir
+from .generations import written_by_live_other
 
 VECTORS = "vectors"
 
@@ -78,14 +79,17 @@ class VectorFiles:
             raise
 
     def remove_others(self, keep: set[str]) -> None:
-        """Delete vector files no kind uses any more (replaced by a compacted one)."""
+        """Delete vector files not in ``keep`` (replaced by compacted ones, or left by a crashed compaction),
+        except one another live process is writing (named ``kind.generation.pid.f32``, see ``new_name``)."""
         for path in self.folder.glob("*.f32"):
-            if path.name not in keep:
+            if path.name not in keep and not written_by_live_other(path.stem):
                 path.unlink(missing_ok=True)
                 self._mapped.pop(path.name, None)
 
-    def bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.folder.glob("*.f32"))
+    @staticmethod
+    def new_name(kind: str, generation: int) -> str:
+        """The name of a compacted file of ``kind``, written by this process in store ``generation``."""
+        return f"{kind}.{generation}.{os.getpid()}.f32"
 
 
 class GatheredRows:
