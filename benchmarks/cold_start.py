@@ -7,7 +7,7 @@ Builds (once, then reuses) a collection of ``--photos`` photos with the default 
 and the median of ``--runs`` runs (interleaved, so a busy machine slows them alike): `crossmodal search
 "a dog"` (the default ranking, and the dual encoder's plain scores, which open no reranker), the floor (import
 onnxruntime, tokenizers and numpy, open the text graph of the cached ONNX export, tokenize, run, dot with the
-memory-mapped snapshot, top 10, print), `crossmodal --help`, `info` and `--version`. Python runs with its
+memory-mapped vector file, the top 10 ids from SQLite, print), `crossmodal --help`, `info` and `--version`. Python runs with its
 bytecode cache (in a temporary PYTHONPYCACHEPREFIX, one warm-up run first), as a pip install has it, even
 where PYTHONDONTWRITEBYTECODE is set. Wall time moves with the machine's load; CPU time (user + system) much
 less, so both are shown.
@@ -34,12 +34,14 @@ SAMPLES = ROOT / "samples" / "photos"
 QUERY = "a dog"
 
 FLOOR = '''
+import json
+import sqlite3
 import sys
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-model, cache = sys.argv[1], sys.argv[2]
+model, folder = sys.argv[1], sys.argv[2]
 tokenizer = Tokenizer.from_file(model + "/tokenizer.json")
 tokenizer.enable_truncation(128)
 tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
@@ -51,11 +53,16 @@ feeds = {"input_ids": np.array([t.ids for t in tokens], dtype=np.int64),
          "token_type_ids": np.array([t.type_ids for t in tokens], dtype=np.int64)}
 query = session.run(["embedding"], feeds)[0][0]
 query /= np.linalg.norm(query)
-vectors = np.load(cache + "/image.vectors.npy", mmap_mode="r")
-ids = np.load(cache + "/image.ids.npy")
-scores = vectors @ query
-for row in np.argsort(-scores)[:10]:
-    print(f"{scores[row]:.4f}\\t{ids[row]}")
+db = sqlite3.connect(folder + "/items.sqlite")
+state = json.loads(db.execute("SELECT value FROM meta WHERE key = 'vectors.image'").fetchone()[0])
+rows = np.memmap(folder + "/vectors/" + state["file"], dtype=np.float32, mode="r",
+                 shape=(state["rows"], len(query) + 1))
+scores = rows[:, :-1] @ query
+top = np.argsort(-scores)[:10]
+ids = dict(db.execute("SELECT vector_row, id FROM items WHERE kind = 'image' AND vector_row IN (%s)"
+                      % ",".join(map(str, top))))
+for row in top:
+    print(f"{scores[row]:.4f}\\t{ids.get(int(row))}")
 '''
 
 
@@ -119,7 +126,7 @@ def main() -> None:
             f'search "{QUERY}"': [*cli, "search", QUERY, "--collection", str(collection)],
             "  --no-norm --rerank 0": [*cli, "search", QUERY, "--collection", str(collection), "--no-norm",
                                        "--rerank", "0"],
-            "floor script": [sys.executable, str(floor), str(model), str(collection / "cache"), QUERY],
+            "floor script": [sys.executable, str(floor), str(model), str(collection), QUERY],
             "--help": [*cli, "--help"],
             "info": [*cli, "info", "--collection", str(collection)],
             "--version": [*cli, "--version"],
