@@ -7,7 +7,9 @@ Prints, side by side for each size: insert rate, the index build at the end of `
 on disk by file (and their total against the raw float32 vector plus the metadata, items.sqlite), peak
 RSS of each phase (each runs in its own process: the insert, the build), the first search after `index`
 (a fresh process: open + one search), warm p50/p99, the next search after 1% churn (1% deleted, 1%
-added), and recall@10 of the planned kind against exact search. "Warm" is after 5 s of warm-up searches.
+added), and recall@10 of the planned kind against exact search. "Warm" is after 5 s of warm-up searches;
+then the same queries at each ef_search of EF_SWEEP (p50 and recall@10 against exact), and the share of a
+warm search spent in the graph search itself.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from crossmodal.search.exact import topk  # noqa: E402
 
 BATCH = 1000  # items per transaction, as an index run writes them
 CLUSTERS = 200
+EF_SWEEP = (16, 24, 32, 48, 64, 96, 128)
 WARM_UP_S = 5.0  # searches before the warm figures (a mapped index is read whole 1 s after opening)
 
 
@@ -83,18 +86,30 @@ def phase(args: argparse.Namespace) -> dict:
             while time.perf_counter() < warm_until:
                 c.search_vector(queries[0], k=10, modality="text")
                 time.sleep(0.05)
-            times, found = [], []
-            for q in queries:
-                s = time.perf_counter()
-                hits = c.search_vector(q, k=10, modality="text")
-                times.append(time.perf_counter() - s)
-                found.append([h.id for h in hits])
+            times, found = searches(c, queries)
             ids, vectors = c.store.matrix("image")
             _, rows = topk(vectors, queries, 10)
             truth = ids[rows]
             out["p50_ms"] = float(np.percentile(times, 50) * 1e3)
             out["p99_ms"] = float(np.percentile(times, 99) * 1e3)
-            out["recall"] = float(np.mean([len(np.intersect1d(f, t)) / 10 for f, t in zip(found, truth, strict=True)]))
+            out["recall"] = recall(found, truth)
+            index = c.indexes.get("image", lag=True)
+            if index is not None and index.kind == "hnsw":
+                out["ef"] = index.params["ef_search"]
+                graph = getattr(index, "index", index)  # a lagging index answers through CatchingUp
+                aug = np.hstack([queries, np.zeros((len(queries), 1), np.float32)])
+                alone = []
+                for q in aug:
+                    s = time.perf_counter()
+                    graph.search(q[None], 10)
+                    alone.append(time.perf_counter() - s)
+                out["graph_p50_ms"] = float(np.percentile(alone, 50) * 1e3)
+                chosen, out["sweep"] = index.params["ef_search"], {}
+                for ef in EF_SWEEP:
+                    index.params["ef_search"] = ef
+                    times, found = searches(c, queries)
+                    out["sweep"][ef] = (float(np.percentile(times, 50) * 1e3), recall(found, truth))
+                index.params["ef_search"] = chosen
     elif args.phase == "churn":
         with Collection(folder, Manifest.read(folder)) as c:
             c.search_vector(_vectors(1, args.dim, seed=7)[0], k=10, modality="text")
@@ -107,6 +122,21 @@ def phase(args: argparse.Namespace) -> dict:
             out["search_s"] = time.perf_counter() - s
     out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
+
+
+def searches(c: Collection, queries: np.ndarray) -> tuple[list[float], list[list[int]]]:
+    """(seconds, ids found) of a search for each query, one at a time."""
+    times, found = [], []
+    for q in queries:
+        s = time.perf_counter()
+        hits = c.search_vector(q, k=10, modality="text")
+        times.append(time.perf_counter() - s)
+        found.append([h.id for h in hits])
+    return times, found
+
+
+def recall(found: list[list[int]], truth: np.ndarray) -> float:
+    return float(np.mean([len(np.intersect1d(f, t)) / 10 for f, t in zip(found, truth, strict=True)]))
 
 
 def run_phase(folder: Path, name: str, n: int, dim: int, queries: int) -> dict:
@@ -172,6 +202,10 @@ def main() -> None:
                 "peak RSS of first search (MB)": f"{first['rss_mb']:,.0f}",
                 "warm p50 / p99 (ms)": f"{warm['p50_ms']:.2f} / {warm['p99_ms']:.2f}",
                 "recall@10 vs exact": f"{warm['recall']:.3f}",
+                "calibrated ef_search; graph search alone p50 (ms)": f"{warm.get('ef', '')}; "
+                                                                     f"{warm.get('graph_p50_ms', 0):.2f}",
+                **{f"ef {ef}: p50 (ms) / recall@10": f"{p50:.2f} / {r:.3f}"
+                   for ef, (p50, r) in warm.get("sweep", {}).items()},
                 "next search after 1% churn (s)": f"{churn['search_s']:.2f}",
             }
     table = Table(title=f"A collection at scale ({args.dim}-d synthetic vectors, 2 cores)")
