@@ -7,10 +7,10 @@ Builds (once, then reuses) a collection of ``--photos`` photos with the default 
 and the median of ``--runs`` runs (interleaved, so a busy machine slows them alike): `crossmodal search
 "a dog"` (the default ranking, and the dual encoder's plain scores, which open no reranker), the floor (import
 onnxruntime, tokenizers and numpy, open the text graph of the cached ONNX export, tokenize, run, dot with the
-memory-mapped vector file, the top 10 ids from SQLite, print), `crossmodal --help`, `info` and `--version`. Python runs with its
-bytecode cache (in a temporary PYTHONPYCACHEPREFIX, one warm-up run first), as a pip install has it, even
-where PYTHONDONTWRITEBYTECODE is set. Wall time moves with the machine's load; CPU time (user + system) much
-less, so both are shown.
+memory-mapped vector file, the top 10 ids from SQLite, print), `crossmodal --help`, `info` and `--version`.
+Python runs with its bytecode cache (in a temporary PYTHONPYCACHEPREFIX, one warm-up run first), as a pip
+install has it, even where PYTHONDONTWRITEBYTECODE is set. Wall time moves with the machine's load; CPU time
+(user + system) much less, so both are shown.
 """
 
 from __future__ import annotations
