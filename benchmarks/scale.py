@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search import clustered  # noqa: E402 - the same clustered vectors as benchmarks/search.py
 
 from crossmodal import Collection  # noqa: E402
+from crossmodal.collection.indexes import CatchingUp  # noqa: E402
 from crossmodal.collection.manifest import Manifest  # noqa: E402
 from crossmodal.collection.store import NewItem  # noqa: E402
 from crossmodal.search.exact import topk  # noqa: E402
@@ -96,7 +97,7 @@ def phase(args: argparse.Namespace) -> dict:
             index = c.indexes.get("image", lag=True)
             if index is not None and index.kind == "hnsw":
                 out["ef"] = index.params["ef_search"]
-                graph = getattr(index, "index", index)  # a lagging index answers through CatchingUp
+                graph = index.index if isinstance(index, CatchingUp) else index  # a lagging index answers through it
                 aug = np.hstack([queries, np.zeros((len(queries), 1), np.float32)])
                 alone = []
                 for q in aug:
