@@ -472,7 +472,7 @@ class ItemStore:
             return table["id"], mapping[: len(table)], table["bias"]
         return table["id"], GatheredRows(mapping, table["row"], self.dim + 1), table["bias"]
 
-    def compact(self, kind: str, unused: float = MAX_UNUSED, batch: int = 65536) -> bool:
+    def compact(self, kind: str, unused: float = MAX_UNUSED) -> bool:
         """Rewrite the vector file of ``kind`` with only the rows items use, in id order, when over ``unused``
         of its rows are unused (deleted or rewritten items); returns whether it did. The new file is durable
         before the transaction that points the items at it commits; the old one stays while an index searches
@@ -483,10 +483,8 @@ class ItemStore:
         with self.transaction() as db:
             table = np.fromiter(db.execute("SELECT id, vector_row FROM items WHERE kind = ? ORDER BY id", (kind,)),
                                 dtype=[("id", np.int64), ("row", np.int64)])
-            mapping = self.files.rows(name, count)
             new = self.files.new_name(kind, self._writing)
-            for start in range(0, len(table), batch):
-                self.files.append(new, start, mapping[table["row"][start:start + batch]])
+            self.files.copy(name, count, table["row"], new)
             db.executemany("UPDATE items SET vector_row = ? WHERE id = ?",
                            zip(range(len(table)), table["id"].tolist(), strict=True))
             self.set_vector_file(db, kind, new, len(table))

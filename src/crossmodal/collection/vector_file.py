@@ -52,6 +52,14 @@ class VectorFiles:
             f.readinto(memoryview(out).cast("B"))
         return out
 
+    def copy(self, name: str, count: int, rows: np.ndarray, to: str, batch: int = 65536) -> None:
+        """Write rows ``rows`` of file ``name`` (of ``count`` committed rows), in that order, as file ``to``, a
+        batch at a time through a mapping of its own that is dropped afterwards (its pages leave the process)."""
+        mapping = np.memmap(self.folder / name, dtype=np.float32, mode="r", shape=(count, self.width))
+        for start in range(0, len(rows), batch):
+            self.append(to, start, mapping[rows[start:start + batch]])
+        del mapping
+
     def reader(self, name: str, start: int, stop: int) -> FileRows:
         """Rows ``start:stop`` of file ``name`` as something sliced into arrays, each slice one read."""
         return FileRows(self, name, start, stop)
