@@ -842,6 +842,10 @@ def train(
                                          "vectors to weights over WordPiece words, for --retriever sparse and "
                                          "hybrid; --out COLLECTION/sparse.npz puts them to use in that "
                                          "collection.")] = False,
+    multilingual: Annotated[bool, typer.Option("--multilingual", help="Train the model's multilingual query tower "
+                                               "instead, from a table with lang and group columns (e.g. Multi30K); "
+                                               "--out MODEL_FOLDER (or any folder) holds multilingual.safetensors, "
+                                               "which loading that model picks up.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Fine-tune a dual encoder on image-caption data; `--model OUT` then loads the result anywhere.
@@ -852,7 +856,20 @@ def train(
       crossmodal train --data ../shared/datasets/flickr8k --out runs/my-lite --unfreeze image:5,text:6
       crossmodal train --model ./clip-folder --data my.tsv --loss siglip --unfreeze last:2 --out runs/my-clip
       crossmodal train --reranker --data ../shared/datasets/flickr8k --out my-collection/reranker
+      crossmodal train --multilingual --data ../shared/datasets/multi30k-flickr8k/captions.tsv --out runs/my-lite
     """
+    if multilingual:
+        from .encoders import load_encoder
+        from .sources.datasets import load_dataset
+        from .training.train_multilingual import MultilingualConfig, train_multilingual
+
+        encoder = load_encoder(model, multilingual=False)
+        dev_data = load_dataset(data, dev_split)
+        train_multilingual(encoder, load_dataset(data, train_split), dev_data if dev_data.texts else None, out,
+                           MultilingualConfig(epochs=epochs, seed=seed),
+                           log=lambda line: err.print(line, highlight=False))
+        err.print(f"wrote {out / 'multilingual.safetensors'}", highlight=False)
+        return
     if sparse:
         from .training.train_sparse import SparseConfig, train_lite_sparse
 

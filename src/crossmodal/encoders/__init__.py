@@ -11,8 +11,8 @@ from .base import Encoder
 BACKENDS = ("auto", "torch", "onnx")
 
 
-def load_encoder(name: str, device: str | None = None, backend: str | None = None, int8_text: bool = False
-                 ) -> Encoder:
+def load_encoder(name: str, device: str | None = None, backend: str | None = None, int8_text: bool = False,
+                 multilingual: bool | None = None) -> Encoder:
     """Load a model by name: ``lite`` (offline default), a lite weights file or a folder holding one (what
     ``crossmodal train`` writes), an ONNX export folder, or a transformers id/folder.
 
@@ -22,11 +22,15 @@ def load_encoder(name: str, device: str | None = None, backend: str | None = Non
     ``device`` (default ``$CROSSMODAL_DEVICE``, else ``cpu``) is where PyTorch models run, e.g. ``cuda``.
     ``int8_text`` runs a lite model on ONNX Runtime with its int8 text tower (1.4x faster queries, same photo
     vectors and fingerprint, dev RSUM -0.8; see docs/benchmarks.md); other models ignore it.
+    ``multilingual`` (default: on unless ``$CROSSMODAL_MULTILINGUAL`` is ``0``) attaches the model's multilingual
+    query tower when it has one (encoders/multilingual.py): texts in a language other than English go through it.
     """
     backend = backend or os.environ.get("CROSSMODAL_BACKEND") or "auto"
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    return _load(name, resolve_device(device), backend, int8_text)
+    if multilingual is None:
+        multilingual = os.environ.get("CROSSMODAL_MULTILINGUAL", "1") != "0"
+    return _load(name, resolve_device(device), backend, int8_text, multilingual)
 
 
 def resolve_device(device: str | None = None) -> str:
@@ -41,7 +45,18 @@ def resolve_device(device: str | None = None) -> str:
 
 
 @lru_cache(maxsize=4)
-def _load(name: str, device: str, backend: str, int8_text: bool) -> Encoder:
+def _load(name: str, device: str, backend: str, int8_text: bool, multilingual: bool) -> Encoder:
+    encoder = _load_model(name, device, backend, int8_text)
+    if multilingual:
+        from .multilingual import find_multilingual
+
+        path = Path(name).expanduser()
+        encoder.multilingual = find_multilingual(encoder.fingerprint, *([path if path.is_dir() else path.parent]
+                                                                        if name != "lite" and path.exists() else []))
+    return encoder
+
+
+def _load_model(name: str, device: str, backend: str, int8_text: bool) -> Encoder:
     if name == "lite":
         from .lite_spec import WEIGHTS
 

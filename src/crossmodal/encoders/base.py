@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from .multilingual import MultilingualTower
 
 
 class Encoder(ABC):
@@ -23,6 +26,9 @@ class Encoder(ABC):
     batch_size: int = 32
     # Whether the encoder gives what a reranker reads (photo grids, token states); without it, no reranking.
     rerank_inputs: bool = False
+    # Texts in other languages than the text tower reads go through this tower into the same space (attached by
+    # load_encoder when the model has one; encoders/multilingual.py).
+    multilingual: MultilingualTower | None = None
 
     @abstractmethod
     def _encode_images(self, images: Sequence[Any]) -> np.ndarray:
@@ -74,7 +80,14 @@ class Encoder(ABC):
         out = self._run(self._encode_texts, [texts[i] for i in order])
         result = np.empty_like(out)
         result[order] = out
-        return result
+        return self.in_any_language(texts, result)
+
+    def in_any_language(self, texts: Sequence[str], vectors: np.ndarray) -> np.ndarray:
+        """``vectors`` (the text tower's, L2-normalised) with the rows of texts in a language the tower does not
+        read replaced by the multilingual tower's; unchanged when the model has none."""
+        if self.multilingual is None or not len(texts):
+            return vectors
+        return self.multilingual.route(list(texts), vectors)
 
     def _run(self, fn, items: list) -> np.ndarray:
         if not items:

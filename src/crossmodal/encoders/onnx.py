@@ -115,7 +115,8 @@ class OnnxEncoder(Encoder):
             return super().encode_texts_with_states(texts)
         (vectors, states), mask = self._run_texts(texts, ["embedding", "states"])
         lengths = mask.sum(1)
-        return normalize(vectors), [(s[None, :n], m[None, :n]) for s, m, n in zip(states, mask, lengths, strict=True)]
+        return self.in_any_language(texts, normalize(vectors)), [(s[None, :n], m[None, :n]) for s, m, n in
+                                                                 zip(states, mask, lengths, strict=True)]
 
     def _run_texts(self, texts: Sequence[str], outputs: list[str]) -> tuple[list[np.ndarray], np.ndarray | None]:
         """Run texts of similar token length together, each group padded only to its own longest: in a batch

