@@ -9,9 +9,11 @@ stays until no saved index names it) until they are rebuilt over the new one.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 import numpy as np
+from tqdm import tqdm
 
 from ..index.planner import IndexPlan
 from .store import ItemStore
@@ -26,11 +28,15 @@ def shareable(plan: IndexPlan) -> bool:
 
 
 def build(store: ItemStore, name: str, ids: np.ndarray, plan: IndexPlan, progress: bool) -> HNSWIndex:
-    """A graph over vector file ``name`` whose rows are the items ``ids`` (compacted: in id order), added a
-    batch at a time from the file and then searching it in place."""
-    from ..index import build_index
+    """A graph over vector file ``name`` whose rows are the items ``ids`` (compacted: in id order), read from
+    the file a batch at a time, linked in one add (HNSWIndex.add_whole), then searching the file in place."""
+    from ..index import make_index
 
-    index = build_index("hnsw", ids, store.files.reader(name, 0, len(ids)), progress=progress, **plan.params)
+    index = make_index("hnsw", store.files.width, **plan.params)
+    if progress:
+        tqdm.write(f"building the index of {name.split('.')[0]}s: linking {len(ids):,} vectors into a graph",
+                   file=sys.stderr)
+    index.add_whole(ids, lambda start, stop: store.files.read(name, start, stop))
     index.share_rows(store.files.rows(name, len(ids)))
     return index
 
