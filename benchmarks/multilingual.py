@@ -43,15 +43,15 @@ def task_table(table: Path, split: str, source: str, out: Path) -> Path:
     for r in rows:
         r["image"] = str((table.parent / "../flickr8k/images" / r["image"]).resolve())
     with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t", quoting=csv.QUOTE_NONE)
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None)
         writer.writeheader()
         writer.writerows(rows)
     return out
 
 
-def run(encoder: Encoder, spec: Path | str, split: str) -> dict:
-    """eval's report of ``spec`` with the default pipeline (the model's bank and reranker)."""
-    return evaluate(encoder, load_dataset(spec, split), progress=False, ranking=Ranking(),
+def run(encoder: Encoder, spec: Path | str, split: str, ranking: Ranking | None = None) -> dict:
+    """eval's report of ``spec`` with the default pipeline or ``ranking`` (the model's bank and reranker)."""
+    return evaluate(encoder, load_dataset(spec, split), progress=False, ranking=ranking or Ranking(),
                     bank=find_bank(encoder.fingerprint), reranker=find_reranker(encoder.fingerprint))
 
 
@@ -81,6 +81,7 @@ def main() -> None:
         task1 = task_table(args.table, args.split, "task1", Path(tmp) / "task1.tsv")
         task2 = task_table(args.table, args.split, "task2", Path(tmp) / "task2.tsv")
         reports = {name: run(enc, task1, args.split) for name, enc in paths.items()}
+        reports["multilingual, no rerank"] = run(paths["multilingual"], task1, args.split, Ranking(rerank=0))
         german2 = {name: run(enc, task2, args.split)["metrics"] for name, enc in paths.items()}
     photos = reports["multilingual"]["dataset"]["images"]
     print(f"\nMulti30K {args.split}, task 1: {photos} photos, one caption each in {', '.join(LANGS)}; default "

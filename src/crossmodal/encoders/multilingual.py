@@ -117,6 +117,11 @@ class MultilingualTower:
         out[rest[foreign]] = mapped[foreign]
         return out
 
+    def warm(self) -> None:
+        """Load the frozen encoders now (USE takes seconds), so that a server's first query in another language
+        does not wait for them."""
+        self.encode(["warm up"])
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(N, dim) L2-normalised vectors in the model's space."""
         return self.head(source_vectors(texts, self.head.sources))

@@ -164,6 +164,8 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
         c.lock = lock  # searches take it only around the store, so model calls of several workers overlap
         state["collection"] = c
         encoder = c.encoder  # load the model now, not on the first request
+        if encoder.multilingual is not None:
+            await run_in_threadpool(encoder.multilingual.warm)
         n = workers or 1
         if isinstance(encoder, OnnxEncoder) and workers is None:  # a batch per core, one thread each
             n = os.cpu_count() or 1
