@@ -100,6 +100,12 @@ class VectorFiles:
         return f"{kind}.{generation}.{os.getpid()}.f32"
 
 
+def touch(rows: np.ndarray) -> None:
+    """Fault every page of mapped ``rows`` into this process (one read a row), so that searches do not each
+    pay for pages they are the first to touch."""
+    np.add.reduce(rows[:, 0])
+
+
 class GatheredRows:
     """Rows of a mapped file in another order (ids sorted; some rows unused), read on indexing, so that no
     full copy is made: ``cols`` columns of each."""
