@@ -167,6 +167,27 @@ def test_an_existing_collection_answers_queries_in_other_languages(english_colle
     assert same_top >= total - 4 and found_in_3 >= total - 1
 
 
+def test_queries_in_other_languages_are_not_reranked(english_collection: Collection) -> None:
+    """The reranker reads English token states: a German query keeps the dual-encoder order, an English one
+    is reranked (search and eval alike: both ask ``reads_natively``)."""
+    from crossmodal.search.pipeline import Ranking
+    from crossmodal.search.rerank import find_reranker
+
+    encoder = load_encoder("lite")
+    if encoder.multilingual is None or find_reranker(encoder.fingerprint) is None:
+        pytest.skip("lite ships no multilingual tower or reranker here")
+    c = Collection.open(english_collection.folder, model=encoder)
+    c.index_folder(SAMPLES / "photos", progress=False)  # stores the reranker's photo tokens
+    english, german = TRANSLATED["3419634480_c390f62a6e.jpg"][:2]
+
+    def ranked(text: str, rerank: int) -> list[tuple[int, float]]:
+        return [(h.id, round(h.score, 5)) for h in c.search(text, k=8, ranking=Ranking(rerank=rerank))]
+
+    assert encoder.reads_natively(english) and not encoder.reads_natively(german)
+    assert ranked(german, 8) == ranked(german, 0)
+    assert ranked(english, 8) != ranked(english, 0)
+
+
 def test_train_multilingual_command_writes_a_head_the_model_loads(tmp_path: Path) -> None:
     rows = []
     for name, texts in TRANSLATED.items():

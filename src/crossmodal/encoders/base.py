@@ -89,6 +89,11 @@ class Encoder(ABC):
             return vectors
         return self.multilingual.route(list(texts), vectors)
 
+    def reads_natively(self, text: str) -> bool:
+        """Whether the model's own text tower encoded ``text`` (not its multilingual tower): what reads that
+        tower's token states, the reranker, applies only then."""
+        return self.multilingual is None or not self.multilingual.took(text)
+
     def _run(self, fn, items: list) -> np.ndarray:
         if not items:
             return np.zeros((0, self.dim), dtype=np.float32)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +24,7 @@ from .base import normalize
 
 SHIPPED = Path(__file__).parent / "weights"
 HEAD_FILE = "multilingual.safetensors"
+REMEMBERED = 65_536  # routing decisions kept (text -> took this tower), for the reranker's question
 SOURCE_DIMS = {"e5": 384, "use": 512}  # the frozen encoders a head may read, and their vector sizes
 DEFAULT_SOURCES = ("e5", "use")
 _ENGINE = threading.Lock()  # one call at a time: each call already spreads over every core
@@ -96,6 +98,8 @@ class MultilingualTower:
 
     def __init__(self, head: MultilingualHead) -> None:
         self.head = head
+        self._took: OrderedDict[str, bool] = OrderedDict()
+        self._remembering = threading.Lock()
 
     @property
     def fingerprint(self) -> str:
@@ -109,13 +113,32 @@ class MultilingualTower:
         from .languages import english_probability
 
         rest = np.flatnonzero(english_probability(texts) < self.head.english_threshold)
-        if not len(rest):
-            return own
-        mapped = self.encode([texts[i] for i in rest])
-        foreign = (mapped * own[rest]).sum(1) < self.head.agreement
-        out = own.copy()
-        out[rest[foreign]] = mapped[foreign]
+        took = np.zeros(len(texts), dtype=bool)
+        out = own
+        if len(rest):
+            mapped = self.encode([texts[i] for i in rest])
+            foreign = (mapped * own[rest]).sum(1) < self.head.agreement
+            took[rest[foreign]] = True
+            out = own.copy()
+            out[rest[foreign]] = mapped[foreign]
+        with self._remembering:
+            for text, flag in zip(texts, took, strict=True):
+                self._took[text] = bool(flag)
+                self._took.move_to_end(text)
+            while len(self._took) > REMEMBERED:
+                self._took.popitem(last=False)
         return out
+
+    def took(self, text: str) -> bool:
+        """Whether ``route`` gave ``text`` this tower's vector (remembered from its encoding; a text not encoded
+        lately is judged by language identification alone)."""
+        with self._remembering:
+            known = self._took.get(text)
+        if known is not None:
+            return known
+        from .languages import english_probability
+
+        return bool(english_probability([text])[0] < self.head.english_threshold)
 
     def warm(self) -> None:
         """Load the frozen encoders now (USE takes seconds), so that a server's first query in another language

@@ -204,8 +204,8 @@ def retrieve(collection: Collection, vectors: np.ndarray, shares: np.ndarray, no
     return index.query(queries, fetch, allowed=allowed, lookup=collection.indexes.lookup(kind, index))
 
 
-# logits(query index, item indices) -> reranker logits, over a set held in memory (eval).
-SetScorer = Callable[[int, np.ndarray], np.ndarray]
+# logits(query index, item indices) -> reranker logits over a set held in memory (eval), or None: not reranked.
+SetScorer = Callable[[int, np.ndarray], np.ndarray | None]
 # BM25 (0: no word matched) or sparse scores (queries, items) of a direction's queries against items in memory.
 SetEvidence = Callable[[str, np.ndarray, np.ndarray], np.ndarray]
 
@@ -269,9 +269,11 @@ class SetScores:
         ranked = row[order], order
         if kind in self.rerankers:
             started = time.perf_counter()
-            logits, weight = self.rerankers[kind]
+            scorer, weight = self.rerankers[kind]
             n = min(self.ranking.rerank, len(order))
-            ranked = rerank_top(*ranked, n, logits(query, items[order[:n]]), weight)
+            logits = scorer(query, items[order[:n]])
+            if logits is not None:
+                ranked = rerank_top(*ranked, n, logits, weight)
             self.timings.add("rerank", started)
         if self.ranking.diverse:
             started = time.perf_counter()

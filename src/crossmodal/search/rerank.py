@@ -69,9 +69,12 @@ def photo_query_tokens(encoder: Encoder, reranker: Reranker, photo: object) -> n
 def collection_scorer(store: ItemStore, encoder: Encoder, reranker: Reranker, kind: str,
                       lock: AbstractContextManager) -> Scorer:
     """Logits of a query against stored candidates of ``kind``; None when a candidate photo has no stored
-    tokens yet (indexed before the reranker: the next ``index`` adds them), and the query is not reranked.
+    tokens yet (indexed before the reranker: the next ``index`` adds them) or the query text went through the
+    multilingual tower (the reranker reads English token states), and the query is not reranked.
     ``lock`` is held around store reads only."""
     def photos_for_text(query: Query, ids: np.ndarray) -> np.ndarray | None:
+        if not encoder.reads_natively(str(query.source)):
+            return None
         with lock:
             tokens = store.tokens(ids)
         if tokens is None:
@@ -93,13 +96,18 @@ def collection_scorer(store: ItemStore, encoder: Encoder, reranker: Reranker, ki
 def dataset_scorers(encoder: Encoder, reranker: Reranker, data: CaptionDataset, tokens: np.ndarray,
                     batch: int = 256) -> dict[str, SetScorer]:
     """Scorers over a dataset held in memory (eval), by the kind they rank: the photos' reranker tokens
-    (computed with their vectors), token states of every caption computed once."""
+    (computed with their vectors), token states of every caption computed once. A caption the multilingual
+    tower encoded is not reranked as a query (None), as in search."""
     states: list[np.ndarray] = []
     for start in range(0, len(data.texts), batch):
         s, m = encoder.token_states(data.texts[start:start + batch])
         states += [row[:n] for row, n in zip(s, m.sum(1), strict=True)]  # right padding: the real tokens lead
 
-    def photos_for_text(query: int, items: np.ndarray) -> np.ndarray:
+    native = [encoder.reads_natively(t) for t in data.texts]
+
+    def photos_for_text(query: int, items: np.ndarray) -> np.ndarray | None:
+        if not native[query]:
+            return None
         s, m = pad_states([states[query]])
         return reranker.score(np.repeat(s, len(items), 0), np.repeat(m, len(items), 0), tokens[items])
 
