@@ -42,7 +42,6 @@ class MultilingualHead:
         self.tensors = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
         self.metadata = metadata
         self.model_fingerprint = metadata["model_fingerprint"]
-        self.english_threshold = float(metadata.get("english_threshold", "0.5"))
         self.agreement = float(metadata.get("agreement", "2"))  # above any cosine: off
         self.dim = int(self.tensors["lin.weight"].shape[0])
         self.sources = tuple(metadata.get("sources", "e5").split(","))
@@ -105,13 +104,13 @@ class MultilingualTower:
         return self.head.model_fingerprint
 
     def route(self, texts: list[str], own: np.ndarray) -> np.ndarray:
-        """The vector each text gets, given the own tower's (``own``, L2-normalised): a text language
-        identification calls English keeps its own vector; any other is mapped by this tower, unless the own
-        tower read it alike (cosine >= the head's ``agreement``: English the identifier missed, e.g. a short
-        or odd phrase), which then keeps its own vector too."""
-        from .languages import english_probability
+        """The vector each text gets, given the own tower's (``own``, L2-normalised): a text whose most likely
+        language is English keeps its own vector (a short query costs no multilingual encoder); any other is
+        mapped by this tower, unless the own tower read it alike (cosine >= the head's ``agreement``: English
+        the identifier took for another language), which then keeps its own vector too."""
+        from .languages import likely_english
 
-        rest = np.flatnonzero(english_probability(texts) < self.head.english_threshold)
+        rest = np.flatnonzero(~likely_english(texts))
         took = np.zeros(len(texts), dtype=bool)
         out = own
         if len(rest):
@@ -135,9 +134,9 @@ class MultilingualTower:
             known = self._took.get(text)
         if known is not None:
             return known
-        from .languages import english_probability
+        from .languages import likely_english
 
-        return bool(english_probability([text])[0] < self.head.english_threshold)
+        return not likely_english([text])[0]
 
     def warm(self) -> None:
         """Load the frozen encoders now (USE takes seconds), so that a server's first query in another language

@@ -29,9 +29,8 @@ from ..sources.datasets import CaptionDataset
 from ..sources.images import load_image
 
 ENGLISH = "en"
-# How a text is routed (encoders/multilingual.py), chosen on Multi30K dev for lite: from P(English) 0.5 a text keeps
-# the own tower; so does any text whose own and mapped vectors agree to cosine 0.7 (English the identifier missed).
-DEFAULT_ENGLISH_THRESHOLD = 0.5
+# A text language identification does not call English keeps the own tower when its own and mapped vectors agree
+# to this cosine (English the identifier took for another language); chosen on Multi30K dev for lite.
 DEFAULT_AGREEMENT = 0.7
 
 
@@ -47,7 +46,6 @@ class MultilingualConfig:
     dropout: float = 0.1
     temperature: float = 0.08
     distill: float = 1.0
-    english_threshold: float = DEFAULT_ENGLISH_THRESHOLD
     agreement: float = DEFAULT_AGREEMENT
     seed: int = 0
 
@@ -121,8 +119,7 @@ def export(head: Head, fingerprint: str, config: MultilingualConfig, extra: dict
            ) -> MultilingualHead:
     """The trained head in its numpy form, with what it was trained for and how."""
     tensors = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in head.state_dict().items()}
-    metadata = {"model_fingerprint": fingerprint, "english_threshold": str(config.english_threshold),
-                "agreement": str(config.agreement),
+    metadata = {"model_fingerprint": fingerprint, "agreement": str(config.agreement),
                 "sources": ",".join(DEFAULT_SOURCES),
                 "config": str(asdict(config)), **(extra or {})}
     return MultilingualHead(tensors, metadata)
