@@ -94,7 +94,7 @@ def test_per_language_metrics_rank_each_language_alone() -> None:
     text = np.concatenate([np.eye(3), np.roll(np.eye(3), 1, axis=0)]).astype(np.float32)
     owner = np.array([0, 1, 2, 0, 1, 2])
     langs = ["en"] * 3 + ["de"] * 3
-    by_lang = per_language_metrics(image, text, owner, langs)
+    by_lang = per_language_metrics(image, text, owner, langs, retrieval_ranks(image, text, owner)[1])
     assert by_lang["en"] == recall_metrics(image, text[:3], owner[:3])
     assert by_lang["en"]["t2i_R@1"] == by_lang["en"]["i2t_R@1"] == 100.0
     # German captions rank their photo second of three: R@1 0, R@5 100 both ways

@@ -92,16 +92,23 @@ def retrieval_ranks(image_emb: np.ndarray, text_emb: np.ndarray, text_image: np.
     if score is None:
         score = inner_product_scores(image_emb, text_emb)
         image_ids, text_ids = np.arange(len(image_emb)), np.arange(len(text_emb))
-    captions = _padded_groups(text_image, len(image_emb))
-    i2t = np.empty(captions.shape, dtype=np.int64)
-    for start in range(0, len(image_emb), BLOCK):
-        rows = slice(start, start + BLOCK)
-        i2t[rows] = positive_ranks(score("i2t", image_ids[rows], text_ids), captions[rows])
+    i2t = image_to_text_ranks(score, image_ids, text_ids, _padded_groups(text_image, len(image_emb)))
     t2i = np.empty((len(text_emb), 1), dtype=np.int64)
     for start in range(0, len(text_emb), BLOCK):
         rows = slice(start, start + BLOCK)
         t2i[rows] = positive_ranks(score("t2i", text_ids[rows], image_ids), text_image[rows][:, None])
     return i2t, t2i
+
+
+def image_to_text_ranks(score: Scores, image_ids: np.ndarray, text_ids: np.ndarray, captions: np.ndarray
+                        ) -> np.ndarray:
+    """Image->text positive ranks (N, P) of the photos ``image_ids`` among the captions ``text_ids``, in blocks;
+    ``captions`` holds each photo's captions as positions in ``text_ids`` (-1 padded)."""
+    i2t = np.empty(captions.shape, dtype=np.int64)
+    for start in range(0, len(image_ids), BLOCK):
+        rows = slice(start, start + BLOCK)
+        i2t[rows] = positive_ranks(score("i2t", image_ids[rows], text_ids), captions[rows])
+    return i2t
 
 
 def recall_at(ranks: np.ndarray, k: int) -> float:
@@ -142,18 +149,20 @@ MRV_CONVENTION = ("population variance (ddof 0), across the languages of a group
 
 
 def per_language_metrics(image_emb: np.ndarray, text_emb: np.ndarray, text_image: np.ndarray,
-                         langs: Sequence[str], ks: Sequence[int] = (1, 5, 10), score: Scores | None = None
-                         ) -> dict[str, dict[str, float]]:
-    """Each language's metrics on its own, keyed like the overall ones: its captions ranking every photo, and
-    every photo ranking the captions of that language (photos without one are left out as queries)."""
+                         langs: Sequence[str], t2i: np.ndarray, ks: Sequence[int] = (1, 5, 10),
+                         score: Scores | None = None) -> dict[str, dict[str, float]]:
+    """Each language's metrics on its own, keyed like the overall ones: its captions ranking every photo (their
+    rows of the whole set's text->image ranks ``t2i``: a caption ranks the photos alone), and every photo ranking
+    the captions of that language (photos without one are left out as queries)."""
+    score = score or inner_product_scores(image_emb, text_emb)
     langs_arr = np.asarray(langs)
     text_image = np.asarray(text_image)
+    images = np.arange(len(image_emb))
     out = {}
     for lang in sorted(set(langs)):
         texts = np.flatnonzero(langs_arr == lang)
-        ranks = retrieval_ranks(image_emb, text_emb[texts], text_image[texts], score, np.arange(len(image_emb)),
-                                texts)
-        out[lang] = Ranks(*ranks).metrics(ks)
+        i2t = image_to_text_ranks(score, images, texts, _padded_groups(text_image[texts], len(image_emb)))
+        out[lang] = Ranks(i2t, t2i[texts]).metrics(ks)
     return out
 
 

@@ -184,7 +184,8 @@ def evaluate(encoder: Encoder, data: CaptionDataset, ks: tuple[int, ...] = (1, 5
                     folded_metrics(emb.images, emb.texts, emb.data.text_image, folds, ks, score).items()}
     by_lang = None
     if emb.data.langs:
-        by_lang = per_language_metrics(emb.images, emb.texts, emb.data.text_image, emb.data.langs, ks, score)
+        by_lang = per_language_metrics(emb.images, emb.texts, emb.data.text_image, emb.data.langs, ranks.t2i, ks,
+                                       score)
         if emb.data.groups:
             metrics["mrv"] = mean_rank_variance(ranks.t2i[:, 0], emb.data.langs, emb.data.groups)
     n_images, n_texts = len(emb.images), len(emb.texts)

@@ -24,7 +24,7 @@ from torch import nn
 from ..collection.atomic import atomic_write
 from ..encoders.base import Encoder
 from ..encoders.multilingual import DEFAULT_SOURCES, HEAD_FILE, SOURCE_DIMS, MultilingualHead, source_vectors
-from ..evaluation.metrics import per_language_metrics
+from ..evaluation.metrics import per_language_metrics, retrieval_ranks
 from ..sources.datasets import CaptionDataset
 from ..sources.images import load_image
 
@@ -165,7 +165,9 @@ def own_text_vectors(encoder: Encoder, texts: list[str]) -> np.ndarray:
 
 def language_metrics(head: MultilingualHead, pairs: Pairs, langs: list[str]) -> dict[str, dict[str, float]]:
     """Per-language retrieval metrics of the head's vectors of every caption (no routing) against the photos."""
-    return per_language_metrics(pairs.photos, head(pairs.source), pairs.photo, langs)
+    texts = head(pairs.source)
+    t2i = retrieval_ranks(pairs.photos, texts, pairs.photo)[1]
+    return per_language_metrics(pairs.photos, texts, pairs.photo, langs, t2i)
 
 
 def train_multilingual(encoder: Encoder, train: CaptionDataset, dev: CaptionDataset | None, out: Path,
