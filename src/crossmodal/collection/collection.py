@@ -290,6 +290,18 @@ class Collection:
                  for s, i in zip(scores, ids, strict=True) if int(i) in items]
                 for scores, ids in ranked]
 
+    def candidates(self, queries: Sequence[Query], *, fetch: int, kind: str, allowed: np.ndarray | None,
+                   ranking: Ranking, timings: Timings) -> list[pipeline.Ranked]:
+        """The retrieve stage's candidates (search/pipeline.py ``Source``)."""
+        return pipeline.candidates(self, queries, fetch=fetch, kind=kind, allowed=allowed, ranking=ranking,
+                                   timings=timings)
+
+    def vectors(self, kind: str, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of items of ``kind`` by id, in the order of ``ids``."""
+        with self.lock:
+            stored_ids, matrix = self.store.matrix(kind)
+            return np.asarray(matrix[np.searchsorted(stored_ids, ids)], dtype=np.float32)
+
     def reranker(self, kind: str) -> tuple[pipeline.Scorer, float] | None:
         """The reranker of this collection's model for items of ``kind`` (scorer, fusion weight), if any."""
         reranker = self.store.reranker

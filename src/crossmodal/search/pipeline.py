@@ -24,7 +24,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from . import hybrid
 from .diversity import POOL, check_lambda, mmr
 from .exact import scores as inner_products
 from .exact import topk
+from .hybrid import Ranked
 from .normalise import Bank, augment_queries, index_dim
 
 if TYPE_CHECKING:
@@ -130,19 +131,58 @@ def cut(scores: np.ndarray, ids: np.ndarray, min_score: float | None) -> tuple[n
     return scores[keep], ids[keep]
 
 
-def run(collection: Collection, queries: Sequence[Query], *, k: int, kind: str, allowed: np.ndarray | None,
-        ranking: Ranking, timings: Timings | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+class Source(Protocol):
+    """What the pipeline ranks: one collection, or shards that answer as one (collection/sharded.py)."""
+
+    def candidates(self, queries: Sequence[Query], *, fetch: int, kind: str, allowed: Any, ranking: Ranking,
+                   timings: Timings) -> list[Ranked]:
+        """The retriever's ``fetch`` best (scores, ids) per query, normalised, filtered, exclusions left out."""
+        ...
+
+    def reranker(self, kind: str) -> tuple[Scorer, float] | None:
+        """The reranker for items of ``kind`` (scorer, fusion weight), if any."""
+        ...
+
+    def vectors(self, kind: str, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of items (diversify)."""
+        ...
+
+
+def run(source: Source, queries: Sequence[Query], *, k: int, kind: str, allowed: Any, ranking: Ranking,
+        timings: Timings | None = None) -> list[Ranked]:
     """Rank items of ``kind`` for each query: (scores, ids) per query, best first, at most ``k``.
 
-    ``allowed`` (ids passing the filters, or None for all) restricts candidates before ranking, and each
-    query's ``exclude`` ids are left out, so a list is full whenever enough items match.
+    ``allowed`` (for a collection, the ids passing the filters, or None for all) restricts candidates before
+    ranking, and each query's ``exclude`` ids are left out, so a list is full whenever enough items match.
     """
     timings = timings if timings is not None else Timings()
     timings.queries += len(queries)
-    started = time.perf_counter()
-    reranking = collection.reranker(kind) if ranking.rerank and hybrid.dense_scale(ranking.retriever) else None
+    reranking = source.reranker(kind) if ranking.rerank and hybrid.dense_scale(ranking.retriever) else None
     pool = max(k, POOL) if ranking.diverse else k
     fetch = max(pool, ranking.rerank if reranking else 0) + max((len(q.exclude) for q in queries), default=0)
+    out = source.candidates(queries, fetch=fetch, kind=kind, allowed=allowed, ranking=ranking, timings=timings)
+    started = time.perf_counter()
+    if reranking is not None:
+        scorer, weight = reranking
+        for i, query in enumerate(queries):
+            if query.source is not None and cross_modal(query.modality, kind) and len(out[i][1]):
+                logits = scorer(query, out[i][1][: ranking.rerank])
+                if logits is not None:
+                    out[i] = rerank_top(*out[i], ranking.rerank, logits, weight)
+        started = timings.add("rerank", started)
+    out = [cut(s[:pool], i[:pool], ranking.min_score) for s, i in out]
+    started = timings.add("cut", started)
+    if ranking.diverse:
+        out = [diversify(source.vectors(kind, i), s, i, ranking.diversity, k) for s, i in out]
+        timings.add("diversify", started)
+    return out
+
+
+def candidates(collection: Collection, queries: Sequence[Query], *, fetch: int, kind: str,
+               allowed: np.ndarray | None, ranking: Ranking, timings: Timings) -> list[Ranked]:
+    """One collection's candidates (``Source.candidates``): dense retrieval by the normalised score, each
+    query's exclusions left out, then the keyword, sparse or hybrid retriever's stage."""
+    started = time.perf_counter()
     vectors = np.stack([q.vector for q in queries]).astype(np.float32)
     with collection.lock:
         bank = collection.store.bank
@@ -162,30 +202,14 @@ def run(collection: Collection, queries: Sequence[Query], *, k: int, kind: str, 
         with collection.lock:
             out = hybrid.stage(collection, queries, out, kind=kind, allowed=allowed, fetch=fetch,
                                retriever=ranking.retriever, shares=shares)
-        started = timings.add(ranking.retriever, started)
-    if reranking is not None:
-        scorer, weight = reranking
-        for i, query in enumerate(queries):
-            if query.source is not None and cross_modal(query.modality, kind) and len(out[i][1]):
-                logits = scorer(query, out[i][1][: ranking.rerank])
-                if logits is not None:
-                    out[i] = rerank_top(*out[i], ranking.rerank, logits, weight)
-        started = timings.add("rerank", started)
-    out = [cut(s[:pool], i[:pool], ranking.min_score) for s, i in out]
-    started = timings.add("cut", started)
-    if ranking.diverse:
-        out = [diversify(collection, kind, s, i, ranking.diversity, k) for s, i in out]
-        timings.add("diversify", started)
+        timings.add(ranking.retriever, started)
     return out
 
 
-def diversify(collection: Collection, kind: str, scores: np.ndarray, ids: np.ndarray, lam: float, k: int
+def diversify(vectors: np.ndarray, scores: np.ndarray, ids: np.ndarray, lam: float, k: int
               ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` results MMR picks from one ranked list, in its order, by the items' stored vectors."""
-    with collection.lock:
-        stored_ids, matrix = collection.store.matrix(kind)
-        vectors = np.asarray(matrix[np.searchsorted(stored_ids, ids)], dtype=np.float32)
-    order = mmr(scores, vectors, lam, k)
+    """The ``k`` results MMR picks from one ranked list, in its order, given the items' stored vectors."""
+    order = mmr(scores, np.asarray(vectors, dtype=np.float32), lam, k)
     return scores[order], ids[order]
 
 
