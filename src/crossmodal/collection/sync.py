@@ -7,7 +7,9 @@ the vector, and only new content is decoded and encoded. Each batch is one trans
 files are dropped only after a complete scan, so an interrupted run never removes anything; a folder
 with no photos at all (an unmounted disk) keeps its stored photos unless told otherwise, and a pruned
 photo that comes back takes its old id and fields again (pruned.py).
-Photos are read, hashed, decoded and made ready for the model by worker threads ahead of it (``prefetch``).
+Photos are read, hashed, decoded and made ready for the model by worker threads ahead of it (``prefetch``), or
+read, decoded and encoded by a pool of Ray actors (distributed/encode_pool.py); either way this process alone
+writes the store.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -33,6 +36,10 @@ from ..sources.prefetch import batches, prefetch
 from . import photo_fields, pruned
 from .paths import encode_path, shown
 from .store import Item, ItemStore, NewItem
+
+if TYPE_CHECKING:
+    from ..distributed.encode_pool import EncodePool
+    from ..rerank.runtime import Reranker
 
 Reporter = Callable[[str], None]
 
@@ -93,13 +100,15 @@ class _Pending:
 class _Loaded:
     """A pending photo after the worker's part: its hash, what its header says (``meta``, metadata.py), and
     the decoded photo made ready for the model (``Encoder.prepare_image``) unless its content is already
-    stored or it failed (``error`` says why)."""
+    stored or it failed (``error`` says why); a pool's worker encodes it too (``vector``, reranker ``tokens``)."""
 
     entry: _Pending
     digest: str | None = None
     image: Any = None
     error: str | None = None
     meta: dict[str, Any] | None = None
+    vector: np.ndarray | None = None
+    tokens: np.ndarray | None = None
 
 
 def _load(entry: _Pending, known: frozenset[str], max_pixels: int, prepare: Callable[[Image.Image], Any]
@@ -137,11 +146,13 @@ def index_images(
     progress: bool = True,
     report: Reporter = _warn,
     workers: int | None = None,
+    pool: EncodePool | None = None,
 ) -> IndexReport:
     """Add new photos, re-embed changed ones and, when ``root`` is given and ``prune`` is set, drop
     stored photos below ``root`` that no longer exist. When no photo at all is left below ``root`` (an
     unmounted or emptied folder) its stored photos are kept, and reported, unless ``prune_all`` is set.
-    ``workers`` decoding threads run ahead of the model (default: one per core; 0 decodes in this thread)."""
+    ``workers`` decoding threads run ahead of the model (default: one per core; 0 decodes in this thread);
+    with a ``pool`` its Ray actors read, decode and encode the photos instead."""
     result = IndexReport()
     fields = dict(fields or {})
     files = [os.path.abspath(p) for p in paths]
@@ -180,11 +191,16 @@ def index_images(
     returning = pruned.recall(store.db)
     size = batch_size or encoder.batch_size
     stored = store.hashes("image")
-    loaded = prefetch(lambda entry: _load(entry, stored, max_pixels, encoder.prepare_image), todo,
-                      window=2 * size, workers=workers)
+    if pool is None:
+        reload = partial(_load, known=frozenset(), max_pixels=max_pixels, prepare=encoder.prepare_image)
+        loaded = prefetch(partial(reload, known=stored), todo, window=2 * size, workers=workers)
+    else:
+        pool.check(encoder)
+        reload = partial(pool.load_one, max_pixels=max_pixels, reranker=store.reranker)
+        loaded = pool.load(todo, stored, max_pixels, store.reranker, size)
     bar = tqdm(total=len(todo), unit="photo", desc="indexing", disable=not progress or not todo)
     for batch in batches(loaded, size):
-        _index_batch(store, encoder, batch, fields, max_pixels, result, claimed, returning, report)
+        _index_batch(store, encoder, batch, fields, reload, result, claimed, returning, report)
         bar.update(len(batch))
     bar.close()
 
@@ -206,9 +222,10 @@ def index_images(
 
 
 def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Loaded], fields: dict[str, Any],
-                 max_pixels: int, result: IndexReport, claimed: set[int],
+                 reload: Callable[[_Pending], _Loaded], result: IndexReport, claimed: set[int],
                  returning: dict[str, list[pruned.Pruned]], report: Reporter) -> None:
-    """Sort out one batch of loaded photos, encode the new ones and write it all in one transaction."""
+    """Sort out one batch of loaded photos, encode the new ones (unless a pool did) and write it all in one
+    transaction; ``reload`` loads a photo again, in full, whose content was stored when the run began."""
     back: dict[str, pruned.Pruned] = {}  # path -> the pruned photo a new file is
     writes: list[NewItem] = []
     moves: list[tuple[int, _Pending]] = []
@@ -242,20 +259,18 @@ def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Loaded], field
             writes.append(_image_item(entry, digest, store.vector(twins[0].id), own, item.id if item else None))
             _count(result, entry, back, "reused")
             continue
-        if loaded.image is None and loaded.error is None:  # its stored twin is gone: decode it after all
-            loaded = _load(entry, frozenset(), max_pixels, encoder.prepare_image)
+        if loaded.image is None and loaded.vector is None and loaded.error is None:  # its stored twin is gone
+            loaded = reload(entry)
         if loaded.error is not None:
             failures.append((entry, loaded.error))
             continue
         to_encode.append((entry, digest, loaded))
-    tokens = None
-    if to_encode:
-        vectors, tokens = encode_photos(store, encoder, [loaded.image for _, _, loaded in to_encode])
-        for (entry, digest, loaded), vector in zip(to_encode, vectors, strict=True):
-            item = entry.item
-            writes.append(_image_item(entry, digest, vector, _fields(entry, back, fields, file_fields, loaded.meta),
-                                      item.id if item else None))
-            _count(result, entry, back, "added" if item is None else "updated")
+    encode_loaded(store.reranker, encoder, [loaded for _, _, loaded in to_encode])
+    for entry, digest, loaded in to_encode:
+        item = entry.item
+        writes.append(_image_item(entry, digest, loaded.vector, _fields(entry, back, fields, file_fields, loaded.meta),
+                                  item.id if item else None))
+        _count(result, entry, back, "added" if item is None else "updated")
     for entry, reason in failures:
         report(f"skipped {shown(entry.path)}: {reason}")
         result.failed.append((entry.path, reason))
@@ -267,9 +282,9 @@ def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Loaded], field
             new_id = store.put(db, new)
             if new.id is None and new.path in back:
                 pruned.restore(db, new_id, back[new.path])
-        if tokens is not None:
-            for (_, digest, _), photo_tokens in zip(to_encode, tokens, strict=True):
-                store.put_tokens(db, digest, photo_tokens)
+        for _, digest, loaded in to_encode:
+            if loaded.tokens is not None:
+                store.put_tokens(db, digest, loaded.tokens)
         for item_id, entry in moves:
             store.move(db, item_id, entry.path, entry.stat.st_size, entry.stat.st_mtime)
             result.moved += 1
@@ -297,14 +312,26 @@ def _count(result: IndexReport, entry: _Pending, back: dict[str, pruned.Pruned],
     setattr(result, name, getattr(result, name) + 1)
 
 
-def encode_photos(store: ItemStore, encoder: Encoder, prepared: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Vectors of prepared photos and, when the collection has a reranker, its tokens of each (from the same
+def encode_photos(reranker: Reranker | None, encoder: Encoder, prepared: list[Any]
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Vectors of prepared photos and, when the collection has a ``reranker``, its tokens of each (from the same
     model call: the reranker reads the photo tower's spatial features; an encoder that cannot give them stores
     none)."""
-    if store.reranker is None or not encoder.rerank_inputs:
+    if reranker is None or not encoder.rerank_inputs:
         return encoder.encode_prepared(prepared), None
     vectors, grids = encoder.encode_prepared_grids(prepared)
-    return vectors, store.reranker.photo_tokens(grids)
+    return vectors, reranker.photo_tokens(grids)
+
+
+def encode_loaded(reranker: Reranker | None, encoder: Encoder, photos: list[_Loaded]) -> None:
+    """Give each decoded photo that has no vector yet its vector and reranker tokens, in one model call, and drop
+    its decoded pixels (a pool's worker sends back only what is stored)."""
+    todo = [p for p in photos if p.vector is None and p.image is not None]
+    if not todo:
+        return
+    vectors, tokens = encode_photos(reranker, encoder, [p.image for p in todo])
+    for i, p in enumerate(todo):
+        p.vector, p.tokens, p.image = vectors[i], None if tokens is None else tokens[i], None
 
 
 def fill_tokens(store: ItemStore, encoder: Encoder, max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True,
@@ -330,7 +357,7 @@ def fill_tokens(store: ItemStore, encoder: Encoder, max_pixels: int = DEFAULT_MA
             if b not in good:
                 report(f"no reranker features for {shown(b.entry.path)}: {b.error or 'changed since indexed'}")
         if good:
-            _, tokens = encode_photos(store, encoder, [b.image for b in good])
+            _, tokens = encode_photos(store.reranker, encoder, [b.image for b in good])
             with store.transaction() as db:
                 for b, photo_tokens in zip(good, tokens, strict=True):
                     store.put_tokens(db, b.digest, photo_tokens)
