@@ -8,6 +8,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import replace
 from functools import wraps
 from pathlib import Path
@@ -202,6 +203,14 @@ def index(
     memory: MemoryOpt = None,
     recall: RecallOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    ray: Annotated[bool, typer.Option("--ray", help="Read, decode and encode the photos on a Ray cluster's actors "
+                                      "(needs crossmodal[ray]); this process still writes the collection.")] = False,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="The Ray cluster to use ('auto': the one "
+                                                    "`ray start` runs here); implies --ray. Default: a local Ray.",
+                                                    show_default=False)] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="With --ray: encode actors, one CPU "
+                                                "each (default: one per CPU, or per GPU, of the cluster).",
+                                                show_default=False)] = None,
 ) -> None:
     """Embed every photo below the given folders (or the captions in the given files) into the collection.
 
@@ -212,6 +221,7 @@ def index(
       crossmodal index ~/Pictures
       crossmodal index ~/Pictures/paris --field album=paris
       crossmodal index captions.tsv --texts
+      crossmodal index /shared/photos --ray --ray-address auto
     """
     for path in paths:
         if not path.expanduser().exists() and (texts or not prune_all):
@@ -221,7 +231,13 @@ def index(
 
     extra = _fields(field)
     budget = parse_size(memory)
-    with open_collection(collection, model=model) as c:
+    use_ray = (ray or ray_address is not None) and not texts
+    if use_ray:
+        from .distributed import EncodePool, require_ray
+
+        require_ray()  # before the collection is made
+    with open_collection(collection, model=model) as c, ExitStack() as stack:
+        pool = stack.enter_context(EncodePool(c.manifest.model, workers, address=ray_address)) if use_ray else None
         for path in paths:
             if texts:
                 report, problems = c.index_captions(path, prune=prune, progress=not quiet)
@@ -230,7 +246,7 @@ def index(
                 err.print(f"{path}: {report.summary()}", highlight=False)
             else:
                 report = c.index_folder(path, prune=prune, prune_all=prune_all, include_hidden=hidden, fields=extra,
-                                        max_pixels=max_pixels, progress=not quiet)
+                                        max_pixels=max_pixels, progress=not quiet, pool=pool)
                 err.print(f"{path}: {report.summary()}", highlight=False)
                 if not report.seen:
                     err.print(f"[yellow]warning[/]: {path} holds no photos ({', '.join(sorted(IMAGE_SUFFIXES))}; "
