@@ -233,9 +233,13 @@ def index(
     budget = parse_size(memory)
     use_ray = (ray or ray_address is not None) and not texts
     if use_ray:
-        from .distributed import EncodePool, require_ray
+        from .distributed import EncodePool, RayMissingError, require_ray
 
-        require_ray()  # before the collection is made
+        try:
+            require_ray()  # before the collection is made
+        except RayMissingError as e:
+            err.print(f"error: {e}", markup=False, highlight=False)  # markup would eat the extra's [ray]
+            raise typer.Exit(2) from None
     with open_collection(collection, model=model) as c, ExitStack() as stack:
         pool = stack.enter_context(EncodePool(c.manifest.model, workers, address=ray_address)) if use_ray else None
         for path in paths:
