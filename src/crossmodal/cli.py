@@ -19,7 +19,7 @@ import typer
 from . import __version__, defaults
 from .cli_help import TidyGroup
 from .cli_options import optional_values
-from .defaults import DEFAULT_DIVERSITY, DEFAULT_MAX_PIXELS, DEFAULT_RERANK, DUPLICATE_THRESHOLD
+from .defaults import DEFAULT_DIVERSITY, DEFAULT_MAX_PIXELS, DEFAULT_RERANK, DEFAULT_SHARD_TIMEOUT, DUPLICATE_THRESHOLD
 
 if TYPE_CHECKING:
     from .collection.collection import Collection
@@ -203,6 +203,9 @@ def index(
     memory: MemoryOpt = None,
     recall: RecallOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    shards: Annotated[int | None, typer.Option("--shards", min=1, help="Make the collection as N shards (folders "
+                                               "assigned by a hash of each item, searched as one: "
+                                               "docs/scaling.md); only when it is made.")] = None,
     ray: Annotated[bool, typer.Option("--ray", help="Read, decode and encode the photos on a Ray cluster's actors "
                                       "(needs crossmodal[ray]); this process still writes the collection.")] = False,
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="The Ray cluster to use ('auto': the one "
@@ -240,6 +243,8 @@ def index(
         except RayMissingError as e:
             err.print(f"error: {e}", markup=False, highlight=False)  # markup would eat the extra's [ray]
             raise typer.Exit(2) from None
+    if shards is not None:
+        make_shards(collection or default_collection(), shards, model)
     with open_collection(collection, model=model) as c, ExitStack() as stack:
         pool = stack.enter_context(EncodePool(c.manifest.model, workers, address=ray_address)) if use_ray else None
         for path in paths:
@@ -263,6 +268,22 @@ def index(
             c.refresh_indexes()
         err.print(f"collection {c.folder}: {c.store.count('image')} photos, {c.store.count('text')} texts; "
                   f"index: {_plan_line(c)}", highlight=False)
+
+
+def make_shards(folder: Path, shards: int, model: str | None) -> None:
+    """Make a sharded collection of ``shards`` shards in ``folder``, unless it is one already (of as many)."""
+    from .collection.sharded import ShardedCollection, is_sharded, shard_count
+
+    folder = folder.expanduser()
+    if is_sharded(folder):
+        if shard_count(folder) != shards:
+            raise ValueError(f"{folder} has {shard_count(folder)} shards, not {shards}: shards are chosen when a "
+                             "collection is made (index into a new collection to change them)")
+    elif folder.exists() and any(folder.iterdir()):
+        raise ValueError(f"{folder} is not a sharded collection: shards are chosen when a collection is made "
+                         "(index into a new collection with --shards)")
+    else:
+        ShardedCollection.create(folder, shards, model).close()
 
 
 def _plan_line(c: "Collection") -> str:
@@ -367,6 +388,9 @@ def search(
         return
     if not hits:
         err.print("no results (is the collection empty, or do the filters match nothing?)")
+    if hits.partial:
+        err.print(f"[yellow]warning[/]: partial results: shards {list(hits.missing_shards)} did not answer in time",
+                  highlight=False)
     for h in hits:
         print(f"{h.score:.4f}\t{shown(h.path) if h.kind == 'image' else h.text}")
 
@@ -758,6 +782,13 @@ def serve(
     allowed_host: Annotated[list[str] | None, typer.Option(help="Also answer requests for this Host name "
                                                            "(repeatable); bound to loopback, the server answers "
                                                            "only localhost names by default.")] = None,
+    ray: Annotated[bool, typer.Option("--ray", help="Serve a sharded collection's shards from Ray actors (any "
+                                      "node of the cluster); this process routes the queries.")] = False,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="The Ray cluster to use (e.g. auto, "
+                                                    "HOST:6379); implies --ray. Default: a local Ray.")] = None,
+    shard_timeout: Annotated[float, typer.Option("--shard-timeout", min=0.01, help="Seconds a search waits for each "
+                                                 "shard; later shards are left out and the answer is marked "
+                                                 "partial.")] = DEFAULT_SHARD_TIMEOUT,
 ) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs) and the search page at http://HOST:PORT/.
 
@@ -766,6 +797,7 @@ def serve(
     Examples:
       crossmodal serve ./my-collection --port 8000
       crossmodal serve --host 0.0.0.0 --api-key "$KEY"
+      crossmodal serve ./sharded-collection --ray --ray-address auto
     """
     import uvicorn
 
@@ -779,7 +811,8 @@ def serve(
     uvicorn.run(create_app(folder, api_key=api_key, max_upload_mb=max_upload_mb, model=model,
                            int8_queries=int8_queries, ranking=Ranking(norm=norm, rerank=rerank, min_score=min_score,
                                                                        retriever=retriever),
-                           allowed_hosts=allowed_hosts(host, allowed_host or ())),
+                           allowed_hosts=allowed_hosts(host, allowed_host or ()), ray=ray or bool(ray_address),
+                           ray_address=ray_address, shard_timeout=shard_timeout),
                 host=host, port=port, log_level="warning", **uvicorn_options())
 
 

@@ -11,3 +11,6 @@ DUPLICATE_THRESHOLD = 0.86
 # Where candidates come from by default (search/hybrid.py); hybrid scored 2.4 points higher on dev caption search
 # but adds a keyword query to each search (docs/ranking.md).
 DEFAULT_RETRIEVER = "dense"
+# Seconds a search of a sharded collection waits for each shard before answering without it (marked partial):
+# far above a loaded shard's p99 (docs/benchmarks.md), so only a stopped or stuck shard is left out.
+DEFAULT_SHARD_TIMEOUT = 10.0

@@ -7,12 +7,10 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,12 +21,11 @@ from tqdm import tqdm
 from ..encoders import load_encoder
 from ..encoders.base import Encoder
 from ..search import pipeline
-from ..search.filters import Condition, parse_condition, where_clause
+from ..search.filters import Condition, where_clause
 from ..search.normalise import BANK_FILE, find_bank
 from ..search.pipeline import Query, Ranking, Timings
-from ..search.query import Term, encode_query
 from ..search.rerank import RERANKER_DIR, collection_scorer, find_reranker
-from ..search.understand import PLACE_FIELDS, Understood, understand
+from ..search.understand import PLACE_FIELDS
 from ..sources.captions import CaptionRecord, read_captions
 from ..sources.folders import iter_images
 from ..sources.images import DEFAULT_MAX_PIXELS
@@ -36,37 +33,19 @@ from . import photo_fields
 from .atomic import remove_leftovers
 from .indexes import IndexManager
 from .lock import write_lock
-from .manifest import MANIFEST, Manifest, ModelMismatchError
-from .paths import shown
+from .manifest import MANIFEST, Manifest
+from .searching import Hit, Searchable, check_search, hits_of
 from .store import KINDS, ItemStore, ReadOnlyCollectionError
-from .sync import IndexReport, content_hash, fill_metadata, fill_tokens, index_images, index_texts
+from .sync import IndexReport, fill_metadata, fill_tokens, index_images, index_texts
 
 if TYPE_CHECKING:
     from .sparse_index import SparseIndexes
 
 DEFAULT_MODEL = "lite"
+SHARDS_FILE = "shards.json"  # marks a sharded collection's folder (sharded.py)
 
 
-@dataclass
-class Hit:
-    """One search result. ``path`` is set for photos, ``text`` for texts."""
-
-    id: int
-    score: float
-    kind: str
-    path: str | None = None
-    text: str | None = None
-    fields: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The hit as JSON-ready values; a file name that is not UTF-8 shows its odd bytes as ``\\xNN``."""
-        out = {k: v for k, v in asdict(self).items() if v is not None}
-        if self.path is not None:
-            out["path"] = shown(self.path)
-        return out
-
-
-class Collection:
+class Collection(Searchable):
     """Photos and texts embedded by one model, stored in one folder."""
 
     def __init__(self, folder: Path, manifest: Manifest, encoder: Encoder | None = None) -> None:
@@ -84,11 +63,16 @@ class Collection:
 
     @classmethod
     def open(cls, folder: str | Path, model: str | Encoder | None = None, create: bool = True) -> Collection:
-        """Open the collection in ``folder``, creating it (with ``model``, default ``lite``) if needed.
+        """Open the collection in ``folder``, creating it (with ``model``, default ``lite``) if needed; a
+        sharded collection's folder opens as a ``ShardedCollection``.
 
         Raises ModelMismatchError if ``model`` is given and is not the model the collection was built with.
         """
         folder = Path(folder).expanduser()
+        if (folder / SHARDS_FILE).is_file():  # same search and index API (collection/sharded.py)
+            from .sharded import ShardedCollection
+
+            return ShardedCollection.open(folder, model=model)  # type: ignore[return-value]
         if folder.is_dir():
             remove_leftovers(folder)  # e.g. the manifest's temporary file, when creating it was interrupted
         if (folder / MANIFEST).is_file():
@@ -133,8 +117,10 @@ class Collection:
 
     def index_folder(self, folder: str | Path, *, prune: bool = True, prune_all: bool = False,
                      include_hidden: bool = False, fields: dict[str, Any] | None = None,
-                     max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True, **kwargs: Any) -> IndexReport:
-        """Sync the photos below ``folder``: add new, re-embed changed, drop deleted (with ``prune``).
+                     max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True,
+                     only: Callable[[str], bool] | None = None, **kwargs: Any) -> IndexReport:
+        """Sync the photos below ``folder`` (those whose absolute path ``only`` accepts, when given: a shard's
+        share): add new, re-embed changed, drop deleted (with ``prune``).
 
         A folder with no photos, or gone, keeps its stored photos (an unmounted disk is not a deletion)
         unless ``prune_all``; a folder that is gone and holds nothing stored is a FileNotFoundError.
@@ -147,7 +133,7 @@ class Collection:
                 raise FileNotFoundError(f"{folder}: no such file or folder" + (
                     f"; its {stored} stored photos are kept (index it with --prune-all to remove them)"
                     if stored else ""))
-        paths = list(iter_images(folder, include_hidden=include_hidden))
+        paths = [p for p in iter_images(folder, include_hidden=include_hidden) if only is None or only(str(p))]
         with self._writing():
             report = index_images(self.store, self.encoder, paths, root=root, fields=fields,
                                   max_pixels=max_pixels, prune=prune, prune_all=prune_all, progress=progress,
@@ -173,11 +159,13 @@ class Collection:
         self._after_adding(progress)
         return report
 
-    def index_captions(self, path: str | Path, *, prune: bool = True, progress: bool = True) -> tuple[
-            IndexReport, list[str]]:
-        """Sync the captions of a TSV/CSV/JSONL/text file; returns (report, problems with single rows)."""
+    def index_captions(self, path: str | Path, *, prune: bool = True, progress: bool = True,
+                       only: Callable[[str], bool] | None = None) -> tuple[IndexReport, list[str]]:
+        """Sync the captions of a TSV/CSV/JSONL/text file (those whose text ``only`` accepts, when given: a
+        shard's share); returns (report, problems with single rows)."""
         path = Path(path).expanduser().absolute()
         records, problems = read_captions(path)
+        records = [r for r in records if only is None or only(r.text)]
         with self._writing():
             report = index_texts(self.store, self.encoder, records, source=str(path), prune=prune, progress=progress)
             self._after_adding(progress)
@@ -193,37 +181,6 @@ class Collection:
 
     # -- searching ---------------------------------------------------------------------------------
 
-    def search(
-        self,
-        text: str | None = None,
-        *,
-        image: str | Path | None = None,
-        terms: Sequence[Term] = (),
-        k: int = 10,
-        kind: str = "image",
-        path: str | None = None,
-        where: Sequence[str | Condition] = (),
-        exclude_query_image: bool = True,
-        ranking: Ranking | None = None,
-    ) -> list[Hit]:
-        """Top-``k`` items of ``kind`` for a text, a photo, or a weighted mix of ``terms``.
-
-        ``path`` is a glob on stored paths and ``where`` holds conditions such as ``"album=paris"`` or
-        ``"size>100000"``; both restrict the candidates before ranking, so the page is full when at least
-        ``k`` items match. A query photo that is itself in the collection is left out of the results.
-        ``ranking`` sets normalisation, reranking and the score cutoff (search/pipeline.py; defaults as
-        everywhere else).
-        """
-        all_terms = list(terms)
-        if text is not None:
-            all_terms.insert(0, Term.text(text))
-        if image is not None:
-            all_terms.insert(0, Term.image(image))
-        query = encode_query(self.encoder, all_terms)
-        query.exclude = self._query_image_ids(all_terms) if exclude_query_image and kind == "image" else []
-        conditions = [c if isinstance(c, Condition) else parse_condition(c) for c in where]
-        return self.search_queries([query], k=k, kind=kind, path=path, where=conditions, ranking=ranking)[0]
-
     @cached_property
     def sparse(self) -> SparseIndexes:
         """The sparse indexes (learned sparse retrieval, search/sparse.py), when the model has sparse heads: the
@@ -233,20 +190,19 @@ class Collection:
 
         return SparseIndexes(self.folder, self.store, find_sparse(self.manifest.fingerprint, self.folder / SPARSE_FILE))
 
-    def understand(self, text: str, kind: str = "image") -> Understood:
-        """The dates and places in a query's words as filters on what the items of ``kind`` hold
-        (search/understand.py): ``c.search(u.text, where=u.conditions)`` then searches as the CLI and API do."""
-
-        def matches(condition: Condition) -> bool:
-            sql, params = where_clause(kind, None, [condition])
+    def matches(self, kind: str, condition: Condition) -> bool:
+        """Whether any item of ``kind`` meets ``condition`` (a date or place read from a query's words)."""
+        sql, params = where_clause(kind, None, [condition])
+        with self.lock:
             return self.store.db.execute(f"SELECT 1 FROM items WHERE {sql} LIMIT 1", params).fetchone() is not None
 
+    def places(self, kind: str) -> dict[str, dict[str, str]]:
+        """The place names stored with items of ``kind``: field -> lower-cased value -> value."""
         with self.lock:
-            return understand(text, matches, self._places(kind, self.store.generation))
+            return self._places(kind, self.store.generation)
 
     @lru_cache(maxsize=4)  # noqa: B019 - a collection lives as long as its users; the cache holds 4 small maps
     def _places(self, kind: str, generation: int) -> dict[str, dict[str, str]]:
-        """The place names stored with items of ``kind``: field -> lower-cased value -> value."""
         marks = ",".join("?" * len(PLACE_FIELDS))
         rows = self.store.db.execute(f"SELECT DISTINCT key, value FROM items, json_each(items.fields) WHERE kind = ? "
                                      f"AND key IN ({marks}) AND type = 'text'", (kind, *PLACE_FIELDS))
@@ -255,40 +211,23 @@ class Collection:
             out.setdefault(key, {})[value.lower()] = value
         return out
 
-    def search_vector(self, vector: np.ndarray, *, k: int = 10, kind: str = "image", path: str | None = None,
-                      where: Sequence[Condition] = (), exclude: Iterable[int] = (), modality: str = "mixed",
-                      ranking: Ranking | None = None) -> list[Hit]:
-        """Top-``k`` items for an already encoded query vector (same model as the collection); ``modality``
-        (text, image or mixed) says whether normalisation applies."""
-        query = Query(np.asarray(vector, dtype=np.float32), modality, exclude=list(exclude))
-        return self.search_queries([query], k=k, kind=kind, path=path, where=where, ranking=ranking)[0]
-
     def search_queries(self, queries: Sequence[Query], *, k: int = 10, kind: str = "image", path: str | None = None,
                        where: Sequence[Condition] = (), ranking: Ranking | None = None,
                        timings: Timings | None = None) -> list[list[Hit]]:
         """Top-``k`` items for each query, ranked together by the search pipeline (one matrix product or
         one index call for all). Each query's ``exclude`` ids are left out; pages stay full."""
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-        if k < 1:
-            raise ValueError(f"k must be at least 1, not {k}")
-        for q in queries:
-            if np.shape(q.vector) != (self.manifest.dim,):
-                raise ModelMismatchError(f"a query vector has shape {np.shape(q.vector)}; this collection stores "
-                                         f"{self.manifest.dim}-d vectors of {self.manifest.model!r}")
-        allowed = None
-        if path or where:
-            sql, params = where_clause(kind, path, list(where))
-            with self.lock:
-                allowed = self.store.ids_where(sql, params)
-        ranked = pipeline.run(self, queries, k=k, kind=kind, allowed=allowed, ranking=ranking or Ranking(),
-                              timings=timings)
+        check_search(self.manifest, queries, k, kind)
+        ranked = pipeline.run(self, queries, k=k, kind=kind, allowed=self.allowed(kind, path, where),
+                              ranking=ranking or Ranking(), timings=timings)
+        return hits_of(ranked, self.store.get, self.lock, kind)
+
+    def allowed(self, kind: str, path: str | None, where: Sequence[Condition]) -> np.ndarray | None:
+        """Ids of the items of ``kind`` that pass a path glob and conditions (None: no filter, all pass)."""
+        if not (path or where):
+            return None
+        sql, params = where_clause(kind, path, list(where))
         with self.lock:
-            items = self.store.get(sorted({int(i) for _, ids in ranked for i in ids}))  # np.unique imports numpy.ma
-        return [[Hit(id=int(i), score=float(s), kind=kind, path=items[int(i)].path, text=items[int(i)].text,
-                     fields=items[int(i)].fields or None)
-                 for s, i in zip(scores, ids, strict=True) if int(i) in items]
-                for scores, ids in ranked]
+            return self.store.ids_where(sql, params)
 
     def candidates(self, queries: Sequence[Query], *, fetch: int, kind: str, allowed: np.ndarray | None,
                    ranking: Ranking, timings: Timings) -> list[pipeline.Ranked]:
@@ -301,6 +240,10 @@ class Collection:
         with self.lock:
             stored_ids, matrix = self.store.matrix(kind)
             return np.asarray(matrix[np.searchsorted(stored_ids, ids)], dtype=np.float32)
+
+    def reranker_name(self) -> str | None:
+        """The name of the reranker whose tokens this collection stores, if any."""
+        return None if self.store.reranker is None else self.store.reranker.name
 
     def reranker(self, kind: str) -> tuple[pipeline.Scorer, float] | None:
         """The reranker of this collection's model for items of ``kind`` (scorer, fusion weight), if any."""
@@ -328,15 +271,6 @@ class Collection:
             raise ReadOnlyCollectionError(f"{self.folder} is read-only: it can be searched, but indexing needs "
                                           "write access to it")
         return write_lock(self.folder, on_wait=lambda message: tqdm.write(message, file=sys.stderr))
-
-    def _query_image_ids(self, terms: Sequence[Term]) -> list[int]:
-        """Ids of stored photos with the same content as a query photo (the photo itself, its copies)."""
-        out: list[int] = []
-        for term in terms:
-            if term.is_image and term.weight > 0 and os.path.isfile(term.value):
-                digest = content_hash(Path(term.value).read_bytes())
-                out += [it.id for it in self.store.by_hash(digest, "image")]
-        return out
 
     # -- indexes -----------------------------------------------------------------------------------
 

@@ -238,6 +238,10 @@ class ItemStore:
         items = self.select(f"kind = 'image' AND {below}", params)
         return {it.path: it for it in items}
 
+    def field_names(self) -> set[str]:
+        """The names of every field stored with an item."""
+        return {r[0] for r in self.db.execute("SELECT DISTINCT key FROM items, json_each(items.fields)")}
+
     def image_by_path(self, path: str) -> Item | None:
         found = self.select("kind = 'image' AND path = ?", (encode_path(path),))
         return found[0] if found else None

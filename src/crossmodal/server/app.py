@@ -35,8 +35,8 @@ from .. import __version__
 from ..collection.atomic import atomic_write
 from ..collection.collection import Collection, Hit
 from ..collection.duplicates import find_duplicates
-from ..collection.manifest import Manifest
 from ..collection.paths import shown
+from ..collection.sharded import DEFAULT_TIMEOUT, ShardedCollection, is_sharded, read_manifest
 from ..collection.sync import content_hash
 from ..defaults import DUPLICATE_THRESHOLD
 from ..encoders import Encoder, load_encoder
@@ -125,12 +125,16 @@ class SearchOut(BaseModel):
     k: int
     offset: int
     took_ms: float
+    partial: bool = Field(False, description="Some shards of a sharded collection did not answer in time: these "
+                          "are the best results of the others.")
+    missing_shards: list[int] = Field(default_factory=list, description="The shards that did not answer.")
 
 
 def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb: float = 20.0,
                max_batch: int | None = None, model: str | None = None, workers: int | None = None,
                int8_queries: bool = False, ranking: Ranking | None = None,
-               allowed_hosts: Iterable[str] | None = None) -> FastAPI:
+               allowed_hosts: Iterable[str] | None = None, ray_address: str | None = None, ray: bool = False,
+               shard_timeout: float | None = DEFAULT_TIMEOUT) -> FastAPI:
     """Build the app over one collection; the model loads once, at start. ``model`` may name another
     backend of the collection's model (e.g. its ONNX export); a different model is refused. ``workers``
     batcher threads encode and search (default: one per core, each on one-thread ONNX Runtime sessions,
@@ -138,7 +142,9 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
     ``max_batch`` queries (default 8 with several workers, 32 with one). ``int8_queries`` encodes queries
     with a lite model's int8 text tower when no ``model`` is given (see ``load_encoder``). ``ranking`` holds
     the defaults of requests that set no ranking options. ``allowed_hosts``: the Host names it answers
-    (default: any; ``crossmodal serve`` bound to loopback allows only loopback names, see ``limits.py``)."""
+    (default: any; ``crossmodal serve`` bound to loopback allows only loopback names, see ``limits.py``).
+    A sharded collection's search waits ``shard_timeout`` seconds for each shard and answers without the late
+    ones (``partial`` in the response); with ``ray`` its shards are Ray actors (on the cluster at ``ray_address``)."""
     ranking = ranking or Ranking()
     # Absolute, as indexing stores paths: an upload's stored path must compare equal to the one it wrote.
     collection = Path(os.path.abspath(Path(collection).expanduser()))
@@ -159,8 +165,15 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
         sys.setswitchinterval(0.0005)
         chosen: str | Encoder | None = model
         if int8_queries and model is None:
-            chosen = load_encoder(Manifest.read(Path(collection)).model, int8_text=True)
-        c = Collection.open(collection, model=chosen, create=False)
+            chosen = load_encoder(read_manifest(Path(collection)).model, int8_text=True)
+        if ray:
+            from ..distributed.shards import open_on_ray
+
+            c = await run_in_threadpool(open_on_ray, collection, chosen, ray_address, shard_timeout)
+        elif is_sharded(collection):
+            c = ShardedCollection.open(collection, model=chosen, timeout=shard_timeout)
+        else:
+            c = Collection.open(collection, model=chosen, create=False)
         c.lock = lock  # searches take it only around the store, so model calls of several workers overlap
         state["collection"] = c
         encoder = c.encoder  # load the model now, not on the first request
@@ -224,8 +237,7 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
 
     @lru_cache(maxsize=4)
     def _field_names(c: Collection, generation: int) -> set[str]:
-        rows = _locked(c.store.db.execute, "SELECT DISTINCT key FROM items, json_each(items.fields)").fetchall()
-        return {r[0] for r in rows}
+        return _locked(c.store.field_names)
 
     def check_filters(c: Collection, where: list[str]) -> list[Any]:
         conditions = []
@@ -259,7 +271,8 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
             raise HTTPException(400, str(e)) from None
         # Built as plain JSON (the shape of SearchOut): validating 20 result models per request took as much
         # of the event loop as all the rest of a search.
-        return JSONResponse({"results": [_hit_json(h) for h in hits[body.offset:]], "k": body.k,
+        partial = {"partial": True, "missing_shards": list(hits.missing_shards)} if hits.partial else {}
+        return JSONResponse({"results": [_hit_json(h) for h in hits[body.offset:]], "k": body.k, **partial,
                              "understood": read.notes if read else [],
                              "offset": body.offset, "took_ms": (time.perf_counter() - start) * 1000})
 

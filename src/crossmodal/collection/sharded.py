@@ -1,0 +1,503 @@
+"""Sharded collections: items spread over N shard folders by a stable hash, searched as one collection.
+
+A sharded collection is a folder holding ``shards.json`` and the shards ``shard-000`` ... each a collection in
+the usual format, so no shard must hold the whole collection. An item's shard is fixed by a hash of its
+absolute path (photos) or its text; its id is ``local id x N + shard``, as stable as the shard's own ids.
+
+A search fans out to every shard (threads here; Ray actors across machines: distributed/shards.py); each
+returns its best candidates by the same normalised score, and the merged list goes through the one ranking
+pipeline's rerank, cut and diversify stages (search/pipeline.py): the answer one big collection would give.
+A shard that does not answer within ``timeout`` is left out and the answer says so (``Hits.missing_shards``).
+The keyword retriever's BM25 statistics are each shard's own (as a search engine's default fan-out does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import fields as dataclass_fields
+from dataclasses import replace
+from functools import cached_property, partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from ..defaults import DEFAULT_SHARD_TIMEOUT
+from ..encoders import load_encoder
+from ..encoders.base import Encoder
+from ..search import pipeline
+from ..search.filters import Condition
+from ..search.pipeline import Query, Ranked, Ranking, Timings
+from ..search.rerank import RERANKER_DIR, collection_scorer, find_reranker
+from ..sources.captions import CaptionRecord
+from ..sources.folders import iter_images
+from .atomic import atomic_write_json
+from .collection import DEFAULT_MODEL, SHARDS_FILE, Collection
+from .manifest import MANIFEST, Manifest
+from .searching import Hits, Searchable, check_search, hits_of
+from .store import Item, ReadOnlyCollectionError
+from .sync import IndexReport
+
+FORMAT = "crossmodal-shards"
+if TYPE_CHECKING:
+    from ..rerank.runtime import Reranker
+
+DEFAULT_TIMEOUT = DEFAULT_SHARD_TIMEOUT
+
+Args = dict[int, tuple]  # shard -> the arguments of one call on it
+Answers = tuple[dict[int, Any], list[int]]  # results by shard, the shards that did not answer
+
+
+def is_sharded(folder: Path) -> bool:
+    return (Path(folder) / SHARDS_FILE).is_file()
+
+
+def shard_of(key: str, n: int) -> int:
+    """The shard of an item's key (a photo's absolute path, a text): a hash, the same on every machine and run."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % n
+
+
+def shard_folders(folder: Path, n: int) -> list[Path]:
+    return [Path(folder) / f"shard-{i:03d}" for i in range(n)]
+
+
+def shard_count(folder: Path) -> int:
+    data = json.loads((Path(folder) / SHARDS_FILE).read_text())
+    if data.get("format") != FORMAT or not isinstance(data.get("shards"), int) or data["shards"] < 1:
+        raise ValueError(f"{folder / SHARDS_FILE} is not a crossmodal shard list")
+    return data["shards"]
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """The manifest of a collection, sharded (its first shard's: all shards share the model) or not."""
+    return Manifest.read(shard_folders(folder, 1)[0] if is_sharded(folder) else Path(folder))
+
+
+class Fanout(Protocol):
+    """Calls ``fn(shard's collection, *args)`` on several shards at once: threads (``LocalShards``) or Ray actors."""
+
+    n: int
+
+    def call(self, fn: Callable[..., Any], args: Args, timeout: float | None = None) -> Answers:
+        """Results by shard, and the shards that did not answer within ``timeout`` (or are gone)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalShards:
+    """The shards of a collection opened in this process, each call on its own thread (NumPy and SQLite release
+    the GIL, so the shards' searches overlap)."""
+
+    def __init__(self, collections: list[Collection]) -> None:
+        self.collections = collections
+        self.n = len(collections)
+        self._pool = ThreadPoolExecutor(self.n, thread_name_prefix="shard")
+
+    def call(self, fn: Callable[..., Any], args: Args, timeout: float | None = None) -> Answers:
+        futures = {s: self._pool.submit(fn, self.collections[s], *a) for s, a in args.items()}
+        done, _ = wait(futures.values(), timeout=timeout)
+        return ({s: f.result() for s, f in futures.items() if f in done},
+                [s for s, f in futures.items() if f not in done])
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for c in self.collections:
+            c.close()
+
+
+def everywhere(n: int, *args: Any) -> Args:
+    return {s: args for s in range(n)}
+
+
+def split_ids(ids: Iterable[int], n: int) -> dict[int, list[int]]:
+    """Global ids grouped by shard, as the shard's own ids."""
+    out: dict[int, list[int]] = {}
+    for i in ids:
+        out.setdefault(int(i) % n, []).append(int(i) // n)
+    return out
+
+
+def merge(answers: dict[int, Ranked], n: int, fetch: int) -> Ranked:
+    """The best ``fetch`` of several shards' ranked lists (scores, shard ids), in global ids."""
+    if not answers:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
+    scores = np.concatenate([answers[s][0] for s in answers]).astype(np.float32)
+    ids = np.concatenate([np.asarray(answers[s][1], np.int64) * n + s for s in answers])
+    order = np.lexsort((ids, -scores))[:fetch]
+    return scores[order], ids[order]
+
+
+def merge_reports(reports: Sequence[IndexReport]) -> IndexReport:
+    """One report for a run over every shard."""
+    out = IndexReport()
+    for report in reports:
+        for f in dataclass_fields(IndexReport):
+            setattr(out, f.name, getattr(out, f.name) + getattr(report, f.name))
+    return out
+
+
+# -- what a shard is asked (module functions: a Ray actor receives them by reference) ---------------------------
+
+def _candidates(c: Collection, queries: list[Query], fetch: int, kind: str, path: str | None,
+                where: tuple[Condition, ...], ranking: Ranking) -> list[Ranked]:
+    return c.candidates(queries, fetch=fetch, kind=kind, allowed=c.allowed(kind, path, list(where)),
+                        ranking=ranking, timings=Timings())
+
+
+def _vectors(c: Collection, kind: str, ids: list[int]) -> np.ndarray:
+    return c.vectors(kind, np.asarray(ids, np.int64))
+
+
+def _items(c: Collection, ids: list[int]) -> dict[int, Item]:
+    with c.lock:
+        return c.store.get(ids)
+
+
+def _store(c: Collection, method: str, *args: Any) -> Any:
+    with c.lock:
+        return getattr(c.store, method)(*args)
+
+
+def _generation(c: Collection) -> int:
+    with c.lock:
+        return c.store.generation
+
+
+def _method(c: Collection, method: str, *args: Any) -> Any:
+    return getattr(c, method)(*args)
+
+
+def _in_shard(shard: int, n: int, key: str) -> bool:
+    return shard_of(key, n) == shard
+
+
+class ShardedCollection(Searchable):
+    """A collection kept in N shards (see the module's docstring); searched like a ``Collection``."""
+
+    def __init__(self, folder: Path, manifest: Manifest, shards: Fanout, encoder: Encoder | None = None,
+                 timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        self.folder, self.manifest, self.shards, self.timeout = folder, manifest, shards, timeout
+        self.n = shards.n
+        self._encoder = encoder
+        self.lock = threading.RLock()  # the shards lock their own stores; this one only satisfies the server's use
+        self.store = ShardedStore(self)
+        self._weights: dict[str, float | None] = {}
+
+    @classmethod
+    def create(cls, folder: str | Path, shards: int, model: str | Encoder | None = None) -> ShardedCollection:
+        """A new, empty collection of ``shards`` shards in ``folder`` (absent or empty)."""
+        folder = Path(folder).expanduser()
+        if shards < 1:
+            raise ValueError(f"--shards must be at least 1, not {shards}")
+        if folder.exists() and any(folder.iterdir()):
+            raise FileExistsError(f"{folder} exists and is not empty: shards are chosen when a collection is made")
+        encoder = model if isinstance(model, Encoder) else load_encoder(model or DEFAULT_MODEL)
+        folder.mkdir(parents=True, exist_ok=True)
+        # The shard list first: a run cut short after it leaves a sharded collection whose missing shards
+        # ``open`` creates empty, never a folder that opens as something else.
+        atomic_write_json(folder / SHARDS_FILE, {"format": FORMAT, "shards": shards})
+        return cls.open(folder, model=encoder)
+
+    @classmethod
+    def open(cls, folder: str | Path, model: str | Encoder | None = None, fanout: Fanout | None = None,
+             timeout: float | None = DEFAULT_TIMEOUT) -> ShardedCollection:
+        """Open a sharded collection; its shards in this process unless ``fanout`` reaches them elsewhere."""
+        folder = Path(folder).expanduser()
+        n = shard_count(folder)
+        encoder = model if isinstance(model, Encoder) else (load_encoder(model) if model else None)
+        folders = shard_folders(folder, n)
+        if fanout is None:
+            absent = [f for f in folders if not (f / MANIFEST).is_file()]
+            if absent:  # made, and cut short before every shard was: they start empty
+                known = next((Manifest.read(f).model for f in folders if f not in absent), DEFAULT_MODEL)
+                encoder = encoder or load_encoder(known)
+                for f in absent:
+                    Collection.open(f, model=encoder).close()
+            fanout = LocalShards([Collection.open(f, model=encoder, create=False) for f in folders])
+        return cls(folder, Manifest.read(folders[0]), fanout, encoder, timeout)
+
+    @property
+    def encoder(self) -> Encoder:
+        """The collection's model, loaded once for every shard held here."""
+        if self._encoder is None:
+            encoder = load_encoder(self.manifest.model)
+            self.manifest.check(encoder.name, encoder.fingerprint)
+            self._encoder = encoder
+        for c in self._local():
+            c._encoder = c._encoder or self._encoder
+        return self._encoder
+
+    def _local(self) -> list[Collection]:
+        """The shard collections this process holds (and can write)."""
+        if not isinstance(self.shards, LocalShards):
+            raise ReadOnlyCollectionError(f"{self.folder}: shards served by Ray actors are searched, not written; "
+                                          "index the collection with `crossmodal index`")
+        return self.shards.collections
+
+    def close(self) -> None:
+        self.shards.close()
+
+    def __enter__(self) -> ShardedCollection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.store.count()
+
+    def _call(self, fn: Callable[..., Any], args: Args, missing: set[int] | None = None) -> dict[int, Any]:
+        """Results of a call on the shards in ``args``; the shards that did not answer in time join ``missing``
+        (without it, a shard that does not answer is an error: writes and counts must not be partial)."""
+        results, late = self.shards.call(fn, args, self.timeout if missing is not None else None)
+        if missing is not None:
+            missing.update(late)
+        elif late:
+            raise TimeoutError(f"shards {late} of {self.folder} did not answer")
+        return results
+
+    # -- adding ------------------------------------------------------------------------------------
+
+    def index_folder(self, folder: str | Path, *, prune: bool = True, prune_all: bool = False,
+                     include_hidden: bool = False, progress: bool = True, **kwargs: Any) -> IndexReport:
+        """Sync the photos below ``folder``, each into its shard (``Collection.index_folder``'s rules)."""
+        folder = Path(folder).expanduser()
+        self.encoder  # noqa: B018 - loaded once, for every shard
+        shards = self._local()
+        if not folder.exists():
+            stored = [c for c in shards if c.store.images_under(str(folder.absolute()))]
+            if not (stored and prune_all):
+                shards[0].index_folder(folder, prune_all=prune_all)  # raises its FileNotFoundError
+            shards = stored
+        # Photos in the folder: a shard whose share is empty was emptied, not unmounted.
+        found = folder.exists() and next(iter(iter_images(folder, include_hidden=include_hidden)), None) is not None
+        reports = []
+        for c in shards:
+            shard = self.shards.collections.index(c)
+            reports.append(c.index_folder(folder, prune=prune, prune_all=prune_all or found,
+                                          include_hidden=include_hidden, progress=progress,
+                                          only=partial(_in_shard, shard, self.n), **kwargs))
+        return merge_reports(reports)
+
+    def add_images(self, paths: Iterable[str | Path], **kwargs: Any) -> IndexReport:
+        """Add (or refresh) photo files, each in its shard; never removes anything."""
+        groups: dict[int, list[str]] = {}
+        for p in paths:
+            key = str(Path(p).expanduser().absolute())
+            groups.setdefault(shard_of(key, self.n), []).append(key)
+        self.encoder  # noqa: B018 - loaded once, for every shard
+        shards = self._local()
+        return merge_reports([shards[s].add_images(group, **kwargs) for s, group in groups.items()])
+
+    def add_texts(self, texts: Sequence[str | CaptionRecord], *, progress: bool = False) -> IndexReport:
+        """Add texts, each in its shard; empty texts are refused."""
+        records = [t if isinstance(t, CaptionRecord) else CaptionRecord(str(t)) for t in texts]
+        if any(not r.text.strip() for r in records):
+            raise ValueError("empty text: every text must have at least one non-space character")
+        groups: dict[int, list[CaptionRecord]] = {}
+        for r in records:
+            groups.setdefault(shard_of(r.text, self.n), []).append(r)
+        self.encoder  # noqa: B018 - loaded once, for every shard
+        shards = self._local()
+        return merge_reports([shards[s].add_texts(group, progress=progress) for s, group in groups.items()])
+
+    def index_captions(self, path: str | Path, *, prune: bool = True, progress: bool = True
+                       ) -> tuple[IndexReport, list[str]]:
+        """Sync a caption file's captions, each into its shard."""
+        reports, problems = [], []
+        self.encoder  # noqa: B018 - loaded once, for every shard
+        for s, c in enumerate(self._local()):
+            report, problems = c.index_captions(path, prune=prune, progress=progress,
+                                                only=partial(_in_shard, s, self.n))
+            reports.append(report)
+        return merge_reports(reports), problems
+
+    def remove(self, ids: Iterable[int]) -> int:
+        """Delete items by id; returns how many were deleted."""
+        return sum(self._call(_method, {s: ("remove", local) for s, local in split_ids(ids, self.n).items()}
+                              ).values())
+
+    def refresh_indexes(self, progress: bool = False) -> None:
+        """Bring every shard's indexes up to date."""
+        self._call(_method, everywhere(self.n, "refresh_indexes", progress))
+
+    def configure_index(self, kind: str = "auto", memory: int | None = None, recall: float = 0.95) -> None:
+        """Choose how each shard indexes its vectors; a memory budget is the whole collection's, split evenly."""
+        self._call(_method, everywhere(self.n, "configure_index", kind, memory and memory // self.n, recall))
+        self.manifest = Manifest.read(shard_folders(self.folder, 1)[0])
+
+    # -- searching ---------------------------------------------------------------------------------
+
+    def search_queries(self, queries: Sequence[Query], *, k: int = 10, kind: str = "image", path: str | None = None,
+                       where: Sequence[Condition] = (), ranking: Ranking | None = None,
+                       timings: Timings | None = None) -> list[Hits]:
+        """Top-``k`` items for each query over every shard, ranked by the one pipeline (``Collection``'s rules);
+        each page names the shards that did not answer in time."""
+        check_search(self.manifest, queries, k, kind)
+        search = ShardedSearch(self, path, tuple(where))
+        ranked = pipeline.run(search, queries, k=k, kind=kind, allowed=None, ranking=ranking or Ranking(),
+                              timings=timings)
+        pages = hits_of(ranked, search.items, self.lock, kind)
+        for page in pages:
+            page.missing_shards = tuple(sorted(search.missing))
+        return pages
+
+    @cached_property
+    def _reranker(self) -> Reranker | None:
+        """The reranker whose tokens the shards store (the one the first shard finds), or None."""
+        first = self._call(_method, {0: ("reranker_name",)})[0]
+        return None if first is None else find_reranker(self.manifest.fingerprint,
+                                                        shard_folders(self.folder, 1)[0] / RERANKER_DIR)
+
+    def reranker(self, kind: str, missing: set[int] | None = None) -> tuple[pipeline.Scorer, float] | None:
+        """The reranker for items of ``kind`` (scorer, fusion weight), if any; run here, on candidates' tokens and
+        texts read from their shards (a shard that does not answer in time joins ``missing``, and the query is
+        then not reranked)."""
+        reranker = self._reranker
+        if reranker is None or not self.encoder.rerank_inputs:
+            return None
+        scorer = collection_scorer(_Reads(self.store, set() if missing is None else missing), self.encoder, reranker,
+                                   kind, self.lock)
+
+        def scores(query: Query, ids: np.ndarray) -> np.ndarray | None:
+            try:
+                return scorer(query, ids)
+            except KeyError:  # a candidate text whose shard did not answer
+                return None
+
+        return scores, reranker.weight
+
+    def matches(self, kind: str, condition: Condition) -> bool:
+        return any(self._call(_method, everywhere(self.n, "matches", kind, condition), set()).values())
+
+    def places(self, kind: str) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        for names in self._call(_method, everywhere(self.n, "places", kind), set()).values():
+            for key, values in names.items():
+                out.setdefault(key, {}).update(values)
+        return out
+
+    def info(self) -> dict[str, Any]:
+        """What is in the collection, summed over the shards, and each shard's counts."""
+        infos = self._call(_method, everywhere(self.n, "info"))
+        first = infos[0]
+        out = {key: first[key] for key in ("model", "fingerprint", "dim", "format_version", "index", "ranking")}
+        for key in ("images", "texts", "unreadable", "bytes_on_disk"):
+            out[key] = sum(info[key] for info in infos.values())
+        out["shards"] = [{"shard": s, "images": infos[s]["images"], "texts": infos[s]["texts"]}
+                         for s in range(self.n)]
+        return {"collection": str(self.folder), **out}
+
+
+class ShardedSearch:
+    """One search over the shards, as the pipeline's ``Source``: it remembers the shards that did not answer."""
+
+    def __init__(self, collection: ShardedCollection, path: str | None, where: tuple[Condition, ...]) -> None:
+        self.c, self.path, self.where = collection, path, where
+        self.missing: set[int] = set()
+
+    def candidates(self, queries: Sequence[Query], *, fetch: int, kind: str, allowed: Any, ranking: Ranking,
+                   timings: Timings) -> list[Ranked]:
+        started = time.perf_counter()
+        n = self.c.n
+        args = {s: ([replace(q, exclude=split_ids(q.exclude, n).get(s, [])) for q in queries], fetch, kind,
+                    self.path, self.where, ranking) for s in range(n)}
+        answers = self.c._call(_candidates, args, self.missing)
+        out = [merge({s: lists[i] for s, lists in answers.items()}, n, fetch) for i in range(len(queries))]
+        timings.add("retrieve", started)
+        return out
+
+    def reranker(self, kind: str) -> tuple[pipeline.Scorer, float] | None:
+        """The collection's reranker, reading the candidates' stored tokens and texts from their shards: it
+        scores the merged top N together, as one collection does (the int8 reranker's scores depend on the batch)."""
+        return self.c.reranker(kind, self.missing)
+
+    def vectors(self, kind: str, ids: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(ids), self.c.manifest.dim), np.float32)  # a shard gone since: no similarity to others
+        groups = split_ids(ids, self.c.n)
+        for s, rows in self.c._call(_vectors, {s: (kind, local) for s, local in groups.items()}, self.missing).items():
+            out[np.asarray(ids) % self.c.n == s] = rows
+        return out
+
+    def items(self, ids: list[int]) -> dict[int, Item]:
+        return self.c.store.get(ids, self.missing)
+
+
+class _Reads:
+    """The store reads of the reranker during one search: shards that do not answer join the search's missing."""
+
+    def __init__(self, store: ShardedStore, missing: set[int]) -> None:
+        self.store, self.missing = store, missing
+
+    def get(self, ids: Iterable[int]) -> dict[int, Item]:
+        return self.store.get(ids, self.missing)
+
+    def tokens(self, ids: np.ndarray) -> np.ndarray | None:
+        return self.store.tokens(ids, self.missing)
+
+
+class ShardedStore:
+    """The read side of an ``ItemStore`` over every shard, in global ids (the server and the CLI read through it)."""
+
+    def __init__(self, collection: ShardedCollection) -> None:
+        self.c = collection
+        self.bank = None
+
+    def _each(self, method: str, *args: Any) -> dict[int, Any]:
+        return self.c._call(_store, everywhere(self.c.n, method, *args))
+
+    def _global(self, shard: int, item: Item) -> Item:
+        return replace(item, id=item.id * self.c.n + shard)
+
+    @property
+    def generation(self) -> int:
+        """Grows whenever any shard changes (each shard's generation only grows)."""
+        return sum(self.c._call(_generation, everywhere(self.c.n)).values())
+
+    def count(self, kind: str | None = None) -> int:
+        return sum(self._each("count", kind).values())
+
+    def get(self, ids: Iterable[int], missing: set[int] | None = None) -> dict[int, Item]:
+        found = self.c._call(_items, {s: (local,) for s, local in split_ids(ids, self.c.n).items()}, missing)
+        return {i.id * self.c.n + s: self._global(s, i) for s, items in found.items() for i in items.values()}
+
+    def tokens(self, ids: np.ndarray, missing: set[int] | None = None) -> np.ndarray | None:
+        """The stored reranker tokens of photos by id, or None when any of them has none (or its shard is late)."""
+        groups = split_ids(ids, self.c.n)
+        found = self.c._call(_store, {s: ("tokens", local) for s, local in groups.items()}, missing)
+        if len(found) < len(groups) or any(t is None for t in found.values()):
+            return None
+        first = next(iter(found.values()))
+        out = np.empty((len(ids), *first.shape[1:]), first.dtype)
+        for s, tokens in found.items():
+            out[np.asarray(ids) % self.c.n == s] = tokens
+        return out
+
+    def vector(self, item_id: int) -> np.ndarray:
+        s = int(item_id) % self.c.n
+        return self.c._call(_store, {s: ("vector", int(item_id) // self.c.n)})[s]
+
+    def by_hash(self, hash_: str, kind: str) -> list[Item]:
+        return [self._global(s, i) for s, items in sorted(self._each("by_hash", hash_, kind).items()) for i in items]
+
+    def image_by_path(self, path: str) -> Item | None:
+        s = shard_of(path, self.c.n)
+        item = self.c._call(_store, {s: ("image_by_path", path)})[s]
+        return None if item is None else self._global(s, item)
+
+    def select(self, where: str = "1", params: Sequence[Any] = ()) -> list[Item]:
+        return [self._global(s, i) for s, items in sorted(self._each("select", where, params).items()) for i in items]
+
+    def field_names(self) -> set[str]:
+        return set().union(*self._each("field_names").values())
+
+    def failures(self) -> list[tuple[str, str]]:
+        return [f for _, found in sorted(self._each("failures").items()) for f in found]
+
