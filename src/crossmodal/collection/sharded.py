@@ -230,7 +230,7 @@ class ShardedCollection(Searchable):
             encoder = load_encoder(self.manifest.model)
             self.manifest.check(encoder.name, encoder.fingerprint)
             self._encoder = encoder
-        for c in self._local():
+        for c in getattr(self.shards, "collections", ()):  # shards held here share it
             c._encoder = c._encoder or self._encoder
         return self._encoder
 

