@@ -3,6 +3,6 @@
 Nothing here imports Ray until a pool is made, so the rest of crossmodal works without it.
 """
 
-from .encode_pool import EncodePool, RayMissingError, require_ray
+from .encode_pool import EncodePool, EncodeWorkersError, RayMissingError, require_ray
 
-__all__ = ["EncodePool", "RayMissingError", "require_ray"]
+__all__ = ["EncodePool", "EncodeWorkersError", "RayMissingError", "require_ray"]

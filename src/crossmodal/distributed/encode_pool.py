@@ -35,6 +35,10 @@ class RayMissingError(ImportError, ValueError):
     """Ray is not installed (a ValueError too, so the command line prints it as one line, not a traceback)."""
 
 
+class EncodeWorkersError(RuntimeError, ValueError):
+    """The encode actors could not start or all failed (a ValueError too: the command line prints one line)."""
+
+
 def require_ray() -> Any:
     """The ``ray`` module, or a RayMissingError that says what to install."""
     try:
@@ -42,6 +46,12 @@ def require_ray() -> Any:
     except ImportError as e:
         raise RayMissingError(f"--ray needs Ray, which is not installed here: {INSTALL}") from e
     return ray
+
+
+def _cause(error: Exception) -> str:
+    """The last line of a Ray error, where it names what went wrong in the actor (not its remote traceback)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 class EncodeWorker:
@@ -132,7 +142,11 @@ class EncodePool:
             scheduling_strategy="SPREAD")
         self.model, self.threads, self.in_flight = model, threads, in_flight
         self._slots = [_Slot(actor.remote(model, threads, "cuda" if gpus else None)) for _ in range(workers)]
-        self.fingerprints = set(ray.get([s.actor.fingerprint.remote() for s in self._slots]))
+        try:
+            self.fingerprints = set(ray.get([s.actor.fingerprint.remote() for s in self._slots]))
+        except ray.exceptions.RayError as e:
+            self.close()
+            raise EncodeWorkersError(f"the Ray encode workers could not load the model {model!r}: {_cause(e)}") from e
 
     @property
     def actors(self) -> list[Any]:
@@ -191,7 +205,7 @@ class EncodePool:
                 continue
             slot.busy -= 1
             if not self._slots or job.moves >= RETRIES:
-                raise RuntimeError(f"the Ray encode workers failed: {error}") from error
+                raise EncodeWorkersError(f"the Ray encode workers failed: {_cause(error)}") from error
             jobs[i] = submit(job.entries, job.moves + 1)
 
     def close(self) -> None:
