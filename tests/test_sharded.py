@@ -174,3 +174,21 @@ def test_server_searches_a_sharded_collection(pair) -> None:
         similar = client.get(f"/api/items/{first['id']}/similar?k=3").json()["results"]
         assert len(similar) == 3 and all(r["id"] != first["id"] for r in similar)
         assert client.get("/ready").json()["images"] == 36
+
+
+def test_serve_ray_needs_a_sharded_collection_and_ray(tmp_path: Path, pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    one, sharded, _ = pair
+    runner = CliRunner()
+    result = runner.invoke(app, ["serve", str(one.folder), "--ray"])
+    if result.exit_code == 2 and "Ray, which is not installed" in result.output:
+        return  # no Ray here: the first check already said what to install
+    assert result.exit_code == 2 and "is not a sharded collection" in result.output
+    import crossmodal.distributed.encode_pool as encode_pool
+
+    def no_ray() -> None:
+        raise encode_pool.RayMissingError(f"--ray needs Ray, which is not installed here: {encode_pool.INSTALL}")
+
+    monkeypatch.setattr(encode_pool, "require_ray", no_ray)
+    monkeypatch.setattr("crossmodal.distributed.require_ray", no_ray)
+    result = runner.invoke(app, ["serve", str(sharded.folder), "--ray"])
+    assert result.exit_code == 2 and 'pip install "crossmodal[ray]"' in result.output

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from . import __version__, defaults
 from .cli_help import TidyGroup
@@ -120,7 +121,7 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             err.print("[yellow]interrupted[/]: finished batches are saved; run the same command again to resume.")
             raise typer.Exit(130) from None
         except expected_errors() as e:
-            err.print(f"[red]error[/]: {e}", highlight=False)
+            err.print(f"[red]error[/]: {escape(str(e))}", highlight=False)  # e.g. crossmodal[ray] is no markup
             raise typer.Exit(2) from None
         except ImportError as e:
             err.print(f"[red]error[/]: this needs the optional package {e.name!r}: pip install "
@@ -806,6 +807,14 @@ def serve(
     from .server.limits import allowed_hosts, uvicorn_options
 
     folder = collection or default_collection()
+    if ray or ray_address:
+        from .collection.sharded import is_sharded
+        from .distributed import require_ray
+
+        require_ray()
+        if not is_sharded(folder.expanduser()):
+            raise ValueError(f"{folder} is not a sharded collection: --ray serves the shards of one made with "
+                             "`crossmodal index --shards N`")
     open_collection(folder, model=model, create=False).close()  # fail fast and clearly on a wrong folder/model
     err.print(f"serving {folder} on http://{host}:{port}/  (API docs: /docs)", highlight=False)
     uvicorn.run(create_app(folder, api_key=api_key, max_upload_mb=max_upload_mb, model=model,
