@@ -103,3 +103,22 @@ def test_server_routes_queries_to_ray_shards(ray_cluster: Any, built) -> None:
         assert [r["path"] for r in body["results"]] == [h.path for h in one.search("a boat on a lake", k=4)]
         assert "partial" not in body
         assert client.get("/ready").json()["images"] == 20
+
+
+def test_sharded_index_on_ray_equals_a_local_one(ray_cluster: Any, built, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from crossmodal.cli import app
+
+    _, local_folder, photos = built
+    folder = tmp_path / "c"
+    result = CliRunner().invoke(app, ["index", str(photos / "rome"), "-c", str(folder), "--shards", "2", "--ray",
+                                      "--workers", "2", "--field", "album=rome", "-q"])
+    assert result.exit_code == 0, result.output
+    with ShardedCollection.open(folder) as mine, ShardedCollection.open(local_folder) as theirs:
+        for c_mine, c_theirs in zip(mine.shards.collections, theirs.shards.collections, strict=True):
+            rows = {it.path: c_mine.store.vector(it.id) for it in c_mine.store.select("kind = 'image'")}
+            expected = {it.path: c_theirs.store.vector(it.id)
+                        for it in c_theirs.store.select("kind = 'image' AND path LIKE '%/rome/%'")}
+            assert rows.keys() == expected.keys() and rows
+            assert all(np.allclose(rows[p], expected[p], atol=1e-5) for p in rows)
