@@ -46,22 +46,24 @@ def photo_paths(n: int, folder: Path) -> tuple[list[Path], str]:
     return paths, "synthetic 320x240"
 
 
-def _timed_run(folder: Path, model: str, paths: list[Path], pool: object | None) -> float:
-    """Seconds to index ``paths`` into a new collection (model loaded before the clock starts)."""
+def _timed_run(folder: Path, model: str, paths: list[Path], pool: object | None) -> tuple[float, float]:
+    """Seconds to index ``paths`` into a new collection (model loaded before the clock starts), and the CPU
+    seconds this process spent on it (with a pool: what the process that writes the store costs)."""
     with Collection.open(folder, model) as c:
         c.encoder.encode_images([Image.open(paths[0]).convert("RGB")])  # warm the local model: not timed
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         report = c.add_images(paths, pool=pool)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert report.added + report.reused == len(paths), report.summary()
-    return seconds
+    return seconds, cpu
 
 
 def indexing(n: int = 400, model: str = "lite", repeats: int = 3, configs: tuple[int, ...] = (1, 2)
-             ) -> tuple[list[tuple[str, float, float, float]], str]:
-    """Rows (setup, startup s, best seconds, photos/s) of the local pipeline and of Ray with each count of
-    one-thread encode actors in ``configs``, and where the photos came from. The setups take turns, ``repeats``
-    rounds, a fresh collection each run: a load that comes and goes hits them alike."""
+             ) -> tuple[list[tuple[str, float, float, float, float]], str]:
+    """Rows (setup, startup s, best seconds, photos/s, this process's CPU s in that run) of the local pipeline
+    and of Ray with each count of one-thread encode actors in ``configs``, and where the photos came from. The
+    setups take turns, ``repeats`` rounds, a fresh collection each run: a load that comes and goes hits them
+    alike."""
     import ray
 
     from crossmodal.distributed import EncodePool
@@ -80,7 +82,7 @@ def indexing(n: int = 400, model: str = "lite", repeats: int = 3, configs: tuple
                 pools.append(EncodePool(model, workers))
                 up.append(time.perf_counter() - start)
             setups: list[EncodePool | None] = [None, *pools]
-            times: list[list[float]] = [[] for _ in setups]
+            times: list[list[tuple[float, float]]] = [[] for _ in setups]
             for i, pool in enumerate(setups):  # first ONNX sessions, page cache: not timed
                 _timed_run(Path(tmp) / f"warm-{i}", model, warm, pool)
             for r in range(repeats):
@@ -92,10 +94,11 @@ def indexing(n: int = 400, model: str = "lite", repeats: int = 3, configs: tuple
             ray.shutdown()
     names = ["local pipeline (defaults)", *(f"Ray, {w} actor{'s' if w > 1 else ''} x 1 thread" for w in configs)]
     startup = [0.0, up[0] + up[1], *up[2:]]
-    return [(name, s, min(t), n / min(t)) for name, s, t in zip(names, startup, times, strict=True)], source
+    best = [min(t) for t in times]
+    return [(name, s, wall, n / wall, cpu) for name, s, (wall, cpu) in zip(names, startup, best, strict=True)], source
 
 
-def print_indexing(rows: list[tuple[str, float, float, float]], n: int, source: str, load: float) -> None:
+def print_indexing(rows: list[tuple[str, float, float, float, float]], n: int, source: str, load: float) -> None:
     """The indexing table: photos/s and the ratio to the local pipeline (the first row); ``load``: the load
     average before the run (others' work), beside the one after it (this run's own, mostly)."""
     import torch
@@ -105,11 +108,12 @@ def print_indexing(rows: list[tuple[str, float, float, float]], n: int, source: 
     table = Table(title=f"indexing {n} {source} photos, lite ({type(encoder).__name__}), {os.cpu_count()} cores; "
                         f"local: model on {threads} threads + decode threads; load average {load:.2f} before, "
                         f"{os.getloadavg()[0]:.2f} after")
-    for col in ("setup", "startup s", "index s", "photos/s", "x local"):
+    for col in ("setup", "startup s", "index s", "photos/s", "x local", "main process CPU s"):
         table.add_column(col, justify="left" if col == "setup" else "right")
     local = rows[0][3]
-    for name, up, seconds, rate in rows:
-        table.add_row(name, f"{up:.1f}" if up else "-", f"{seconds:.2f}", f"{rate:.1f}", f"{rate / local:.3f}")
+    for name, up, seconds, rate, cpu in rows:
+        table.add_row(name, f"{up:.1f}" if up else "-", f"{seconds:.2f}", f"{rate:.1f}", f"{rate / local:.3f}",
+                      f"{cpu:.2f}")
     Console().print(table)
 
 

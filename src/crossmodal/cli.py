@@ -237,13 +237,9 @@ def index(
     budget = parse_size(memory)
     use_ray = (ray or ray_address is not None) and not texts
     if use_ray:
-        from .distributed import EncodePool, RayMissingError, require_ray
+        from .distributed import EncodePool, require_ray
 
-        try:
-            require_ray()  # before the collection is made
-        except RayMissingError as e:
-            err.print(f"error: {e}", markup=False, highlight=False)  # markup would eat the extra's [ray]
-            raise typer.Exit(2) from None
+        require_ray()  # before the collection is made
     if shards is not None:
         make_shards(collection or default_collection(), shards, model)
     with open_collection(collection, model=model) as c, ExitStack() as stack:
