@@ -157,6 +157,10 @@ def test_cli_index_search_and_shard_count(tmp_path: Path, pair) -> None:
     assert result.exit_code == 2 and "has 2 shards, not 3" in result.output
     info = json.loads(runner.invoke(app, ["info", "-c", str(folder), "--json"]).stdout)
     assert info["images"] == 18 and len(info["shards"]) == 2
+    result = runner.invoke(app, ["list", "-c", str(folder)])
+    assert result.exit_code == 2 and "run it on each shard" in result.output
+    result = runner.invoke(app, ["list", "-c", str(folder / "shard-000"), "--json"])
+    assert result.exit_code == 0 and len(json.loads(result.stdout)) == info["shards"][0]["images"]
 
 
 def test_server_searches_a_sharded_collection(pair) -> None:
@@ -192,3 +196,19 @@ def test_serve_ray_needs_a_sharded_collection_and_ray(tmp_path: Path, pair, monk
     monkeypatch.setattr("crossmodal.distributed.require_ray", no_ray)
     result = runner.invoke(app, ["serve", str(sharded.folder), "--ray"])
     assert result.exit_code == 2 and 'pip install "crossmodal[ray]"' in result.output
+
+
+def test_a_gone_folder_keeps_its_photos_unless_prune_all(tmp_path: Path, lite) -> None:
+    for i in range(6):
+        make_photo(tmp_path / "disk" / f"p{i}.jpg", (40 * i, 200 - 30 * i, 90), noise=20)
+    with ShardedCollection.create(tmp_path / "c", 2, model=lite) as c:
+        assert c.index_folder(tmp_path / "disk", progress=False).added == 6
+        (tmp_path / "disk" / "p0.jpg").unlink()
+        assert c.index_folder(tmp_path / "disk", progress=False).removed == 1  # pruned in whichever shard held it
+        for p in (tmp_path / "disk").iterdir():
+            p.unlink()
+        (tmp_path / "disk").rmdir()
+        with pytest.raises(FileNotFoundError, match="its 5 stored photos are kept"):
+            c.index_folder(tmp_path / "disk", progress=False)
+        assert c.index_folder(tmp_path / "disk", prune_all=True, progress=False).removed == 5
+        assert len(c) == 0

@@ -267,6 +267,15 @@ def index(
                   f"index: {_plan_line(c)}", highlight=False)
 
 
+def one_folder(c: Any, command: str) -> None:
+    """Refuse, on a sharded collection, a command that works on one collection folder, saying how to run it."""
+    from .collection.sharded import ShardedCollection
+
+    if isinstance(c, ShardedCollection):
+        raise ValueError(f"`crossmodal {command}` works on one collection folder at a time: run it on each shard "
+                         f"of {c.folder} (-c {c.folder}/shard-000, ...; ids there are the shard's own)")
+
+
 def make_shards(folder: Path, shards: int, model: str | None) -> None:
     """Make a sharded collection of ``shards`` shards in ``folder``, unless it is one already (of as many)."""
     from .collection.sharded import ShardedCollection, is_sharded, shard_count
@@ -434,6 +443,7 @@ def duplicates(
     from .collection.paths import shown
 
     with open_collection(collection, create=False) as c:
+        one_folder(c, "duplicates")
         groups = find_duplicates(c, threshold)
     if as_json:
         print(json.dumps([g.to_dict() for g in groups], ensure_ascii=False, indent=2))
@@ -538,6 +548,7 @@ def list_items(
         raise ValueError(f"--kind {kind!r}: use image (photos) or text")
     conditions = [parse_condition(spec) for spec in where or []]
     with open_collection(collection, create=False) as c:
+        one_folder(c, "list")
         items = select(c.store, kind, path, conditions, limit)
     if as_json:
         print(json.dumps([item_json(it) for it in items], ensure_ascii=False, indent=2))
@@ -569,6 +580,7 @@ def remove(
     from .collection.selection import select_targets
 
     with open_collection(collection, create=False) as c:
+        one_folder(c, "remove")
         try:
             items = select_targets(c.store, targets)
         except ValueError as e:
@@ -625,6 +637,7 @@ def bank(
                   f"{len(built.vectors('images'))} photos", highlight=False)
         return
     with open_collection(collection, model=model, create=False) as c:
+        one_folder(c, "bank")
         built = build_bank(c.encoder, caption_list, image_list, limit=limit)
         built.save(c.folder / BANK_FILE)
         c.store.bank = built

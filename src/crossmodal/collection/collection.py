@@ -45,6 +45,12 @@ DEFAULT_MODEL = "lite"
 SHARDS_FILE = "shards.json"  # marks a sharded collection's folder (sharded.py)
 
 
+def folder_gone(folder: Path, stored: int) -> FileNotFoundError:
+    """The error of indexing a folder that is not there, whose ``stored`` photos are kept."""
+    return FileNotFoundError(f"{folder}: no such file or folder" + (
+        f"; its {stored} stored photos are kept (index it with --prune-all to remove them)" if stored else ""))
+
+
 class Collection(Searchable):
     """Photos and texts embedded by one model, stored in one folder."""
 
@@ -130,9 +136,7 @@ class Collection(Searchable):
         if not folder.exists():
             stored = len(self.store.images_under(root))
             if not (stored and prune_all):
-                raise FileNotFoundError(f"{folder}: no such file or folder" + (
-                    f"; its {stored} stored photos are kept (index it with --prune-all to remove them)"
-                    if stored else ""))
+                raise folder_gone(folder, stored)
         paths = [p for p in iter_images(folder, include_hidden=include_hidden) if only is None or only(str(p))]
         with self._writing():
             report = index_images(self.store, self.encoder, paths, root=root, fields=fields,

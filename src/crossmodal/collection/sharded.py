@@ -37,7 +37,7 @@ from ..search.rerank import RERANKER_DIR, collection_scorer, find_reranker
 from ..sources.captions import CaptionRecord
 from ..sources.folders import iter_images
 from .atomic import atomic_write_json
-from .collection import DEFAULT_MODEL, SHARDS_FILE, Collection
+from .collection import DEFAULT_MODEL, SHARDS_FILE, Collection, folder_gone
 from .manifest import MANIFEST, Manifest
 from .searching import Hits, Searchable, check_search, hits_of
 from .store import Item, ReadOnlyCollectionError
@@ -272,10 +272,10 @@ class ShardedCollection(Searchable):
         self.encoder  # noqa: B018 - loaded once, for every shard
         shards = self._local()
         if not folder.exists():
-            stored = [c for c in shards if c.store.images_under(str(folder.absolute()))]
-            if not (stored and prune_all):
-                shards[0].index_folder(folder, prune_all=prune_all)  # raises its FileNotFoundError
-            shards = stored
+            counts = {c: len(c.store.images_under(str(folder.absolute()))) for c in shards}
+            if not (any(counts.values()) and prune_all):
+                raise folder_gone(folder, sum(counts.values()))
+            shards = [c for c in shards if counts[c]]
         # Photos in the folder: a shard whose share is empty was emptied, not unmounted.
         found = folder.exists() and next(iter(iter_images(folder, include_hidden=include_hidden)), None) is not None
         reports = []

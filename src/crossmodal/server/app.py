@@ -421,6 +421,8 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
                          limit: Annotated[int, Query(ge=1, le=MAX_GROUPS)] = 100) -> dict[str, Any]:
         """Groups, largest first, each with its largest photo first (see ``crossmodal duplicates``); at most
         ``limit`` groups, ``total`` says how many there are. Computed once per threshold and collection state."""
+        if isinstance(c, ShardedCollection):
+            raise HTTPException(501, "copies are found per collection folder: not across the shards of a sharded one")
         start = time.perf_counter()
         generation = await run_in_threadpool(_locked, lambda: c.store.generation)
         groups = await run_in_threadpool(_duplicate_groups, c, generation, threshold)
