@@ -1,5 +1,6 @@
-"""Photo indexing on a two-node Ray cluster made here (a head and a second node of one CPU each): the same items and
-vectors as a local run, nothing lost when an encode actor is killed mid-run, and a clear line without Ray."""
+"""Photo indexing on a two-node Ray cluster made in the test (``ray_cluster`` in conftest: a head and a second node of
+one CPU each): the same items and vectors as a local run, nothing lost when an encode actor is killed mid-run, and a
+clear line without Ray."""
 
 from __future__ import annotations
 
@@ -18,21 +19,6 @@ from crossmodal import Collection
 from crossmodal.cli import app
 
 BATCH = 4  # several batches per run, so both actors work and one can die with batches queued
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[Any]:
-    """A head node and a second node, one CPU each, and this process connected to them."""
-    ray = pytest.importorskip("ray")
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    cluster.shutdown()
 
 
 @pytest.fixture(scope="module")
