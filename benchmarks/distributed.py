@@ -114,7 +114,7 @@ def print_indexing(rows: list[tuple[str, float, float, float, float]], n: int, s
     for name, up, seconds, rate, cpu in rows:
         table.add_row(name, f"{up:.1f}" if up else "-", f"{seconds:.2f}", f"{rate:.1f}", f"{rate / local:.3f}",
                       f"{cpu:.2f}")
-    Console().print(table)
+    Console(width=140).print(table)
 
 
 def main() -> None:
