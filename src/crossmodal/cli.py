@@ -208,7 +208,7 @@ def index(
                                                "assigned by a hash of each item, searched as one: "
                                                "docs/scaling.md); only when it is made.")] = None,
     ray: Annotated[bool, typer.Option("--ray", help="Read, decode and encode the photos on a Ray cluster's actors "
-                                      "(needs crossmodal[ray]); this process still writes the collection.")] = False,
+                                      "(the optional Ray extra); this process still writes the collection.")] = False,
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="The Ray cluster to use ('auto': the one "
                                                     "`ray start` runs here); implies --ray. Default: a local Ray.",
                                                     show_default=False)] = None,
