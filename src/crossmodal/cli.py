@@ -334,6 +334,8 @@ def search(
                                                     "steer away from.")] = None,
     top: Annotated[int, typer.Option("--top", "-k", help="How many results.", min=1)] = 10,
     texts: Annotated[bool, typer.Option("--texts", help="Return texts instead of photos.")] = False,
+    kind: Annotated[str, typer.Option("--kind", help="image: photos and videos (each video once, at its best "
+                                      "moment); video: videos only; text: texts (as --texts).")] = "image",
     path: Annotated[str | None, typer.Option("--path", help="Only items whose path matches this glob.")] = None,
     where: WhereOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
@@ -354,10 +356,12 @@ def search(
     collection: CollectionOpt = None,
     model: ModelOpt = None,
 ) -> None:
-    """Search the collection by text, by photo, or by a weighted mix: prints score <TAB> path, best first.
+    """Search the collection by text, by photo, or by a weighted mix: prints score <TAB> path, best first (a video:
+    score <TAB> path <TAB> t=SECONDS, its best moment).
 
     Examples:
       crossmodal search "a dog running on a beach" --top 5
+      crossmodal search "a dog jumps into a pool" --kind video
       crossmodal search --image ./query.jpg --where album=paris
       crossmodal search "beach" --minus people --plus 0.5:sunset --json
       crossmodal search --queries queries.txt > results.jsonl
@@ -368,12 +372,15 @@ def search(
 
     ranking = Ranking(norm=norm, rerank=rerank, min_score=min_score, diversity=diverse)
     ranking = replace(ranking, retriever=retriever)
+    if kind not in ("image", "video", "text"):
+        raise ValueError(f"--kind {kind!r}: use image (photos and videos), video or text")
+    kind = "text" if texts else kind
     terms: list[Term] = [parse_term(s) for s in plus or []] + [parse_term(s, -1.0) for s in minus or []]
     if queries is not None:
         if query is not None or image is not None or terms:
             raise ValueError("--queries FILE takes the place of QUERY, --image, --plus and --minus: give one or the "
                              "other")
-        search_file(queries, collection, model, k=top, kind="text" if texts else "image", path=path,
+        search_file(queries, collection, model, k=top, kind=kind, path=path,
                     where=where or [], ranking=ranking)
         return
     if query is None and image is None and not terms:
@@ -382,13 +389,13 @@ def search(
         raise FileNotFoundError(f"{image}: no such file")
     with open_collection(collection, model=model, create=False) as c:
         if query is not None and understand:
-            read = c.understand(query, "text" if texts else "image")
+            read = c.understand(query, "text" if kind == "text" else "image")
             for note in read.notes:
                 err.print(f"{note['words']!r}: {note['field']} {note['value']} ({note['as']}"
                           f"{', ' + note['why'] if 'why' in note else ''})", highlight=False)
             query, where = read.text, [*(where or []), *read.conditions]
         hits = c.search(query, image=image.expanduser() if image else None, terms=terms, k=top,
-                        kind="text" if texts else "image", path=path, where=where or [], ranking=ranking)
+                        kind=kind, path=path, where=where or [], ranking=ranking)
     if as_json:
         print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))
         return
@@ -398,7 +405,8 @@ def search(
         err.print(f"[yellow]warning[/]: partial results: shards {list(hits.missing_shards)} did not answer in time",
                   highlight=False)
     for h in hits:
-        print(f"{h.score:.4f}\t{shown(h.path) if h.kind == 'image' else h.text}")
+        print(f"{h.score:.4f}\t{shown(h.path) if h.kind == 'image' else h.text}" + (
+            f"\tt={h.t:.1f}" if h.t is not None else ""))
 
 
 def search_file(file: Path, collection: Path | None, model: str | None, where: list[str], **options: Any) -> None:
@@ -414,7 +422,8 @@ def search_file(file: Path, collection: Path | None, model: str | None, where: l
     conditions = [parse_condition(spec) for spec in where]
     with open_collection(collection, model=model, create=False) as c:
         # the reranker reads text queries' token states when they rank photos: take them from the same pass
-        states = options["kind"] == "image" and bool(options["ranking"].rerank) and c.reranker("image") is not None
+        states = (options["kind"] in ("image", "video") and bool(options["ranking"].rerank)
+                  and c.reranker("image") is not None)
         for start in range(0, len(texts), QUERY_CHUNK):
             chunk = texts[start:start + QUERY_CHUNK]
             results = c.search_queries(text_queries(c.encoder, chunk, states), where=conditions, **options)

@@ -27,16 +27,19 @@ from ..search.pipeline import Query, Ranking, Timings
 from ..search.rerank import RERANKER_DIR, collection_scorer, find_reranker
 from ..search.understand import PLACE_FIELDS
 from ..sources.captions import CaptionRecord, read_captions
-from ..sources.folders import iter_images
+from ..sources.folders import iter_media
 from ..sources.images import DEFAULT_MAX_PIXELS
+from ..sources.videos import split_videos
 from . import photo_fields
 from .atomic import remove_leftovers
 from .indexes import IndexManager
 from .lock import write_lock
 from .manifest import MANIFEST, Manifest
+from .moments import any_moments, search_kind, videos_of
 from .searching import Hit, Searchable, check_search, hits_of
 from .store import KINDS, ItemStore, ReadOnlyCollectionError
 from .sync import IndexReport, fill_metadata, fill_tokens, index_images, index_texts
+from .video_sync import index_videos
 
 if TYPE_CHECKING:
     from .sparse_index import SparseIndexes
@@ -137,20 +140,28 @@ class Collection(Searchable):
             stored = len(self.store.images_under(root))
             if not (stored and prune_all):
                 raise folder_gone(folder, stored)
-        paths = [p for p in iter_images(folder, include_hidden=include_hidden) if only is None or only(str(p))]
+        paths = [p for p in iter_media(folder, include_hidden=include_hidden) if only is None or only(str(p))]
+        photos, videos = split_videos(paths)
         with self._writing():
-            report = index_images(self.store, self.encoder, paths, root=root, fields=fields,
-                                  max_pixels=max_pixels, prune=prune, prune_all=prune_all, progress=progress,
-                                  **kwargs)
+            report = index_images(self.store, self.encoder, photos, root=root, fields=fields,
+                                  max_pixels=max_pixels, prune=prune, prune_all=prune_all or bool(videos),
+                                  progress=progress, **kwargs)
+            if videos or (root is not None and any_moments(self.store)):
+                report = report.merge(index_videos(self.store, self.encoder, videos, root=root, fields=fields,
+                                                   prune=prune, prune_all=prune_all, others=len(photos),
+                                                   progress=progress, report=kwargs.get("report")))
             self._after_adding(progress, read_photos=True)
             self.refresh_indexes(progress)  # the first search must not build the index in the foreground
         return report
 
     def add_images(self, paths: Iterable[str | Path], *, fields: dict[str, Any] | None = None,
                    max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False, **kwargs: Any) -> IndexReport:
-        """Add (or refresh) the given photo files; never removes anything."""
-        report = index_images(self.store, self.encoder, list(paths), fields=fields, max_pixels=max_pixels,
+        """Add (or refresh) the given photo (and video) files; never removes anything."""
+        photos, videos = split_videos(paths)
+        report = index_images(self.store, self.encoder, photos, fields=fields, max_pixels=max_pixels,
                               progress=progress, **kwargs)
+        if videos:
+            report = report.merge(index_videos(self.store, self.encoder, videos, fields=fields, progress=progress))
         self._after_adding(progress)
         return report
 
@@ -220,6 +231,7 @@ class Collection(Searchable):
                        timings: Timings | None = None) -> list[list[Hit]]:
         """Top-``k`` items for each query, ranked together by the search pipeline (one matrix product or
         one index call for all). Each query's ``exclude`` ids are left out; pages stay full."""
+        kind, where = search_kind(kind, where)
         check_search(self.manifest, queries, k, kind)
         ranked = pipeline.run(self, queries, k=k, kind=kind, allowed=self.allowed(kind, path, where),
                               ranking=ranking or Ranking(), timings=timings)
@@ -244,6 +256,17 @@ class Collection(Searchable):
         with self.lock:
             stored_ids, matrix = self.store.matrix(kind)
             return np.asarray(matrix[np.searchsorted(stored_ids, ids)], dtype=np.float32)
+
+    def groups(self, kind: str, ids: np.ndarray) -> dict[int, str]:
+        """The video of each id that is a moment (the pipeline's collapse stage); nothing in a photo-only one."""
+        with self.lock:
+            if kind != "image" or not self._has_moments(self.store.generation):
+                return {}
+            return videos_of(self.store, sorted({int(i) for i in ids}))
+
+    @lru_cache(maxsize=1)  # noqa: B019 - one flag per generation
+    def _has_moments(self, generation: int) -> bool:
+        return any_moments(self.store)
 
     def reranker_name(self) -> str | None:
         """The name of the reranker whose tokens this collection stores, if any."""

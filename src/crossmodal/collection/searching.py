@@ -18,6 +18,7 @@ from ..search.pipeline import Query, Ranked, Ranking
 from ..search.query import Term, encode_query
 from ..search.understand import Understood, understand
 from .manifest import ModelMismatchError
+from .moments import hit_place
 from .paths import shown
 from .store import KINDS
 from .sync import content_hash
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class Hit:
-    """One search result. ``path`` is set for photos, ``text`` for texts."""
+    """One search result. ``path`` is set for photos and videos, ``text`` for texts, ``t`` for videos."""
 
     id: int
     score: float
@@ -38,6 +39,7 @@ class Hit:
     path: str | None = None
     text: str | None = None
     fields: dict[str, Any] | None = None
+    t: float | None = None  # a video's best moment: ``path`` is the video, ``t`` the moment's time in seconds
 
     def to_dict(self) -> dict[str, Any]:
         """The hit as JSON-ready values; a file name that is not UTF-8 shows its odd bytes as ``\\xNN``."""
@@ -77,10 +79,14 @@ def hits_of(ranked: list[Ranked], get: Callable[[list[int]], dict[int, Item]], l
     """The pipeline's ranked ids as hits, with the stored items ``get`` returns (called holding ``lock``)."""
     with lock:
         items = get(sorted({int(i) for _, ids in ranked for i in ids}))  # np.unique imports numpy.ma
-    return [Hits([Hit(id=int(i), score=float(s), kind=kind, path=items[int(i)].path, text=items[int(i)].text,
-                      fields=items[int(i)].fields or None)
-                  for s, i in zip(scores, ids, strict=True) if int(i) in items])
+    return [Hits([hit_of(items[int(i)], float(s), kind) for s, i in zip(scores, ids, strict=True) if int(i) in items])
             for scores, ids in ranked]
+
+
+def hit_of(item: Item, score: float, kind: str) -> Hit:
+    """A stored item as a hit: a moment of a video shows as the video at the moment's time (moments.py)."""
+    path, t = hit_place(item)
+    return Hit(id=item.id, score=score, kind=kind, path=path, text=item.text, fields=item.fields or None, t=t)
 
 
 class Searchable:

@@ -33,7 +33,9 @@ from ..sources.captions import CaptionRecord
 from ..sources.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from ..sources.metadata import read_metadata
 from ..sources.prefetch import batches, prefetch
+from ..sources.videos import is_video_path
 from . import photo_fields, pruned
+from .moments import is_moment
 from .paths import encode_path, shown
 from .store import Item, ItemStore, NewItem
 
@@ -75,6 +77,14 @@ class IndexReport:
         if self.skipped_known_bad:
             parts.append(f"{self.skipped_known_bad} known unreadable (unchanged since last run)")
         return ", ".join(parts)
+
+    def merge(self, other: IndexReport) -> IndexReport:
+        """The counts of two runs over one folder (its photos and its videos) added up."""
+        out = IndexReport(failed=self.failed + other.failed)
+        for name in ("added", "updated", "unchanged", "moved", "reused", "restored", "removed", "kept",
+                     "skipped_known_bad"):
+            setattr(out, name, getattr(self, name) + getattr(other, name))
+        return out
 
 
 def content_hash(data: bytes) -> str:
@@ -158,8 +168,8 @@ def index_images(
     files = [os.path.abspath(p) for p in paths]
     if root is not None:
         root = os.path.abspath(root)
-        known = store.images_under(root)
-        known_bad = store.failures_under(root)
+        known = {p: it for p, it in store.images_under(root).items() if not is_moment(it)}  # videos: video_sync.py
+        known_bad = {p: v for p, v in store.failures_under(root).items() if not is_video_path(p)}
     else:
         known = {p: it for p in files if (it := store.image_by_path(p)) is not None}
         known_bad = {}
@@ -338,7 +348,8 @@ def fill_tokens(store: ItemStore, encoder: Encoder, max_pixels: int = DEFAULT_MA
                 report: Reporter = _warn) -> int:
     """Compute the reranker tokens of stored photos that lack them (indexed before the reranker existed),
     reading each photo again; returns how many were added. Unreadable photos are reported and left as they are."""
-    missing = {it.hash: it for it in store.missing_tokens() if it.path} if encoder.rerank_inputs else {}
+    missing = ({it.hash: it for it in store.missing_tokens() if it.path and not is_moment(it)}
+               if encoder.rerank_inputs else {})  # a video's moments get theirs when it is (re-)indexed
     if not missing:
         return 0
     todo = []
@@ -374,7 +385,7 @@ def fill_metadata(store: ItemStore, progress: bool = True, batch: int = 512) -> 
     if not photo_fields.exists(store.db):
         store.db.execute(photo_fields.SCHEMA)  # one atomic statement, outside the snapshot: no new generation
     items = store.select(photo_fields.missing_sql())
-    todo = [it for it in items if it.path and _unchanged(it)]
+    todo = [it for it in items if it.path and not is_moment(it) and _unchanged(it)]
     by_hash: dict[str, list[Item]] = {}
     for it in todo:
         by_hash.setdefault(it.hash, []).append(it)

@@ -1,4 +1,4 @@
-"""The one ranking pipeline: retrieve candidates -> normalise -> rerank the top N -> cut.
+"""The one ranking pipeline: retrieve candidates -> normalise -> rerank the top N -> collapse -> cut.
 
 ``Collection.search``, ``crossmodal search``, ``crossmodal eval`` and ``crossmodal serve`` all rank
 through these functions with the same ``Ranking`` options, so the number eval prints is the number
@@ -12,6 +12,8 @@ users get. Stages:
   retrieval so every index kind ranks by the normalised score;
 - rerank: a model that reads the query and each of the top N candidates together re-scores them as
   ``score + weight x logit`` (BLIP's ITM + ITC); only the order inside the top N changes;
+- collapse: the moments of one video (collection/moments.py) stand for it together: its best-ranked moment
+  stays, the others go, and candidates are fetched further until the page is full again;
 - cut: results scoring under ``min_score`` are dropped;
 - diversify (optional): maximal marginal relevance picks the page from a pool of ``diversity.POOL``
   candidates by their stored vectors (search/diversity.py), so near-copies do not fill it; scores stay
@@ -35,6 +37,8 @@ from .exact import scores as inner_products
 from .exact import topk
 from .hybrid import Ranked
 from .normalise import Bank, augment_queries, index_dim
+
+MAX_FETCH = 65536  # candidates fetched at most to fill a page that videos' moments collapsed
 
 if TYPE_CHECKING:
     from ..collection.collection import Collection
@@ -147,6 +151,9 @@ class Source(Protocol):
         """The stored vectors of items (diversify)."""
         ...
 
+    # Optional: ``groups(kind, ids) -> {id: group}`` names the items that stand for one result together (the
+    # moments of one video); the collapse stage keeps each group's best. A source without it is not collapsed.
+
 
 def run(source: Source, queries: Sequence[Query], *, k: int, kind: str, allowed: Any, ranking: Ranking,
         timings: Timings | None = None) -> list[Ranked]:
@@ -160,22 +167,54 @@ def run(source: Source, queries: Sequence[Query], *, k: int, kind: str, allowed:
     reranking = source.reranker(kind) if ranking.rerank and hybrid.dense_scale(ranking.retriever) else None
     pool = max(k, POOL) if ranking.diverse else k
     fetch = max(pool, ranking.rerank if reranking else 0) + max((len(q.exclude) for q in queries), default=0)
-    out = source.candidates(queries, fetch=fetch, kind=kind, allowed=allowed, ranking=ranking, timings=timings)
-    started = time.perf_counter()
-    if reranking is not None:
-        scorer, weight = reranking
-        for i, query in enumerate(queries):
-            if query.source is not None and cross_modal(query.modality, kind) and len(out[i][1]):
-                logits = scorer(query, out[i][1][: ranking.rerank])
-                if logits is not None:
-                    out[i] = rerank_top(*out[i], ranking.rerank, logits, weight)
-        started = timings.add("rerank", started)
+    groups = getattr(source, "groups", None) if kind == "image" else None
+    while True:
+        out = source.candidates(queries, fetch=fetch, kind=kind, allowed=allowed, ranking=ranking, timings=timings)
+        started = time.perf_counter()
+        if reranking is not None:
+            out = [rerank(reranking, query, kind, ranking.rerank, ranked) for query, ranked in zip(queries, out,
+                                                                                                  strict=True)]
+            started = timings.add("rerank", started)
+        found = {} if groups is None else groups(kind, np.concatenate([ids for _, ids in out]))
+        if not found:  # no moment among the candidates (a photo-only collection): nothing to collapse
+            break
+        full = [len(ids) >= fetch for _, ids in out]
+        out = collapse(out, found)
+        started = timings.add("collapse", started)
+        if fetch >= MAX_FETCH or not any(f and len(ids) < pool for f, (_, ids) in zip(full, out, strict=True)):
+            break
+        fetch *= 4  # moments of a few videos filled the candidates: look further for a full page
     out = [cut(s[:pool], i[:pool], ranking.min_score) for s, i in out]
     started = timings.add("cut", started)
     if ranking.diverse:
         out = [diversify(source.vectors(kind, i), s, i, ranking.diversity, k) for s, i in out]
         timings.add("diversify", started)
     return out
+
+
+def rerank(reranking: tuple[Scorer, float], query: Query, kind: str, n: int, ranked: Ranked) -> Ranked:
+    """One query's list with its top ``n`` re-scored by the reranker, when it applies to this query."""
+    scorer, weight = reranking
+    if query.source is None or not cross_modal(query.modality, kind) or not len(ranked[1]):
+        return ranked
+    logits = scorer(query, ranked[1][:n])
+    return ranked if logits is None else rerank_top(*ranked, n, logits, weight)
+
+
+def collapse(out: list[Ranked], groups: dict[int, Any]) -> list[Ranked]:
+    """Keep only the best-ranked item of each group (a video's moments: its best moment stands for it); items
+    in no group (photos) all stay, in order."""
+    collapsed = []
+    for scores, ids in out:
+        seen: set[Any] = set()
+        keep = []
+        for i, item in enumerate(ids):
+            group = groups.get(int(item))
+            if group is None or group not in seen:
+                keep.append(i)
+                seen.add(group)
+        collapsed.append((scores[keep], ids[keep]))
+    return collapsed
 
 
 def candidates(collection: Collection, queries: Sequence[Query], *, fetch: int, kind: str,

@@ -1,0 +1,120 @@
+"""Videos as moments: slideshows of Flickr8k photos are indexed, found by a caption at the right moment, and
+synced by the photos' rules (broken ones reported once, a changed one re-embedded alone, renames keep ids)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import FLICKR, ColorEncoder, make_photo, needs_flickr
+from crossmodal.collection.collection import Collection
+from crossmodal.sources.folders import iter_media
+from crossmodal.sources.videos import VideoError, frame_at, sample, write_slideshow
+
+HOLD = 2.0  # seconds each photo is shown: scene i spans [i * HOLD, (i + 1) * HOLD)
+pytestmark = needs_flickr
+
+
+def _test_photos(n: int) -> list[str]:
+    names = (FLICKR / "splits" / "test.txt").read_text().split()
+    return names[:n]
+
+
+def _captions() -> dict[str, str]:
+    """The first caption of each Flickr8k photo."""
+    out: dict[str, str] = {}
+    with open(FLICKR / "captions.tsv", encoding="utf-8") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            out.setdefault(row["image"], row["caption"])
+    return out
+
+
+def _video(path: Path, names: list[str], hold: float = HOLD) -> Path:
+    write_slideshow(path, [Image.open(FLICKR / "images" / n) for n in names], hold=hold, fps=2)
+    return path
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[list[str]]]:
+    """Three 3-scene videos, one photo, a truncated video and a text file named .mp4."""
+    folder = tmp_path_factory.mktemp("library")
+    names = _test_photos(10)
+    scenes = [names[0:3], names[3:6], names[6:9]]
+    for i, group in enumerate(scenes):
+        _video(folder / f"clip{i}.mp4", group)
+    shutil.copy(FLICKR / "images" / names[9], folder / "photo.jpg")
+    data = (folder / "clip0.mp4").read_bytes()
+    (folder / "broken.mp4").write_bytes(data[: len(data) // 2])
+    (folder / "notes.mp4").write_text("not a video at all\n")
+    return folder, scenes
+
+
+def test_sampling_covers_each_scene_and_refuses_bad_files(library: tuple[Path, list[list[str]]]) -> None:
+    folder, _ = library
+    moments = sample(str(folder / "clip0.mp4"))
+    assert [m.t for m in moments] == [0.0, 2.0, 4.0]
+    assert moments[-1].end == pytest.approx(6.0)
+    assert frame_at(str(folder / "clip0.mp4"), 3.0).size == (160, 120)
+    for bad in ("broken.mp4", "notes.mp4"):
+        with pytest.raises(VideoError, match="video"):
+            sample(str(folder / bad))
+    assert {p.name for p in iter_media(folder)} >= {"clip0.mp4", "photo.jpg", "notes.mp4"}
+
+
+def test_caption_finds_the_video_and_the_moment(library: tuple[Path, list[list[str]]], tmp_path: Path) -> None:
+    folder, scenes = library
+    c = Collection.open(tmp_path / "col", model="lite")
+    report = c.index_folder(folder, progress=False)
+    assert report.added == 4 and {Path(p).name for p, _ in report.failed} == {"broken.mp4", "notes.mp4"}
+    captions = _captions()
+    for video, scene in ((0, 0), (1, 1), (2, 2)):  # scenes whose first caption the lite model places first
+        hits = c.search(captions[scenes[video][scene]], k=5, kind="video")
+        best = hits[0]
+        assert Path(best.path).name == f"clip{video}.mp4"
+        assert scene * HOLD <= best.t < (scene + 1) * HOLD
+        assert len({h.path for h in hits}) == len(hits) == 3  # each video once, photos left out
+    mixed = c.search(captions[scenes[1][1]], k=10)
+    assert sorted(Path(h.path).name for h in mixed) == ["clip0.mp4", "clip1.mp4", "clip2.mp4", "photo.jpg"]
+    assert c.store.count("image") == 10  # 9 moments and the photo
+
+
+def test_sync_rules_for_videos(library: tuple[Path, list[list[str]]], tmp_path: Path) -> None:
+    source, _ = library
+    folder = tmp_path / "videos"
+    shutil.copytree(source, folder)
+    make_photo(folder / "red.jpg", (200, 10, 10))
+    encoder = ColorEncoder()
+    c = Collection.open(tmp_path / "col", model=encoder)
+    warned: list[str] = []
+    first = c.index_folder(folder, progress=False, report=warned.append)
+    assert first.added == 5 and len(first.failed) == 2
+    assert sum("broken.mp4" in w for w in warned) == 1 and sum("notes.mp4" in w for w in warned) == 1
+    ids = {p: [h.id for h in c.store.select("path LIKE ? ORDER BY id", (f"%{p}.mp4#t=%",))]
+           for p in ("clip0", "clip1", "clip2")}
+
+    encoded = encoder.images_encoded
+    again = c.index_folder(folder, progress=False, report=warned.append)
+    assert (again.unchanged, again.skipped_known_bad, again.failed) == (5, 2, [])
+    assert encoder.images_encoded == encoded and len(warned) == 2  # broken files are not retried while unchanged
+
+    _video(folder / "clip1.mp4", _test_photos(12)[9:12], hold=1.0)  # changed: 3 scenes of 1 s
+    changed = c.index_folder(folder, progress=False)
+    assert (changed.updated, changed.unchanged) == (1, 4)
+    assert encoder.images_encoded - encoded == 3  # only the changed video's moments were embedded
+    clip1 = sorted(c.store.select("path LIKE ?", ("%clip1.mp4#t=%",)), key=lambda it: it.fields["t"])
+    assert len(ids["clip1"]) == 3 and [m.id for m in clip1] == ids["clip1"] and [m.fields["t"] for m in clip1] == [0.0, 1.0, 2.0]
+
+    os.rename(folder / "clip2.mp4", folder / "renamed.mp4")
+    (folder / "clip0.mp4").unlink()
+    moved = c.index_folder(folder, progress=False)
+    assert (moved.moved, moved.removed) == (1, 1)
+    renamed = c.store.select("path LIKE ?", ("%renamed.mp4#t=%",))
+    assert sorted(m.id for m in renamed) == sorted(ids["clip2"])
+    assert all(m.fields["video"] == str(folder / "renamed.mp4") for m in renamed)
+    assert not c.store.select("path LIKE ?", ("%clip0.mp4#t=%",))
+    assert encoder.images_encoded - encoded == 3
