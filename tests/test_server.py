@@ -127,7 +127,7 @@ def test_search_by_uploaded_photo(client: TestClient, folder: Path) -> None:
         ("post", "/api/search", {"json": {}}, 400, "nothing to search for"),
         ("post", "/api/search", {"json": {"text": "x", "where": ["colour=red"]}}, 400, "unknown filter field 'colour'"),
         ("post", "/api/search", {"json": {"text": "x", "where": ["album"]}}, 400, "expected KEY=VALUE"),
-        ("post", "/api/search", {"json": {"text": "x", "kind": "video"}}, 422, "kind"),
+        ("post", "/api/search", {"json": {"text": "x", "kind": "audio"}}, 422, "kind"),
         ("post", "/api/search", {"json": {"terms": [{"weight": 1}]}}, 422, "exactly one of"),
         ("post", "/api/search", {"json": {"image_id": 999999}}, 404, "no item with id 999999"),
         ("post", "/api/search", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422,

@@ -9,10 +9,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from conftest import FLICKR, ColorEncoder, make_photo, needs_flickr
 from crossmodal.collection.collection import Collection
+from crossmodal.collection.sync import IndexReport
+from crossmodal.server.app import create_app
 from crossmodal.sources.folders import iter_media
 from crossmodal.sources.videos import VideoError, frame_at, sample, write_slideshow
 
@@ -66,10 +69,18 @@ def test_sampling_covers_each_scene_and_refuses_bad_files(library: tuple[Path, l
     assert {p.name for p in iter_media(folder)} >= {"clip0.mp4", "photo.jpg", "notes.mp4"}
 
 
-def test_caption_finds_the_video_and_the_moment(library: tuple[Path, list[list[str]]], tmp_path: Path) -> None:
-    folder, scenes = library
-    c = Collection.open(tmp_path / "col", model="lite")
-    report = c.index_folder(folder, progress=False)
+@pytest.fixture(scope="module")
+def indexed(library: tuple[Path, list[list[str]]], tmp_path_factory: pytest.TempPathFactory
+            ) -> tuple[Collection, IndexReport]:
+    """The library indexed with the default model."""
+    c = Collection.open(tmp_path_factory.mktemp("lite") / "col", model="lite")
+    return c, c.index_folder(library[0], progress=False)
+
+
+def test_caption_finds_the_video_and_the_moment(library: tuple[Path, list[list[str]]],
+                                                indexed: tuple[Collection, IndexReport]) -> None:
+    _, scenes = library
+    c, report = indexed
     assert report.added == 4 and {Path(p).name for p, _ in report.failed} == {"broken.mp4", "notes.mp4"}
     captions = _captions()
     for video, scene in ((0, 0), (1, 1), (2, 2)):  # scenes whose first caption the lite model places first
@@ -107,7 +118,8 @@ def test_sync_rules_for_videos(library: tuple[Path, list[list[str]]], tmp_path: 
     assert (changed.updated, changed.unchanged) == (1, 4)
     assert encoder.images_encoded - encoded == 3  # only the changed video's moments were embedded
     clip1 = sorted(c.store.select("path LIKE ?", ("%clip1.mp4#t=%",)), key=lambda it: it.fields["t"])
-    assert len(ids["clip1"]) == 3 and [m.id for m in clip1] == ids["clip1"] and [m.fields["t"] for m in clip1] == [0.0, 1.0, 2.0]
+    assert len(ids["clip1"]) == 3 and [m.id for m in clip1] == ids["clip1"]  # the changed video's ids are kept
+    assert [m.fields["t"] for m in clip1] == [0.0, 1.0, 2.0]
 
     os.rename(folder / "clip2.mp4", folder / "renamed.mp4")
     (folder / "clip0.mp4").unlink()
@@ -118,3 +130,24 @@ def test_sync_rules_for_videos(library: tuple[Path, list[list[str]]], tmp_path: 
     assert all(m.fields["video"] == str(folder / "renamed.mp4") for m in renamed)
     assert not c.store.select("path LIKE ?", ("%clip0.mp4#t=%",))
     assert encoder.images_encoded - encoded == 3
+
+
+def test_api_serves_moments_frames_and_the_video(library: tuple[Path, list[list[str]]],
+                                                 indexed: tuple[Collection, IndexReport]) -> None:
+    _, scenes = library
+    c, _ = indexed
+    query = _captions()[scenes[2][2]]
+    with TestClient(create_app(c.folder)) as client:
+        hits = client.post("/api/search", json={"text": query, "kind": "video", "k": 5}).json()["results"]
+        best = hits[0]
+        assert Path(best["path"]).name == "clip2.mp4" and 4.0 <= best["t"] < 6.0
+        assert best["thumbnail"] == f"/api/items/{best['id']}/thumbnail"
+        frame = client.get(best["thumbnail"])
+        assert frame.status_code == 200 and frame.headers["content-type"] == "image/jpeg"
+        part = client.get(f"/api/items/{best['id']}/video", headers={"Range": "bytes=0-99"})
+        assert part.status_code == 206 and len(part.content) == 100 and part.headers["content-type"] == "video/mp4"
+        like = client.get(f"/api/items/{best['id']}/similar", params={"k": 5, "kind": "video"}).json()["results"]
+        assert like and all(h["t"] is not None for h in like)
+        photo = client.post("/api/search", json={"text": query, "k": 10}).json()["results"]
+        plain = next(h for h in photo if h["t"] is None)
+        assert client.get(f"/api/items/{plain['id']}/video").status_code == 404

@@ -35,7 +35,9 @@ from .. import __version__
 from ..collection.atomic import atomic_write
 from ..collection.collection import Collection, Hit
 from ..collection.duplicates import find_duplicates
+from ..collection.moments import is_moment
 from ..collection.paths import shown
+from ..collection.searching import hit_of
 from ..collection.sharded import DEFAULT_TIMEOUT, ShardedCollection, is_sharded, read_manifest
 from ..collection.sync import content_hash
 from ..defaults import DUPLICATE_THRESHOLD
@@ -45,6 +47,7 @@ from ..search.filters import BUILT_IN, INT64, parse_condition
 from ..search.pipeline import Ranking
 from ..search.understand import Understood
 from ..sources.images import ImageError, is_image_path, load_image
+from ..sources.photo_files import open_indexed
 from . import photos
 from .batcher import SearchBatcher, SearchJob
 from .limits import Guard
@@ -56,6 +59,8 @@ MAX_OFFSET = 10_000
 MAX_RERANK = 200
 MAX_FILES = 16  # photos per upload request
 MAX_GROUPS = 1000  # duplicate groups per answer
+VIDEO_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".webm": "video/webm",
+               ".mkv": "video/x-matroska", ".avi": "video/x-msvideo"}
 JSON_BODY = 1024 * 1024  # the largest body of a request that carries no photo
 # Item ids are SQLite integers: a larger number can never name an item and cannot even be looked up.
 ItemId = Annotated[int, Field(ge=0, le=INT64[1], description="A stored item's id.")]
@@ -83,7 +88,7 @@ class SearchIn(BaseModel):
     terms: list[TermIn] = Field(default_factory=list, max_length=16)
     k: int = Field(20, ge=1, le=MAX_K, description="Results per page.")
     offset: int = Field(0, ge=0, le=MAX_OFFSET, description="Results to skip (paging).")
-    kind: Literal["image", "text"] = "image"
+    kind: Literal["image", "text", "video"] = "image"
     path: str | None = Field(None, max_length=1000, description="Glob on stored paths.")
     where: list[str] = Field(default_factory=list, max_length=16, description='Conditions like "album=paris".')
     norm: bool | None = Field(None, description="Nearest-neighbour score normalisation (false: the plain score); "
@@ -313,7 +318,7 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
             if not body.text.strip():
                 raise HTTPException(400, "text is empty: type something to search for")
             if body.understand:
-                read = await run_in_threadpool(c.understand, body.text, body.kind)
+                read = await run_in_threadpool(c.understand, body.text, "text" if body.kind == "text" else "image")
             job.texts.append((1.0, read.text if read else body.text))
         if body.image_id is not None:
             job.vectors.append((1.0, *stored_vector(c, body.image_id)))
@@ -335,7 +340,7 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
     async def search_image(c: Annotated[Collection, Depends(col)], file: Annotated[UploadFile, File()],
                            k: Annotated[int, Form(ge=1, le=MAX_K)] = 20,
                            offset: Annotated[int, Form(ge=0, le=MAX_OFFSET)] = 0,
-                           kind: Annotated[Literal["image", "text"], Form()] = "image",
+                           kind: Annotated[Literal["image", "text", "video"], Form()] = "image",
                            path: Annotated[str | None, Form(max_length=1000)] = None,
                            where: Annotated[list[str] | None, Form(max_length=16)] = None,
                            norm: Annotated[bool | None, Form()] = None,
@@ -353,7 +358,7 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
 
     @app.get("/api/items/{item_id}/similar", response_model=SearchOut, summary="More like this item.")
     async def similar(item_id: Annotated[int, PathParam(ge=0, le=INT64[1])], c: Annotated[Collection, Depends(col)],
-                      k: int = 20, offset: int = 0, kind: Literal["image", "text"] = "image") -> JSONResponse:
+                      k: int = 20, offset: int = 0, kind: Literal["image", "text", "video"] = "image") -> JSONResponse:
         if not 1 <= k <= MAX_K or not 0 <= offset <= MAX_OFFSET:
             raise HTTPException(422, f"k must be 1..{MAX_K} and offset 0..{MAX_OFFSET}")
         job = SearchJob(vectors=[(1.0, *stored_vector(c, item_id))], exclude=[item_id])
@@ -365,7 +370,7 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
         found = _locked(c.store.get, [item_id]).get(item_id)
         if found is None:
             raise HTTPException(404, f"no item with id {item_id}")
-        return _hit(Hit(found.id, 1.0, found.kind, found.path, found.text, found.fields or None))
+        return _hit(hit_of(found, 1.0, found.kind))
 
     @app.get("/api/items/{item_id}/thumbnail", summary="A JPEG thumbnail of a stored photo.")
     async def thumbnail(item_id: Annotated[int, PathParam(ge=0, le=INT64[1])], c: Annotated[Collection, Depends(col)],
@@ -390,7 +395,9 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
 
         def render() -> bytes:  # the cache is read again here: a request that waited for a decode may find it done
             data = thumbnails.get(key)
-            if data is None:
+            if data is None and is_moment(found):
+                data = photos.moment_thumbnail(found.fields["video"], found.size, found.mtime, found.fields["t"], side)
+            elif data is None:
                 data = photos.thumbnail(found.path, found.size, found.mtime, side)
                 thumbnails.put(key, data)
             return data
@@ -414,6 +421,22 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
         file, media_type = original
         return StreamingResponse(photos.chunks(file, found.size), media_type=media_type,
                                  headers={**headers, "Content-Length": str(found.size)})
+
+    @app.get("/api/items/{item_id}/video", summary="The video file of a stored moment, for playing (Range requests).")
+    async def video(item_id: Annotated[int, PathParam(ge=0, le=INT64[1])], c: Annotated[Collection, Depends(col)]
+                    ) -> Response:
+        """The indexed video file a moment comes from, served in ranges so that a player can seek to the moment
+        (a 404 for a photo or text, a 410 when the file changed or is gone since it was indexed)."""
+        found = stored_photo(c, item_id)
+        if not is_moment(found):
+            raise HTTPException(404, f"item {item_id} is not a moment of a video")
+        path = found.fields["video"]
+        try:
+            await run_in_threadpool(lambda: open_indexed(path, found.size, found.mtime).close())
+        except ImageError as e:
+            raise HTTPException(410, f"the video can no longer be read: {e}") from None
+        media_type = VIDEO_TYPES.get(Path(path).suffix.lower(), "application/octet-stream")
+        return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/duplicates", summary="Groups of photos that are copies of each other (exact or near).")
     async def duplicates(c: Annotated[Collection, Depends(col)],

@@ -121,7 +121,7 @@ class SearchBatcher:
         if not texts:
             return []
         reranks = self.collection.reranker("image") is not None and any(
-            job.ranking.rerank and job.kind == "image" for job in batch)
+            job.ranking.rerank and job.kind in ("image", "video") for job in batch)
         if reranks:
             vectors, states = encoder.encode_texts_with_states(texts)
             return list(zip(vectors, states, strict=True))

@@ -15,6 +15,7 @@ from PIL import Image, ImageOps
 
 from ..sources.images import DECODE_SIDE, DEFAULT_MAX_PIXELS, ImageError, load_image, to_rgb
 from ..sources.photo_files import open_indexed
+from ..sources.videos import frame_at
 
 QUERY_MAX_PIXELS = 40_000_000  # a query photo over this is refused before it is decoded
 THUMBNAIL_SIDES = (128, 256, 512, 1024)  # a requested size is served at the next of these
@@ -71,6 +72,17 @@ def thumbnail(path: str, size: int | None, mtime: float | None, side: int) -> by
             raise
         except Exception as e:
             raise ImageError(f"cannot decode: {e}") from None
+    out = io.BytesIO()
+    small.save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+def moment_thumbnail(video: str, size: int | None, mtime: float | None, t: float, side: int) -> bytes:
+    """JPEG bytes of a video's frame at ``t`` seconds, at most ``side`` pixels wide and high: one seek and the
+    frames up to ``t`` decoded (sources/videos.py), from the regular file that was indexed only."""
+    with open_indexed(video, size, mtime) as f:
+        small = frame_at(f, t)
+    small.thumbnail((side, side))
     out = io.BytesIO()
     small.save(out, format="JPEG", quality=85)
     return out.getvalue()

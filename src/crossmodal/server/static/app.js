@@ -3,7 +3,7 @@
 // (Back and Forward work, a search can be shared or bookmarked); a photo search keeps its photo in memory.
 "use strict";
 
-import { call, element, fileName } from "./api.js";
+import { call, clock, element, fileName } from "./api.js";
 import { showDuplicates } from "./duplicates.js";
 import { closeViewer, openViewer } from "./viewer.js";
 
@@ -195,6 +195,10 @@ function card(hit, photos) {
   const meta = element("div", "meta");
   meta.append(element("span", "name", name), element("span", "score", hit.score.toFixed(3)));
   article.append(img, meta);
+  if (hit.t != null) { // a video, shown by its best moment's frame: the time is on it
+    article.classList.add("video");
+    article.append(element("span", "moment", clock(hit.t)));
+  }
   const about = whenAndWhere(hit.fields || {});
   if (about) article.append(element("div", "about", about));
   const open = () => view(photos, photos.indexOf(hit));

@@ -1,8 +1,8 @@
-// The photo viewer: the full photo, its file name, path and fields (the EXIF date among them), "more like
+// The photo viewer (a video plays from its best moment): the full photo, its file name, path and fields (the EXIF date among them), "more like
 // this", previous/next with the buttons or the arrow keys, Escape (or a click beside the photo) to close.
 "use strict";
 
-import { call, element, fileName } from "./api.js";
+import { call, clock, element, fileName } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
 let photos = []; // [{id, path}] of the list the viewer steps through
@@ -25,6 +25,7 @@ export function closeViewer() {
   if ($("viewer").hidden) return;
   $("viewer").hidden = true;
   $("viewer-img").removeAttribute("src");
+  stopVideo();
   document.body.classList.remove("viewing");
   if (returnFocus && document.contains(returnFocus)) returnFocus.focus();
 }
@@ -34,9 +35,17 @@ async function show(index) {
   const photo = photos[at];
   const token = ++shown;
   $("viewer").dataset.id = photo.id;
-  $("viewer-img").src = `/api/items/${photo.id}/photo`;
+  const video = photo.t != null;
+  $("viewer-img").hidden = video;
+  $("viewer-video").hidden = !video;
+  if (video) playFrom(photo);
+  else {
+    stopVideo();
+    $("viewer-img").src = `/api/items/${photo.id}/photo`;
+  }
   $("viewer-img").alt = fileName(photo.path);
-  $("viewer-name").textContent = fileName(photo.path) || `photo ${photo.id}`;
+  $("viewer-name").textContent = (fileName(photo.path) || `photo ${photo.id}`)
+    + (photo.t != null ? ` at ${clock(photo.t)}` : "");
   $("viewer-path").textContent = photo.path || "";
   $("viewer-fields").replaceChildren();
   $("viewer-prev").disabled = at === 0;
@@ -48,6 +57,21 @@ async function show(index) {
   } catch (err) {
     if (token === shown) $("viewer-fields").append(element("dd", "error", err.message));
   }
+}
+
+// A video plays from its moment: the server serves the file in ranges, the media fragment seeks to the time.
+function playFrom(moment) {
+  const player = $("viewer-video");
+  player.poster = `/api/items/${moment.id}/thumbnail?size=1024`;
+  player.src = `/api/items/${moment.id}/video#t=${moment.t}`;
+  player.play().catch(() => {}); // autoplay may be refused: the controls are there
+}
+
+function stopVideo() {
+  const player = $("viewer-video");
+  player.pause();
+  player.removeAttribute("src");
+  player.load();
 }
 
 function showFields(fields) {
