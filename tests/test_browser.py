@@ -9,6 +9,8 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -54,10 +56,6 @@ def query_of(page) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     """The sample photos, and in a folder of their own (album "extra") an exact copy and a smaller copy of one."""
-    import uvicorn
-
-    from crossmodal.server.app import create_app
-
     root = tmp_path_factory.mktemp("browser")
     extra = root / "extra"
     extra.mkdir()
@@ -67,10 +65,21 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     with Collection.open(root / "col") as c:
         c.index_folder(SAMPLES / "photos", progress=False)
         c.index_folder(extra, progress=False, fields={"album": "extra"})
+    with serving(root / "col") as url:
+        yield url
+
+
+@contextmanager
+def serving(collection: Path) -> Iterator[str]:
+    """The server of ``collection`` on a free local port, in a thread, for as long as the block runs; its URL."""
+    import uvicorn
+
+    from crossmodal.server.app import create_app
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = uvicorn.Config(create_app(root / "col"), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(create_app(collection), host="127.0.0.1", port=port, log_level="warning")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -78,9 +87,11 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     while not srv.started and time.time() < deadline:
         time.sleep(0.1)
     assert srv.started, "server did not start"
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
