@@ -15,6 +15,7 @@ import numpy as np
 from ..defaults import DUPLICATE_THRESHOLD
 from ..search.normalise import augment_queries, index_dim
 from ..sources.photo_files import dimensions
+from .moments import is_moment
 from .paths import shown
 
 if TYPE_CHECKING:
@@ -111,8 +112,9 @@ def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def find_duplicates(collection: Collection, threshold: float = DEFAULT_THRESHOLD, read_sizes: bool = True
                     ) -> list[Group]:
-    """Groups of copies among the collection's photos, largest first; ``read_sizes`` reads each grouped
-    photo's header for its dimensions (skipped when only the grouping matters, as in benchmarks)."""
+    """Groups of copies among the collection's photos (videos' moments left out), largest first; ``read_sizes``
+    reads each grouped photo's header for its dimensions (skipped when only the grouping matters, as in
+    benchmarks)."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"the threshold is a cosine similarity in (0, 1], not {threshold}")
     with collection.lock:  # the snapshot's vectors stay readable after: a change writes a new file
@@ -126,7 +128,8 @@ def find_duplicates(collection: Collection, threshold: float = DEFAULT_THRESHOLD
         items = collection.store.get(ids[[row for rows in groups for row in rows]])
     out = []
     for rows in groups:
-        grouped = [items[int(ids[r])] for r in rows if int(ids[r]) in items]
+        # A video's moments are alike by nature (a still shot sampled every 2 s): not copies to clean up.
+        grouped = [items[int(ids[r])] for r in rows if int(ids[r]) in items and not is_moment(items[int(ids[r])])]
         shapes = {it.id: dimensions(it.path, it.size, it.mtime) for it in grouped} if read_sizes else {}
         if len(grouped) > 1:
             out.append(_group(grouped, ids, vectors, shapes))

@@ -142,6 +142,16 @@ def _load(entry: _Pending, known: frozenset[str], max_pixels: int, prepare: Call
         return _Loaded(entry, digest, error=f"cannot prepare for the model: {e}")
 
 
+def stat_or_report(path: str, result: IndexReport, report: Reporter) -> os.stat_result | None:
+    """A file's stat, or None when it cannot be read (counted as failed and reported once)."""
+    try:
+        return os.stat(path)
+    except OSError as e:
+        result.failed.append((path, e.strerror or str(e)))
+        report(f"skipped {shown(path)}: {e.strerror or e}")
+        return None
+
+
 def index_images(
     store: ItemStore,
     encoder: Encoder,
@@ -176,11 +186,7 @@ def index_images(
     todo: list[_Pending] = []
     refields: list[Item] = []
     for path in files:
-        try:
-            st = os.stat(path)
-        except OSError as e:
-            result.failed.append((path, e.strerror or str(e)))
-            report(f"skipped {shown(path)}: {e.strerror or e}")
+        if (st := stat_or_report(path, result, report)) is None:
             continue
         item = known.get(path)
         if item is not None and item.size == st.st_size and item.mtime == st.st_mtime:

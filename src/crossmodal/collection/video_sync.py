@@ -30,7 +30,7 @@ from ..sources.videos import Moment, is_video_path, sample
 from . import moments
 from .paths import encode_path, shown
 from .store import Item, ItemStore, NewItem
-from .sync import IndexReport, Reporter, encode_photos
+from .sync import IndexReport, Reporter, encode_photos, stat_or_report
 
 CHUNK = 1 << 20  # bytes read at a time when hashing a video (memory stays flat for any length)
 
@@ -109,11 +109,7 @@ def index_videos(
         known_bad = _failures(store, files)
     todo: list[_Video] = []
     for path in files:
-        try:
-            st = os.stat(path)
-        except OSError as e:
-            result.failed.append((path, e.strerror or str(e)))
-            report(f"skipped {shown(path)}: {e.strerror or e}")
+        if (st := stat_or_report(path, result, report)) is None:
             continue
         stored = known.get(path, [])
         if stored and all(m.size == st.st_size and m.mtime == st.st_mtime for m in stored):
