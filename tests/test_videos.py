@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import FLICKR, ColorEncoder, make_photo, needs_flickr
 from crossmodal.collection.collection import Collection
+from crossmodal.collection.duplicates import find_duplicates
 from crossmodal.collection.sync import IndexReport
 from crossmodal.server.app import create_app
 from crossmodal.sources.folders import iter_media
@@ -130,6 +131,10 @@ def test_sync_rules_for_videos(library: tuple[Path, list[list[str]]], tmp_path: 
     assert all(m.fields["video"] == str(folder / "renamed.mp4") for m in renamed)
     assert not c.store.select("path LIKE ?", ("%clip0.mp4#t=%",))
     assert encoder.images_encoded - encoded == 3
+    shutil.copy(folder / "renamed.mp4", folder / "copy.mp4")
+    copied = c.index_folder(folder, progress=False)
+    assert copied.reused == 1 and encoder.images_encoded - encoded == 3  # a copy reuses its twin's vectors
+    assert not find_duplicates(c, threshold=0.99, read_sizes=False)  # moments alike are not copies to clean up
 
 
 def test_api_serves_moments_frames_and_the_video(library: tuple[Path, list[list[str]]],
