@@ -90,6 +90,7 @@ def test_caption_finds_the_video_and_the_moment(library: tuple[Path, list[list[s
         assert Path(best.path).name == f"clip{video}.mp4"
         assert scene * HOLD <= best.t < (scene + 1) * HOLD
         assert len({h.path for h in hits}) == len(hits) == 3  # each video once, photos left out
+    assert [Path(h.path).name for h in c.search("a dog", kind="video", path="*/clip1.mp4")] == ["clip1.mp4"]
     mixed = c.search(captions[scenes[1][1]], k=10)
     assert sorted(Path(h.path).name for h in mixed) == ["clip0.mp4", "clip1.mp4", "clip2.mp4", "photo.jpg"]
     assert c.store.count("image") == 10  # 9 moments and the photo

@@ -93,9 +93,9 @@ def where_clause(kind: str | None, path_glob: str | None = None, conditions: lis
     """SQL WHERE text and parameters selecting the items of ``kind`` (None: of every kind) that pass every
     filter."""
     parts, params = (["kind = ?"], [kind]) if kind else ([], [])
-    if path_glob:
-        parts.append("CAST(path AS TEXT) GLOB ?")  # a non-UTF-8 name is stored as bytes
-        params.append(path_glob)
+    if path_glob:  # a non-UTF-8 name is stored as bytes; a video's moment (collection/moments.py) by its video
+        parts.append("(CAST(path AS TEXT) GLOB ? OR CAST(json_extract(fields, '$.video') AS TEXT) GLOB ?)")
+        params += [path_glob, path_glob]
     for cond in conditions or []:
         sql, p = cond.sql()
         parts.append(sql)
