@@ -93,7 +93,7 @@ def test_caption_finds_the_video_and_the_moment(library: tuple[Path, list[list[s
     assert [Path(h.path).name for h in c.search("a dog", kind="video", path="*/clip1.mp4")] == ["clip1.mp4"]
     mixed = c.search(captions[scenes[1][1]], k=10)
     assert sorted(Path(h.path).name for h in mixed) == ["clip0.mp4", "clip1.mp4", "clip2.mp4", "photo.jpg"]
-    assert c.store.count("image") == 10  # 9 moments and the photo
+    assert c.store.count("image") == 10 and c.info()["videos"].startswith("3 (9 moments")  # and the photo
 
 
 def test_sync_rules_for_videos(library: tuple[Path, list[list[str]]], tmp_path: Path) -> None:

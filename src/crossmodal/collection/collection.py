@@ -35,7 +35,7 @@ from .atomic import remove_leftovers
 from .indexes import IndexManager
 from .lock import write_lock
 from .manifest import MANIFEST, Manifest
-from .moments import any_moments, search_kind, videos_of
+from .moments import any_moments, count_videos, search_kind, videos_of
 from .searching import Hit, Searchable, check_search, hits_of
 from .store import KINDS, ItemStore, ReadOnlyCollectionError
 from .sync import IndexReport, fill_metadata, fill_tokens, index_images, index_texts
@@ -332,12 +332,18 @@ class Collection(Searchable):
             "dim": self.manifest.dim,
             "images": self.store.count("image"),
             "texts": self.store.count("text"),
+            **self._videos(),
             "unreadable": len(self.store.failures()),
             "bytes_on_disk": self.store.disk_bytes(),
             "format_version": self.manifest.format_version,
             "index": dict(self.manifest.index),
             "ranking": self._ranking_state(),
         }
+
+    def _videos(self) -> dict[str, str]:
+        """``info``'s line on videos, when there are any: how many, and how many photo items are their moments."""
+        videos, count = count_videos(self.store)
+        return {"videos": f"{videos} ({count} moments, counted among the photos)"} if videos else {}
 
     def _ranking_state(self) -> str:
         """What the ranking pipeline can use here, in one line (``info``)."""

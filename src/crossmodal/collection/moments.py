@@ -71,6 +71,13 @@ def any_moments(store: ItemStore) -> bool:
                             ).fetchone() is not None
 
 
+def count_videos(store: ItemStore) -> tuple[int, int]:
+    """(videos, their moments) stored (``info``)."""
+    videos, count = store.db.execute("SELECT COUNT(DISTINCT json_extract(fields, '$.video')), COUNT(*) FROM items "
+                                     "WHERE kind = 'image' AND instr(hash, ':') > 0").fetchone()
+    return int(videos), int(count)
+
+
 def video_digests(store: ItemStore) -> frozenset[str]:
     """The content hashes of every stored video (lets the sync skip decoding a renamed or copied video)."""
     rows = store.db.execute("SELECT DISTINCT substr(hash, 1, instr(hash, ':') - 1) FROM items "
