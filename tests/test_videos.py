@@ -96,6 +96,21 @@ def test_caption_finds_the_video_and_the_moment(library: tuple[Path, list[list[s
     assert c.store.count("image") == 10 and c.info()["videos"].startswith("3 (9 moments")  # and the photo
 
 
+def test_a_sharded_collection_finds_the_same_moments(library: tuple[Path, list[list[str]]],
+                                                     indexed: tuple[Collection, IndexReport], tmp_path: Path) -> None:
+    from crossmodal.collection.sharded import ShardedCollection
+
+    c, _ = indexed
+    captions, (_, scenes) = _captions(), library
+    with ShardedCollection.create(tmp_path / "sharded", 2, model=c.encoder) as sharded:
+        sharded.index_folder(library[0], progress=False)
+        for query in (captions[scenes[0][0]], captions[scenes[2][2]]):
+            for kind in ("video", "image"):
+                mine, theirs = sharded.search(query, k=5, kind=kind), c.search(query, k=5, kind=kind)
+                assert [(h.path, h.t) for h in mine] == [(h.path, h.t) for h in theirs]
+                assert [h.score for h in mine] == pytest.approx([h.score for h in theirs], abs=1e-6)
+
+
 def test_sync_rules_for_videos(library: tuple[Path, list[list[str]]], tmp_path: Path) -> None:
     source, _ = library
     folder = tmp_path / "videos"

@@ -39,6 +39,7 @@ from ..sources.folders import iter_images
 from .atomic import atomic_write_json
 from .collection import DEFAULT_MODEL, SHARDS_FILE, Collection, folder_gone
 from .manifest import MANIFEST, Manifest
+from .moments import search_kind
 from .searching import Hits, Searchable, check_search, hits_of
 from .store import Item, ReadOnlyCollectionError
 from .sync import IndexReport
@@ -340,6 +341,7 @@ class ShardedCollection(Searchable):
                        timings: Timings | None = None) -> list[Hits]:
         """Top-``k`` items for each query over every shard, ranked by the one pipeline (``Collection``'s rules);
         each page names the shards that did not answer in time."""
+        kind, where = search_kind(kind, where)
         check_search(self.manifest, queries, k, kind)
         search = ShardedSearch(self, path, tuple(where))
         ranked = pipeline.run(search, queries, k=k, kind=kind, allowed=None, ranking=ranking or Ranking(),
@@ -418,6 +420,13 @@ class ShardedSearch:
         """The collection's reranker, reading the candidates' stored tokens and texts from their shards: it
         scores the merged top N together, as one collection does (the int8 reranker's scores depend on the batch)."""
         return self.c.reranker(kind, self.missing)
+
+    def groups(self, kind: str, ids: np.ndarray) -> dict[int, str]:
+        """The video of each id that is a moment (the collapse stage); a video's moments share its shard."""
+        n = self.c.n
+        args = {s: ("groups", kind, np.asarray(local, np.int64)) for s, local in split_ids(ids, n).items()}
+        return {int(i) * n + s: video for s, found in self.c._call(_method, args, self.missing).items()
+                for i, video in found.items()}
 
     def vectors(self, kind: str, ids: np.ndarray) -> np.ndarray:
         out = np.zeros((len(ids), self.c.manifest.dim), np.float32)  # a shard gone since: no similarity to others
