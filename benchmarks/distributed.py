@@ -75,7 +75,8 @@ def indexing(n: int = 400, model: str = "lite", repeats: int = 3, configs: tuple
         # Ray runs its workers at nice 15: here at the local pipeline's priority, or other work on the machine
         # would slow only them. One logical CPU per actor of all the pools (an idle pool's actors sleep).
         os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(num_cpus=sum(configs), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address="local", num_cpus=sum(configs), include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
         up = [time.perf_counter() - start]
         pools = []
         try:

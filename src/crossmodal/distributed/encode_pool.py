@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,7 +117,7 @@ class _Job:
     moves: int = 0
 
 
-class EncodePool:
+class EncodePool(AbstractContextManager["EncodePool"]):
     """Ray actors holding the collection's model; ``load`` streams photos through them, in order."""
 
     def __init__(self, model: str, workers: int | None = None, *, address: str | None = None, threads: int = 1,
@@ -125,16 +126,17 @@ class EncodePool:
         ``workers`` actors (default: one per ``threads`` CPUs of the cluster, or one per GPU), spread over its
         nodes, each running the model ``model`` on ``threads`` threads; each keeps ``in_flight`` batches queued."""
         ray = self._ray = require_ray()
-        self._own = not ray.is_initialized()
-        if self._own:
+        self._own, self._slots = not ray.is_initialized(), []
+        if self._own:  # "local": a new Ray here, even where `ray start` runs one (that is --ray-address auto)
             local = {} if address else {"num_cpus": workers * threads if workers else None,
                                         "include_dashboard": False}
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, **local)
+            ray.init(address=address or "local", log_to_driver=False, logging_level=logging.WARNING, **local)
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0) >= 1 if gpus is None else gpus
         room = int(resources.get("GPU", 0)) if gpus else int(resources.get("CPU", 1)) // threads
         workers = workers or max(1, room)
         if workers > room:
+            self.close()
             raise ValueError(f"the Ray cluster has room for {room} workers of {threads} CPU(s)"
                              f"{' and one GPU' if gpus else ''} each, not {workers}: use --workers {max(1, room)}")
         actor = ray.remote(EncodeWorker).options(
@@ -215,9 +217,6 @@ class EncodePool:
         self._slots = []
         if self._own:
             self._ray.shutdown()
-
-    def __enter__(self) -> EncodePool:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
