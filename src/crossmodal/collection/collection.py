@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +69,8 @@ class Collection(Searchable):
         self.indexes = IndexManager(folder, self.store, manifest)
         # Searches hold it around store and index access (one SQLite connection), not around model calls.
         self.lock = threading.RLock()
+        self._moments: tuple[int, bool] = (-1, False)  # (store generation, whether a video's moment is stored)
+        self._place_names: dict[tuple[str, int], dict[str, dict[str, str]]] = {}  # (kind, generation) -> places
 
     @classmethod
     def open(cls, folder: str | Path, model: str | Encoder | None = None, create: bool = True) -> Collection:
@@ -214,10 +216,13 @@ class Collection(Searchable):
     def places(self, kind: str) -> dict[str, dict[str, str]]:
         """The place names stored with items of ``kind``: field -> lower-cased value -> value."""
         with self.lock:
-            return self._places(kind, self.store.generation)
+            key = (kind, self.store.generation)
+            if key not in self._place_names:
+                self._place_names = {k: v for k, v in self._place_names.items() if k[0] != kind}
+                self._place_names[key] = self._places(kind)
+            return self._place_names[key]
 
-    @lru_cache(maxsize=4)  # noqa: B019 - a collection lives as long as its users; the cache holds 4 small maps
-    def _places(self, kind: str, generation: int) -> dict[str, dict[str, str]]:
+    def _places(self, kind: str) -> dict[str, dict[str, str]]:
         marks = ",".join("?" * len(PLACE_FIELDS))
         rows = self.store.db.execute(f"SELECT DISTINCT key, value FROM items, json_each(items.fields) WHERE kind = ? "
                                      f"AND key IN ({marks}) AND type = 'text'", (kind, *PLACE_FIELDS))
@@ -264,9 +269,12 @@ class Collection(Searchable):
                 return {}
             return videos_of(self.store, sorted({int(i) for i in ids}))
 
-    @lru_cache(maxsize=1)  # noqa: B019 - one flag per generation
     def _has_moments(self, generation: int) -> bool:
-        return any_moments(self.store)
+        """Whether a moment is stored, asked once per store generation (this collection's own answer: the shards
+        of a sharded collection must not evict each other's)."""
+        if self._moments[0] != generation:
+            self._moments = (generation, any_moments(self.store))
+        return self._moments[1]
 
     def reranker_name(self) -> str | None:
         """The name of the reranker whose tokens this collection stores, if any."""

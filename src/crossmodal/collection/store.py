@@ -147,6 +147,8 @@ class ItemStore:
                 self.db.execute("ALTER TABLE items ADD COLUMN bias REAL")
             # Finds an item still without a bias at once (biases_current), however large the store.
             self.db.execute("CREATE INDEX IF NOT EXISTS items_no_bias ON items(kind) WHERE bias IS NULL")
+            # Finds a video's moment at once (moments.any_moments), or that there is none, however many photos.
+            self.db.execute("CREATE INDEX IF NOT EXISTS items_moments ON items(kind) WHERE instr(hash, ':') > 0")
         self._bias = "bias" if "bias" in self._columns() else "NULL"  # NULL: an old read-only collection
         self.bank: Bank | None = None  # the normalisation bank biases are computed with (set by the collection)
         self.reranker: Reranker | None = None  # the reranker whose photo tokens are stored (set by the collection)

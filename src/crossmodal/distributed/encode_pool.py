@@ -13,7 +13,6 @@ here only, when a pool is made; without it ``require_ray`` says what to install.
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -22,31 +21,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..collection.sync import _load, _Loaded, _Pending, encode_loaded
+from .cluster import connect
 
 if TYPE_CHECKING:
     from ..encoders.base import Encoder
     from ..rerank.runtime import Reranker
 
-INSTALL = 'pip install "crossmodal[ray]"'
 RETRIES = 3  # Ray's own restarts and retries of one actor, then as many moves of a batch to another actor
 RerankerSpec = tuple[str, str] | None  # (folder, tokens fingerprint) of the collection's reranker
 
 
-class RayMissingError(ImportError, ValueError):
-    """Ray is not installed (a ValueError too, so the command line prints it as one line, not a traceback)."""
-
-
 class EncodeWorkersError(RuntimeError, ValueError):
     """The encode actors could not start or all failed (a ValueError too: the command line prints one line)."""
-
-
-def require_ray() -> Any:
-    """The ``ray`` module, or a RayMissingError that says what to install."""
-    try:
-        import ray
-    except ImportError as e:
-        raise RayMissingError(f"--ray needs Ray, which is not installed here: {INSTALL}") from e
-    return ray
 
 
 def _cause(error: Exception) -> str:
@@ -125,12 +111,8 @@ class EncodePool(AbstractContextManager["EncodePool"]):
         """Connect to the Ray cluster at ``address`` (else start a local Ray for ``workers`` actors) and start
         ``workers`` actors (default: one per ``threads`` CPUs of the cluster, or one per GPU), spread over its
         nodes, each running the model ``model`` on ``threads`` threads; each keeps ``in_flight`` batches queued."""
-        ray = self._ray = require_ray()
-        self._own, self._slots = not ray.is_initialized(), []
-        if self._own:  # "local": a new Ray here, even where `ray start` runs one (that is --ray-address auto)
-            local = {} if address else {"num_cpus": workers * threads if workers else None,
-                                        "include_dashboard": False}
-            ray.init(address=address or "local", log_to_driver=False, logging_level=logging.WARNING, **local)
+        ray, self._own = connect(address, workers * threads if workers else None)
+        self._ray, self._slots = ray, []
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0) >= 1 if gpus is None else gpus
         room = int(resources.get("GPU", 0)) if gpus else int(resources.get("CPU", 1)) // threads

@@ -8,7 +8,6 @@ The shard folders must be readable where the actors run: a shared file system, o
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from ..collection.sharded import (
     shard_folders,
 )
 from ..encoders.base import Encoder
-from .encode_pool import require_ray
+from .cluster import connect
 
 RESTARTS = 3  # Ray restarts a shard actor that crashed (on another node if its own is gone) this many times
 READY_TIMEOUT = 300.0  # seconds the router waits for every shard to open at start
@@ -50,11 +49,8 @@ class RayShards:
     def __init__(self, folders: Sequence[Path], address: str | None = None, cpus: float = 1.0) -> None:
         """Connect to the Ray cluster at ``address`` (else start a local one) and open one actor per shard folder,
         each holding ``cpus`` CPUs."""
-        ray = self._ray = require_ray()
-        self._own = not ray.is_initialized()
-        if self._own:
-            local = {} if address else {"include_dashboard": False}
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, **local)
+        ray, self._own = connect(address)
+        self._ray = ray
         actor = ray.remote(ShardActor).options(num_cpus=cpus, max_restarts=RESTARTS, scheduling_strategy="SPREAD")
         self.actors = [actor.remote(str(Path(f).absolute())) for f in folders]
         self.n = len(self.actors)
