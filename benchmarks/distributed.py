@@ -1,6 +1,8 @@
-"""Scale-out on Ray, side by side in one run: photo indexing (local pipeline vs Ray encode actors).
+"""Scale-out on Ray, side by side in one run: photo indexing (local pipeline vs Ray encode actors), then search
+over 1, 2 and 4 shards (benchmarks/shard_search.py).
 
-    OMP_NUM_THREADS=1 python benchmarks/distributed.py [--only indexing] [--photos 400] [--repeats 3]
+    OMP_NUM_THREADS=1 python benchmarks/distributed.py [--only indexing|search] [--photos 400] [--repeats 3]
+        [--items 1000000] [--work DIR]
 
 Indexing: the same N photos (Flickr8k `dev` photos when ../shared/datasets/flickr8k is there, else synthetic
 ones) indexed into a fresh collection of the default model by (1) the local pipeline with its defaults (decode
@@ -126,11 +128,21 @@ def main() -> None:
     parser.add_argument("--only", choices=("indexing", "search"), default=None, help="run one section only")
     parser.add_argument("--photos", type=int, default=400, help="photos indexed by each setup")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each setup (the best counts)")
+    parser.add_argument("--items", type=int, default=1_000_000, help="synthetic items of the shard search section")
+    parser.add_argument("--work", type=Path, default=None, help="keep the shard search's collections here (and "
+                        "measure those an earlier run built)")
     args = parser.parse_args()
     if args.only in (None, "indexing"):
         load = os.getloadavg()[0]
         rows, source = indexing(args.photos, repeats=args.repeats)
         print_indexing(rows, args.photos, source, load)
+    if args.only in (None, "search"):
+        from shard_search import table as shard_table
+
+        with tempfile.TemporaryDirectory() as temporary:
+            work = args.work or Path(temporary)
+            work.mkdir(parents=True, exist_ok=True)
+            Console(width=200).print(shard_table(args.items, 512, 300, ray=True, work=work))
 
 
 if __name__ == "__main__":
