@@ -102,3 +102,13 @@ def ray_cluster() -> Iterator[Any]:
     yield ray
     ray.shutdown()
     cluster.shutdown()
+
+
+def album_photos(root: Path, n: int, seed: int) -> Path:
+    """``n`` noisy photos of random colours, alternately in the albums ``paris`` and ``rome`` of ``root/photos``."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        color = tuple(int(v) for v in rng.integers(0, 256, 3))
+        make_photo(root / "photos" / ("paris" if i % 2 else "rome") / f"p{i:02d}.jpg", color, size=(96, 72),
+                   noise=int(rng.integers(5, 60)))
+    return root / "photos"

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import make_photo
+from conftest import album_photos
 from crossmodal import Collection
 from crossmodal.collection.sharded import ShardedCollection, shard_of
 from crossmodal.search.pipeline import Ranking
@@ -29,11 +29,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Collection, Path, P
 
     lite = load_encoder("lite", multilingual=False)
     root = tmp_path_factory.mktemp("ray-shards")
-    rng = np.random.default_rng(3)
-    for i in range(20):
-        color = tuple(int(v) for v in rng.integers(0, 256, 3))
-        make_photo(root / "photos" / ("paris" if i % 2 else "rome") / f"p{i:02d}.jpg", color, size=(96, 72),
-                   noise=int(rng.integers(5, 60)))
+    album_photos(root, 20, seed=3)
     one = Collection.open(root / "one", model=lite)
     with ShardedCollection.create(root / "sharded", 2, model=lite) as sharded:
         for c in (one, sharded):

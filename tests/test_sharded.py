@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import make_photo
+from conftest import album_photos, make_photo
 from crossmodal import Collection
 from crossmodal.cli import app
 from crossmodal.collection.sharded import SHARDS_FILE, LocalShards, ShardedCollection, shard_of
@@ -35,11 +35,7 @@ def lite():
 def pair(tmp_path_factory: pytest.TempPathFactory, lite) -> tuple[Collection, ShardedCollection, Path]:
     """The same photos (two albums) and captions in one collection and in a 3-shard one."""
     root = tmp_path_factory.mktemp("sharded")
-    rng = np.random.default_rng(7)
-    for i in range(36):
-        color = tuple(int(v) for v in rng.integers(0, 256, 3))
-        make_photo(root / "photos" / ("paris" if i % 2 else "rome") / f"p{i:02d}.jpg", color, size=(96, 72),
-                   noise=int(rng.integers(5, 60)))
+    album_photos(root, 36, seed=7)
     one = Collection.open(root / "one", model=lite)
     sharded = ShardedCollection.create(root / "sharded", 3, model=lite)
     for c in (one, sharded):

@@ -106,24 +106,6 @@ class Collection(Searchable):
     def close(self) -> None:
         self.store.close()
 
-    def __enter__(self) -> Collection:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def encoder(self) -> Encoder:
-        """The collection's model, loaded on first use and checked against the manifest."""
-        if self._encoder is None:
-            encoder = load_encoder(self.manifest.model)
-            self.manifest.check(encoder.name, encoder.fingerprint)
-            self._encoder = encoder
-        return self._encoder
-
-    def __len__(self) -> int:
-        return self.store.count()
-
     # -- adding ------------------------------------------------------------------------------------
 
     def index_folder(self, folder: str | Path, *, prune: bool = True, prune_all: bool = False,

@@ -9,10 +9,11 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
+from ..encoders import load_encoder
 from ..search.filters import Condition, parse_condition
 from ..search.pipeline import Query, Ranked, Ranking
 from ..search.query import Term, encode_query
@@ -93,9 +94,35 @@ class Searchable:
     """Searching by text, photo, vector or weighted terms, for any collection that provides ``encoder``,
     ``store.by_hash``, ``search_queries``, ``matches`` and ``places``."""
 
-    encoder: Encoder
+    manifest: Manifest
     store: Any
     lock: AbstractContextManager
+    _encoder: Encoder | None
+
+    @property
+    def encoder(self) -> Encoder:
+        """The collection's model, loaded on first use and checked against the manifest."""
+        if self._encoder is None:
+            encoder = load_encoder(self.manifest.model)
+            self.manifest.check(encoder.name, encoder.fingerprint)
+            self._encoder = encoder
+            self._loaded(encoder)
+        return self._encoder
+
+    def _loaded(self, encoder: Encoder) -> None:
+        """What else needs the model once it is loaded (nothing, but for the shards of a sharded collection)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.store.count()
 
     def search_queries(self, queries: Sequence[Query], *, k: int = 10, kind: str = "image", path: str | None = None,
                        where: Sequence[Condition] = (), ranking: Ranking | None = None,

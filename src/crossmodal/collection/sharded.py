@@ -229,16 +229,10 @@ class ShardedCollection(Searchable):
             fanout = LocalShards([Collection.open(f, model=encoder, create=False) for f in folders])
         return cls(folder, Manifest.read(folders[0]), fanout, encoder, timeout)
 
-    @property
-    def encoder(self) -> Encoder:
-        """The collection's model, loaded once for every shard held here."""
-        if self._encoder is None:
-            encoder = load_encoder(self.manifest.model)
-            self.manifest.check(encoder.name, encoder.fingerprint)
-            self._encoder = encoder
-        for c in getattr(self.shards, "collections", ()):  # shards held here share it
-            c._encoder = c._encoder or self._encoder
-        return self._encoder
+    def _loaded(self, encoder: Encoder) -> None:
+        """The model, loaded once: the shards held here share it."""
+        for c in getattr(self.shards, "collections", ()):
+            c._encoder = c._encoder or encoder
 
     def _local(self) -> list[Collection]:
         """The shard collections this process holds (and can write)."""
@@ -249,15 +243,6 @@ class ShardedCollection(Searchable):
 
     def close(self) -> None:
         self.shards.close()
-
-    def __enter__(self) -> ShardedCollection:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __len__(self) -> int:
-        return self.store.count()
 
     def _call(self, fn: Callable[..., Any], args: Args, missing: set[int] | None = None) -> dict[int, Any]:
         """Results of a call on the shards in ``args``; the shards that did not answer in time join ``missing``
