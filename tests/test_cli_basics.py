@@ -25,7 +25,8 @@ COMMANDS = ["index", "reindex", "search", "duplicates", "info", "list", "remove"
 def col(tmp_path: Path, photos: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Ten photos (five with album=paris), two texts; commands load the test encoder for it."""
     encoder = ColorEncoder()
-    monkeypatch.setattr("crossmodal.collection.collection.load_encoder", lambda name: encoder)
+    for module in ("collection", "searching"):  # making a collection, and loading its model on first use
+        monkeypatch.setattr(f"crossmodal.collection.{module}.load_encoder", lambda name: encoder)
     with Collection.open(tmp_path / "col", model=encoder) as c:
         c.index_folder(photos / "a", fields={"album": "paris"}, progress=False)
         c.index_folder(photos / "b", progress=False)
