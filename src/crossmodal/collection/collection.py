@@ -205,13 +205,7 @@ class Collection(Searchable):
             return self._place_names[key]
 
     def _places(self, kind: str) -> dict[str, dict[str, str]]:
-        marks = ",".join("?" * len(PLACE_FIELDS))
-        rows = self.store.db.execute(f"SELECT DISTINCT key, value FROM items, json_each(items.fields) WHERE kind = ? "
-                                     f"AND key IN ({marks}) AND type = 'text'", (kind, *PLACE_FIELDS))
-        out: dict[str, dict[str, str]] = {}
-        for key, value in rows:
-            out.setdefault(key, {})[value.lower()] = value
-        return out
+        return {key: {value.lower(): value for value in self.store.field_values(kind, key)} for key in PLACE_FIELDS}
 
     def search_queries(self, queries: Sequence[Query], *, k: int = 10, kind: str = "image", path: str | None = None,
                        where: Sequence[Condition] = (), ranking: Ranking | None = None,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..search.understand import PLACE_FIELDS
 from . import keywords
 from .paths import decode_path, encode_path, under
 from .vector_file import DiskFullError, GatheredRows, VectorFiles
@@ -149,6 +150,9 @@ class ItemStore:
             self.db.execute("CREATE INDEX IF NOT EXISTS items_no_bias ON items(kind) WHERE bias IS NULL")
             # Finds a video's moment at once (moments.any_moments), or that there is none, however many photos.
             self.db.execute("CREATE INDEX IF NOT EXISTS items_moments ON items(kind) WHERE instr(hash, ':') > 0")
+            for key in PLACE_FIELDS:  # the place names a query's words are matched against, without a full scan
+                self.db.execute(f"CREATE INDEX IF NOT EXISTS items_{key} ON items(kind, {_field(key)}) "
+                                f"WHERE {_field(key)} IS NOT NULL")
         self._bias = "bias" if "bias" in self._columns() else "NULL"  # NULL: an old read-only collection
         self.bank: Bank | None = None  # the normalisation bank biases are computed with (set by the collection)
         self.reranker: Reranker | None = None  # the reranker whose photo tokens are stored (set by the collection)
@@ -239,6 +243,12 @@ class ItemStore:
         below, params = under("path", root)
         items = self.select(f"kind = 'image' AND {below}", params)
         return {it.path: it for it in items}
+
+    def field_values(self, kind: str, key: str) -> list[str]:
+        """The distinct text values of one field among items of ``kind`` (a place field: read from its index)."""
+        rows = self.db.execute(f"SELECT DISTINCT {_field(key)} FROM items WHERE kind = ? AND {_field(key)} IS NOT NULL",
+                               (kind,))
+        return [value for (value,) in rows if isinstance(value, str)]
 
     def field_names(self) -> set[str]:
         """The names of every field stored with an item."""
@@ -597,6 +607,11 @@ class ItemStore:
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file())
+
+
+def _field(key: str) -> str:
+    """SQL for one field's value (a fixed field name: indexes match the expression exactly)."""
+    return f"json_extract(fields, '$.{key}')"
 
 
 def _connect_read_only(path: Path) -> sqlite3.Connection:
