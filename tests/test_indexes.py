@@ -293,3 +293,19 @@ def test_a_graph_index_searches_the_vector_file_in_place(col: Collection, tmp_pa
     found = [[h.id for h in col.search(q, k=5)] for q in queries]
     col.configure_index("flat")
     assert [[h.id for h in col.search(q, k=5)] for q in queries] == found
+
+
+def test_a_graph_built_in_one_add_shows_its_progress_and_keeps_stdout(capfd: pytest.CaptureFixture[str]) -> None:
+    from crossmodal.index import make_index
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(30000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = make_index("hnsw", 32, m=16)
+    index.add_whole(np.arange(30000), lambda start, stop: vectors[start:stop], progress="linking")
+    print("after the build")
+    out, err = capfd.readouterr()
+    assert out == "after the build\n"  # FAISS's own lines went to the bar, not to standard output
+    assert "linking: 100%" in err and "30000/30000" in err
+    assert not index.index.verbose
+    assert index.query(vectors[:5], 1)[1][:, 0].tolist() == [0, 1, 2, 3, 4]

@@ -9,11 +9,9 @@ stays until no saved index names it) until they are rebuilt over the new one.
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm import tqdm
 
 from ..index.planner import IndexPlan
 from .store import ItemStore
@@ -33,10 +31,8 @@ def build(store: ItemStore, name: str, ids: np.ndarray, plan: IndexPlan, progres
     from ..index import make_index
 
     index = make_index("hnsw", store.files.width, **plan.params)
-    if progress:
-        tqdm.write(f"building the index of {name.split('.')[0]}s: linking {len(ids):,} vectors into a graph",
-                   file=sys.stderr)
-    index.add_whole(ids, lambda start, stop: store.files.read(name, start, stop))
+    index.add_whole(ids, lambda start, stop: store.files.read(name, start, stop),
+                    progress=f"building the {name.split('.')[0]} index" if progress else None)
     index.share_rows(store.files.rows(name, len(ids)))
     return index
 

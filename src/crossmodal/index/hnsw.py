@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 
 from .base import VectorIndex, VectorLookup, as_ids, as_vectors, exact_rescore
+from .faiss_progress import hnsw_progress
 from .flat import BYTES_PER_DIM, STORAGE
 
 
@@ -57,12 +58,13 @@ class HNSWIndex(VectorIndex):
         if self.shared is None and self.params["storage"] == "fp32":
             _reserve(faiss.downcast_index(self.index.storage).codes, n * (self.dim * 4))
 
-    def add_whole(self, ids: np.ndarray, read: Callable[[int, int], np.ndarray], batch: int = 65536) -> None:
+    def add_whole(self, ids: np.ndarray, read: Callable[[int, int], np.ndarray], batch: int = 65536,
+                  progress: str | None = None) -> None:
         """Add the vectors of ``ids`` to an empty float32 graph in one FAISS add, reading them a batch at a time
         (``read(start, stop)``): FAISS links a graph added in many batches worse (1M x 513 clustered, recall@10
         at ef 64: 0.81 in batches of 20,000, 0.96 in one), and one add of a separate copy would hold the
         vectors twice. They are stored first, then added from the stored copy (FAISS copies them onto
-        themselves and links them)."""
+        themselves and links them). ``progress``: the description of a bar with an ETA while it links."""
         n = len(ids)
         storage = faiss.downcast_index(self.index.storage)
         if self.params["storage"] != "fp32" or self.index.ntotal or self.shared is not None:
@@ -72,7 +74,8 @@ class HNSWIndex(VectorIndex):
             storage.add(as_vectors(read(start, min(n, start + batch))))
         stored = faiss.rev_swig_ptr(storage.get_xb(), n * self.dim).reshape(n, self.dim)
         storage.ntotal = 0  # the rows stay: FAISS's add writes them onto themselves, then links them
-        self.index.add(stored)
+        with hnsw_progress(self.index, n, progress or "", progress is not None):
+            self.index.add(stored)
         self.labels = as_ids(ids).copy()
         self.alive = np.ones(n, dtype=bool)
 
