@@ -35,7 +35,7 @@ from ..search.filters import Condition
 from ..search.pipeline import Query, Ranked, Ranking, Timings
 from ..search.rerank import RERANKER_DIR, collection_scorer, find_reranker
 from ..sources.captions import CaptionRecord
-from ..sources.folders import iter_images
+from ..sources.folders import iter_media
 from .atomic import atomic_write_json
 from .collection import DEFAULT_MODEL, SHARDS_FILE, Collection, folder_gone
 from .manifest import MANIFEST, Manifest
@@ -44,17 +44,16 @@ from .searching import Hits, Searchable, check_search, hits_of
 from .store import Item, ReadOnlyCollectionError
 from .sync import IndexReport
 
-FORMAT = "crossmodal-shards"
 if TYPE_CHECKING:
     from ..rerank.runtime import Reranker
 
-DEFAULT_TIMEOUT = DEFAULT_SHARD_TIMEOUT
-
+FORMAT = "crossmodal-shards"
 Args = dict[int, tuple]  # shard -> the arguments of one call on it
 Answers = tuple[dict[int, Any], list[int]]  # results by shard, the shards that did not answer
 
 
 def is_sharded(folder: Path) -> bool:
+    """Whether ``folder`` holds a sharded collection (its shard list)."""
     return (Path(folder) / SHARDS_FILE).is_file()
 
 
@@ -65,10 +64,12 @@ def shard_of(key: str, n: int) -> int:
 
 
 def shard_folders(folder: Path, n: int) -> list[Path]:
+    """The folders of the first ``n`` shards of a sharded collection."""
     return [Path(folder) / f"shard-{i:03d}" for i in range(n)]
 
 
 def shard_count(folder: Path) -> int:
+    """How many shards the sharded collection in ``folder`` has (its ``shards.json``)."""
     data = json.loads((Path(folder) / SHARDS_FILE).read_text())
     if data.get("format") != FORMAT or not isinstance(data.get("shards"), int) or data["shards"] < 1:
         raise ValueError(f"{folder / SHARDS_FILE} is not a crossmodal shard list")
@@ -114,6 +115,7 @@ class LocalShards:
 
 
 def everywhere(n: int, *args: Any) -> Args:
+    """The same arguments for a call on each of ``n`` shards."""
     return {s: args for s in range(n)}
 
 
@@ -188,7 +190,7 @@ class ShardedCollection(Searchable):
     """A collection kept in N shards (see the module's docstring); searched like a ``Collection``."""
 
     def __init__(self, folder: Path, manifest: Manifest, shards: Fanout, encoder: Encoder | None = None,
-                 timeout: float | None = DEFAULT_TIMEOUT) -> None:
+                 timeout: float | None = DEFAULT_SHARD_TIMEOUT) -> None:
         self.folder, self.manifest, self.shards, self.timeout = folder, manifest, shards, timeout
         self.n = shards.n
         self._encoder = encoder
@@ -213,7 +215,7 @@ class ShardedCollection(Searchable):
 
     @classmethod
     def open(cls, folder: str | Path, model: str | Encoder | None = None, fanout: Fanout | None = None,
-             timeout: float | None = DEFAULT_TIMEOUT) -> ShardedCollection:
+             timeout: float | None = DEFAULT_SHARD_TIMEOUT) -> ShardedCollection:
         """Open a sharded collection; its shards in this process unless ``fanout`` reaches them elsewhere."""
         folder = Path(folder).expanduser()
         n = shard_count(folder)
@@ -268,7 +270,7 @@ class ShardedCollection(Searchable):
                 raise folder_gone(folder, sum(counts.values()))
             shards = [c for c in shards if counts[c]]
         # Photos in the folder: a shard whose share is empty was emptied, not unmounted.
-        found = folder.exists() and next(iter(iter_images(folder, include_hidden=include_hidden)), None) is not None
+        found = folder.exists() and next(iter(iter_media(folder, include_hidden=include_hidden)), None) is not None
         reports = []
         for c in shards:
             shard = self.shards.collections.index(c)

@@ -14,7 +14,6 @@ from typing import Any
 
 from ..collection.collection import Collection
 from ..collection.sharded import (
-    DEFAULT_TIMEOUT,
     Answers,
     Args,
     ShardedCollection,
@@ -22,6 +21,7 @@ from ..collection.sharded import (
     shard_count,
     shard_folders,
 )
+from ..defaults import DEFAULT_SHARD_TIMEOUT
 from ..encoders.base import Encoder
 from .cluster import connect
 
@@ -82,7 +82,7 @@ class RayShards:
 
 
 def open_on_ray(folder: str | Path, model: str | Encoder | None = None, address: str | None = None,
-                timeout: float | None = DEFAULT_TIMEOUT) -> ShardedCollection:
+                timeout: float | None = DEFAULT_SHARD_TIMEOUT) -> ShardedCollection:
     """A sharded collection whose shards are served by Ray actors (``crossmodal serve --ray``); this process
     routes queries to them and encodes queries with ``model`` (default: the collection's)."""
     folder = Path(folder).expanduser()

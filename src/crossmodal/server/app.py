@@ -38,9 +38,9 @@ from ..collection.duplicates import find_duplicates
 from ..collection.moments import is_moment
 from ..collection.paths import shown
 from ..collection.searching import hit_of
-from ..collection.sharded import DEFAULT_TIMEOUT, ShardedCollection, is_sharded, read_manifest
+from ..collection.sharded import ShardedCollection, is_sharded, read_manifest
 from ..collection.sync import content_hash
-from ..defaults import DUPLICATE_THRESHOLD
+from ..defaults import DEFAULT_SHARD_TIMEOUT, DUPLICATE_THRESHOLD
 from ..encoders import Encoder, load_encoder
 from ..encoders.onnx import OnnxEncoder
 from ..search.filters import BUILT_IN, INT64, parse_condition
@@ -139,7 +139,7 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
                max_batch: int | None = None, model: str | None = None, workers: int | None = None,
                int8_queries: bool = False, ranking: Ranking | None = None,
                allowed_hosts: Iterable[str] | None = None, ray_address: str | None = None, ray: bool = False,
-               shard_timeout: float | None = DEFAULT_TIMEOUT) -> FastAPI:
+               shard_timeout: float | None = DEFAULT_SHARD_TIMEOUT) -> FastAPI:
     """Build the app over one collection; the model loads once, at start. ``model`` may name another
     backend of the collection's model (e.g. its ONNX export); a different model is refused. ``workers``
     batcher threads encode and search (default: one per core, each on one-thread ONNX Runtime sessions,
