@@ -154,6 +154,8 @@ def test_cli_index_search_and_shard_count(tmp_path: Path, pair) -> None:
     assert result.exit_code == 2 and "has 2 shards, not 3" in result.output
     info = json.loads(runner.invoke(app, ["info", "-c", str(folder), "--json"]).stdout)
     assert info["images"] == 18 and len(info["shards"]) == 2
+    shown = runner.invoke(app, ["info", "-c", str(folder)]).stdout
+    assert "shard 0, images" in shown and "{" not in shown
     result = runner.invoke(app, ["list", "-c", str(folder)])
     assert result.exit_code == 2 and "run it on each shard" in result.output
     result = runner.invoke(app, ["list", "-c", str(folder / "shard-000"), "--json"])

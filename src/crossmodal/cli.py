@@ -472,9 +472,12 @@ INFO_LABELS = {"images": "photos", "dim": "dimensions", "fingerprint": "model fi
 
 
 def fact_text(value: Any) -> str:
-    """A fact of ``info`` as words: a mapping as ``key value, ...``, anything else as itself."""
+    """A fact of ``info`` as words: a mapping as ``key value, ...``, a list as ``item; item``, anything else as
+    itself."""
     if isinstance(value, dict):
         return ", ".join(f"{k} {fact_text(v)}" for k, v in value.items()) or "none"
+    if isinstance(value, list):
+        return "; ".join(fact_text(v) for v in value) or "none"
     return str(value)
 
 
