@@ -4,6 +4,9 @@ over 1, 2 and 4 shards (benchmarks/shard_search.py).
     OMP_NUM_THREADS=1 python benchmarks/distributed.py [--only indexing|search] [--photos 400] [--repeats 3]
         [--items 1000000] [--work DIR]
 
+The figures in docs/benchmarks.md come from one section at a time (``--only``) on a quiet machine: right after
+the indexing section, the Ray processes it stopped still wind down and slow the first search figures.
+
 Indexing: the same N photos (Flickr8k `dev` photos when ../shared/datasets/flickr8k is there, else synthetic
 ones) indexed into a fresh collection of the default model by (1) the local pipeline with its defaults (decode
 threads ahead of the model, which runs on every core), (2) Ray with one encode actor of one thread, (3) Ray with
