@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .images import ImageError
 
@@ -190,15 +190,17 @@ def frame_at(path: str | BinaryIO, t: float) -> Image.Image:
 
 
 def write_slideshow(path: str | Path, photos: list[Image.Image], hold: float = 2.0, fps: int = 4,
-                    size: tuple[int, int] = (160, 120), codec: str = "mpeg4") -> float:
-    """Write a video that shows each photo for ``hold`` seconds (tests, the benchmark and demos make videos with
-    known scenes this way); returns its length in seconds."""
+                    size: tuple[int, int] = (160, 120), codec: str = "mpeg4", bit_rate: int = 2_000_000) -> float:
+    """Write a video that shows each photo for ``hold`` seconds, fitted into the frame with its proportions kept
+    (black bars, as a phone shows a portrait photo in a landscape video); tests, the benchmark and demos make
+    videos with known scenes this way. Returns its length in seconds."""
     av = _av()
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        stream.bit_rate = bit_rate
         for photo in photos:
-            frame = av.VideoFrame.from_image(photo.convert("RGB").resize(size))
+            frame = av.VideoFrame.from_image(ImageOps.pad(photo.convert("RGB"), size))
             for _ in range(round(hold * fps)):
                 container.mux(stream.encode(frame))
         container.mux(stream.encode())
