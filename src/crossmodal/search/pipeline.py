@@ -151,8 +151,10 @@ class Source(Protocol):
         """The stored vectors of items (diversify)."""
         ...
 
-    # Optional: ``groups(kind, ids) -> {id: group}`` names the items that stand for one result together (the
-    # moments of one video); the collapse stage keeps each group's best. A source without it is not collapsed.
+    def groups(self, kind: str, ids: np.ndarray) -> dict[int, Any]:
+        """The group of each of ``ids`` that stands for one result with others (a video's moments: the collapse
+        stage keeps each group's best); items in no group are left out."""
+        ...
 
 
 def run(source: Source, queries: Sequence[Query], *, k: int, kind: str, allowed: Any, ranking: Ranking,
@@ -167,7 +169,7 @@ def run(source: Source, queries: Sequence[Query], *, k: int, kind: str, allowed:
     reranking = source.reranker(kind) if ranking.rerank and hybrid.dense_scale(ranking.retriever) else None
     pool = max(k, POOL) if ranking.diverse else k
     fetch = max(pool, ranking.rerank if reranking else 0) + max((len(q.exclude) for q in queries), default=0)
-    groups = getattr(source, "groups", None) if kind == "image" else None
+    groups = source.groups if kind == "image" else None
     while True:
         out = source.candidates(queries, fetch=fetch, kind=kind, allowed=allowed, ranking=ranking, timings=timings)
         started = time.perf_counter()
