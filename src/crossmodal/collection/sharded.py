@@ -19,9 +19,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import fields as dataclass_fields
 from dataclasses import replace
-from functools import cached_property, partial
+from functools import cached_property, partial, reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -127,6 +126,19 @@ def split_ids(ids: Iterable[int], n: int) -> dict[int, list[int]]:
     return out
 
 
+def scatter(ids: Iterable[int], n: int, found: dict[int, np.ndarray], out: np.ndarray) -> np.ndarray:
+    """Rows each shard answered for its ids (in ``split_ids`` order) put into ``out`` in the order of ``ids``."""
+    shards = np.asarray(ids, np.int64) % n
+    for s, rows in found.items():
+        out[shards == s] = rows
+    return out
+
+
+def global_item(item: Item, shard: int, n: int) -> Item:
+    """A shard's stored item under its global id."""
+    return replace(item, id=item.id * n + shard)
+
+
 def merge(answers: dict[int, Ranked], n: int, fetch: int) -> Ranked:
     """The best ``fetch`` of several shards' ranked lists (scores, shard ids), in global ids."""
     if not answers:
@@ -139,11 +151,7 @@ def merge(answers: dict[int, Ranked], n: int, fetch: int) -> Ranked:
 
 def merge_reports(reports: Sequence[IndexReport]) -> IndexReport:
     """One report for a run over every shard."""
-    out = IndexReport()
-    for report in reports:
-        for f in dataclass_fields(IndexReport):
-            setattr(out, f.name, getattr(out, f.name) + getattr(report, f.name))
-    return out
+    return reduce(IndexReport.merge, reports, IndexReport())
 
 
 # -- what a shard is asked (module functions: a Ray actor receives them by reference) ---------------------------
@@ -157,15 +165,6 @@ def _candidates(c: Collection, queries: list[Query], fetch: int, kind: str, path
     ids = np.concatenate([found for _, found in lists])
     with c.lock:
         return lists, c.groups(kind, ids), c.store.get(sorted({int(i) for i in ids}))
-
-
-def _vectors(c: Collection, kind: str, ids: list[int]) -> np.ndarray:
-    return c.vectors(kind, np.asarray(ids, np.int64))
-
-
-def _items(c: Collection, ids: list[int]) -> dict[int, Item]:
-    with c.lock:
-        return c.store.get(ids)
 
 
 def _store(c: Collection, method: str, *args: Any) -> Any:
@@ -196,7 +195,6 @@ class ShardedCollection(Searchable):
         self._encoder = encoder
         self.lock = threading.RLock()  # the shards lock their own stores; this one only satisfies the server's use
         self.store = ShardedStore(self)
-        self._weights: dict[str, float | None] = {}
 
     @classmethod
     def create(cls, folder: str | Path, shards: int, model: str | Encoder | None = None) -> ShardedCollection:
@@ -264,20 +262,17 @@ class ShardedCollection(Searchable):
         folder = Path(folder).expanduser()
         self.encoder  # noqa: B018 - loaded once, for every shard
         shards = self._local()
+        chosen = range(self.n)
         if not folder.exists():
-            counts = {c: len(c.store.images_under(str(folder.absolute()))) for c in shards}
-            if not (any(counts.values()) and prune_all):
-                raise folder_gone(folder, sum(counts.values()))
-            shards = [c for c in shards if counts[c]]
+            counts = [len(c.store.images_under(str(folder.absolute()))) for c in shards]
+            if not (any(counts) and prune_all):
+                raise folder_gone(folder, sum(counts))
+            chosen = [s for s in chosen if counts[s]]
         # Photos in the folder: a shard whose share is empty was emptied, not unmounted.
         found = folder.exists() and next(iter(iter_media(folder, include_hidden=include_hidden)), None) is not None
-        reports = []
-        for c in shards:
-            shard = self.shards.collections.index(c)
-            reports.append(c.index_folder(folder, prune=prune, prune_all=prune_all or found,
-                                          include_hidden=include_hidden, progress=progress,
-                                          only=partial(_in_shard, shard, self.n), **kwargs))
-        return merge_reports(reports)
+        return merge_reports([shards[s].index_folder(folder, prune=prune, prune_all=prune_all or found,
+                                                     include_hidden=include_hidden, progress=progress,
+                                                     only=partial(_in_shard, s, self.n), **kwargs) for s in chosen])
 
     def add_images(self, paths: Iterable[str | Path], **kwargs: Any) -> IndexReport:
         """Add (or refresh) photo files, each in its shard; never removes anything."""
@@ -407,7 +402,7 @@ class ShardedSearch:
         answers = self.c._call(_candidates, args, self.missing)
         for s, (_, videos, items) in answers.items():
             self._videos.update({i * n + s: video for i, video in videos.items()})
-            self._items.update({i * n + s: replace(item, id=i * n + s) for i, item in items.items()})
+            self._items.update({i * n + s: global_item(item, s, n) for i, item in items.items()})
         out = [merge({s: lists[i] for s, (lists, _, _) in answers.items()}, n, fetch) for i in range(len(queries))]
         timings.add("retrieve", started)
         return out
@@ -424,9 +419,8 @@ class ShardedSearch:
     def vectors(self, kind: str, ids: np.ndarray) -> np.ndarray:
         out = np.zeros((len(ids), self.c.manifest.dim), np.float32)  # a shard gone since: no similarity to others
         groups = split_ids(ids, self.c.n)
-        for s, rows in self.c._call(_vectors, {s: (kind, local) for s, local in groups.items()}, self.missing).items():
-            out[np.asarray(ids) % self.c.n == s] = rows
-        return out
+        found = self.c._call(_method, {s: ("vectors", kind, local) for s, local in groups.items()}, self.missing)
+        return scatter(ids, self.c.n, found, out)
 
     def get(self, ids: Iterable[int]) -> dict[int, Item]:
         """Stored items by id (hits, the reranker's candidate texts): those the shards sent with the candidates,
@@ -451,8 +445,9 @@ class ShardedStore:
     def _each(self, method: str, *args: Any) -> dict[int, Any]:
         return self.c._call(_store, everywhere(self.c.n, method, *args))
 
-    def _global(self, shard: int, item: Item) -> Item:
-        return replace(item, id=item.id * self.c.n + shard)
+    def _listed(self, method: str, *args: Any) -> list[Item]:
+        """The items a store method lists in each shard, under their global ids, shard by shard."""
+        return [global_item(i, s, self.c.n) for s, items in sorted(self._each(method, *args).items()) for i in items]
 
     @property
     def generation(self) -> int:
@@ -463,8 +458,8 @@ class ShardedStore:
         return sum(self._each("count", kind).values())
 
     def get(self, ids: Iterable[int], missing: set[int] | None = None) -> dict[int, Item]:
-        found = self.c._call(_items, {s: (local,) for s, local in split_ids(ids, self.c.n).items()}, missing)
-        return {i.id * self.c.n + s: self._global(s, i) for s, items in found.items() for i in items.values()}
+        found = self.c._call(_store, {s: ("get", local) for s, local in split_ids(ids, self.c.n).items()}, missing)
+        return {i.id * self.c.n + s: global_item(i, s, self.c.n) for s, items in found.items() for i in items.values()}
 
     def tokens(self, ids: np.ndarray, missing: set[int] | None = None) -> np.ndarray | None:
         """The stored reranker tokens of photos by id, or None when any of them has none (or its shard is late)."""
@@ -473,25 +468,22 @@ class ShardedStore:
         if len(found) < len(groups) or any(t is None for t in found.values()):
             return None
         first = next(iter(found.values()))
-        out = np.empty((len(ids), *first.shape[1:]), first.dtype)
-        for s, tokens in found.items():
-            out[np.asarray(ids) % self.c.n == s] = tokens
-        return out
+        return scatter(ids, self.c.n, found, np.empty((len(ids), *first.shape[1:]), first.dtype))
 
     def vector(self, item_id: int) -> np.ndarray:
         s = int(item_id) % self.c.n
         return self.c._call(_store, {s: ("vector", int(item_id) // self.c.n)})[s]
 
     def by_hash(self, hash_: str, kind: str) -> list[Item]:
-        return [self._global(s, i) for s, items in sorted(self._each("by_hash", hash_, kind).items()) for i in items]
+        return self._listed("by_hash", hash_, kind)
 
     def image_by_path(self, path: str) -> Item | None:
         s = shard_of(path, self.c.n)
         item = self.c._call(_store, {s: ("image_by_path", path)})[s]
-        return None if item is None else self._global(s, item)
+        return None if item is None else global_item(item, s, self.c.n)
 
     def select(self, where: str = "1", params: Sequence[Any] = ()) -> list[Item]:
-        return [self._global(s, i) for s, items in sorted(self._each("select", where, params).items()) for i in items]
+        return self._listed("select", where, params)
 
     def field_names(self) -> set[str]:
         return set().union(*self._each("field_names").values())

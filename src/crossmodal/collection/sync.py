@@ -19,7 +19,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,12 +79,8 @@ class IndexReport:
         return ", ".join(parts)
 
     def merge(self, other: IndexReport) -> IndexReport:
-        """The counts of two runs over one folder (its photos and its videos) added up."""
-        out = IndexReport(failed=self.failed + other.failed)
-        for name in ("added", "updated", "unchanged", "moved", "reused", "restored", "removed", "kept",
-                     "skipped_known_bad"):
-            setattr(out, name, getattr(self, name) + getattr(other, name))
-        return out
+        """The counts of two runs added up (a folder's photos and videos; the shards of a sharded collection)."""
+        return IndexReport(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(IndexReport)})
 
 
 def content_hash(data: bytes) -> str:
