@@ -829,13 +829,11 @@ def serve(
 
     folder = collection or default_collection()
     if ray or ray_address:
-        from .collection.sharded import is_sharded
         from .distributed import require_ray
+        from .distributed.shards import sharded_folder
 
         require_ray()
-        if not is_sharded(folder.expanduser()):
-            raise ValueError(f"{folder} is not a sharded collection: --ray serves the shards of one made with "
-                             "`crossmodal index --shards N`")
+        sharded_folder(folder)
     open_collection(folder, model=model, create=False).close()  # fail fast and clearly on a wrong folder/model
     err.print(f"serving {folder} on http://{host}:{port}/  (API docs: /docs)", highlight=False)
     uvicorn.run(create_app(folder, api_key=api_key, max_upload_mb=max_upload_mb, model=model,

@@ -81,13 +81,19 @@ class RayShards:
             self._ray.shutdown()
 
 
-def open_on_ray(folder: str | Path, model: str | Encoder | None = None, address: str | None = None,
-                timeout: float | None = DEFAULT_SHARD_TIMEOUT) -> ShardedCollection:
-    """A sharded collection whose shards are served by Ray actors (``crossmodal serve --ray``); this process
-    routes queries to them and encodes queries with ``model`` (default: the collection's)."""
+def sharded_folder(folder: str | Path) -> Path:
+    """``folder``, refused unless it holds a sharded collection (what Ray serves)."""
     folder = Path(folder).expanduser()
     if not is_sharded(folder):
         raise ValueError(f"{folder} is not a sharded collection: --ray serves the shards of one made with "
                          "`crossmodal index --shards N`")
+    return folder
+
+
+def open_on_ray(folder: str | Path, model: str | Encoder | None = None, address: str | None = None,
+                timeout: float | None = DEFAULT_SHARD_TIMEOUT) -> ShardedCollection:
+    """A sharded collection whose shards are served by Ray actors (``crossmodal serve --ray``); this process
+    routes queries to them and encodes queries with ``model`` (default: the collection's)."""
+    folder = sharded_folder(folder)
     return ShardedCollection.open(folder, model=model, timeout=timeout,
                                   fanout=RayShards(shard_folders(folder, shard_count(folder)), address))
