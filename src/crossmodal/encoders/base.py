@@ -61,33 +61,45 @@ class Encoder(ABC):
         them; others raise NotImplementedError."""
         raise NotImplementedError(f"{type(self).__name__} gives no token states")
 
-    def encode_texts_with_states(self, texts: Sequence[str]) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
-        """L2-normalised vectors and each text's (token states (1, L_i, C), mask (1, L_i)); backends that can
-        give both from one model call override this."""
-        states, mask = self.token_states(texts)
-        lengths = mask.sum(1)
-        return self.encode_texts(texts), [(s[None, :n], m[None, :n]) for s, m, n in zip(states, mask, lengths,
-                                                                                           strict=True)]
+    def encode_texts_with_states(self, texts: Sequence[str]
+                                 ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray] | None]]:
+        """L2-normalised vectors and each text's (token states (1, L_i, C), mask (1, L_i)), None for a text the
+        multilingual tower encoded (the reranker reads the own tower's states only); backends that can give both
+        from one model call override this."""
+        texts = list(texts)
+        vectors = self.encode_texts(texts)
+        out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(texts)
+        native = [i for i, t in enumerate(texts) if self.reads_natively(t)]
+        if native:
+            states, mask = self.token_states([texts[i] for i in native])
+            for i, s, m, n in zip(native, states, mask, mask.sum(1), strict=True):
+                out[i] = (s[None, :n], m[None, :n])
+        return vectors, out
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Encode texts to L2-normalised (N, dim) float32 vectors.
+        """Encode texts to L2-normalised (N, dim) float32 vectors: texts in a language the model's own text tower
+        does not read go through its multilingual tower (when it has one), the rest through its own.
 
         Texts are batched in order of length, so each batch pads to similar lengths (much less work
         for large caption sets); the result is in the caller's order.
         """
         texts = list(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = self._run(self._encode_texts, [texts[i] for i in order])
-        result = np.empty_like(out)
-        result[order] = out
-        return self.in_any_language(texts, result)
+        foreign = self.foreign(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        native = np.flatnonzero(~foreign)
+        if len(native):
+            mine = [texts[i] for i in native]
+            order = sorted(range(len(mine)), key=lambda i: len(mine[i]))
+            out[native[order]] = self._run(self._encode_texts, [mine[i] for i in order])
+        if foreign.any() and self.multilingual is not None:
+            out[foreign] = self.multilingual.encode([t for t, f in zip(texts, foreign, strict=True) if f])
+        return out
 
-    def in_any_language(self, texts: Sequence[str], vectors: np.ndarray) -> np.ndarray:
-        """``vectors`` (the text tower's, L2-normalised) with the rows of texts in a language the tower does not
-        read replaced by the multilingual tower's; unchanged when the model has none."""
+    def foreign(self, texts: Sequence[str]) -> np.ndarray:
+        """Which texts the multilingual tower encodes (all False when the model has none)."""
         if self.multilingual is None or not len(texts):
-            return vectors
-        return self.multilingual.route(list(texts), vectors)
+            return np.zeros(len(texts), dtype=bool)
+        return self.multilingual.foreign(list(texts))
 
     def reads_natively(self, text: str) -> bool:
         """Whether the model's own text tower encoded ``text`` (not its multilingual tower): what reads that

