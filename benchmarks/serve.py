@@ -1,20 +1,23 @@
 """Load test of `crossmodal serve` on 127.0.0.1: concurrent clients sending text queries.
 
-    python benchmarks/serve.py [--clients 16] [--seconds 30] [--split all] [--only torch|onnx|plain|int8|rerank32]
+    python benchmarks/serve.py [--clients 16] [--seconds 30] [--split all]
+        [--only torch|onnx|plain|int8|rerank32|multilingual]
 
 Builds (once, cached in runs/) a collection of the Flickr8k photos with the default model, then for
 each query encoder in turn (PyTorch eager, ONNX Runtime float32, ONNX Runtime with the int8 text
 tower = the default; with and without the ranking pipeline's normalisation and reranking) starts
 `crossmodal serve` in a subprocess on a free loopback port and runs a bounded
 closed-loop load: each client sends its next query as soon as the previous answer arrives, for a fixed
-time. Queries are distinct Flickr8k `dev` captions (no query repeats, so no cache can help). Prints
-throughput, latency percentiles and errors, one row per encoder.
+time. Queries are distinct Flickr8k `dev` captions (no query repeats, so no cache can help); for
+`multilingual`, distinct Multi30K German, French and Czech captions (through the multilingual query tower).
+Prints throughput, latency percentiles and errors, one row per encoder.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import os
 import re
@@ -116,6 +119,14 @@ def run_server(folder: Path, backend: str, flags: list[str], queries: list[str],
     return latencies, errors, wall, (after[0] - before[0]) / max(after[1] - before[1], 1), cpu / wall
 
 
+def foreign_queries(table: Path) -> list[str]:
+    """Distinct Multi30K captions in German, French and Czech, the languages interleaved."""
+    with table.open(newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    by_lang = [list(dict.fromkeys(r["caption"] for r in rows if r["lang"] == lang)) for lang in ("de", "fr", "cs")]
+    return [q for group in zip(*by_lang, strict=False) for q in group]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/datasets/flickr8k")
@@ -124,7 +135,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--collection", type=Path, default=ROOT / "runs" / "bench-serve")
-    parser.add_argument("--only", choices=("torch", "onnx", "plain", "int8", "rerank32"), action="append",
+    parser.add_argument("--multi30k", type=Path, default=ROOT.parent / "shared/datasets/multi30k-flickr8k/captions.tsv")
+    parser.add_argument("--only", choices=("torch", "onnx", "plain", "int8", "rerank32", "multilingual"),
+                        action="append",
                         help="run only these configurations (repeatable; default: all)")
     args = parser.parse_args()
     console = Console(width=160)
@@ -138,7 +151,9 @@ def main() -> None:
                 "plain": ("lite, int8 text tower, dual scores only (--no-norm --rerank 0)", "auto",
                           ["--no-norm", "--rerank", "0"]),
                 "int8": ("lite, int8 text tower, default pipeline (normalised, rerank top 16)", "auto", []),
-                "rerank32": ("lite, int8 text tower, normalised, rerank top 32", "auto", ["--rerank", "32"])}
+                "rerank32": ("lite, int8 text tower, normalised, rerank top 32", "auto", ["--rerank", "32"]),
+                "multilingual": ("lite, default pipeline, queries in German, French, Czech (multilingual tower)",
+                                 "auto", [])}
     table = Table(title=f"crossmodal serve: {n} Flickr8k photos, {args.clients} closed-loop clients, "
                         f"{args.seconds:.0f} s each, distinct dev captions, k={args.k}")
     for col in ("query encoder", "requests", "errors", "requests/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
@@ -146,8 +161,9 @@ def main() -> None:
         table.add_column(col, justify="left" if col == "query encoder" else "right")
     for key in args.only or list(encoders):
         name, backend, flags = encoders[key]
-        latencies, errors, wall, mean_batch, cores = run_server(args.collection / args.split, backend, flags,
-                                                                queries, args)
+        latencies, errors, wall, mean_batch, cores = run_server(
+            args.collection / args.split, backend, flags,
+            foreign_queries(args.multi30k) if key == "multilingual" else queries, args)
         ms = np.asarray(latencies) * 1000
         table.add_row(name, str(len(ms)), str(len(errors)), f"{len(ms) / wall:.1f}", f"{np.percentile(ms, 50):.1f}",
                       f"{np.percentile(ms, 90):.1f}", f"{np.percentile(ms, 99):.1f}", f"{ms.max():.1f}",
