@@ -114,12 +114,37 @@ def test_the_onnx_tower_equals_the_pytorch_student(tiny_tower: TowerWeights, tmp
     texts = ["ein Hund rennt am Strand", "un chien", "Dívka v růžových šatech skáče přes švihadlo na chodníku"]
     student = Student.from_weights(tiny_tower)
     expected = encode(student, lower_states(student, texts, 64))
+    assert np.allclose(student(*_embedded(texts)).detach().numpy(), expected, atol=1e-3)  # float16 lower states
     tower = MultilingualTower(tiny_tower)
     got = tower.encode(texts)
     assert (got * expected).sum(1).min() > 0.99
     # alone (unpadded) nearly the same vector: int8 activation scales are per batch
     assert (tower.encode(texts[1:2]) * got[1:2]).sum() > 0.995
     assert (tmp_path / "onnx").is_dir()
+
+
+def _embedded(texts: list[str], prefix: str = e5_model.PREFIX) -> tuple[torch.Tensor, torch.Tensor]:
+    from crossmodal.training.train_multilingual import _batch
+
+    image = e5_model.read()
+    return _batch(image, e5_model.token_ids(image, e5_model.tokenizer(image), texts, prefix=prefix))
+
+
+def test_a_tower_on_fewer_layers_without_the_prefix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tower trained on e5's first 3 layers and no "query: " runs those (its file says so) in ONNX too."""
+    monkeypatch.setenv("CROSSMODAL_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    student = Student(dim=8, frozen=2, layers=3, prefix="")
+    assert len(student.bert.encoder.layer) == 3
+    path = tmp_path / HEAD_FILE
+    export(student, "fp", MultilingualConfig(frozen=2, layers=3, prefix="")).save(path)
+    weights = TowerWeights.load(path)
+    assert (weights.layers, weights.frozen, weights.prefix) == (3, 2, "")
+    texts = ["ein Hund rennt am Strand", "un chien noir"]
+    loaded = Student.from_weights(weights)
+    expected = loaded(*_embedded(texts, prefix="")).detach().numpy()
+    assert (MultilingualTower(weights).encode(texts) * expected).sum(1).min() > 0.99
+    assert not np.allclose(expected, loaded(*_embedded(texts)).detach().numpy(), atol=1e-3)  # the prefix matters
 
 
 def test_english_keeps_the_own_tower_and_other_languages_take_the_multilingual_one(

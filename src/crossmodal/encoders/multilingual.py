@@ -53,6 +53,16 @@ class TowerWeights:
         return int(self.metadata["frozen"])
 
     @property
+    def layers(self) -> int:
+        """How many of e5's layers the tower runs (the first ones; 12, all, unless trained on fewer)."""
+        return int(self.metadata.get("layers", "12"))
+
+    @property
+    def prefix(self) -> str:
+        """What precedes each text (e5's own "query: ", unless trained without)."""
+        return self.metadata.get("prefix", "query: ")
+
+    @property
     def dim(self) -> int:
         return int(self.tensors["proj.weight"].shape[0])
 
@@ -130,7 +140,7 @@ class MultilingualTower:
             return out
         session, tokenizer = self._open()
         image = e5_model.read()
-        ids = e5_model.token_ids(image, tokenizer, texts)
+        ids = e5_model.token_ids(image, tokenizer, texts, prefix=self.weights.prefix)
         order = np.argsort([len(i) for i in ids], kind="stable")
         for start in range(0, len(order), BATCH):
             rows = order[start:start + BATCH]

