@@ -124,10 +124,9 @@ def test_the_onnx_tower_equals_the_pytorch_student(tiny_tower: TowerWeights, tmp
 
 
 def _embedded(texts: list[str], prefix: str = e5_model.PREFIX) -> tuple[torch.Tensor, torch.Tensor]:
-    from crossmodal.training.train_multilingual import _batch
-
     image = e5_model.read()
-    return _batch(image, e5_model.token_ids(image, e5_model.tokenizer(image), texts, prefix=prefix))
+    embeds, mask = e5_model.embedded(image, e5_model.token_ids(image, e5_model.tokenizer(image), texts, prefix=prefix))
+    return torch.from_numpy(embeds), torch.from_numpy(mask)
 
 
 def test_a_tower_on_fewer_layers_without_the_prefix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import mmap
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -186,3 +187,21 @@ def token_ids(image: E5File, tok: Tokenizer, texts: list[str], max_tokens: int =
     bos, eos = image.specials["bos"], image.specials["eos"]
     clean = [_SPACES.sub(" ", (prefix + t).translate(table)) for t in texts]
     return [[bos, *e.ids[:max_tokens - 2], eos] for e in tok.encode_batch(clean, add_special_tokens=False)]
+
+
+def length_batches(ids: list[list[int]], size: int) -> Iterator[np.ndarray]:
+    """Positions in ``ids`` in batches of ``size`` with similar token counts (each pads only to its own longest)."""
+    order = np.argsort([len(i) for i in ids], kind="stable")
+    for start in range(0, len(order), size):
+        yield order[start:start + size]
+
+
+def embedded(image: E5File, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Word embeddings (B, L, hidden) float32 and attention mask (B, L) int64 of token id lists, right-padded to
+    the longest: what the tower's graph and its training take."""
+    width = max(map(len, ids))
+    padded = np.full((len(ids), width), image.specials["pad"], dtype=np.int64)
+    mask = np.zeros((len(ids), width), dtype=np.int64)
+    for row, seq in enumerate(ids):
+        padded[row, :len(seq)], mask[row, :len(seq)] = seq, 1
+    return image.word_rows(padded), mask

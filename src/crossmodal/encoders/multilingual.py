@@ -141,17 +141,9 @@ class MultilingualTower:
         session, tokenizer = self._open()
         image = e5_model.read()
         ids = e5_model.token_ids(image, tokenizer, texts, prefix=self.weights.prefix)
-        order = np.argsort([len(i) for i in ids], kind="stable")
-        for start in range(0, len(order), BATCH):
-            rows = order[start:start + BATCH]
-            width = max(len(ids[i]) for i in rows)
-            padded = np.full((len(rows), width), image.specials["pad"], dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for j, i in enumerate(rows):
-                padded[j, :len(ids[i])] = ids[i]
-                mask[j, :len(ids[i])] = 1
-            out[rows] = session.run(["embedding"], {"inputs_embeds": image.word_rows(padded),
-                                                    "attention_mask": mask})[0]
+        for rows in e5_model.length_batches(ids, BATCH):
+            embeds, mask = e5_model.embedded(image, [ids[i] for i in rows])
+            out[rows] = session.run(["embedding"], {"inputs_embeds": embeds, "attention_mask": mask})[0]
         return normalize(out)
 
     def _open(self) -> tuple[Any, Any]:

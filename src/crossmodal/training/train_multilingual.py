@@ -64,27 +64,15 @@ class Pairs:
     has_teacher: np.ndarray
 
 
-def _batch(image: e5_model.E5File, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Word embeddings and attention mask of token id lists, padded to the longest."""
-    width = max(map(len, ids))
-    padded = np.full((len(ids), width), image.specials["pad"], dtype=np.int64)
-    mask = np.zeros((len(ids), width), dtype=np.int64)
-    for row, seq in enumerate(ids):
-        padded[row, :len(seq)], mask[row, :len(seq)] = seq, 1
-    return torch.from_numpy(image.word_rows(padded)), torch.from_numpy(mask)
-
-
 def lower_states(student: Student, texts: list[str], max_tokens: int, batch: int = 256) -> list[torch.Tensor]:
     """Each text's token states after the frozen layers (float16, one (L, hidden) tensor per text)."""
     image = e5_model.read()
     ids = e5_model.token_ids(image, e5_model.tokenizer(image), texts, max_tokens, student.prefix)
-    order = np.argsort([len(i) for i in ids], kind="stable")
     out: list[torch.Tensor] = [torch.empty(0)] * len(texts)
     with torch.no_grad():
-        for start in range(0, len(order), batch):
-            rows = order[start:start + batch]
-            embeds, mask = _batch(image, [ids[i] for i in rows])
-            states = student.lower(embeds, mask).to(torch.float16)
+        for rows in e5_model.length_batches(ids, batch):
+            embeds, mask = e5_model.embedded(image, [ids[i] for i in rows])
+            states = student.lower(torch.from_numpy(embeds), torch.from_numpy(mask)).to(torch.float16)
             for j, i in enumerate(rows):
                 out[i] = states[j, :len(ids[i])].clone()
     return out
