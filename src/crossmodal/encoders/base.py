@@ -67,14 +67,18 @@ class Encoder(ABC):
         multilingual tower encoded (the reranker reads the own tower's states only); backends that can give both
         from one model call override this."""
         texts = list(texts)
-        vectors = self.encode_texts(texts)
+        return self._vectors_and_states(texts, self.foreign(texts))
+
+    def _vectors_and_states(self, texts: list[str], foreign: np.ndarray
+                            ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray] | None]]:
+        """``encode_texts_with_states`` once ``foreign`` (which texts take the multilingual tower) is known."""
         out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(texts)
-        native = [i for i, t in enumerate(texts) if self.reads_natively(t)]
-        if native:
+        native = np.flatnonzero(~foreign)
+        if len(native):
             states, mask = self.token_states([texts[i] for i in native])
             for i, s, m, n in zip(native, states, mask, mask.sum(1), strict=True):
                 out[i] = (s[None, :n], m[None, :n])
-        return vectors, out
+        return self._routed(texts, foreign), out
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Encode texts to L2-normalised (N, dim) float32 vectors: texts in a language the model's own text tower
@@ -84,7 +88,10 @@ class Encoder(ABC):
         for large caption sets); the result is in the caller's order.
         """
         texts = list(texts)
-        foreign = self.foreign(texts)
+        return self._routed(texts, self.foreign(texts))
+
+    def _routed(self, texts: list[str], foreign: np.ndarray) -> np.ndarray:
+        """``encode_texts`` once ``foreign`` is known."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         native = np.flatnonzero(~foreign)
         if len(native):

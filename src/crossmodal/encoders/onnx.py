@@ -108,11 +108,14 @@ class OnnxEncoder(Encoder):
     def _encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         return self._run_texts(texts, ["embedding"])[0][0]
 
-    def encode_texts_with_states(self, texts: Sequence[str]) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    def encode_texts_with_states(self, texts: Sequence[str]
+                                 ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray] | None]]:
         """As the base class, from one model call: a query's vector and what the reranker reads of it cost one
         pass of the text tower."""
-        if not self.rerank_inputs or not texts or self.foreign(texts).any():
-            return super().encode_texts_with_states(texts)
+        texts = list(texts)
+        foreign = self.foreign(texts)
+        if not self.rerank_inputs or not texts or foreign.any():
+            return self._vectors_and_states(texts, foreign)
         (vectors, states), mask = self._run_texts(texts, ["embedding", "states"])
         lengths = mask.sum(1)
         return normalize(vectors), [(s[None, :n], m[None, :n]) for s, m, n in zip(states, mask, lengths, strict=True)]
