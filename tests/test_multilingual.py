@@ -238,18 +238,24 @@ def test_train_multilingual_command_writes_a_head_the_model_loads(tmp_path: Path
     rows = []
     for name, texts in TRANSLATED.items():
         for i, (lang, text) in enumerate(zip(("en", "de", "fr", "es"), texts, strict=True)):
-            rows.append({"image": f"photos/{name}", "caption": text, "lang": lang, "group": name,
+            rows.append({"image": name, "caption": text, "lang": lang, "group": name,
                          "split": "train" if i < 2 else "dev"})
     table = tmp_path / "captions.tsv"
-    (tmp_path / "photos").symlink_to(SAMPLES / "photos")
     with table.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
         writer.writeheader()
         writer.writerows(rows)
+    extra = tmp_path / "extra"  # more English captions of the same photos, found from another folder
+    extra.mkdir()
+    (extra / "photos").symlink_to(SAMPLES / "photos")
+    (extra / "captions.tsv").write_text("image\tcaption\tsplit\n" + "".join(
+        f"photos/{name}\tA photo of {name[:4]} .\ttrain\n" for name in TRANSLATED))
     out = tmp_path / "tower"
-    result = CliRunner().invoke(app, ["train", "--multilingual", "--data", str(table), "--out", str(out),
-                                      "--epochs", "1"])
+    result = CliRunner().invoke(app, ["train", "--multilingual", "--data", str(table), "--images",
+                                      str(SAMPLES / "photos"), "--extra-data", str(extra / "captions.tsv"),
+                                      "--out", str(out), "--epochs", "1"])
     assert result.exit_code == 0, result.output
+    assert f"encoding {3 * len(TRANSLATED)} training captions and {len(TRANSLATED)} photos" in result.output
     assert "dev es: RSUM" in result.output
     tower = TowerWeights.load(out / HEAD_FILE)
     assert tower.model_fingerprint == load_encoder("lite").fingerprint and tower.frozen == 8

@@ -928,6 +928,11 @@ def train(
                                                "instead, from a table with lang and group columns (e.g. Multi30K); "
                                                "--out MODEL_FOLDER (or any folder) holds multilingual.safetensors, "
                                                "which loading that model picks up.")] = False,
+    extra_data: Annotated[list[str] | None, typer.Option(
+        "--extra-data", help="With --multilingual: more caption data to learn from, in any layout --data takes "
+        "(e.g. the model's own training set); its captions without a lang column count as English.")] = None,
+    images: Annotated[Path | None, typer.Option("--images", help="Where a table's or Karpathy JSON's photo paths "
+                                                "start (default: its own folder).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Fine-tune a dual encoder on image-caption data; `--model OUT` then loads the result anywhere.
@@ -938,16 +943,22 @@ def train(
       crossmodal train --data ../shared/datasets/flickr8k --out runs/my-lite --unfreeze image:5,text:6
       crossmodal train --model ./clip-folder --data my.tsv --loss siglip --unfreeze last:2 --out runs/my-clip
       crossmodal train --reranker --data ../shared/datasets/flickr8k --out my-collection/reranker
-      crossmodal train --multilingual --data ../shared/datasets/multi30k-flickr8k/captions.tsv --out runs/my-lite
+      crossmodal train --multilingual --data ../shared/datasets/multi30k-flickr8k/captions.tsv \\
+          --images ../shared/datasets/flickr8k/images --extra-data ../shared/datasets/flickr8k --out runs/my-lite
     """
+    if extra_data and not multilingual:
+        raise ValueError("--extra-data goes with --multilingual")
     if multilingual:
         from .encoders import load_encoder
-        from .sources.datasets import load_dataset
+        from .sources.datasets import load_dataset, merge_datasets
         from .training.train_multilingual import MultilingualConfig, train_multilingual
 
         encoder = load_encoder(model, multilingual=False)
-        dev_data = load_dataset(data, dev_split)
-        train_multilingual(encoder, load_dataset(data, train_split), dev_data if dev_data.texts else None, out,
+        dev_data = load_dataset(data, dev_split, images)
+        train_data = [load_dataset(spec, train_split, images if spec == data else None)
+                      for spec in (data, *(extra_data or ()))]
+        train_multilingual(encoder, merge_datasets(train_data) if extra_data else train_data[0],
+                           dev_data if dev_data.texts else None, out,
                            MultilingualConfig(**({} if epochs is None else {"epochs": epochs}), seed=seed),
                            log=lambda line: err.print(line, highlight=False))
         err.print(f"wrote {out / 'multilingual.safetensors'}", highlight=False)
@@ -959,7 +970,7 @@ def train(
         if model != "lite" and not Path(model).expanduser().is_dir():
             raise ValueError("--sparse trains for lite models: --model lite or a folder `crossmodal train` wrote")
         history = train_lite_sparse(model, data, out, cache, SparseConfig(epochs=epochs, seed=seed),
-                                    log=lambda line: err.print(line, highlight=False))
+                                    log=lambda line: err.print(line, highlight=False), images=images)
         best = max(history, key=lambda h: h["rsum"])
         err.print(f"wrote {out}: dev RSUM {best['rsum']:.2f} (sparse scores alone, epoch {best['epoch']})",
                   highlight=False)
@@ -973,7 +984,8 @@ def train(
         if model != "lite" and weights.suffix != ".safetensors":
             raise ValueError("--reranker trains for lite models: --model lite or a folder `crossmodal train` wrote")
         figures = train_reranker(WEIGHTS if model == "lite" else weights, data, out, epochs=epochs, seed=seed,
-                                 cache=cache / "reranker", log=lambda line: err.print(line, highlight=False))
+                                 cache=cache / "reranker", images=images,
+                                 log=lambda line: err.print(line, highlight=False))
         err.print(f"wrote {out}: dev RSUM {figures['history'][figures['best_epoch']]['rsum']:.2f} "
                   f"(rerank top {figures['eval_depth']}, fusion weight {figures['weight']})", highlight=False)
         return
@@ -990,8 +1002,8 @@ def train(
     if lora and model == "lite":
         raise ValueError("--unfreeze lora:R is for transformers models; lite takes image:N,text:M")
     warn = lambda line: err.print(line, highlight=False, markup=False)  # noqa: E731
-    train_data = readable(load_dataset(data, train_split), warn)
-    dev_data = readable(load_dataset(data, dev_split), warn)
+    train_data = readable(load_dataset(data, train_split, images), warn)
+    dev_data = readable(load_dataset(data, dev_split, images), warn)
     config = TrainConfig(loss=loss, epochs=epochs, batch_size=batch_size, captions_per_image=captions_per_image,
                          lr=lr, tower_lr=tower_lr, weight_decay=weight_decay, patience=patience, seed=seed)
     device = resolve_device()

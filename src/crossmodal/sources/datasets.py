@@ -137,3 +137,21 @@ def load_table(path: Path, split: str, images: str | Path | None = None) -> Capt
     return CaptionDataset(f"{path.stem}/{split}", [root / name for name in index], texts,
                           np.asarray(owners, dtype=np.int64), langs if multilingual else None,
                           groups if multilingual else None)
+
+
+def merge_datasets(datasets: list[CaptionDataset], lang: str = "en") -> CaptionDataset:
+    """One dataset of several: photos met twice (the same resolved path) kept once; captions of a dataset without
+    a ``lang`` column take ``lang``, and each keeps its own group (groups never span datasets)."""
+    images: dict[Path, int] = {}
+    texts: list[str] = []
+    owners: list[int] = []
+    langs: list[str] = []
+    groups: list[str] = []
+    for number, data in enumerate(datasets):
+        where = [images.setdefault(p.resolve(), len(images)) for p in data.images]
+        texts += data.texts
+        owners += [where[i] for i in data.text_image]
+        langs += data.langs or [lang] * len(data.texts)
+        groups += [f"{number}:{g}" for g in (data.groups or map(str, range(len(data.texts))))]
+    return CaptionDataset("+".join(d.name for d in datasets), list(images), texts,
+                          np.asarray(owners, dtype=np.int64), langs, groups)

@@ -195,7 +195,7 @@ def train_reranker(encoder_or_weights: LiteEncoder | str | Path, dataset_path: s
                    epochs: int = 2, seed: int = 0, model_config: dict[str, Any] | None = None, group_size: int = 16,
                    top: int = 32, chunk: int = 40, lr: float = 5e-4, weight_decay: float = 0.05,
                    eval_depth: int = 16, cache: str | Path | None = None, tiny: bool = False, int8: bool = False,
-                   max_steps: int | None = None, full_table: bool = True,
+                   max_steps: int | None = None, full_table: bool = True, images: str | Path | None = None,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train a reranker for a lite model on ``dataset_path`` (train split), keep the best dev epoch, export it.
 
@@ -213,7 +213,7 @@ def train_reranker(encoder_or_weights: LiteEncoder | str | Path, dataset_path: s
     cache = Path(cache) if cache else out_folder / "cache"
     feats = {}
     for split in ("train", "dev"):
-        data = load_dataset(dataset_path, split)
+        data = load_dataset(dataset_path, split, images)
         feats[split] = cached_features(encoder, data, cache, log=log)
     train, dev = feats["train"], feats["dev"]
     n_photos = len(train.grids)

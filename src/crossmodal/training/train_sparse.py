@@ -207,14 +207,14 @@ def lite_tokens() -> tuple[Callable[[list[str]], list[list[int]]], list[str]]:
 
 
 def train_lite_sparse(model: str, data: str, out: Path, cache: Path, config: SparseConfig,
-                      log: Callable[[str], None] = print) -> list[dict[str, float]]:
+                      log: Callable[[str], None] = print, images: Path | None = None) -> list[dict[str, float]]:
     """Train sparse heads for a lite model on ``data``'s train split (epochs chosen on dev) and write them to
     ``out`` (a .npz that `find_sparse` loads: a collection's ``sparse.npz``, or lite's shipped file)."""
     from ..encoders import load_encoder
     from ..sources.datasets import load_dataset
 
     encoder = load_encoder(model)
-    train_data, dev_data = load_dataset(data, "train"), load_dataset(data, "dev")
+    train_data, dev_data = load_dataset(data, "train", images), load_dataset(data, "dev", images)
     train = split_features(encoder, train_data, cache / f"sparse-{encoder.fingerprint}-train.npz")
     dev = split_features(encoder, dev_data, cache / f"sparse-{encoder.fingerprint}-dev.npz")
     tokenize, tokens = lite_tokens()
