@@ -944,7 +944,7 @@ def train(
       crossmodal train --model ./clip-folder --data my.tsv --loss siglip --unfreeze last:2 --out runs/my-clip
       crossmodal train --reranker --data ../shared/datasets/flickr8k --out my-collection/reranker
       crossmodal train --multilingual --data ../shared/datasets/multi30k-flickr8k/captions.tsv \\
-          --images ../shared/datasets/flickr8k/images --extra-data ../shared/datasets/flickr8k --out runs/my-lite
+          --images ../shared/datasets/flickr8k/images --out runs/my-lite
     """
     if extra_data and not multilingual:
         raise ValueError("--extra-data goes with --multilingual")
