@@ -61,6 +61,19 @@ def test_the_shipped_tower_takes_other_languages_only() -> None:
     assert not encoder.foreign(english).any()  # "climb up a snowy hill" included, which lid.176 takes for Polish
 
 
+def test_one_thread_per_server_worker_reaches_the_tower() -> None:
+    encoder = load_encoder("lite")
+    if encoder.multilingual is None or not hasattr(encoder, "use_threads"):
+        pytest.skip("lite ships no multilingual tower here")
+    german = [texts[1] for texts in TRANSLATED.values()]
+    before = encoder.encode_texts(german)
+    encoder.use_threads(1)  # what the server does for its workers, one batch per core
+    assert encoder.multilingual.threads == 1
+    session, _ = encoder.multilingual._open()
+    assert session.get_session_options().intra_op_num_threads == 1
+    np.testing.assert_allclose(encoder.encode_texts(german), before, atol=1e-5)
+
+
 def test_english_sentences_lid_doubts_stay_english() -> None:
     """lid.176 takes the snowy hill for Polish but gives English a share no German sentence gets; a short
     text is judged by its most likely language alone."""

@@ -94,6 +94,7 @@ class MultilingualTower:
         self._opening = threading.Lock()
         self._session: Any = None
         self._tokenizer: Any = None
+        self.threads = os.cpu_count() or 1  # as the own text tower
 
     @property
     def fingerprint(self) -> str:
@@ -125,6 +126,12 @@ class MultilingualTower:
 
         return not likely_english([text])[0]
 
+    def use_threads(self, threads: int) -> None:
+        """Run the tower with ``threads`` threads (its session opens again on next use), as the own tower's
+        ``OnnxEncoder.use_threads``: a server's workers each run their batch on one core."""
+        with self._opening:
+            self.threads, self._session = threads, None
+
     def warm(self) -> None:
         """Open the tower now (the first time: export it, tens of seconds), so that a server's first query in
         another language does not wait for it."""
@@ -155,7 +162,7 @@ class MultilingualTower:
 
                 folder = _exported(self.weights)
                 self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-                self._session = _session(folder / "tower.onnx", os.cpu_count() or 1)  # as the own text tower
+                self._session = _session(folder / "tower.onnx", self.threads)
         return self._session, self._tokenizer
 
 

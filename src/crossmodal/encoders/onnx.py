@@ -68,6 +68,8 @@ class OnnxEncoder(Encoder):
         with self._opening:
             self.threads = threads
             self._sessions: dict[str, Any] = {}
+        if self.multilingual is not None:
+            self.multilingual.use_threads(threads)
 
     def _tower(self, name: str) -> Any:
         """The session of the ``image`` or ``text`` graph, opened on first use (a text query never opens the

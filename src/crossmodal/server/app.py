@@ -182,12 +182,12 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
         c.lock = lock  # searches take it only around the store, so model calls of several workers overlap
         state["collection"] = c
         encoder = c.encoder  # load the model now, not on the first request
-        if encoder.multilingual is not None:
-            await run_in_threadpool(encoder.multilingual.warm)
         n = workers or 1
         if isinstance(encoder, OnnxEncoder) and workers is None:  # a batch per core, one thread each
             n = os.cpu_count() or 1
-            encoder.use_threads(1)
+            encoder.use_threads(1)  # its multilingual tower's too
+        if encoder.multilingual is not None:
+            await run_in_threadpool(encoder.multilingual.warm)
         # With several workers a small batch bounds how long a request waits behind another one
         # (16 clients, int8 text: p99 106 -> 86 ms); one PyTorch worker gains more from large batches.
         # Decodes run on threads of their own: each thread's malloc arena keeps what a large decode freed, so
