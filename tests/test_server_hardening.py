@@ -387,8 +387,11 @@ def _closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") ->
     end = time.time() + seconds
     while time.time() < end:
         if trickle:
-            sock.sendall(trickle[:1])
-            trickle = trickle[1:]
+            try:
+                sock.sendall(trickle[:1])
+                trickle = trickle[1:]
+            except (BrokenPipeError, ConnectionResetError):  # closed after answering: read what it answered
+                trickle = b""
         try:
             data = sock.recv(4096)
         except TimeoutError:
