@@ -66,12 +66,15 @@ def test_one_thread_per_server_worker_reaches_the_tower() -> None:
     if encoder.multilingual is None or not hasattr(encoder, "use_threads"):
         pytest.skip("lite ships no multilingual tower here")
     german = [texts[1] for texts in TRANSLATED.values()]
-    before = encoder.encode_texts(german)
+    before, threads = encoder.encode_texts(german), encoder.threads
     encoder.use_threads(1)  # what the server does for its workers, one batch per core
-    assert encoder.multilingual.threads == 1
-    session, _ = encoder.multilingual._open()
-    assert session.get_session_options().intra_op_num_threads == 1
-    np.testing.assert_allclose(encoder.encode_texts(german), before, atol=1e-5)
+    try:
+        assert encoder.multilingual.threads == 1
+        session, _ = encoder.multilingual._open()
+        assert session.get_session_options().intra_op_num_threads == 1
+        np.testing.assert_allclose(encoder.encode_texts(german), before, atol=1e-5)
+    finally:
+        encoder.use_threads(threads)  # the encoder is shared with other tests
 
 
 def test_english_sentences_lid_doubts_stay_english() -> None:
