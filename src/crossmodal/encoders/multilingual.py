@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -167,17 +166,15 @@ class MultilingualTower:
 
 
 def cache_folder(weights: TowerWeights) -> Path:
-    """Where the ONNX export of ``weights`` lives ($CROSSMODAL_CACHE, else the per-user cache folder)."""
-    from platformdirs import user_cache_dir
-
+    """Where the ONNX export of ``weights`` lives (beside lite's own exports)."""
     from . import e5_model
     from .fingerprint import fingerprint_files
+    from .onnx_cache import cache_root
 
     if weights.path is None:
         raise ValueError("save the tower's weights to a file before exporting it")
-    root = Path(os.environ.get("CROSSMODAL_CACHE") or user_cache_dir("crossmodal"))
     key = fingerprint_files([Path(weights.path), e5_model.default_path()])
-    return root / "onnx" / f"multilingual-v{EXPORT_VERSION}-{key}-int8"
+    return cache_root() / f"multilingual-v{EXPORT_VERSION}-{key}-int8"
 
 
 def _exported(weights: TowerWeights) -> Path:
@@ -189,19 +186,15 @@ def _exported(weights: TowerWeights) -> Path:
 
     from . import e5_model
     from .multilingual_student import export_tower
+    from .onnx_cache import publish
 
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        tqdm.write(f"exporting the multilingual query tower to ONNX Runtime (once) into {folder}")
+    def build(tmp: Path) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         export_tower(weights, tmp / "tower.onnx")
         e5_model.tokenizer(e5_model.read()).save(str(tmp / "tokenizer.json"))
-        tmp.rename(folder)
-    except OSError:
-        if not (folder / "tower.onnx").is_file():  # else another process finished the same export first
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    tqdm.write(f"exporting the multilingual query tower to ONNX Runtime (once) into {folder}")
+    publish(folder, "tower.onnx", build)
     return folder
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from platformdirs import user_cache_dir
@@ -21,10 +23,29 @@ from .lite_spec import model_name
 EXPORT_VERSION = 3
 
 
+def cache_root() -> Path:
+    """Where ONNX exports live: $CROSSMODAL_CACHE, else the per-user cache folder."""
+    return Path(os.environ.get("CROSSMODAL_CACHE") or user_cache_dir("crossmodal")) / "onnx"
+
+
 def cache_folder(weights: Path, int8_text: bool = False) -> Path:
-    """Where the export of ``weights`` lives ($CROSSMODAL_CACHE, else the per-user cache folder)."""
-    root = Path(os.environ.get("CROSSMODAL_CACHE") or user_cache_dir("crossmodal"))
-    return root / "onnx" / f"lite-v{EXPORT_VERSION}-{fingerprint_files([weights])}{'-int8' if int8_text else ''}"
+    """Where the export of ``weights`` lives."""
+    return cache_root() / f"lite-v{EXPORT_VERSION}-{fingerprint_files([weights])}{'-int8' if int8_text else ''}"
+
+
+def publish(folder: Path, marker: str, build: Callable[[Path], None]) -> None:
+    """Build an export in a temporary sibling of ``folder`` and rename it into place, so no reader sees half of
+    one; an error stands unless another process or thread finished the same export meanwhile (``folder/marker``
+    exists)."""
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        build(tmp)
+        tmp.rename(folder)
+    except Exception:
+        if not (folder / marker).is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cached_lite_onnx(weights: Path, required: bool = False, int8_text: bool = False) -> Encoder | None:
@@ -62,17 +83,12 @@ def _export(weights: Path, folder: Path, name: str, required: bool, int8_text: b
     from .lite import LiteEncoder
     from .onnx_export import export_onnx
 
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     try:
         tqdm.write(f"exporting {name} to ONNX Runtime (once) into {folder}")
-        export_onnx(LiteEncoder(weights), tmp, int8=int8_text)
-        tmp.rename(folder)
+        publish(folder, CONFIG, lambda tmp: export_onnx(LiteEncoder(weights), tmp, int8=int8_text))
     except Exception as e:
-        if not (folder / CONFIG).is_file():  # else another process finished the same export first
-            if required:
-                raise
-            tqdm.write(f"ONNX export failed ({e}); running {name} on PyTorch")
-            return False
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if required:
+            raise
+        tqdm.write(f"ONNX export failed ({e}); running {name} on PyTorch")
+        return False
     return True
