@@ -123,6 +123,18 @@ def test_a_tower_saved_beside_a_model_is_found(tiny_tower: TowerWeights, tmp_pat
     assert find_multilingual("the-fingerprint", tmp_path) is None
 
 
+def test_a_damaged_tower_file_is_left_out_with_one_line(tiny_tower: TowerWeights, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    whole = Path(tiny_tower.path).read_bytes()
+    for name, data in {"cut": whole[:-64], "header": whole[:8] + b"{not json"}.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / HEAD_FILE).write_bytes(data)
+        assert find_multilingual("the-fingerprint", folder) is None
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and "not a readable multilingual tower" in lines[0] and name in lines[0]
+
+
 def test_the_onnx_tower_equals_the_pytorch_student(tiny_tower: TowerWeights, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The int8 ONNX graph exported into the cache gives the student's vectors (any batch, any padding)."""

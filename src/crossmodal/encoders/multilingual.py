@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -212,11 +213,16 @@ def find_multilingual(fingerprint: str, *candidates: Path) -> MultilingualTower 
 
 @lru_cache(maxsize=8)
 def _load_weights(path: Path) -> TowerWeights | None:
+    """The tower weights in ``path``, or None (with one line on stderr, once per file) when they do not read:
+    queries then go to the model's own tower instead of failing."""
+    from safetensors import SafetensorError
+
     try:
         weights = TowerWeights.load(path)
         weights.frozen  # noqa: B018 (a tower file from before the fine-tuned e5 has no "frozen": not ours)
         return weights
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
+        print(f"{path}: not a readable multilingual tower, left out ({type(e).__name__}: {e})", file=sys.stderr)
         return None
 
 
