@@ -7,6 +7,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -16,7 +17,13 @@ from crossmodal.cli import app
 from crossmodal.collection.collection import Collection
 from crossmodal.encoders import e5_model, load_encoder
 from crossmodal.encoders.languages import likely_english
-from crossmodal.encoders.multilingual import HEAD_FILE, MultilingualTower, TowerWeights, find_multilingual
+from crossmodal.encoders.multilingual import (
+    HEAD_FILE,
+    MultilingualTower,
+    TowerWeights,
+    cache_folder,
+    find_multilingual,
+)
 from crossmodal.encoders.multilingual_student import Student
 from crossmodal.training.train_multilingual import (
     MultilingualConfig,
@@ -148,7 +155,13 @@ def test_the_onnx_tower_equals_the_pytorch_student(tiny_tower: TowerWeights, tmp
     assert (got * expected).sum(1).min() > 0.99
     # alone (unpadded) nearly the same vector: int8 activation scales are per batch
     assert (tower.encode(texts[1:2]) * got[1:2]).sum() > 0.995
-    assert (tmp_path / "onnx").is_dir()
+    graph = onnx.load(str(cache_folder(tiny_tower) / "tower.onnx"), load_external_data=False)
+    quantized = {n.name.split("/")[3] for n in graph.graph.node
+                 if n.op_type == "MatMulInteger" and n.name.endswith("/output/dense/MatMul_quant")
+                 and "attention" not in n.name}
+    float_down = {n.name.split("/")[3] for n in graph.graph.node
+                  if n.op_type == "MatMul" and n.name.endswith("/output/dense/MatMul") and "attention" not in n.name}
+    assert float_down == {f"layer.{i}" for i in range(6)} and quantized == {f"layer.{i}" for i in range(6, 12)}
 
 
 def _embedded(texts: list[str], prefix: str = e5_model.PREFIX) -> tuple[torch.Tensor, torch.Tensor]:

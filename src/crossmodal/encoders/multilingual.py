@@ -30,7 +30,7 @@ from .base import normalize
 SHIPPED = Path(__file__).parent / "weights"
 HEAD_FILE = "multilingual.safetensors"
 REMEMBERED = 65_536  # routing decisions kept (text -> took this tower), for the reranker's question
-EXPORT_VERSION = 1  # bump when the export changes, so caches written by older code are not reused
+EXPORT_VERSION = 2  # bump when the export changes, so caches written by older code are not reused
 BATCH = 64
 
 

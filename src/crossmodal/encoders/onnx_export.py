@@ -7,6 +7,7 @@ Lite's photo graph has its padding folded into its convolutions; ``int8`` quanti
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -149,7 +150,7 @@ def fold_pads_into_convs(path: Path) -> int:
     return len(merged)
 
 
-def quantize_text_tower(path: Path, fused: bool = False) -> None:
+def quantize_text_tower(path: Path, fused: bool = False, down_from_layer: int | None = None) -> None:
     """Dynamic int8 quantization of the text tower's matrix products, in place.
 
     Per-channel weights with a 7-bit range: CPUs without VNNI (AVX2) saturate 8-bit products, which cost
@@ -158,7 +159,8 @@ def quantize_text_tower(path: Path, fused: bool = False) -> None:
     clips (quantizing them too cost 1.4 dev RSUM points instead of 0.8). The photo tower stays float32: on
     AVX2, static int8 EfficientNet-Lite0 ran only 1.1-1.3x faster and cost 6 RSUM points, and dynamic int8
     convolutions were 4x slower. Figures: docs/benchmarks.md. ``fused``: the graph holds ONNX Runtime's fused
-    Attention nodes (``onnxruntime.transformers.optimizer``), quantized too.
+    Attention nodes (``onnxruntime.transformers.optimizer``), quantized too. ``down_from_layer``: quantize the
+    down-projections of the layers from this one on (their error crosses fewer layers before the output).
     """
     import onnx
     from onnx import numpy_helper
@@ -168,10 +170,20 @@ def quantize_text_tower(path: Path, fused: bool = False) -> None:
     shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
     shapes |= {n.output[0]: tuple(numpy_helper.to_array(a.t).shape) for n in model.graph.node
                if n.op_type == "Constant" for a in n.attribute if a.name == "value"}
-    down = [n.name for n in model.graph.node if n.op_type == "MatMul" and len(shapes.get(n.input[1], ())) == 2
-            and shapes[n.input[1]][0] > shapes[n.input[1]][1]]
+    keep_float = [n.name for n in model.graph.node if n.op_type == "MatMul" and len(shapes.get(n.input[1], ())) == 2
+                  and shapes[n.input[1]][0] > shapes[n.input[1]][1]]
+    if down_from_layer is not None:
+        keep_float = [name for name in keep_float if _layer(name) < down_from_layer]
     tmp = path.with_suffix(".int8.onnx")
     quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
-                     op_types_to_quantize=["MatMul", "Attention"] if fused else ["MatMul"], nodes_to_exclude=down,
+                     op_types_to_quantize=["MatMul", "Attention"] if fused else ["MatMul"], nodes_to_exclude=keep_float,
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT} if fused else {})
     tmp.replace(path)
+
+
+def _layer(node: str) -> int:
+    """The encoder layer a node of an exported BERT graph belongs to (``.../layer.3/output/dense/MatMul``)."""
+    found = re.search(r"layer\.(\d+)/", node)
+    if found is None:
+        raise ValueError(f"{node}: not a node of a numbered encoder layer")
+    return int(found.group(1))
