@@ -81,7 +81,7 @@ def export_tower(weights: TowerWeights, path: Path) -> None:
     """The tower of ``weights`` as one ONNX graph (inputs_embeds, attention_mask -> embedding): ONNX Runtime's
     fused BERT operators (attention, skip + layer norm, GELU), then int8 matrix products as the int8 English text
     tower has, and int8 down-projections in the later half of the layers too: that half costs no dev R@10 and
-    makes a foreign query about 8% faster, where all of them cost 2.2 German R@10 (docs/benchmarks.md)."""
+    makes a foreign query 7.6-10% faster, where all of them cost 2.2 German R@10 (docs/benchmarks.md)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     from .onnx_export import _export, quantize_text_tower
