@@ -212,7 +212,9 @@ def lite_samples(tmp_path_factory: pytest.TempPathFactory) -> Collection:
 
 def test_eval_with_rerank_equals_search_with_rerank(lite_samples: Collection) -> None:
     """Both directions: eval's ranking of a set (SetScores, dataset scorers) and search's (the pipeline over
-    the collection, stored photo tokens) agree, reranked top N included."""
+    the collection, stored photo tokens) agree, reranked top N included (for a photo query, with the caption
+    words predicted from the photo)."""
+    from crossmodal.evaluation.runner import embed_dataset
     from crossmodal.search.rerank import dataset_scorers
     from crossmodal.sources.datasets import CaptionDataset
 
@@ -223,7 +225,11 @@ def test_eval_with_rerank_equals_search_with_rerank(lite_samples: Collection) ->
     captions = [items[int(i)].text for i in text_ids]
     data = CaptionDataset(name="samples", images=[Path(it.path) for it in c.store.get(ids).values()], texts=captions,
                           text_image=np.zeros(len(captions), dtype=np.int64))
-    scorers = dataset_scorers(c.encoder, reranker, data, c.store.tokens(ids))
+    words = embed_dataset(c.encoder, data, progress=False, reranker=reranker).photo_words
+    assert reranker.words is not None and words.shape == (len(ids), len(reranker.words.vocab))
+    scorers = dataset_scorers(c.encoder, reranker, data, c.store.tokens(ids), words=words)
+    without = dataset_scorers(c.encoder, reranker, data, c.store.tokens(ids))["text"]
+    assert not np.allclose(without(3, np.arange(8)), scorers["text"](3, np.arange(8)))  # the words count
     ranking = Ranking(rerank=8)
     score = SetScores(np.asarray(images), np.asarray(texts), ranking, c.store.bank,
                       {k: (s, reranker.weight) for k, s in scorers.items()})

@@ -54,7 +54,9 @@ def test_tiny_training_lowers_loss_and_exports(trained: tuple[Path, dict]) -> No
     history = figures["history"]
     first, last = history[0], history[-1]
     assert last["loss_t2i"] + last["loss_i2t"] < first["loss_t2i"] + first["loss_i2t"]
-    assert {"photo.onnx", "score.onnx", "reranker.json"} <= {p.name for p in out.iterdir()}
+    assert {"photo.onnx", "score.onnx", "reranker.json", "words.npz"} <= {p.name for p in out.iterdir()}
+    words = figures["words"]
+    assert words["words"] > 0 and words["loss"][-1] < words["loss"][0]
     assert any(row["scores"] == "norm" and row["n"] == 4 for row in figures["dev"])
 
 

@@ -47,14 +47,16 @@ class Embedded:
     text_seconds: float
     skipped: list[tuple[str, str]] = field(default_factory=list)
     photo_tokens: np.ndarray | None = None  # the reranker's tokens of each photo, when reranking
+    photo_words: np.ndarray | None = None  # P(word | photo) of each photo, when the reranker has a word classifier
 
 
 def embed_dataset(encoder: Encoder, data: CaptionDataset, progress: bool = True,
                   reranker: Reranker | None = None) -> Embedded:
     """Encode every photo and caption of ``data`` (timed, for the report's throughput); with a ``reranker``,
-    also its tokens of each photo, from the same model call (as indexing stores them)."""
+    also its tokens and word probabilities of each photo, from the same model call (as indexing and a photo
+    query compute them)."""
     batch = encoder.batch_size
-    vectors, tokens, keep, skipped = [], [], np.ones(len(data.images), dtype=bool), []
+    vectors, tokens, words, keep, skipped = [], [], [], np.ones(len(data.images), dtype=bool), []
     start = time.perf_counter()
     for lo in tqdm(range(0, len(data.images), batch), desc="photos", unit="batch", disable=not progress):
         loaded = []
@@ -69,6 +71,8 @@ def embed_dataset(encoder: Encoder, data: CaptionDataset, progress: bool = True,
             encoded, grids = encoder.encode_prepared_grids([encoder.prepare_image(im) for im in loaded])
             vectors.append(encoded)
             tokens.append(reranker.photo_tokens(grids))
+            if reranker.words is not None:
+                words.append(reranker.photo_words(grids))
         elif loaded:
             vectors.append(encoder.encode_images(loaded))
     image_seconds = time.perf_counter() - start
@@ -83,7 +87,7 @@ def embed_dataset(encoder: Encoder, data: CaptionDataset, progress: bool = True,
     text_seconds = time.perf_counter() - start
     images = np.concatenate(vectors) if vectors else np.zeros((0, encoder.dim), dtype=np.float32)
     return Embedded(data, images, texts, image_seconds, text_seconds, skipped,
-                    np.concatenate(tokens) if tokens else None)
+                    np.concatenate(tokens) if tokens else None, np.concatenate(words) if words else None)
 
 
 def _top(score: Scores, direction: str, queries: np.ndarray, n_items: int, shown: int) -> np.ndarray:
@@ -120,7 +124,8 @@ def pipeline_scores(encoder: Encoder, emb: Embedded, ranking: Ranking, bank: Ban
     and hybrid retrievers use ``sparse_heads``, by default the model's own)."""
     rerankers = {} if reranker is None or not ranking.rerank else {
         kind: (scorer, reranker.weight)
-        for kind, scorer in dataset_scorers(encoder, reranker, emb.data, emb.photo_tokens).items()}
+        for kind, scorer in dataset_scorers(encoder, reranker, emb.data, emb.photo_tokens,
+                                            words=emb.photo_words).items()}
     heads = None
     if ranking.retriever in ("sparse", "hybrid"):
         heads = sparse_heads or find_sparse(encoder.fingerprint)

@@ -12,9 +12,14 @@ import json
 import warnings
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .words import WORDS_FILE
+
+if TYPE_CHECKING:
+    from .words import WordModel
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[1] / "encoders" / "weights" / "reranker-lite"
 GRAPHS = ("photo.onnx", "score.onnx")
@@ -39,7 +44,8 @@ class Reranker:
         self.weight = float(self.meta["weight"])
         self.tokens = int(self.meta["tokens"])
         self.d = int(self.meta["d"])
-        self.fingerprint = weights_fingerprint(self.folder)
+        words = (WORDS_FILE,) if (self.folder / WORDS_FILE).is_file() else ()
+        self.fingerprint = weights_fingerprint(self.folder, GRAPHS + words)  # what its scores depend on
         # What stored photo tokens depend on: the photo graph alone (a re-quantised score graph keeps them).
         self.tokens_fingerprint = weights_fingerprint(self.folder, ("photo.onnx",))
         self.name = self.meta.get("name") or self.folder.name
@@ -51,6 +57,20 @@ class Reranker:
         if not (Path(folder) / "reranker.json").is_file():
             raise FileNotFoundError(f"no reranker at {folder} (expected photo.onnx, score.onnx, reranker.json)")
         return cls(Path(folder), threads)
+
+    @cached_property
+    def words(self) -> WordModel | None:
+        """The caption-word classifier shipped beside this reranker (``words.npz``), if any: lexical evidence
+        for photo queries ranking captions (rerank/words.py)."""
+        from .words import WordModel
+
+        path = self.folder / WORDS_FILE
+        return WordModel.load(path) if path.is_file() else None
+
+    def photo_words(self, grid: np.ndarray) -> np.ndarray | None:
+        """P(word | photo) (N, V) of grids (N, 1280, 7, 7) from their pooled features, or None without words."""
+        words = self.words
+        return None if words is None else words.photo_words(np.asarray(grid, dtype=np.float32).mean(axis=(2, 3)))
 
     @cached_property
     def _photo(self) -> Any:

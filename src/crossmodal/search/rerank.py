@@ -60,10 +60,24 @@ def pad_states(states: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return out, mask
 
 
-def photo_query_tokens(encoder: Encoder, reranker: Reranker, photo: object) -> np.ndarray:
-    """The reranker's tokens (1, T, d) of a query photo."""
+def photo_query_inputs(encoder: Encoder, reranker: Reranker, photo: object) -> tuple[np.ndarray, np.ndarray | None]:
+    """The reranker's tokens (1, T, d) of a query photo and its word probabilities (1, V), from one model call
+    (None when the reranker has no word classifier)."""
     _, grid = encoder.encode_prepared_grids([encoder.prepare_image(photo)])
-    return reranker.photo_tokens(grid)
+    return reranker.photo_tokens(grid), reranker.photo_words(grid)
+
+
+def captions_for_photo(reranker: Reranker, states: np.ndarray, mask: np.ndarray, tokens: np.ndarray,
+                       words: np.ndarray | None, texts: list[str]) -> np.ndarray:
+    """Logits of candidate captions (their token states) for one photo (its tokens (T, d) and word
+    probabilities), with the caption-word evidence folded in when the reranker has a word classifier."""
+    logits = reranker.score(states, mask, np.repeat(tokens[None], len(texts), 0))
+    if words is None or reranker.words is None:
+        return logits
+    from ..rerank.words import with_words
+
+    evidence = reranker.words.evidence(words, texts)
+    return with_words(logits, evidence, reranker.words.share, reranker.weight)
 
 
 def collection_scorer(store: ItemStore, encoder: Encoder, reranker: Reranker, kind: str,
@@ -86,18 +100,19 @@ def collection_scorer(store: ItemStore, encoder: Encoder, reranker: Reranker, ki
     def texts_for_photo(query: Query, ids: np.ndarray) -> np.ndarray:
         with lock:
             items = store.get(ids)
-        states, mask = encoder.token_states([items[int(i)].text or "" for i in ids])
-        tokens = photo_query_tokens(encoder, reranker, query.source)
-        return reranker.score(states, mask, np.repeat(tokens, len(ids), 0))
+        texts = [items[int(i)].text or "" for i in ids]
+        states, mask = encoder.token_states(texts)
+        tokens, words = photo_query_inputs(encoder, reranker, query.source)
+        return captions_for_photo(reranker, states, mask, tokens[0], None if words is None else words[0], texts)
 
     return photos_for_text if kind == "image" else texts_for_photo
 
 
 def dataset_scorers(encoder: Encoder, reranker: Reranker, data: CaptionDataset, tokens: np.ndarray,
-                    batch: int = 256) -> dict[str, SetScorer]:
-    """Scorers over a dataset held in memory (eval), by the kind they rank: the photos' reranker tokens
-    (computed with their vectors), token states of every caption computed once. A caption the multilingual
-    tower encoded is not reranked as a query (None), as in search."""
+                    batch: int = 256, words: np.ndarray | None = None) -> dict[str, SetScorer]:
+    """Scorers over a dataset held in memory (eval), by the kind they rank: the photos' reranker tokens and word
+    probabilities (computed with their vectors), token states of every caption computed once. A caption the
+    multilingual tower encoded is not reranked as a query (None), as in search."""
     states: list[np.ndarray] = []
     for start in range(0, len(data.texts), batch):
         s, m = encoder.token_states(data.texts[start:start + batch])
@@ -113,6 +128,7 @@ def dataset_scorers(encoder: Encoder, reranker: Reranker, data: CaptionDataset, 
 
     def texts_for_photo(query: int, items: np.ndarray) -> np.ndarray:
         s, m = pad_states([states[i] for i in items])
-        return reranker.score(s, m, np.repeat(tokens[query][None], len(items), 0))
+        return captions_for_photo(reranker, s, m, tokens[query], None if words is None else words[query],
+                                  [data.texts[i] for i in items])
 
     return {"image": photos_for_text, "text": texts_for_photo}

