@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,14 @@ from crossmodal.sources.datasets import load_dataset
 FLICKR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flickr8k"
 
 
-def configurations(ns: list[int]) -> list[tuple[str, Ranking]]:
-    rows = [("dual encoder", Ranking(norm=False, rerank=0)), ("+ normalisation", Ranking(norm=True, rerank=0))]
-    rows += [(f"+ norm + rerank {n}", Ranking(norm=True, rerank=n)) for n in ns]
-    rows += [(f"rerank {DEFAULT_RERANK}, no norm", Ranking(norm=False, rerank=DEFAULT_RERANK))]
+def configurations(ns: list[int]) -> list[tuple[str, Ranking, bool]]:
+    """(label, ranking, whether photo queries' rerank counts caption words) of each measured configuration."""
+    rows = [("dual encoder", Ranking(norm=False, rerank=0), True),
+            ("+ normalisation", Ranking(norm=True, rerank=0), True)]
+    rows += [(f"+ norm + rerank {n}", Ranking(norm=True, rerank=n), True) for n in ns]
+    rows += [(f"+ norm + rerank {DEFAULT_RERANK}, without caption words", Ranking(norm=True, rerank=DEFAULT_RERANK),
+              False)]
+    rows += [(f"rerank {DEFAULT_RERANK}, no norm", Ranking(norm=False, rerank=DEFAULT_RERANK), True)]
     return rows
 
 
@@ -67,29 +72,32 @@ def main() -> None:
             data = load_dataset(args.dataset, split)
             emb = embed_dataset(encoder, data, progress=False, reranker=reranker)
             encode_ms = 1000 * emb.text_seconds / len(emb.texts)
-            for label, ranking in configurations(args.ns):
+            for label, ranking, words in configurations(args.ns):
                 if (ranking.norm and bank is None) or (ranking.rerank and reranker is None):
                     continue
                 timings = Timings()
-                score = pipeline_scores(encoder, emb, ranking, bank, reranker, timings)
+                score = pipeline_scores(encoder, emb if words else replace(emb, photo_words=None), ranking, bank,
+                                        reranker, timings)
                 metrics = evaluate_embeddings(emb.images, emb.texts, emb.data.text_image, score).metrics()
                 table[(f"{Path(model).name}: {label}", split)] = {
                     "rsum": metrics["rsum"], "ms": sum(timings.per_query_ms().values()), "encode": encode_ms,
-                    "r1": metrics["t2i_R@1"], "r10": metrics["t2i_R@10"]}
+                    "r1": metrics["t2i_R@1"], "r10": metrics["t2i_R@10"],
+                    "i1": metrics["i2t_R@1"], "i10": metrics["i2t_R@10"]}
                 print(f"{model} {split} {label}: RSUM {metrics['rsum']:.2f}", flush=True)
             if split == "dev" and model == args.model:
                 cut = pipeline_scores(encoder, emb, Ranking(), bank, reranker)
                 cutoffs = cutoff_table(cut, emb, args.cutoffs)
     labels = list(dict.fromkeys(label for label, _ in table))
     print(f"\nFlickr8k (1K photos, 5K captions per split), {os.cpu_count()} cores\n")
-    header = " | ".join(f"{s} RSUM | {s} t2i R@1 / R@10" for s in args.splits)
+    header = " | ".join(f"{s} RSUM | {s} t2i R@1 / R@10 | {s} i2t R@1 / R@10" for s in args.splits)
     print(f"| configuration | {header} | rank ms/query | encode ms/query |")
-    print("|---" * (2 + 2 * len(args.splits) + 1) + "|")
+    print("|---" * (2 + 3 * len(args.splits) + 1) + "|")
     for label in labels:
         cells = []
         for split in args.splits:
             row = table.get((label, split))
-            cells += [f"{row['rsum']:.2f}", f"{row['r1']:.1f} / {row['r10']:.1f}"] if row else ["", ""]
+            cells += ([f"{row['rsum']:.2f}", f"{row['r1']:.1f} / {row['r10']:.1f}",
+                       f"{row['i1']:.1f} / {row['i10']:.1f}"] if row else ["", "", ""])
         last = table[(label, args.splits[0])]
         print(f"| {label} | " + " | ".join(cells) + f" | {last['ms']:.2f} | {last['encode']:.2f} |")
     if "dev" in args.splits:
