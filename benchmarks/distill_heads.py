@@ -34,8 +34,7 @@ FLICKR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flickr8k
 
 def pooled(feats) -> tuple[torch.Tensor, torch.Tensor]:
     """The towers' pooled features (what the heads read): mean of the photo grid, masked mean of token states."""
-    images = np.concatenate([np.asarray(feats.grids[s:s + 500], dtype=np.float32).mean(1)
-                             for s in range(0, len(feats.grids), 500)])
+    images = feats.pooled_photos()
     texts = np.stack([np.asarray(feats.tokens[a:b], dtype=np.float32).mean(0)
                       for a, b in zip(feats.offsets[:-1], feats.offsets[1:], strict=True)])
     return torch.from_numpy(images), F.normalize(torch.from_numpy(texts), dim=-1)

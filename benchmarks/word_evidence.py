@@ -35,35 +35,27 @@ from crossmodal.search import hybrid
 from crossmodal.search.normalise import find_bank
 from crossmodal.search.pipeline import Ranking, SetScorer, SetScores
 from crossmodal.search.rerank import dataset_scorers, find_reranker
+from crossmodal.search.sparse import keep_top
 from crossmodal.sources.datasets import load_dataset
-from crossmodal.training.train_reranker import cached_features
+from crossmodal.training.train_reranker import SplitFeatures, cached_features
 from crossmodal.training.train_words import train_words
 
 FLICKR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flickr8k"
 SHARES = (0.05, 0.1, 0.2, 0.3, 0.5)
 
 
-def photo_features(grids: np.ndarray, kind: str, reranker: Reranker) -> np.ndarray:
-    """Per photo, what the classifier reads: the photo tower's pooled features (N, 1280), the mean of each grid's
-    cells; or the reranker's photo tokens of the grid, flattened (N, tokens x d)."""
+def photo_features(feats: SplitFeatures, kind: str, reranker: Reranker) -> np.ndarray:
+    """Per photo, what the classifier reads: the photo tower's pooled features (N, 1280); or the reranker's
+    photo tokens of the grid, flattened (N, tokens x d)."""
+    if kind == "pooled":
+        return feats.pooled_photos()
     out = []
-    for start in range(0, len(grids), 250):
-        cells = np.asarray(grids[start:start + 250], dtype=np.float32)  # (n, 49, 1280)
-        if kind == "pooled":
-            out.append(cells.mean(1))
-        else:
-            side = int(round(cells.shape[1] ** 0.5))
-            grid = cells.transpose(0, 2, 1).reshape(len(cells), -1, side, side)
-            out.append(reranker.photo_tokens(grid).reshape(len(cells), -1).astype(np.float32))
+    for start in range(0, len(feats.grids), 250):
+        cells = np.asarray(feats.grids[start:start + 250], dtype=np.float32)  # (n, 49, 1280)
+        side = int(round(cells.shape[1] ** 0.5))
+        grid = cells.transpose(0, 2, 1).reshape(len(cells), -1, side, side)
+        out.append(reranker.photo_tokens(grid).reshape(len(cells), -1).astype(np.float32))
     return np.concatenate(out)
-
-
-def keep_top(p: np.ndarray, k: int) -> np.ndarray:
-    """Each row's ``k`` largest values, the rest zero (what an inverted index would hold)."""
-    out = np.zeros_like(p)
-    top = np.argpartition(-p, k - 1, axis=1)[:, :k]
-    np.put_along_axis(out, top, np.take_along_axis(p, top, axis=1), axis=1)
-    return out
 
 
 def main() -> None:
@@ -81,7 +73,7 @@ def main() -> None:
     torch_lite, encoder = LiteEncoder(WEIGHTS), load_encoder("lite")
     bank, reranker = find_bank(encoder.fingerprint), find_reranker(encoder.fingerprint)
     splits = {s: load_dataset(args.dataset, s) for s in ("train", "dev", "test")}
-    features = {s: photo_features(cached_features(torch_lite, d, Path(args.cache)).grids, args.features, reranker)
+    features = {s: photo_features(cached_features(torch_lite, d, Path(args.cache)), args.features, reranker)
                 for s, d in splits.items()}
     started = time.time()
     model, history = train_words(features["train"], splits["train"].texts, splits["train"].text_image, share=0.0,
@@ -95,7 +87,7 @@ def main() -> None:
     def figures(split: str, shares: tuple[float, ...]) -> dict[tuple[int, float], float]:
         data = splits[split]
         emb = embed_dataset(encoder, data, progress=False, reranker=reranker)
-        evidence = model.caption_words(data.texts) @ keep_top(model.photo_words(features[split]), args.top).T
+        evidence = (keep_top(model.photo_words(features[split]), args.top) @ model.caption_words(data.texts).T).T
 
         def sparse(direction: str, queries: np.ndarray, items: np.ndarray) -> np.ndarray:
             return evidence[np.ix_(items, queries)].T.copy() if direction == "i2t" else evidence[np.ix_(queries, items)]

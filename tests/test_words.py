@@ -61,3 +61,9 @@ def test_training_lowers_the_loss_and_learns_each_photos_words(tmp_path: Path) -
     again = WordModel.load(tmp_path / "words.npz")
     assert again.share == pytest.approx(0.2) and np.allclose(again.photo_words(features)[:, 0],
                                                                model.photo_words(features)[:, 0], atol=1e-2)
+
+
+def test_no_frequent_caption_word_means_no_classifier() -> None:
+    features = np.zeros((2, 4), np.float32)
+    with pytest.raises(ValueError, match="no caption word is frequent enough"):
+        train_words(features, ["a zebra", "the quokka"], np.array([0, 1]), share=0.1)

@@ -50,7 +50,7 @@ class SparseHeads:
         out = []
         for start in range(0, len(vectors), 4096):
             dense = np.log1p(np.maximum(vectors[start:start + 4096] @ self.weight[side] + self.bias[side], 0.0))
-            out.append(_keep_top(dense, self.top[side]))
+            out.append(keep_top(dense, self.top[side]))
         return sparse.vstack(out, format="csr") if out else sparse.csr_matrix((0, len(self.vocab)), dtype=np.float32)
 
     def terms(self, row: sparse.csr_matrix, n: int = 10) -> list[tuple[str, float]]:
@@ -84,7 +84,7 @@ def find_sparse(fingerprint: str, *paths: Path) -> SparseHeads | None:
     return None
 
 
-def _keep_top(dense: np.ndarray, top: int) -> sparse.csr_matrix:
+def keep_top(dense: np.ndarray, top: int) -> sparse.csr_matrix:
     """The ``top`` largest positive entries of each row, as a CSR matrix."""
     if dense.shape[1] > top:
         cut = np.argpartition(-dense, top - 1, axis=1)[:, top - 1:top]

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 from ..encoders.base import normalize
 from ..encoders.lite import LiteEncoder
-from ..rerank.words import lite_tokenizer
 from ..search.rerank import pad_states
 from ..sources.datasets import CaptionDataset, load_dataset
 from ..sources.images import load_image
@@ -50,6 +49,12 @@ class SplitFeatures:
     def grid_batch(self, rows: np.ndarray) -> torch.Tensor:
         """Grids (B, 49, 1280) float32 of photos ``rows``."""
         return torch.from_numpy(self.grids[rows].astype(np.float32))
+
+    def pooled_photos(self, block: int = 500) -> np.ndarray:
+        """The photo tower's pooled features (N, 1280) float32: each grid's mean over its cells (what lite's
+        image head reads), a block at a time (the grids may be memory-mapped)."""
+        return np.concatenate([np.asarray(self.grids[s:s + block], dtype=np.float32).mean(1)
+                               for s in range(0, len(self.grids), block)])
 
 
 def photo_grid(encoder: LiteEncoder, pixels: torch.Tensor) -> torch.Tensor:
@@ -304,16 +309,13 @@ def _train_words(train: SplitFeatures, texts: list[str], out_folder: Path, log: 
     """The caption-word classifier beside the reranker (rerank/words.py), from the train photos' pooled grids,
     at the share chosen for lite on Flickr8k dev; none when the captions have no word seen often enough."""
     from ..rerank.words import SHARE, WORDS_FILE
-    from .train_sparse import vocabulary
     from .train_words import train_words
 
-    tokenize, tokens = lite_tokenizer()
-    if not len(vocabulary(tokenize(texts), tokens)):
-        log("no caption word is frequent enough for a word classifier: the reranker has none")
+    try:
+        words, history = train_words(train.pooled_photos(), texts, train.text_image, share=SHARE)
+    except ValueError as e:
+        log(f"{e}: the reranker has no word classifier")
         return None
-    pooled = np.concatenate([np.asarray(train.grids[s:s + 500], dtype=np.float32).mean(1)
-                             for s in range(0, len(train.grids), 500)])
-    words, history = train_words(pooled, texts, train.text_image, share=SHARE)
     words.save(out_folder / WORDS_FILE)
     log(f"word classifier: {len(words.vocab)} words, loss {history[0]:.4f} -> {history[-1]:.4f}")
     return {"words": len(words.vocab), "share": SHARE, "loss": history}

@@ -20,11 +20,13 @@ def train_words(pooled: np.ndarray, texts: list[str], text_image: np.ndarray, sh
                 lr: float = 1e-2, weight_decay: float = 1e-2, batch: int = 500, seed: int = 0
                 ) -> tuple[WordModel, list[float]]:
     """A word classifier from photos' pooled features (N, F) and their captions (``text_image``: each caption's
-    photo), and the mean loss of each epoch."""
+    photo), and the mean loss of each epoch; ValueError when no caption word is frequent enough for one."""
     torch.manual_seed(seed)
     tokenize, tokens = lite_tokenizer()
     ids = tokenize(texts)
     vocab = vocabulary(ids, tokens)
+    if not len(vocab):
+        raise ValueError("no caption word is frequent enough for a word classifier")
     caption_bags = bags(ids, vocab)
     targets = np.zeros((len(pooled), len(vocab)), dtype=np.float32)
     counts = np.zeros(len(vocab))
