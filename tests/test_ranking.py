@@ -213,8 +213,9 @@ def lite_samples(tmp_path_factory: pytest.TempPathFactory) -> Collection:
 def test_eval_with_rerank_equals_search_with_rerank(lite_samples: Collection) -> None:
     """Both directions: eval's ranking of a set (SetScores, dataset scorers) and search's (the pipeline over
     the collection, stored photo tokens) agree, reranked top N included (for a photo query, with the caption
-    words predicted from the photo)."""
-    from crossmodal.evaluation.runner import embed_dataset
+    words predicted from the photo), by the dense and the hybrid retriever (its caption-word evidence read from
+    the words stored per photo)."""
+    from crossmodal.evaluation.runner import dataset_keywords, embed_dataset
     from crossmodal.search.rerank import dataset_scorers
     from crossmodal.sources.datasets import CaptionDataset
 
@@ -230,18 +231,27 @@ def test_eval_with_rerank_equals_search_with_rerank(lite_samples: Collection) ->
     scorers = dataset_scorers(c.encoder, reranker, data, c.store.tokens(ids), words=words)
     without = dataset_scorers(c.encoder, reranker, data, c.store.tokens(ids))["text"]
     assert not np.allclose(without(3, np.arange(8)), scorers["text"](3, np.arange(8)))  # the words count
-    ranking = Ranking(rerank=8)
-    score = SetScores(np.asarray(images), np.asarray(texts), ranking, c.store.bank,
-                      {k: (s, reranker.weight) for k, s in scorers.items()})
-    for row in (0, 7, 50):
-        (expected, order), = score.ranked("t2i", np.array([row]), np.arange(len(ids)), 10)
-        hits = c.search(captions[row], k=10, ranking=ranking)
-        assert [h.id for h in hits] == ids[order].tolist()
-        assert np.allclose([h.score for h in hits], expected, atol=1e-4)
-    photo = SAMPLES / "photos" / Path(c.store.get([ids[3]])[int(ids[3])].path).name
-    (expected, order), = score.ranked("i2t", np.array([3]), np.arange(len(text_ids)), 10)
-    hits = c.search(image=photo, kind="text", k=10, ranking=ranking)
-    assert [h.id for h in hits] == text_ids[order].tolist()
+    rows = {"image": reranker.words.photo_rows(c.store.photo_words(ids)), "text": c.words.heads.text_rows(captions)}
+
+    def word_scores(direction: str, queries: np.ndarray, items: np.ndarray) -> np.ndarray:
+        query_kind, kind = ("image", "text") if direction == "i2t" else ("text", "image")
+        return (rows[query_kind][queries] @ rows[kind][items].T).toarray()
+
+    for retriever in ("dense", "hybrid"):  # hybrid: with the caption words stored per photo
+        ranking = Ranking(rerank=8, retriever=retriever)
+        score = SetScores(np.asarray(images), np.asarray(texts), ranking, c.store.bank,
+                          {k: (s, reranker.weight) for k, s in scorers.items()}, keywords=dataset_keywords(data),
+                          sparse=word_scores)
+        for row in (0, 7, 50):
+            (expected, order), = score.ranked("t2i", np.array([row]), np.arange(len(ids)), 10)
+            hits = c.search(captions[row], k=10, ranking=ranking)
+            assert [h.id for h in hits] == ids[order].tolist()
+            assert np.allclose([h.score for h in hits], expected, atol=1e-4)
+        photo = SAMPLES / "photos" / Path(c.store.get([ids[3]])[int(ids[3])].path).name
+        (expected, order), = score.ranked("i2t", np.array([3]), np.arange(len(text_ids)), 10)
+        hits = c.search(image=photo, kind="text", k=10, ranking=ranking)
+        assert [h.id for h in hits] == text_ids[order].tolist()
+        assert np.allclose([h.score for h in hits], expected, atol=1e-3)  # the query photo encoded alone
 
 
 def test_rerank_reorders_only_the_top_n(lite_samples: Collection) -> None:

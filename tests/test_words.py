@@ -31,6 +31,21 @@ def test_evidence_is_the_idf_weighted_sum_of_the_caption_words_probabilities() -
     assert np.allclose(model.evidence(p, texts), [1.0 * 0.5 + 2.0 * 0.75, 4.0 * 0.25 + 1.0 * 0.5, 0.0, 0.0])
 
 
+def test_a_photos_stored_words_and_a_captions_words_give_the_evidence_as_a_sparse_product() -> None:
+    model = _model(np.array([0.0, np.log(3.0), -np.log(3.0)]))
+    model.top = 2
+    p = model.photo_words(np.zeros((1, 2)))
+    records = model.records(p)
+    assert records["word"].tolist() == [[1, 0]] and np.allclose(records["p"].astype(np.float32), [[0.75, 0.5]])
+    rows = model.photo_rows([records[0], None])  # a photo stored before the classifier has an empty row
+    assert rows.shape == (2, 3) and rows[1].nnz == 0
+    texts = ["A dog runs on the beach", "a red dog , a red dog", "Ein Hund rennt am Strand"]
+    captions = model.text_rows(texts)
+    assert np.allclose(captions.toarray(), model.caption_words(texts))
+    kept = np.where(np.arange(3) < 2, p[0], 0.0)  # the unlikeliest word (red) is not kept
+    assert np.allclose((rows[0] @ captions.T).toarray()[0], model.evidence(kept, texts), atol=1e-3)
+
+
 def test_the_evidence_is_folded_into_the_reranker_logits() -> None:
     dual, logits, evidence = np.array([0.30, 0.28, 0.25]), np.array([1.0, 2.0, -1.0]), np.array([2.0, 0.0, 4.0])
     weight, share = 0.01, 0.1

@@ -182,12 +182,22 @@ class Collection(Searchable):
 
     @cached_property
     def sparse(self) -> SparseIndexes:
-        """The sparse indexes (learned sparse retrieval, search/sparse.py), when the model has sparse heads: the
-        collection's own (``sparse.npz``) or those its model ships (imported here: SciPy only for sparse searches)."""
+        """The sparse retriever's indexes (learned sparse retrieval, search/sparse.py), when the model has sparse
+        heads: the collection's own (``sparse.npz``) or those its model ships (imported here: SciPy only for
+        sparse searches)."""
         from ..search.sparse import SPARSE_FILE, find_sparse
         from .sparse_index import SparseIndexes
 
         return SparseIndexes(self.folder, self.store, find_sparse(self.manifest.fingerprint, self.folder / SPARSE_FILE))
+
+    @cached_property
+    def words(self) -> SparseIndexes:
+        """The hybrid retriever's sparse evidence: the photos' stored words and the texts' own, when the
+        collection's reranker has a word classifier (search/sparse_words.py)."""
+        from ..search.sparse_words import find_words
+        from .sparse_index import SparseIndexes
+
+        return SparseIndexes(self.folder, self.store, find_words(self.store.reranker, lambda: self.encoder), "words")
 
     def matches(self, kind: str, condition: Condition) -> bool:
         """Whether any item of ``kind`` meets ``condition`` (a date or place read from a query's words)."""

@@ -1,10 +1,11 @@
-"""A collection's sparse indexes (search/sparse.py), one per item kind, derived from the stored vectors.
+"""A collection's sparse indexes (search/sparse.py), one per item kind, derived from what the store holds.
 
-The sparse vectors are the heads applied to the vectors the store already holds, so no photo is read
-again; an index is brought up to date when the store's generation changes (rows of items written since,
-and of new items, are encoded; the rest are kept) and saved as ``index/sparse-{kind}.npz`` (atomically,
-with the generation and heads it reflects). A collection gets heads when its model has some: lite's
-shipped ones, or ``sparse.npz`` in the collection folder.
+The rows are the sparse model's (``heads``): sparse heads applied to the stored vectors (the sparse retriever's
+index, ``index/sparse-{kind}.npz``: a collection's own ``sparse.npz``, else the heads its model ships), or a
+reranker's word classifier's stored words of each photo and each text's own words (the hybrid retriever's
+evidence, ``index/words-{kind}.npz``, search/sparse_words.py); no photo is read again. An index is brought up
+to date when the store's generation changes (rows of items written since, and of new items, are encoded; the
+rest are kept) and saved atomically, with the generation and model it reflects.
 """
 
 from __future__ import annotations
@@ -15,22 +16,22 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 
-from ..search.sparse import SparseHeads, SparseIndex
+from ..search.sparse import SparseIndex, SparseModel
 from .atomic import atomic_write
 from .store import ItemStore
 
-FILE = "index/sparse-{kind}.npz"
+FILE = "index/{name}-{kind}.npz"
 
 
 class SparseIndexes:
     """The sparse index of each item kind of one collection, up to date with its store."""
 
-    def __init__(self, folder: Path, store: ItemStore, heads: SparseHeads | None) -> None:
-        self.folder, self.store, self.heads = Path(folder), store, heads
+    def __init__(self, folder: Path, store: ItemStore, heads: SparseModel | None, name: str = "sparse") -> None:
+        self.folder, self.store, self.heads, self.name = Path(folder), store, heads, name
         self._cache: dict[str, tuple[int, SparseIndex]] = {}
 
     def get(self, kind: str) -> SparseIndex | None:
-        """The index of ``kind`` (None when the model has no sparse heads)."""
+        """The index of ``kind`` (None when the model has no sparse model)."""
         if self.heads is None:
             return None
         generation = self.store.generation
@@ -53,7 +54,7 @@ class SparseIndexes:
             keep = np.isin(ids, old_index.ids[present])
             rows = old_index.rows[np.flatnonzero(present)]
         todo = np.flatnonzero(~keep)
-        new = self.heads.encode(np.asarray(vectors[todo]), kind) if len(todo) else None
+        new = self.heads.item_rows(kind, self.store, ids[todo], np.asarray(vectors[todo])) if len(todo) else None
         parts = [(ids[keep], rows), (ids[todo], new)]
         parts = [(i, r) for i, r in parts if r is not None and len(i)]
         if parts:
@@ -68,7 +69,7 @@ class SparseIndexes:
         return index
 
     def _path(self, kind: str) -> Path:
-        return self.folder / FILE.format(kind=kind)
+        return self.folder / FILE.format(name=self.name, kind=kind)
 
     def _load(self, kind: str) -> tuple[int, SparseIndex] | None:
         path = self._path(kind)

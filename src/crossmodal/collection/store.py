@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..rerank.words import WORD_RECORD
 from ..search.understand import PLACE_FIELDS
 from . import keywords
 from .paths import decode_path, encode_path, under
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 DB = "items.sqlite"
 PAGE_SIZE = 16384
+WORDS_KEY = "/words"  # suffix of the reranker key under which a photo's likeliest words are stored
 MAX_UNUSED = 0.2  # share of a vector file's rows left unused (deleted, rewritten) before it is compacted
 CACHE = "cache"  # memory-mappable snapshots of the vectors, before vector files (removed on migration)
 KINDS = ("image", "text")
@@ -64,7 +66,8 @@ CREATE TABLE IF NOT EXISTS failures (
     at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
--- What a reranker reads of each photo, computed once when it is encoded; keyed by content, so copies share it.
+-- What a reranker reads of each photo (its tokens, and its likeliest words under the key "<reranker>/words"),
+-- computed once when it is encoded; keyed by content, so copies share it.
 CREATE TABLE IF NOT EXISTS rerank_tokens (
     hash TEXT NOT NULL,
     reranker TEXT NOT NULL,
@@ -550,23 +553,45 @@ class ItemStore:
 
     # -- reranker photo tokens ---------------------------------------------------------------------
 
-    def put_tokens(self, db: sqlite3.Connection, hash_: str, tokens: np.ndarray) -> None:
-        """Store the reranker's tokens of the photo with content ``hash_`` (float16)."""
+    def put_tokens(self, db: sqlite3.Connection, hash_: str, tokens: np.ndarray, words: np.ndarray | None = None
+                   ) -> None:
+        """Store the reranker's tokens of the photo with content ``hash_`` (float16) and, when it has a word
+        classifier, the photo's likeliest words (rerank/words.py), marking the photos with that content as
+        written in this generation, so that the sparse index reads them."""
+        key = self.reranker.tokens_fingerprint
         db.execute("INSERT OR REPLACE INTO rerank_tokens VALUES (?, ?, ?)",
-                   (hash_, self.reranker.tokens_fingerprint,
-                    np.ascontiguousarray(tokens, dtype=np.float16).tobytes()))
+                   (hash_, key, np.ascontiguousarray(tokens, dtype=np.float16).tobytes()))
+        if words is not None:
+            db.execute("INSERT OR REPLACE INTO rerank_tokens VALUES (?, ?, ?)",
+                       (hash_, key + WORDS_KEY, np.ascontiguousarray(words, dtype=WORD_RECORD).tobytes()))
+            db.execute("UPDATE items SET seq = ? WHERE kind = 'image' AND hash = ? AND seq != ?",
+                       (self._writing, hash_, self._writing))
 
     def tokens(self, ids: np.ndarray) -> np.ndarray | None:
         """The stored reranker tokens (n, T, d) of photos by id, or None when any of them has none."""
         shape = (self.reranker.tokens, self.reranker.d)
         chunk = [int(i) for i in ids]
-        marks = ",".join("?" * len(chunk))
-        rows = dict(self.db.execute(
-            f"SELECT items.id, t.tokens FROM items JOIN rerank_tokens t ON t.hash = items.hash AND t.reranker = ? "
-            f"WHERE items.id IN ({marks})", [self.reranker.tokens_fingerprint, *chunk]).fetchall())
+        rows = self._stored_per_photo(chunk, self.reranker.tokens_fingerprint)
         if len(rows) < len(set(chunk)):
             return None
         return np.stack([np.frombuffer(rows[i], dtype=np.float16).reshape(shape) for i in chunk])
+
+    def photo_words(self, ids: np.ndarray) -> list[np.ndarray | None]:
+        """The stored likeliest words (``WORD_RECORD``) of photos by id; None for a photo that has none (stored
+        before its reranker had a word classifier: the next ``index`` adds them)."""
+        rows: dict[int, bytes] = {}
+        if self.reranker is not None and self.has_tokens():
+            wanted = [int(i) for i in ids]
+            for start in range(0, len(wanted), 900):  # under SQLite's limit on a statement's parameters
+                rows |= self._stored_per_photo(wanted[start:start + 900], self.reranker.tokens_fingerprint + WORDS_KEY)
+        return [np.frombuffer(rows[int(i)], dtype=WORD_RECORD) if int(i) in rows else None for i in ids]
+
+    def _stored_per_photo(self, ids: list[int], key: str) -> dict[int, bytes]:
+        """What is stored under ``key`` (tokens, words) for the content of each of these photos, by id."""
+        marks = ",".join("?" * len(ids))
+        return dict(self.db.execute(
+            f"SELECT items.id, t.tokens FROM items JOIN rerank_tokens t ON t.hash = items.hash AND t.reranker = ? "
+            f"WHERE items.id IN ({marks})", [key, *ids]).fetchall())
 
     def missing_tokens(self) -> list[Item]:
         """Photos whose content has no tokens of the current reranker (stored before it existed)."""
@@ -578,9 +603,9 @@ class ItemStore:
     def drop_stale_tokens(self) -> None:
         """Forget tokens of content no longer stored or of another reranker (one atomic statement; tokens are
         not part of the snapshot, so the generation stays)."""
-        self.db.execute("DELETE FROM rerank_tokens WHERE reranker IS NOT ? OR hash NOT IN "
-                        "(SELECT hash FROM items WHERE kind = 'image')",
-                        (self.reranker.tokens_fingerprint if self.reranker else None,))
+        key = self.reranker.tokens_fingerprint if self.reranker else ""
+        self.db.execute("DELETE FROM rerank_tokens WHERE reranker NOT IN (?, ?) OR hash NOT IN "
+                        "(SELECT hash FROM items WHERE kind = 'image')", (key, key + WORDS_KEY))
 
     def _stored_bank_current(self) -> bool:
         """Were the stored biases computed with the current bank?"""

@@ -106,7 +106,8 @@ class _Pending:
 class _Loaded:
     """A pending photo after the worker's part: its hash, what its header says (``meta``, metadata.py), and
     the decoded photo made ready for the model (``Encoder.prepare_image``) unless its content is already
-    stored or it failed (``error`` says why); a pool's worker encodes it too (``vector``, reranker ``tokens``)."""
+    stored or it failed (``error`` says why); a pool's worker encodes it too (``vector``, reranker ``tokens`` and
+    likeliest ``words``)."""
 
     entry: _Pending
     digest: str | None = None
@@ -115,6 +116,7 @@ class _Loaded:
     meta: dict[str, Any] | None = None
     vector: np.ndarray | None = None
     tokens: np.ndarray | None = None
+    words: np.ndarray | None = None
 
 
 def _load(entry: _Pending, known: frozenset[str], max_pixels: int, prepare: Callable[[Image.Image], Any]
@@ -296,7 +298,7 @@ def _index_batch(store: ItemStore, encoder: Encoder, batch: list[_Loaded], field
                 pruned.restore(db, new_id, back[new.path])
         for _, digest, loaded in to_encode:
             if loaded.tokens is not None:
-                store.put_tokens(db, digest, loaded.tokens)
+                store.put_tokens(db, digest, loaded.tokens, loaded.words)
         for item_id, entry in moves:
             store.move(db, item_id, entry.path, entry.stat.st_size, entry.stat.st_mtime)
             result.moved += 1
@@ -325,30 +327,31 @@ def _count(result: IndexReport, entry: _Pending, back: dict[str, pruned.Pruned],
 
 
 def encode_photos(reranker: Reranker | None, encoder: Encoder, prepared: list[Any]
-                  ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Vectors of prepared photos and, when the collection has a ``reranker``, its tokens of each (from the same
-    model call: the reranker reads the photo tower's spatial features; an encoder that cannot give them stores
-    none)."""
+                  ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Vectors of prepared photos and, when the collection has a ``reranker``, its tokens of each and (with a
+    word classifier) each one's likeliest words, from the same model call: both read the photo tower's spatial
+    features; an encoder that cannot give them stores none."""
     if reranker is None or not encoder.rerank_inputs:
-        return encoder.encode_prepared(prepared), None
+        return encoder.encode_prepared(prepared), None, None
     vectors, grids = encoder.encode_prepared_grids(prepared)
-    return vectors, reranker.photo_tokens(grids)
+    return vectors, reranker.photo_tokens(grids), reranker.photo_records(grids)
 
 
 def encode_loaded(reranker: Reranker | None, encoder: Encoder, photos: list[_Loaded]) -> None:
-    """Give each decoded photo that has no vector yet its vector and reranker tokens, in one model call, and drop
+    """Give each decoded photo that has no vector yet its vector, reranker tokens and words, in one model call, and drop
     its decoded pixels (a pool's worker sends back only what is stored)."""
     todo = [p for p in photos if p.vector is None and p.image is not None]
     if not todo:
         return
-    vectors, tokens = encode_photos(reranker, encoder, [p.image for p in todo])
+    vectors, tokens, words = encode_photos(reranker, encoder, [p.image for p in todo])
     for i, p in enumerate(todo):
-        p.vector, p.tokens, p.image = vectors[i], None if tokens is None else tokens[i], None
+        p.vector, p.image = vectors[i], None
+        p.tokens, p.words = None if tokens is None else tokens[i], None if words is None else words[i]
 
 
 def fill_tokens(store: ItemStore, encoder: Encoder, max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True,
                 report: Reporter = _warn) -> int:
-    """Compute the reranker tokens of stored photos that lack them (indexed before the reranker existed),
+    """Compute the reranker tokens (and words) of stored photos that lack them (indexed before the reranker existed),
     reading each photo again; returns how many were added. Unreadable photos are reported and left as they are."""
     missing = ({it.hash: it for it in store.missing_tokens() if it.path and not is_moment(it)}
                if encoder.rerank_inputs else {})  # a video's moments get theirs when it is (re-)indexed
@@ -370,10 +373,10 @@ def fill_tokens(store: ItemStore, encoder: Encoder, max_pixels: int = DEFAULT_MA
             if b not in good:
                 report(f"no reranker features for {shown(b.entry.path)}: {b.error or 'changed since indexed'}")
         if good:
-            _, tokens = encode_photos(store.reranker, encoder, [b.image for b in good])
+            _, tokens, words = encode_photos(store.reranker, encoder, [b.image for b in good])
             with store.transaction() as db:
-                for b, photo_tokens in zip(good, tokens, strict=True):
-                    store.put_tokens(db, b.digest, photo_tokens)
+                for i, b in enumerate(good):
+                    store.put_tokens(db, b.digest, tokens[i], None if words is None else words[i])
             done += len(good)
         bar.update(len(batch))
     bar.close()

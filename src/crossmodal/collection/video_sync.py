@@ -177,20 +177,20 @@ def _sync_one(store: ItemStore, encoder: Encoder, video: _Video, fields: dict[st
             store.delete(db, [m.id for m in video.stored])  # a stored video that became unusable
             store.record_failure(db, video.path, video.stat.st_size, video.stat.st_mtime, reason)
         return
-    vectors, tokens = _encode(store, encoder, video.prepared)
-    _write(store, video, [(m.t, m.start, m.end) for m in video.found], vectors, tokens, fields)
+    vectors, tokens, words = _encode(store, encoder, video.prepared)
+    _write(store, video, [(m.t, m.start, m.end) for m in video.found], vectors, tokens, words, fields)
     setattr(result, "updated" if video.stored else "added",
             getattr(result, "updated" if video.stored else "added") + 1)
 
 
-def _encode(store: ItemStore, encoder: Encoder, prepared: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Vectors (and reranker tokens) of a video's prepared frames, in batches of the model's size."""
-    vectors, tokens = [], []
-    for start in range(0, len(prepared), encoder.batch_size):
-        v, t = encode_photos(store.reranker, encoder, prepared[start:start + encoder.batch_size])
-        vectors.append(v)
-        tokens.append(t)
-    return np.concatenate(vectors), None if any(t is None for t in tokens) else np.concatenate(tokens)
+def _encode(store: ItemStore, encoder: Encoder, prepared: list[Any]
+            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Vectors (and reranker tokens and words) of a video's prepared frames, in batches of the model's size."""
+    parts = [encode_photos(store.reranker, encoder, prepared[start:start + encoder.batch_size])
+             for start in range(0, len(prepared), encoder.batch_size)]
+    vectors, tokens, words = zip(*parts, strict=True)
+    return np.concatenate(vectors), *(None if any(x is None for x in xs) else np.concatenate(xs)
+                                      for xs in (tokens, words))
 
 
 def _own_fields(stored: list[Item], fields: dict[str, Any]) -> dict[str, Any]:
@@ -200,7 +200,7 @@ def _own_fields(stored: list[Item], fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write(store: ItemStore, video: _Video, times: list[tuple[float, float, float]], vectors: np.ndarray,
-           tokens: np.ndarray | None, fields: dict[str, Any]) -> None:
+           tokens: np.ndarray | None, words: np.ndarray | None, fields: dict[str, Any]) -> None:
     """Store a video's moments in one transaction, re-using the ids of its stored moments in time order."""
     own = _own_fields(video.stored, fields)
     old = [m.id for m in video.stored]
@@ -214,7 +214,7 @@ def _write(store: ItemStore, video: _Video, times: list[tuple[float, float, floa
         for i, new in enumerate(writes):
             store.put(db, new)
             if tokens is not None:
-                store.put_tokens(db, new.hash, tokens[i])
+                store.put_tokens(db, new.hash, tokens[i], None if words is None else words[i])
         store.delete(db, old[len(writes):])
         store.clear_failures(db, [video.path])
 

@@ -19,7 +19,8 @@ from ..encoders.base import Encoder
 from ..search.normalise import Bank
 from ..search.pipeline import Ranking, SetScores, Timings
 from ..search.rerank import dataset_scorers
-from ..search.sparse import SparseHeads, find_sparse
+from ..search.sparse import SparseModel, find_sparse
+from ..search.sparse_words import find_words
 from ..sources.datasets import CaptionDataset
 from ..sources.images import ImageError, load_image
 from .metrics import (
@@ -119,33 +120,34 @@ def worst_queries(emb: Embedded, ranks: Ranks, score: Scores, n: int = 10, shown
 
 def pipeline_scores(encoder: Encoder, emb: Embedded, ranking: Ranking, bank: Bank | None,
                     reranker: Reranker | None, timings: Timings | None = None,
-                    sparse_heads: SparseHeads | None = None) -> SetScores:
+                    sparse_heads: SparseModel | None = None) -> SetScores:
     """The search pipeline's ranking of an embedded dataset (``reranker`` needs ``emb.photo_tokens``; the sparse
-    and hybrid retrievers use ``sparse_heads``, by default the model's own)."""
+    and hybrid retrievers use ``sparse_heads``, by default the model's own as a collection finds them: its sparse
+    heads, and its reranker's word classifier for hybrid)."""
     rerankers = {} if reranker is None or not ranking.rerank else {
         kind: (scorer, reranker.weight)
         for kind, scorer in dataset_scorers(encoder, reranker, emb.data, emb.photo_tokens,
                                             words=emb.photo_words).items()}
-    heads = None
-    if ranking.retriever in ("sparse", "hybrid"):
+    heads: SparseModel | None = None
+    if ranking.retriever == "hybrid":  # the caption words, as a collection's hybrid retriever reads them
+        heads = sparse_heads or find_words(reranker if emb.photo_words is not None else None, lambda: encoder)
+    elif ranking.retriever == "sparse":
         heads = sparse_heads or find_sparse(encoder.fingerprint)
-        if heads is None and ranking.retriever == "sparse":
+        if heads is None:
             raise ValueError(f"the model {encoder.name!r} has no sparse heads (train some with `crossmodal train "
                              "--sparse`)")
     return SetScores(emb.images, emb.texts, ranking, bank, rerankers, timings,
                      dataset_keywords(emb.data) if ranking.retriever != "dense" else None,
-                     None if heads is None else dataset_sparse(heads, emb.images, emb.texts))
+                     None if heads is None else dataset_sparse(heads, emb))
 
 
-def dataset_sparse(heads: SparseHeads, images: np.ndarray, texts: np.ndarray
-                   ) -> Callable[[str, np.ndarray, np.ndarray], np.ndarray]:
-    """Sparse scores between a dataset's photos and captions (their dense vectors), as a collection's sparse
-    index gives them."""
-    vectors = {"image": heads.encode(images, "image"), "text": heads.encode(texts, "text")}
+def dataset_sparse(heads: SparseModel, emb: Embedded) -> Callable[[str, np.ndarray, np.ndarray], np.ndarray]:
+    """Sparse scores between a dataset's photos and captions, as a collection's sparse index gives them."""
+    rows = heads.dataset_rows(emb)
 
     def scores(direction: str, queries: np.ndarray, items: np.ndarray) -> np.ndarray:
         query_kind, kind = ("image", "text") if direction == "i2t" else ("text", "image")
-        return (vectors[query_kind][queries] @ vectors[kind][items].T).toarray().astype(np.float32)
+        return (rows[query_kind][queries] @ rows[kind][items].T).toarray().astype(np.float32)
 
     return scores
 
@@ -178,7 +180,9 @@ def evaluate(encoder: Encoder, data: CaptionDataset, ks: tuple[int, ...] = (1, 5
     """
     started = time.perf_counter()
     ranking = ranking or Ranking(norm=False, rerank=0)
-    reranker = reranker if ranking.rerank and encoder.rerank_inputs else None
+    # the reranker's photo inputs are computed when it reranks, or when its word classifier gives sparse evidence
+    reranker = reranker if (ranking.rerank or ranking.retriever == "hybrid") and encoder.rerank_inputs \
+        else None
     emb = embed_dataset(encoder, data, progress, reranker)
     timings = Timings()
     score = pipeline_scores(encoder, emb, ranking, bank, reranker, timings)

@@ -46,8 +46,9 @@ class Reranker:
         self.d = int(self.meta["d"])
         words = (WORDS_FILE,) if (self.folder / WORDS_FILE).is_file() else ()
         self.fingerprint = weights_fingerprint(self.folder, GRAPHS + words)  # what its scores depend on
-        # What stored photo tokens depend on: the photo graph alone (a re-quantised score graph keeps them).
-        self.tokens_fingerprint = weights_fingerprint(self.folder, ("photo.onnx",))
+        # What is stored per photo (its tokens and, with a word classifier, its likeliest words) depends on: the
+        # photo graph and the classifier (a re-quantised score graph keeps them).
+        self.tokens_fingerprint = weights_fingerprint(self.folder, ("photo.onnx", *words))
         self.name = self.meta.get("name") or self.folder.name
 
     @classmethod
@@ -71,6 +72,11 @@ class Reranker:
         """P(word | photo) (N, V) of grids (N, 1280, 7, 7) from their pooled features, or None without words."""
         words = self.words
         return None if words is None else words.photo_words(np.asarray(grid, dtype=np.float32).mean(axis=(2, 3)))
+
+    def photo_records(self, grid: np.ndarray) -> np.ndarray | None:
+        """Each photo's likeliest words (N, top) as it stores them (rerank/words.py), or None without words."""
+        probabilities = self.photo_words(grid)
+        return None if probabilities is None else self.words.records(probabilities)
 
     @cached_property
     def _photo(self) -> Any:

@@ -5,21 +5,31 @@ reads, 1280-d for lite, which lite's image head projects to 512-d and so partly 
 P(word | photo) over a WordPiece vocabulary of training-caption words. A candidate caption scores
 ``sum over its own words of idf(word) x P(word | photo)`` (LexLIP's lexical side: a caption is its words),
 and the reranker's fused score of the top N gains ``share`` x that score over its best among them. Trained by
-training/train_words.py; shipped beside lite's reranker as ``words.npz``. Text queries ranking photos do not
-use it: a stored photo keeps no pooled features (docs/benchmarks.md, "Caption words predicted from the photo").
+training/train_words.py; shipped beside lite's reranker as ``words.npz``.
+
+The same scores make a collection's learned sparse retrieval (search/sparse_words.py): each photo keeps its ``top``
+likeliest words (``WORD_RECORD``: a 2-byte word and a 2-byte probability each), stored with its reranker tokens
+when it is encoded, and a caption is its idf-weighted words.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from scipy import sparse
+
 WORDS_FILE = "words.npz"
 SHARE = 0.1  # the evidence's share in the fused score, chosen on Flickr8k dev with lite (docs/benchmarks.md)
+TOP = 64  # words a photo keeps for sparse retrieval (docs/benchmarks.md: as good as 128 on dev, half the bytes)
+WORD_RECORD = np.dtype([("word", "<u2"), ("p", "<f2")])  # one kept word of a photo: vocabulary position, P
 
 
 @lru_cache(maxsize=1)
@@ -42,7 +52,7 @@ def lite_tokenizer() -> tuple[Callable[[list[str]], list[list[int]]], list[str]]
 class WordModel:
     """``weight`` (F, V) and ``bias`` (V,) over standardised features ((x - mean) / scale); ``vocab`` (V,) the
     WordPiece ids of the words, ``idf`` (V,) their weight in a caption; ``share`` of the evidence in the fused
-    score (chosen on dev)."""
+    score (chosen on dev); ``top`` words kept per photo for sparse retrieval."""
 
     vocab: np.ndarray
     idf: np.ndarray
@@ -51,11 +61,51 @@ class WordModel:
     mean: np.ndarray
     scale: np.ndarray
     share: float
+    top: int = TOP
+
+    @cached_property
+    def id(self) -> str:
+        """Names the classifier and its cut, so a sparse index built with another is rebuilt."""
+        digest = hashlib.blake2b(self.weight.astype(np.float16).tobytes(), digest_size=8)
+        digest.update(str(self.top).encode())
+        return digest.hexdigest()
 
     def photo_words(self, pooled: np.ndarray) -> np.ndarray:
         """P(word | photo) (N, V) float32 of pooled photo features (N, F)."""
         x = (np.atleast_2d(np.asarray(pooled, dtype=np.float32)) - self.mean) / self.scale
         return (1.0 / (1.0 + np.exp(-(x @ self.weight + self.bias)))).astype(np.float32)
+
+    def records(self, probabilities: np.ndarray) -> np.ndarray:
+        """Each photo's ``top`` likeliest words (N, top) ``WORD_RECORD``, likeliest first: what a photo stores."""
+        p = np.atleast_2d(np.asarray(probabilities, dtype=np.float32))
+        top = min(self.top, p.shape[1])
+        kept = np.argsort(-p, axis=1, kind="stable")[:, :top]
+        out = np.empty(kept.shape, dtype=WORD_RECORD)
+        out["word"], out["p"] = kept, np.take_along_axis(p, kept, axis=1)
+        return out
+
+    def photo_rows(self, records: list[np.ndarray | None]) -> sparse.csr_matrix:
+        """Photos' sparse rows (n, V) of their stored records (None: a photo with none, an empty row)."""
+        from scipy import sparse
+
+        lengths = [0 if r is None else len(r) for r in records]
+        kept = [r for r in records if r is not None]
+        flat = np.concatenate(kept) if kept else np.zeros(0, dtype=WORD_RECORD)
+        indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        rows = sparse.csr_matrix((flat["p"].astype(np.float32), flat["word"].astype(np.int64), indptr),
+                                 shape=(len(records), len(self.vocab)))
+        rows.sort_indices()
+        return rows
+
+    def text_rows(self, texts: list[str]) -> sparse.csr_matrix:
+        """Texts' sparse rows (n, V): the idf of each of their vocabulary words."""
+        from scipy import sparse
+
+        found = self._words_of(texts)
+        indptr = np.concatenate([[0], np.cumsum([len(f) for f in found])]).astype(np.int64)
+        indices = np.concatenate(found) if found else np.zeros(0, np.int64)
+        return sparse.csr_matrix((self.idf[indices].astype(np.float32), indices, indptr),
+                                 shape=(len(texts), len(self.vocab)))
 
     @cached_property
     def _position(self) -> np.ndarray:
@@ -93,13 +143,14 @@ class WordModel:
         atomic_write(Path(path), lambda f: np.savez(
             f, vocab=self.vocab.astype(np.int32), idf=self.idf.astype(np.float32),
             weight=self.weight.astype(np.float16), bias=self.bias.astype(np.float32),
-            mean=self.mean.astype(np.float32), scale=self.scale.astype(np.float32), share=np.float32(self.share)))
+            mean=self.mean.astype(np.float32), scale=self.scale.astype(np.float32), share=np.float32(self.share),
+            top=np.int32(self.top)))
 
     @classmethod
     def load(cls, path: Path) -> WordModel:
         with np.load(path) as f:
             return cls(f["vocab"].astype(np.int64), f["idf"], f["weight"].astype(np.float32), f["bias"], f["mean"],
-                       f["scale"], float(f["share"]))
+                       f["scale"], float(f["share"]), int(f["top"]) if "top" in f else TOP)
 
 
 def with_words(logits: np.ndarray, evidence: np.ndarray, share: float, weight: float) -> np.ndarray:

@@ -84,6 +84,8 @@ class Query:
     source: Any = None
     exclude: Sequence[int] = ()
     states: tuple[np.ndarray, np.ndarray] | None = None  # a text source's token states and mask, if at hand
+    # what stages computed from the source, for the next stage to reuse (a photo's reranker inputs)
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass
@@ -222,8 +224,10 @@ def collapse(out: list[Ranked], groups: dict[int, Any]) -> list[Ranked]:
 def candidates(collection: Collection, queries: Sequence[Query], *, fetch: int, kind: str,
                allowed: np.ndarray | None, ranking: Ranking, timings: Timings) -> list[Ranked]:
     """One collection's candidates (``Source.candidates``): dense retrieval by the normalised score, each
-    query's exclusions left out, then the keyword, sparse or hybrid retriever's stage."""
+    query's exclusions left out, then the keyword, sparse or hybrid retriever's stage (hybrid fuses the best
+    ``hybrid.POOL`` of each list at least, so that what it ranks first is what fusing every item would)."""
     started = time.perf_counter()
+    fetch = max(fetch, hybrid.POOL) if ranking.retriever == "hybrid" else fetch
     vectors = np.stack([q.vector for q in queries]).astype(np.float32)
     with collection.lock:
         bank = collection.store.bank
@@ -242,7 +246,7 @@ def candidates(collection: Collection, queries: Sequence[Query], *, fetch: int, 
     if ranking.retriever != "dense":
         with collection.lock:
             out = hybrid.stage(collection, queries, out, kind=kind, allowed=allowed, fetch=fetch,
-                               retriever=ranking.retriever, shares=shares)
+                               retriever=ranking.retriever, shares=shares, reranked=ranking.rerank > 0)
         timings.add(ranking.retriever, started)
     return out
 
@@ -321,7 +325,9 @@ class SetScores:
         started = self.timings.add("retrieve", started)
         if self.ranking.retriever != "dense":  # over every item: the candidates of all of search's lists, and more
             bm25 = None if self.keywords is None else self.keywords(direction, queries, items)
-            weights = None if self.sparse is None else self.sparse(direction, queries, items)
+            weights = (self.sparse(direction, queries, items) if self.sparse is not None and (
+                self.ranking.retriever == "sparse" or hybrid.with_words(query_kind, kind, self.ranking.rerank > 0))
+                else None)
             scores = hybrid.set_scores(self.ranking.retriever, scores, bm25, weights)
             self.timings.add("keywords", started)
         return scores, kind

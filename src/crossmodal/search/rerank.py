@@ -60,11 +60,14 @@ def pad_states(states: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return out, mask
 
 
-def photo_query_inputs(encoder: Encoder, reranker: Reranker, photo: object) -> tuple[np.ndarray, np.ndarray | None]:
-    """The reranker's tokens (1, T, d) of a query photo and its word probabilities (1, V), from one model call
-    (None when the reranker has no word classifier)."""
-    _, grid = encoder.encode_prepared_grids([encoder.prepare_image(photo)])
-    return reranker.photo_tokens(grid), reranker.photo_words(grid)
+def photo_query_inputs(encoder: Encoder, reranker: Reranker, query: Query) -> tuple[np.ndarray, np.ndarray | None]:
+    """The reranker's tokens (1, T, d) of a query's photo and its word probabilities (1, V), from one model call
+    (None when the reranker has no word classifier), computed once per query: the hybrid and rerank stages
+    both read them."""
+    if "photo" not in query.memo:
+        _, grid = encoder.encode_prepared_grids([encoder.prepare_image(query.source)])
+        query.memo["photo"] = reranker.photo_tokens(grid), reranker.photo_words(grid)
+    return query.memo["photo"]
 
 
 def captions_for_photo(reranker: Reranker, states: np.ndarray, mask: np.ndarray, tokens: np.ndarray,
@@ -102,7 +105,7 @@ def collection_scorer(store: ItemStore, encoder: Encoder, reranker: Reranker, ki
             items = store.get(ids)
         texts = [items[int(i)].text or "" for i in ids]
         states, mask = encoder.token_states(texts)
-        tokens, words = photo_query_inputs(encoder, reranker, query.source)
+        tokens, words = photo_query_inputs(encoder, reranker, query)
         return captions_for_photo(reranker, states, mask, tokens[0], None if words is None else words[0], texts)
 
     return photos_for_text if kind == "image" else texts_for_photo

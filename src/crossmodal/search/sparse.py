@@ -13,14 +13,23 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Union
 
 import numpy as np
 from scipy import sparse
 
+if TYPE_CHECKING:
+    from ..collection.store import ItemStore
+    from ..evaluation.runner import Embedded
+    from .pipeline import Query
+    from .sparse_words import WordSparse
+
 SIDES = ("image", "text")
 SHIPPED = Path(__file__).resolve().parent.parent / "encoders" / "weights" / "lite-sparse.npz"
 SPARSE_FILE = "sparse.npz"  # a collection's own heads, for a model that ships none
+# What a sparse index holds rows of: heads on the dense vectors (the sparse retriever), or a reranker's word
+# classifier (the hybrid retriever's sparse evidence, search/sparse_words.py).
+SparseModel = Union["SparseHeads", "WordSparse"]
 
 
 @dataclass
@@ -52,6 +61,18 @@ class SparseHeads:
             dense = np.log1p(np.maximum(vectors[start:start + 4096] @ self.weight[side] + self.bias[side], 0.0))
             out.append(keep_top(dense, self.top[side]))
         return sparse.vstack(out, format="csr") if out else sparse.csr_matrix((0, len(self.vocab)), dtype=np.float32)
+
+    def item_rows(self, kind: str, store: ItemStore, ids: np.ndarray, vectors: np.ndarray) -> sparse.csr_matrix:
+        """Stored items' rows, from their dense vectors (a collection's sparse index)."""
+        return self.encode(vectors, kind)
+
+    def query_row(self, query: Query) -> sparse.csr_matrix | None:
+        """A text or photo query's row, from its dense vector; a mixed query has none."""
+        return self.encode(query.vector, query.modality) if query.modality in SIDES else None
+
+    def dataset_rows(self, emb: Embedded) -> dict[str, sparse.csr_matrix]:
+        """Rows of a dataset held in memory (eval), from its dense vectors."""
+        return {"image": self.encode(emb.images, "image"), "text": self.encode(emb.texts, "text")}
 
     def terms(self, row: sparse.csr_matrix, n: int = 10) -> list[tuple[str, float]]:
         """The ``n`` heaviest words of one sparse vector (what it "says")."""

@@ -175,7 +175,7 @@ def export(model: Heads, vocab: np.ndarray, tokens: list[str], fingerprint: str,
 def sparse_metrics(heads: SparseHeads, split: Features) -> dict[str, float]:
     """RSUM of the sparse retriever on ``split`` (as eval ranks it), and the mean terms kept per photo and caption."""
     score = SetScores(split.images, split.texts, Ranking(norm=False, rerank=0, retriever="sparse"),
-                      sparse=dataset_sparse(heads, split.images, split.texts))
+                      sparse=dataset_sparse(heads, split))
     metrics = evaluate_embeddings(split.images, split.texts, split.text_image, score).metrics((1, 5, 10))
     s_i, s_t = heads.encode(split.images, "image"), heads.encode(split.texts, "text")
     return {"rsum": metrics["rsum"], "image_terms": s_i.nnz / s_i.shape[0], "text_terms": s_t.nnz / s_t.shape[0]}
