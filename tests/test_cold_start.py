@@ -4,6 +4,7 @@ no transformers), the text graph alone opened, and the same results as the trans
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,10 +48,13 @@ def lite():
 
 @pytest.fixture(scope="module")
 def collection(lite, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("cold") / "col"
-    with Collection.open(folder, model=lite) as c:
-        c.add_images(sorted((SAMPLES / "photos").glob("*.jpg"))[:12])
-    return folder
+    folder = tmp_path_factory.mktemp("cold")
+    for photo in sorted((SAMPLES / "photos").glob("*.jpg"))[:12]:
+        (folder / "photos").mkdir(exist_ok=True)
+        shutil.copy(photo, folder / "photos" / photo.name)
+    with Collection.open(folder / "col", model=lite) as c:
+        c.index_folder(folder / "photos", progress=False)  # as `crossmodal index` does: its indexes built
+    return folder / "col"
 
 
 def test_fast_tokenizer_gives_the_tokens_transformers_gives(lite) -> None:

@@ -62,6 +62,7 @@ def test_indexing_stores_each_photos_words_and_hybrid_search_fuses_them(tmp_path
     folder = _photos(tmp_path / "photos", 12)
     with Collection.open(tmp_path / "c", model=encoder) as c:
         c.index_folder(folder, progress=False)
+        assert (c.folder / "index" / "words-image.npz").is_file()  # built when indexing, not by the first search
         assert isinstance(c.words.heads, WordSparse)
         ids, _ = c.store.matrix("image")
         stored = c.store.photo_words(ids)
@@ -76,7 +77,7 @@ def test_indexing_stores_each_photos_words_and_hybrid_search_fuses_them(tmp_path
         for query in ("a dog runs on the grass", "two children play on a beach"):
             words = _brute(c, query)
             assert _index_top(c, query, 5) == _top(c, words, 5) and np.count_nonzero(words) >= 5
-            dense = Ranking(rerank=0)
+            dense = Ranking(rerank=0, retriever="dense")
             plain = {h.id: h.score for h in c.search(query, k=12, ranking=dense)}
             fused = c.search(query, k=12, ranking=replace(dense, retriever="hybrid"))
             expected = [plain[int(i)] + hybrid.SPARSE_WEIGHT * w / words.max() for i, w in zip(ids, words)]

@@ -310,10 +310,13 @@ class Collection(Searchable):
 
     def refresh_indexes(self, progress: bool = False) -> None:
         """Bring every index up to date now, so that the next search finds it ready (``index`` does this
-        at its end; otherwise the next search does it), compacting vector files with many unused rows first."""
+        at its end; otherwise the next search does it), compacting vector files with many unused rows first;
+        the hybrid retriever's word index too, when the collection has one."""
         for item_kind in KINDS:
             self.store.compact(item_kind)
             self.indexes.get(item_kind, progress=progress)
+            if self.store.reranker is not None and self.store.reranker.words is not None:
+                self.words.get(item_kind)
 
     # -- facts -------------------------------------------------------------------------------------
 

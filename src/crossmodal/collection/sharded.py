@@ -29,7 +29,7 @@ import numpy as np
 from ..defaults import DEFAULT_SHARD_TIMEOUT
 from ..encoders import load_encoder
 from ..encoders.base import Encoder
-from ..search import pipeline
+from ..search import hybrid, pipeline
 from ..search.filters import Condition
 from ..search.pipeline import Query, Ranked, Ranking, Timings
 from ..search.rerank import RERANKER_DIR, collection_scorer, find_reranker
@@ -165,6 +165,14 @@ def _candidates(c: Collection, queries: list[Query], fetch: int, kind: str, path
     ids = np.concatenate([found for _, found in lists])
     with c.lock:
         return lists, c.groups(kind, ids), c.store.get(sorted({int(i) for i in ids}))
+
+
+def _words_best(c: Collection, queries: list[Query], kind: str, path: str | None, where: tuple[Condition, ...],
+                reranked: bool) -> list[float]:
+    """A shard's best caption-word score of each query among the items it may find (search/hybrid.py)."""
+    allowed = c.allowed(kind, path, list(where))
+    with c.lock:
+        return hybrid.words_best(c, queries, kind=kind, allowed=allowed, reranked=reranked)
 
 
 def _store(c: Collection, method: str, *args: Any) -> Any:
@@ -397,8 +405,17 @@ class ShardedSearch:
                    timings: Timings) -> list[Ranked]:
         started = time.perf_counter()
         n = self.c.n
-        args = {s: ([replace(q, exclude=split_ids(q.exclude, n).get(s, [])) for q in queries], fetch, kind,
-                    self.path, self.where, ranking) for s in range(n)}
+
+        def shard_queries(s: int, queries: Sequence[Query]) -> list[Query]:  # each shard excludes its own ids
+            return [replace(q, exclude=split_ids(q.exclude, n).get(s, [])) for q in queries]
+
+        if ranking.retriever == "hybrid":  # the caption words scaled by the collection's best, as in one collection
+            bests = self.c._call(_words_best, {s: (shard_queries(s, queries), kind, self.path, self.where,
+                                                   ranking.rerank > 0) for s in range(n)}, self.missing)
+            queries = [replace(q, words_best=max((b[i] for b in bests.values()), default=0.0))
+                       for i, q in enumerate(queries)]
+        args = {s: (shard_queries(s, queries), fetch, kind, self.path, self.where, ranking)
+                for s in range(n) if s not in self.missing}  # a shard late once is not waited for twice
         answers = self.c._call(_candidates, args, self.missing)
         for s, (_, videos, items) in answers.items():
             self._videos.update({i * n + s: video for i, video in videos.items()})

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy import sparse
 
 from ..search.sparse import SparseIndex, SparseModel
 from .atomic import atomic_write
@@ -52,7 +51,11 @@ class SparseIndexes:
             fresh = ~np.isin(old_index.ids, self.store.written_since(kind, old_generation))
             present = np.isin(old_index.ids, ids) & fresh
             keep = np.isin(ids, old_index.ids[present])
+            if present.all() and keep.all():  # none of its items changed (the store wrote something else)
+                return old_index
             rows = old_index.rows[np.flatnonzero(present)]
+        from scipy import sparse  # only to update an index: a search of an unchanged one stays light
+
         todo = np.flatnonzero(~keep)
         new = self.heads.item_rows(kind, self.store, ids[todo], np.asarray(vectors[todo])) if len(todo) else None
         parts = [(ids[keep], rows), (ids[todo], new)]
@@ -78,15 +81,14 @@ class SparseIndexes:
                 state = json.loads(str(f["state"]))
                 if state["heads"] != self.heads.id:
                     return None
-                rows = sparse.csr_matrix((f["data"].astype(np.float32), f["indices"], f["indptr"]),
-                                         shape=(len(f["ids"]), len(self.heads.vocab)))
-                return state["generation"], SparseIndex(f["ids"], rows)
+                rows = (f["data"].astype(np.float32), f["indices"], f["indptr"], len(self.heads.vocab))
+                return state["generation"], SparseIndex(f["ids"], rows)  # no SciPy: a cold search stays fast
         except (OSError, KeyError, ValueError):
             return None
 
     def _save(self, kind: str, index: SparseIndex, generation: int) -> None:
         state = json.dumps({"generation": generation, "heads": self.heads.id})
         self._path(kind).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self._path(kind), lambda f: np.savez(f, ids=index.ids, data=index.rows.data.astype(np.float16),
-                                                          indices=index.rows.indices, indptr=index.rows.indptr,
-                                                          state=state))
+        atomic_write(self._path(kind), lambda f: np.savez(f, ids=index.ids, data=index.data.astype(np.float16),
+                                                          indices=index.indices.astype(np.int32),
+                                                          indptr=index.indptr, state=state))

@@ -164,7 +164,7 @@ def _sync_one(store: ItemStore, encoder: Encoder, video: _Video, fields: dict[st
         if twins:  # a copy of a stored video: its moments' vectors are reused
             twin = next(iter(twins.values()))
             times = [(m.fields["t"], m.fields["start"], m.fields["end"]) for m in twin]
-            _write(store, video, times, np.stack([store.vector(m.id) for m in twin]), None, fields)
+            _write(store, video, times, np.stack([store.vector(m.id) for m in twin]), None, None, fields)
             result.reused += 1
             return
         if not video.found and video.error is None:  # its content was stored when the run began, but is gone

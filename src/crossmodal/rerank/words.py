@@ -101,7 +101,7 @@ class WordModel:
         """Texts' sparse rows (n, V): the idf of each of their vocabulary words."""
         from scipy import sparse
 
-        found = self._words_of(texts)
+        found = self.words_of(texts)
         indptr = np.concatenate([[0], np.cumsum([len(f) for f in found])]).astype(np.int64)
         indices = np.concatenate(found) if found else np.zeros(0, np.int64)
         return sparse.csr_matrix((self.idf[indices].astype(np.float32), indices, indptr),
@@ -114,7 +114,7 @@ class WordModel:
         position[self.vocab] = np.arange(len(self.vocab))
         return position
 
-    def _words_of(self, texts: list[str]) -> list[np.ndarray]:
+    def words_of(self, texts: list[str]) -> list[np.ndarray]:
         """Each text's vocabulary positions, each once (words outside the vocabulary, such as another
         language's, have none)."""
         tokenize, _ = lite_tokenizer()
@@ -128,14 +128,14 @@ class WordModel:
     def caption_words(self, texts: list[str]) -> np.ndarray:
         """Each caption's words as idf weights (n, V) float32."""
         out = np.zeros((len(texts), len(self.vocab)), dtype=np.float32)
-        for row, found in enumerate(self._words_of(texts)):
+        for row, found in enumerate(self.words_of(texts)):
             out[row, found] = self.idf[found]
         return out
 
     def evidence(self, photo_words: np.ndarray, texts: list[str]) -> np.ndarray:
         """The score of each caption (n,) for one photo's word probabilities (V,)."""
         p = np.asarray(photo_words, dtype=np.float32).reshape(-1)
-        return np.array([float(self.idf[found] @ p[found]) for found in self._words_of(texts)], dtype=np.float32)
+        return np.array([float(self.idf[found] @ p[found]) for found in self.words_of(texts)], dtype=np.float32)
 
     def save(self, path: Path) -> None:
         from ..collection.atomic import atomic_write

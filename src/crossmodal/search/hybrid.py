@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..collection.collection import Collection
     from ..collection.sparse_index import SparseIndexes
     from .pipeline import Query
-    from .sparse import SparseIndex
+    from .sparse import Row, SparseIndex
 
 RETRIEVERS = ("dense", "keyword", "sparse", "hybrid")
 WEIGHT = 0.1  # the share of the normalised BM25 score in a hybrid score
@@ -65,14 +65,16 @@ def dense_scale(retriever: str) -> bool:
 
 
 def weighted(dense: np.ndarray, bm25: np.ndarray, weight: float = WEIGHT, sparse: np.ndarray | None = None,
-             sparse_weight: float | None = None) -> np.ndarray:
+             sparse_weight: float | None = None, sparse_best: float | None = None) -> np.ndarray:
     """Fused scores of candidates with these dense, BM25 (0: no keyword match) and sparse scores (the sparse
-    share ``SPARSE_WEIGHT`` unless given)."""
+    share ``SPARSE_WEIGHT`` unless given, of the sparse score over ``sparse_best``, by default the candidates'
+    best, which holds the collection's best: hybrid fuses the sparse list's top)."""
     best = max(float(bm25.max(initial=0.0)), MIN_BEST)
     fused = dense + np.float32(weight / best) * bm25
     sparse_weight = SPARSE_WEIGHT if sparse_weight is None else sparse_weight
     if sparse is not None and sparse_weight:
-        fused = fused + np.float32(sparse_weight / max(float(sparse.max(initial=0.0)), 1e-6)) * sparse
+        top = float(sparse.max(initial=0.0)) if sparse_best is None else sparse_best
+        fused = fused + np.float32(sparse_weight / max(top, 1e-6)) * sparse
     return fused.astype(np.float32)
 
 
@@ -116,12 +118,14 @@ def union(dense: Ranked, found: Ranked, dense_of: np.ndarray) -> tuple[np.ndarra
 
 
 def fuse(dense: Ranked, found: Ranked, dense_of: np.ndarray, weight: float = WEIGHT,
-         sparse_of: Callable[[np.ndarray], np.ndarray] | None = None) -> Ranked:
+         sparse_of: Callable[[np.ndarray], np.ndarray] | None = None, sparse_best: float | None = None) -> Ranked:
     """One query's hybrid list: the union of its dense and keyword lists (``found``: BM25 scores, 0 for other
     candidates) by fused score, best first (equal scores: the dense list's order first); ``sparse_of(ids)``
-    gives the candidates' sparse scores, when the model has sparse heads."""
+    gives the candidates' caption-word scores, when the model has them (scaled by ``sparse_best``, see
+    ``weighted``)."""
     ids, dense_scores, bm25 = union(dense, found, dense_of)
-    fused = weighted(dense_scores, bm25, weight, None if sparse_of is None else sparse_of(ids))
+    fused = weighted(dense_scores, bm25, weight, None if sparse_of is None else sparse_of(ids),
+                     sparse_best=sparse_best)
     order = np.lexsort((np.arange(len(ids)), -fused))
     return fused[order], ids[order]
 
@@ -160,16 +164,38 @@ def stage(collection: Collection, queries: Sequence[Query], dense: list[Ranked],
             found = (np.concatenate([found[0], np.zeros(len(more), np.float32)]), np.concatenate([found[1], more]))
             sparse_of = _sparse_scorer(words.get(kind), row)
         out.append(fuse(ranked, found, dense_scores(collection, kind, found[1], query.vector, float(share)),
-                        sparse_of=sparse_of))
+                        sparse_of=sparse_of, sparse_best=query.words_best))
     return out
 
 
-def _sparse_scorer(index: SparseIndex, vector: sparse.csr_matrix) -> Callable[[np.ndarray], np.ndarray]:
+def words_best(collection: Collection, queries: Sequence[Query], *, kind: str, allowed: np.ndarray | None,
+               reranked: bool) -> list[float]:
+    """Each query's best caption-word score among the items of ``kind`` it may find (0 when it has none): what
+    a sharded collection gathers from its shards, so that they scale the evidence alike (call holding the
+    collection's lock)."""
+    words = collection.words
+    out = []
+    for query in queries:
+        row = (words.heads.query_row(query) if words.heads is not None and SPARSE_WEIGHT
+               and with_words(query.modality, kind, reranked) else None)
+        index = words.get(kind) if row is not None else None
+        if index is None:
+            out.append(0.0)
+            continue
+        scores = index.scores(row)
+        mayfind = ~np.isin(index.ids, np.asarray(query.exclude, dtype=np.int64))
+        if allowed is not None:
+            mayfind &= np.isin(index.ids, allowed)
+        out.append(float(scores[mayfind].max(initial=0.0)))
+    return out
+
+
+def _sparse_scorer(index: SparseIndex, row: Row | sparse.csr_matrix) -> Callable[[np.ndarray], np.ndarray]:
     """Exact sparse scores of stored items (by id) for one query's sparse row."""
+    every = index.scores(row)
 
     def scores(ids: np.ndarray) -> np.ndarray:
-        rows = np.searchsorted(index.ids, ids)
-        return np.asarray((index.rows[rows] @ vector.T).todense(), dtype=np.float32).reshape(-1)
+        return every[np.searchsorted(index.ids, ids)]
 
     return scores
 
@@ -190,7 +216,7 @@ def sparse_stage(collection: Collection, queries: Sequence[Query], *, kind: str,
     return out
 
 
-def _sparse_search(indexes: SparseIndexes, query: Query, row: sparse.csr_matrix, kind: str,
+def _sparse_search(indexes: SparseIndexes, query: Query, row: Row | sparse.csr_matrix, kind: str,
                    allowed: np.ndarray | None, fetch: int) -> Ranked:
     """One query's ``fetch`` best items of ``kind`` by its sparse row, its exclusions left out."""
     scores, ids = indexes.get(kind).search(row, fetch, allowed)[0]

@@ -84,6 +84,9 @@ class Query:
     source: Any = None
     exclude: Sequence[int] = ()
     states: tuple[np.ndarray, np.ndarray] | None = None  # a text source's token states and mask, if at hand
+    # the best caption-word score over a whole sharded collection, gathered from its shards, so that each shard
+    # scales the hybrid's word evidence as one collection would (search/hybrid.py); None: the candidates' best
+    words_best: float | None = None
     # what stages computed from the source, for the next stage to reuse (a photo's reranker inputs)
     memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Union
 
 import numpy as np
-from scipy import sparse
 
 if TYPE_CHECKING:
+    from scipy import sparse
+
     from ..collection.store import ItemStore
     from ..evaluation.runner import Embedded
     from .pipeline import Query
@@ -55,6 +56,8 @@ class SparseHeads:
 
     def encode(self, vectors: np.ndarray, side: str) -> sparse.csr_matrix:
         """Sparse vectors (n, V) of dense ``vectors`` (n, dim) of ``side``'s modality, ``top[side]`` terms each."""
+        from scipy import sparse
+
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         out = []
         for start in range(0, len(vectors), 4096):
@@ -107,6 +110,8 @@ def find_sparse(fingerprint: str, *paths: Path) -> SparseHeads | None:
 
 def keep_top(dense: np.ndarray, top: int) -> sparse.csr_matrix:
     """The ``top`` largest positive entries of each row, as a CSR matrix."""
+    from scipy import sparse
+
     if dense.shape[1] > top:
         cut = np.argpartition(-dense, top - 1, axis=1)[:, top - 1:top]
         threshold = np.take_along_axis(dense, cut, axis=1)
@@ -114,37 +119,73 @@ def keep_top(dense: np.ndarray, top: int) -> sparse.csr_matrix:
     return sparse.csr_matrix(dense.astype(np.float32))
 
 
-class SparseIndex:
-    """Items' sparse vectors as an inverted index: ``postings`` (V, N) holds, per term, the items that carry
-    it and their weights (float16 on disk); ``ids`` the item id of each column."""
+@dataclass
+class Row:
+    """One query's sparse vector without SciPy: its term positions and their weights (what ``SparseIndex`` reads
+    of a query, like one row of a CSR matrix)."""
 
-    def __init__(self, ids: np.ndarray, rows: sparse.csr_matrix) -> None:
+    indices: np.ndarray
+    data: np.ndarray
+
+    @property
+    def indptr(self) -> np.ndarray:
+        return np.array([0, len(self.indices)], dtype=np.int64)
+
+
+class SparseIndex:
+    """Items' sparse vectors as an inverted index: per term, the items that carry it and their weights (float16
+    on disk); ``ids`` the item id of each row. Searching is plain NumPy (a cold text search loads no SciPy);
+    ``rows`` gives the items' CSR matrix, for updates."""
+
+    def __init__(self, ids: np.ndarray, rows: Any) -> None:
+        """``rows``: the items' (N, V) CSR matrix, or its ``(data, indices, indptr, V)``."""
+        parts = rows if isinstance(rows, tuple) else (rows.data, rows.indices, rows.indptr, rows.shape[1])
         self.ids = np.asarray(ids, dtype=np.int64)
-        self.rows = rows.astype(np.float32).tocsr()  # (N, V): one item per row, for updates
-        self.postings = self.rows.T.tocsr()  # (V, N): one term per row, what a query reads
+        self.data, self.indices = np.asarray(parts[0], np.float32), np.asarray(parts[1], np.int64)
+        self.indptr, self.width = np.asarray(parts[2], np.int64), int(parts[3])
+        owner = np.repeat(np.arange(len(self.ids), dtype=np.int64), np.diff(self.indptr))
+        order = np.argsort(self.indices, kind="stable")
+        self._items, self._weights = owner[order], self.data[order]  # postings: term by term
+        self._starts = np.searchsorted(self.indices[order], np.arange(self.width + 1))
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def rows(self) -> sparse.csr_matrix:
+        from scipy import sparse
+
+        return sparse.csr_matrix((self.data, self.indices, self.indptr), shape=(len(self.ids), self.width))
+
     def nbytes(self) -> int:
         """Bytes of the postings as stored: a 4-byte item index and a 2-byte weight per entry, plus offsets."""
-        return self.postings.nnz * 6 + self.postings.indptr.nbytes
+        return len(self._items) * 6 + self._starts.nbytes
 
-    def search(self, queries: sparse.csr_matrix, k: int, allowed: np.ndarray | None = None
-               ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(scores, ids) of the ``k`` best items for each query row (only ``allowed`` ids, if given), best first;
-        items sharing no term with a query are not returned."""
-        scores = (queries.tocsr() @ self.postings).tocsr()  # (q, N), only the items the postings touch
+    def scores(self, query: Any) -> np.ndarray:
+        """The score (N,) of every item for one query row (``Row`` or a one-row CSR matrix): the dot product,
+        summed from the postings of the query's terms only."""
+        spans = [(self._starts[t], self._starts[t + 1], w) for t, w in zip(query.indices, query.data, strict=True)
+                 if t < self.width]
+        if not spans:
+            return np.zeros(len(self.ids), dtype=np.float32)
+        items = np.concatenate([self._items[a:b] for a, b, _ in spans])
+        weights = np.concatenate([self._weights[a:b] * np.float32(w) for a, b, w in spans])
+        return np.bincount(items, weights=weights, minlength=len(self.ids)).astype(np.float32)
+
+    def search(self, queries: Any, k: int, allowed: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(scores, ids) of the ``k`` best items for each query row (a ``Row`` or CSR rows; only ``allowed`` ids,
+        if given), best first; items sharing no term with a query are not returned."""
         keep = None if allowed is None else np.isin(self.ids, allowed)
         out = []
-        for row in range(scores.shape[0]):
-            cols = scores.indices[scores.indptr[row]:scores.indptr[row + 1]]
-            values = scores.data[scores.indptr[row]:scores.indptr[row + 1]]
-            if keep is not None:
-                cols, values = cols[keep[cols]], values[keep[cols]]
+        for r in range(len(queries.indptr) - 1):
+            a, b = queries.indptr[r], queries.indptr[r + 1]
+            scores = self.scores(Row(np.asarray(queries.indices[a:b]), np.asarray(queries.data[a:b])))
+            touched = scores > 0 if keep is None else (scores > 0) & keep
+            cols = np.flatnonzero(touched)
+            values = scores[cols]
             if len(cols) > k:
                 part = np.argpartition(-values, k - 1)[:k]
                 cols, values = cols[part], values[part]
             order = np.lexsort((self.ids[cols], -values))
-            out.append((values[order].astype(np.float32), self.ids[cols[order]]))
+            out.append((values[order], self.ids[cols[order]]))
         return out

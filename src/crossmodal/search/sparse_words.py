@@ -15,9 +15,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import sparse
+
+from .sparse import Row
 
 if TYPE_CHECKING:
+    from scipy import sparse
+
     from ..collection.store import ItemStore
     from ..encoders.base import Encoder
     from ..evaluation.runner import Embedded
@@ -51,17 +54,20 @@ class WordSparse:
         items = store.get(ids)
         return self.text_rows([items[int(i)].text or "" for i in ids])
 
-    def query_row(self, query: Query) -> sparse.csr_matrix | None:
-        """A text or photo query's row (a photo's from its own encoding, shared with the rerank stage); a mixed
-        query has none, nor a photo when the model cannot give its spatial features (an older ONNX export)."""
-        if query.modality == "text" and isinstance(query.source, str):
-            return self.text_rows([query.source])
+    def query_row(self, query: Query) -> Row | None:
+        """A text or photo query's row (a photo's from its own encoding, shared with the rerank stage), as the
+        stored rows hold them; a mixed query has none, nor a photo when the model cannot give its spatial features
+        (an older ONNX export). No SciPy: this is a cold text search's path."""
         encoder = self._encoder()
+        if query.modality == "text" and isinstance(query.source, str):
+            found = self.words.words_of([query.source])[0] if encoder.reads_natively(query.source) else []
+            return Row(np.asarray(found, dtype=np.int64), self.words.idf[found].astype(np.float32))
         if query.modality == "image" and query.source is not None and encoder.rerank_inputs:
             from .rerank import photo_query_inputs
 
             _, probabilities = photo_query_inputs(encoder, self.reranker, query)
-            return self.words.photo_rows(list(self.words.records(probabilities)))
+            kept = self.words.records(probabilities)[0]
+            return Row(kept["word"].astype(np.int64), kept["p"].astype(np.float32))
         return None
 
     def dataset_rows(self, emb: Embedded) -> dict[str, sparse.csr_matrix]:
