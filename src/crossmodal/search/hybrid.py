@@ -12,6 +12,7 @@ has no keyword evidence; a photo query has no BM25 but has its predicted words.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,12 +20,8 @@ import numpy as np
 from ..collection import keywords
 
 if TYPE_CHECKING:
-    from scipy import sparse
-
     from ..collection.collection import Collection
-    from ..collection.sparse_index import SparseIndexes
     from .pipeline import Query
-    from .sparse import Row, SparseIndex
 
 RETRIEVERS = ("dense", "keyword", "sparse", "hybrid")
 WEIGHT = 0.1  # the share of the normalised BM25 score in a hybrid score
@@ -155,17 +152,32 @@ def stage(collection: Collection, queries: Sequence[Query], dense: list[Ranked],
             out.append(found)
             continue
         sparse_of = None
-        words = collection.words
-        row = (words.heads.query_row(query)
-               if words.heads is not None and SPARSE_WEIGHT and with_words(query.modality, kind, reranked) else None)
-        if row is not None:
-            more = _sparse_search(words, query, row, kind, allowed, fetch)[1]
-            more = more[~np.isin(more, found[1]) & _stored(collection, kind, more)]
+        every = _word_scores(collection, query, kind, reranked)
+        if every is not None:
+            index = collection.words.get(kind)
+            more = index.top(every, fetch, None if allowed is None else np.isin(index.ids, allowed))[1]
+            more = more[~np.isin(more, found[1]) & ~np.isin(more, np.asarray(query.exclude, dtype=np.int64))
+                        & _stored(collection, kind, more)]
             found = (np.concatenate([found[0], np.zeros(len(more), np.float32)]), np.concatenate([found[1], more]))
-            sparse_of = _sparse_scorer(words.get(kind), row)
+            sparse_of = partial(_by_id, index.ids, every)
         out.append(fuse(ranked, found, dense_scores(collection, kind, found[1], query.vector, float(share)),
                         sparse_of=sparse_of, sparse_best=query.words_best))
     return out
+
+
+def _word_scores(collection: Collection, query: Query, kind: str, reranked: bool) -> np.ndarray | None:
+    """Every stored item's caption-word score for ``query`` (in the word index's id order), or None when the
+    hybrid adds no words to it (no classifier, a mixed query, ``with_words``)."""
+    words = collection.words
+    if words.heads is None or not SPARSE_WEIGHT or not with_words(query.modality, kind, reranked):
+        return None
+    row = words.heads.query_row(query)
+    return None if row is None else words.get(kind).scores(row)
+
+
+def _by_id(ids: np.ndarray, scores: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """The scores of stored items by id (``ids`` sorted, all of ``wanted`` among them)."""
+    return scores[np.searchsorted(ids, wanted)]
 
 
 def words_best(collection: Collection, queries: Sequence[Query], *, kind: str, allowed: np.ndarray | None,
@@ -173,37 +185,24 @@ def words_best(collection: Collection, queries: Sequence[Query], *, kind: str, a
     """Each query's best caption-word score among the items of ``kind`` it may find (0 when it has none): what
     a sharded collection gathers from its shards, so that they scale the evidence alike (call holding the
     collection's lock)."""
-    words = collection.words
     out = []
     for query in queries:
-        row = (words.heads.query_row(query) if words.heads is not None and SPARSE_WEIGHT
-               and with_words(query.modality, kind, reranked) else None)
-        index = words.get(kind) if row is not None else None
-        if index is None:
+        every = _word_scores(collection, query, kind, reranked)
+        if every is None:
             out.append(0.0)
             continue
-        scores = index.scores(row)
-        mayfind = ~np.isin(index.ids, np.asarray(query.exclude, dtype=np.int64))
+        ids = collection.words.get(kind).ids
+        mayfind = ~np.isin(ids, np.asarray(query.exclude, dtype=np.int64))
         if allowed is not None:
-            mayfind &= np.isin(index.ids, allowed)
-        out.append(float(scores[mayfind].max(initial=0.0)))
+            mayfind &= np.isin(ids, allowed)
+        out.append(float(every[mayfind].max(initial=0.0)))
     return out
-
-
-def _sparse_scorer(index: SparseIndex, row: Row | sparse.csr_matrix) -> Callable[[np.ndarray], np.ndarray]:
-    """Exact sparse scores of stored items (by id) for one query's sparse row."""
-    every = index.scores(row)
-
-    def scores(ids: np.ndarray) -> np.ndarray:
-        return every[np.searchsorted(index.ids, ids)]
-
-    return scores
 
 
 def sparse_stage(collection: Collection, queries: Sequence[Query], *, kind: str, allowed: np.ndarray | None,
                  fetch: int) -> list[Ranked]:
-    """Each query's candidates by its sparse row through the inverted index; a query without one (a mixed
-    query) finds nothing."""
+    """Each query's candidates by its sparse row (the model's sparse heads) through the inverted index; a query
+    without one (a mixed query) finds nothing."""
     heads = collection.sparse.heads
     if heads is None:
         raise ValueError(f"the model {collection.manifest.model!r} has no sparse heads, so --retriever sparse "
@@ -211,17 +210,13 @@ def sparse_stage(collection: Collection, queries: Sequence[Query], *, kind: str,
     out = []
     for query in queries:
         row = heads.query_row(query)
-        out.append((np.zeros(0, np.float32), np.zeros(0, np.int64)) if row is None
-                   else _sparse_search(collection.sparse, query, row, kind, allowed, fetch))
+        if row is None:
+            out.append((np.zeros(0, np.float32), np.zeros(0, np.int64)))
+            continue
+        scores, ids = collection.sparse.get(kind).search(row, fetch, allowed)[0]
+        keep = ~np.isin(ids, np.asarray(query.exclude, dtype=np.int64))
+        out.append((scores[keep], ids[keep]))
     return out
-
-
-def _sparse_search(indexes: SparseIndexes, query: Query, row: Row | sparse.csr_matrix, kind: str,
-                   allowed: np.ndarray | None, fetch: int) -> Ranked:
-    """One query's ``fetch`` best items of ``kind`` by its sparse row, its exclusions left out."""
-    scores, ids = indexes.get(kind).search(row, fetch, allowed)[0]
-    keep = ~np.isin(ids, np.asarray(query.exclude, dtype=np.int64))
-    return scores[keep], ids[keep]
 
 
 def _stored(collection: Collection, kind: str, ids: np.ndarray) -> np.ndarray:

@@ -179,13 +179,17 @@ class SparseIndex:
         out = []
         for r in range(len(queries.indptr) - 1):
             a, b = queries.indptr[r], queries.indptr[r + 1]
-            scores = self.scores(Row(np.asarray(queries.indices[a:b]), np.asarray(queries.data[a:b])))
-            touched = scores > 0 if keep is None else (scores > 0) & keep
-            cols = np.flatnonzero(touched)
-            values = scores[cols]
-            if len(cols) > k:
-                part = np.argpartition(-values, k - 1)[:k]
-                cols, values = cols[part], values[part]
-            order = np.lexsort((self.ids[cols], -values))
-            out.append((values[order], self.ids[cols[order]]))
+            out.append(self.top(self.scores(Row(np.asarray(queries.indices[a:b]), np.asarray(queries.data[a:b]))),
+                                k, keep))
         return out
+
+    def top(self, scores: np.ndarray, k: int, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of the ``k`` best items by ``scores`` (every item's, from ``scores()``) that score above 0
+        (and that ``keep`` marks, if given), best first, equal scores by id."""
+        cols = np.flatnonzero(scores > 0 if keep is None else (scores > 0) & keep)
+        values = scores[cols]
+        if len(cols) > k:
+            part = np.argpartition(-values, k - 1)[:k]
+            cols, values = cols[part], values[part]
+        order = np.lexsort((self.ids[cols], -values))
+        return values[order], self.ids[cols[order]]
