@@ -5,8 +5,9 @@
 Builds (once, then reuses) a collection of ``--photos`` photos with the default model: Flickr8k photos from
 ../shared/datasets/flickr8k when present, else copies of samples/photos. Then times, each as a fresh process
 and the median of ``--runs`` runs (interleaved, so a busy machine slows them alike): `crossmodal search
-"a dog"` (the default ranking, and the dual encoder's plain scores, which open no reranker), the floor (import
-onnxruntime, tokenizers and numpy, open the text graph of the cached ONNX export, tokenize, run, dot with the
+"a dog"` (the default ranking, the dense retriever, and the dual encoder's plain scores, which open no
+reranker), the floor (import onnxruntime, tokenizers and numpy, open the text graph of the cached ONNX export,
+tokenize, run, dot with the
 memory-mapped vector file, the top 10 ids from SQLite, print), `crossmodal --help`, `info` and `--version`.
 Python runs with its bytecode cache (in a temporary PYTHONPYCACHEPREFIX, one warm-up run first), as a pip
 install has it, even where PYTHONDONTWRITEBYTECODE is set. Wall time moves with the machine's load; CPU time
@@ -124,8 +125,10 @@ def main() -> None:
         env["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pycache")
         commands = {
             f'search "{QUERY}"': [*cli, "search", QUERY, "--collection", str(collection)],
-            "  --no-norm --rerank 0": [*cli, "search", QUERY, "--collection", str(collection), "--no-norm",
-                                       "--rerank", "0"],
+            "  --retriever dense": [*cli, "search", QUERY, "--collection", str(collection), "--retriever",
+                                    "dense"],
+            "  --no-norm --rerank 0 --retriever dense": [*cli, "search", QUERY, "--collection", str(collection),
+                                                         "--no-norm", "--rerank", "0", "--retriever", "dense"],
             "floor script": [sys.executable, str(floor), str(model), str(collection), QUERY],
             "--help": [*cli, "--help"],
             "info": [*cli, "info", "--collection", str(collection)],

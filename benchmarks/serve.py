@@ -1,7 +1,7 @@
 """Load test of `crossmodal serve` on 127.0.0.1: concurrent clients sending text queries.
 
     python benchmarks/serve.py [--clients 16] [--seconds 30] [--split all]
-        [--only torch|onnx|plain|int8|rerank32|multilingual]
+        [--only torch|onnx|plain|int8|dense|rerank32|multilingual]
 
 Builds (once, cached in runs/) a collection of the Flickr8k photos with the default model, then for
 each query encoder in turn (PyTorch eager, ONNX Runtime float32, ONNX Runtime with the int8 text
@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--collection", type=Path, default=ROOT / "runs" / "bench-serve")
     parser.add_argument("--multi30k", type=Path, default=ROOT.parent / "shared/datasets/multi30k-flickr8k/captions.tsv")
-    parser.add_argument("--only", choices=("torch", "onnx", "plain", "int8", "rerank32", "multilingual"),
+    parser.add_argument("--only", choices=("torch", "onnx", "plain", "int8", "dense", "rerank32", "multilingual"),
                         action="append",
                         help="run only these configurations (repeatable; default: all)")
     args = parser.parse_args()
@@ -148,9 +148,11 @@ def main() -> None:
                                                                                                      split).texts))
     encoders = {"torch": ("lite, PyTorch eager", "torch", ["--fp32-queries"]),
                 "onnx": ("lite, ONNX Runtime fp32", "auto", ["--fp32-queries"]),
-                "plain": ("lite, int8 text tower, dual scores only (--no-norm --rerank 0)", "auto",
-                          ["--no-norm", "--rerank", "0"]),
-                "int8": ("lite, int8 text tower, default pipeline (normalised, rerank top 16)", "auto", []),
+                "plain": ("lite, int8 text tower, dual scores only (--no-norm --rerank 0 --retriever dense)", "auto",
+                          ["--no-norm", "--rerank", "0", "--retriever", "dense"]),
+                "int8": ("lite, int8 text tower, default pipeline (hybrid, normalised, rerank top 16)", "auto", []),
+                "dense": ("lite, int8 text tower, dense retriever (normalised, rerank top 16)", "auto",
+                          ["--retriever", "dense"]),
                 "rerank32": ("lite, int8 text tower, normalised, rerank top 32", "auto", ["--rerank", "32"]),
                 "multilingual": ("lite, default pipeline, queries in German, French, Czech (multilingual tower)",
                                  "auto", [])}
