@@ -80,7 +80,7 @@ def test_indexing_stores_each_photos_words_and_hybrid_search_fuses_them(tmp_path
             dense = Ranking(rerank=0, retriever="dense")
             plain = {h.id: h.score for h in c.search(query, k=12, ranking=dense)}
             fused = c.search(query, k=12, ranking=replace(dense, retriever="hybrid"))
-            expected = [plain[int(i)] + hybrid.SPARSE_WEIGHT * w / words.max() for i, w in zip(ids, words)]
+            expected = [plain[int(i)] + hybrid.SPARSE_WEIGHT * w / words.max() for i, w in zip(ids, words, strict=True)]
             assert np.allclose([h.score for h in fused], sorted(expected, reverse=True), atol=1e-4)
 
 
@@ -104,6 +104,7 @@ def test_photos_get_their_words_when_the_reranker_gains_a_classifier(tmp_path: P
         with Collection.open(tmp_path / "c", model=encoder) as c:
             ids, _ = c.store.matrix("image")
             assert len(c.store.missing_tokens()) == 6 and c.store.photo_words(ids) == [None] * 6
+            assert c.store.tokens(ids) is not None  # the reranker still reads them meanwhile
             assert isinstance(c.words.heads, WordSparse) and _index_top(c, "a dog on the grass", 3) == []
             c.index_folder(folder, progress=False)  # nothing changed on disk: each photo is read for its words
             assert c.store.missing_tokens() == [] and all(r is not None for r in c.store.photo_words(ids))

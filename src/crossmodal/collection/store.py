@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 DB = "items.sqlite"
 PAGE_SIZE = 16384
-WORDS_KEY = "/words"  # suffix of the reranker key under which a photo's likeliest words are stored
 MAX_UNUSED = 0.2  # share of a vector file's rows left unused (deleted, rewritten) before it is compacted
 CACHE = "cache"  # memory-mappable snapshots of the vectors, before vector files (removed on migration)
 KINDS = ("image", "text")
@@ -66,8 +65,8 @@ CREATE TABLE IF NOT EXISTS failures (
     at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
--- What a reranker reads of each photo (its tokens, and its likeliest words under the key "<reranker>/words"),
--- computed once when it is encoded; keyed by content, so copies share it.
+-- What a reranker reads of each photo (its tokens; its likeliest words, keyed by the reranker's words
+-- fingerprint), computed once when it is encoded; keyed by content, so copies share it.
 CREATE TABLE IF NOT EXISTS rerank_tokens (
     hash TEXT NOT NULL,
     reranker TEXT NOT NULL,
@@ -558,12 +557,12 @@ class ItemStore:
         """Store the reranker's tokens of the photo with content ``hash_`` (float16) and, when it has a word
         classifier, the photo's likeliest words (rerank/words.py), marking the photos with that content as
         written in this generation, so that the sparse index reads them."""
-        key = self.reranker.tokens_fingerprint
         db.execute("INSERT OR REPLACE INTO rerank_tokens VALUES (?, ?, ?)",
-                   (hash_, key, np.ascontiguousarray(tokens, dtype=np.float16).tobytes()))
-        if words is not None:
+                   (hash_, self.reranker.tokens_fingerprint, np.ascontiguousarray(tokens, dtype=np.float16).tobytes()))
+        if words is not None and self.reranker.words_fingerprint:
             db.execute("INSERT OR REPLACE INTO rerank_tokens VALUES (?, ?, ?)",
-                       (hash_, key + WORDS_KEY, np.ascontiguousarray(words, dtype=WORD_RECORD).tobytes()))
+                       (hash_, self.reranker.words_fingerprint,
+                        np.ascontiguousarray(words, dtype=WORD_RECORD).tobytes()))
             db.execute("UPDATE items SET seq = ? WHERE kind = 'image' AND hash = ? AND seq != ?",
                        (self._writing, hash_, self._writing))
 
@@ -580,10 +579,10 @@ class ItemStore:
         """The stored likeliest words (``WORD_RECORD``) of photos by id; None for a photo that has none (stored
         before its reranker had a word classifier: the next ``index`` adds them)."""
         rows: dict[int, bytes] = {}
-        if self.reranker is not None and self.has_tokens():
+        if self.reranker is not None and self.reranker.words_fingerprint and self.has_tokens():
             wanted = [int(i) for i in ids]
             for start in range(0, len(wanted), 900):  # under SQLite's limit on a statement's parameters
-                rows |= self._stored_per_photo(wanted[start:start + 900], self.reranker.tokens_fingerprint + WORDS_KEY)
+                rows |= self._stored_per_photo(wanted[start:start + 900], self.reranker.words_fingerprint)
         return [np.frombuffer(rows[int(i)], dtype=WORD_RECORD) if int(i) in rows else None for i in ids]
 
     def _stored_per_photo(self, ids: list[int], key: str) -> dict[int, bytes]:
@@ -594,18 +593,22 @@ class ItemStore:
             f"WHERE items.id IN ({marks})", [key, *ids]).fetchall())
 
     def missing_tokens(self) -> list[Item]:
-        """Photos whose content has no tokens of the current reranker (stored before it existed)."""
+        """Photos whose content has no tokens of the current reranker, or no words of its word classifier (stored
+        before they existed)."""
         if self.reranker is None:
             return []
-        return self.select("kind = 'image' AND hash NOT IN (SELECT hash FROM rerank_tokens WHERE reranker = ?)",
-                           (self.reranker.tokens_fingerprint,))
+        lacking = "hash NOT IN (SELECT hash FROM rerank_tokens WHERE reranker = ?)"
+        if self.reranker.words_fingerprint is None:
+            return self.select(f"kind = 'image' AND {lacking}", (self.reranker.tokens_fingerprint,))
+        return self.select(f"kind = 'image' AND ({lacking} OR {lacking})",
+                           (self.reranker.tokens_fingerprint, self.reranker.words_fingerprint))
 
     def drop_stale_tokens(self) -> None:
         """Forget tokens of content no longer stored or of another reranker (one atomic statement; tokens are
         not part of the snapshot, so the generation stays)."""
-        key = self.reranker.tokens_fingerprint if self.reranker else ""
+        keys = (self.reranker.tokens_fingerprint, self.reranker.words_fingerprint or "") if self.reranker else ("", "")
         self.db.execute("DELETE FROM rerank_tokens WHERE reranker NOT IN (?, ?) OR hash NOT IN "
-                        "(SELECT hash FROM items WHERE kind = 'image')", (key, key + WORDS_KEY))
+                        "(SELECT hash FROM items WHERE kind = 'image')", keys)
 
     def _stored_bank_current(self) -> bool:
         """Were the stored biases computed with the current bank?"""

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ..rerank.runtime import Reranker
 
 RETRIES = 3  # Ray's own restarts and retries of one actor, then as many moves of a batch to another actor
-RerankerSpec = tuple[str, str] | None  # (folder, tokens fingerprint) of the collection's reranker
+RerankerSpec = tuple[str, str] | None  # (folder, fingerprint of what a photo stores) of the collection's reranker
 
 
 class EncodeWorkersError(RuntimeError, ValueError):
@@ -85,7 +85,7 @@ class EncodeWorker:
             from ..search.rerank import find_reranker
 
             found = find_reranker(self.encoder.fingerprint, Path(spec[0])) if spec else None
-            self._rerankers[spec] = found if found is not None and found.tokens_fingerprint == spec[1] else None
+            self._rerankers[spec] = found if found is not None and found.stored_fingerprint == spec[1] else None
         return self._rerankers[spec]
 
 
@@ -148,7 +148,7 @@ class EncodePool(AbstractContextManager["EncodePool"]):
         """Each entry read, hashed and (new content) decoded and encoded by the actors, in order; ``known``
         holds the stored content hashes, whose photos are not decoded again."""
         ray = self._ray
-        spec = (str(reranker.folder), reranker.tokens_fingerprint) if reranker is not None else None
+        spec = (str(reranker.folder), reranker.stored_fingerprint) if reranker is not None else None
         stored = [ray.put(known)]  # nested in a list: each actor fetches it once, not with every batch
         todo = deque(entries[i:i + batch_size] for i in range(0, len(entries), batch_size))
         jobs: deque[_Job] = deque()

@@ -46,9 +46,11 @@ class Reranker:
         self.d = int(self.meta["d"])
         words = (WORDS_FILE,) if (self.folder / WORDS_FILE).is_file() else ()
         self.fingerprint = weights_fingerprint(self.folder, GRAPHS + words)  # what its scores depend on
-        # What is stored per photo (its tokens and, with a word classifier, its likeliest words) depends on: the
-        # photo graph and the classifier (a re-quantised score graph keeps them).
-        self.tokens_fingerprint = weights_fingerprint(self.folder, ("photo.onnx", *words))
+        # What stored photo tokens depend on: the photo graph alone (a re-quantised score graph keeps them); a
+        # photo's stored words depend on the classifier too (None: no classifier, no words stored).
+        self.tokens_fingerprint = weights_fingerprint(self.folder, ("photo.onnx",))
+        self.words_fingerprint = weights_fingerprint(self.folder, ("photo.onnx", *words)) if words else None
+        self.stored_fingerprint = f"{self.tokens_fingerprint}/{self.words_fingerprint}"  # all a photo stores
         self.name = self.meta.get("name") or self.folder.name
 
     @classmethod
