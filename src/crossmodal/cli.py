@@ -168,7 +168,8 @@ MinScoreOpt = Annotated[float | None, typer.Option("--min-score", help="Drop res
 RetrieverOpt = Annotated[str, typer.Option("--retriever", help="Where candidates come from: dense (the model's "
                                            "vectors), keyword (BM25 over file names, folders, texts and fields), "
                                            "sparse (learned word weights, inverted index) or hybrid (dense plus "
-                                           "keyword evidence; docs/ranking.md).")]
+                                           "keyword evidence and the photos' predicted caption words; "
+                                           "docs/ranking.md).")]
 
 
 WhereOpt = Annotated[list[str] | None, typer.Option("--where", help="Only items with KEY=VALUE (also !=, <, <=, >, "

@@ -99,8 +99,8 @@ class SearchIn(BaseModel):
                                     description="Drop results scoring under this; default: the server's.")
     retriever: Literal["dense", "keyword", "sparse", "hybrid"] | None = Field(
         None, description="Where candidates come from: dense (vectors), keyword (BM25 over file names, folders, "
-        "texts and fields), sparse (learned word weights) or hybrid (dense plus keyword evidence); default: the "
-        "server's.")
+        "texts and fields), sparse (learned word weights) or hybrid (dense plus keyword evidence and the photos' "
+        "predicted caption words); default: the server's.")
     understand: bool = Field(True, description="Read a year or date in text as a filter on the date taken, and a "
                              "place the photos know (country, region, city) as a filter on it; the answer's "
                              "'understood' says what was read. false: every word goes to the model.")
