@@ -14,7 +14,6 @@ when it is encoded, and a caption is its idf-weighted words.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -66,16 +65,15 @@ class WordModel:
     top: int = TOP
 
     @cached_property
-    def id(self) -> str:
-        """Names the classifier and its cut, so a sparse index built with another is rebuilt."""
-        digest = hashlib.blake2b(self.weight.astype(np.float16).tobytes(), digest_size=8)
-        digest.update(str(self.top).encode())
-        return digest.hexdigest()
+    def _weight32(self) -> np.ndarray:
+        """``weight`` as float32, made when a photo is first read (a text query needs only the vocabulary, so a
+        loaded model keeps the file's float16 until then)."""
+        return np.asarray(self.weight, dtype=np.float32)
 
     def photo_words(self, pooled: np.ndarray) -> np.ndarray:
         """P(word | photo) (N, V) float32 of pooled photo features (N, F)."""
         x = (np.atleast_2d(np.asarray(pooled, dtype=np.float32)) - self.mean) / self.scale
-        return (1.0 / (1.0 + np.exp(-(x @ self.weight + self.bias)))).astype(np.float32)
+        return (1.0 / (1.0 + np.exp(-(x @ self._weight32 + self.bias)))).astype(np.float32)
 
     def records(self, probabilities: np.ndarray) -> np.ndarray:
         """Each photo's ``top`` likeliest words (N, top) ``WORD_RECORD``, likeliest first: what a photo stores."""
@@ -151,7 +149,7 @@ class WordModel:
     @classmethod
     def load(cls, path: Path) -> WordModel:
         with np.load(path) as f:
-            return cls(f["vocab"].astype(np.int64), f["idf"], f["weight"].astype(np.float32), f["bias"], f["mean"],
+            return cls(f["vocab"].astype(np.int64), f["idf"], f["weight"], f["bias"], f["mean"],
                        f["scale"], float(f["share"]), int(f["top"]) if "top" in f else TOP)
 
 

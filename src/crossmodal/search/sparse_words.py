@@ -37,8 +37,9 @@ class WordSparse:
 
     @property
     def id(self) -> str:
-        """Names the classifier and its cut, so a sparse index built with another is rebuilt."""
-        return f"words-{self.words.id}"
+        """Names the classifier (its file, which holds its cut too), so a sparse index built with another is
+        rebuilt."""
+        return f"words-{self.reranker.words_fingerprint}"
 
     def text_rows(self, texts: list[str]) -> sparse.csr_matrix:
         """Texts' rows; a text the model's English tower does not read (one the multilingual tower encodes)
