@@ -315,8 +315,7 @@ class Collection(Searchable):
         for item_kind in KINDS:
             self.store.compact(item_kind)
             self.indexes.get(item_kind, progress=progress)
-            if self.store.reranker is not None and self.store.reranker.words is not None:
-                self.words.get(item_kind)
+            self.words.get(item_kind)  # None, at once, when the collection's reranker has no word classifier
 
     # -- facts -------------------------------------------------------------------------------------
 
