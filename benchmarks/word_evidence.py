@@ -87,7 +87,7 @@ def main() -> None:
     def figures(split: str, shares: tuple[float, ...]) -> dict[tuple[int, float], float]:
         data = splits[split]
         emb = embed_dataset(encoder, data, progress=False, reranker=reranker)
-        evidence = (keep_top(model.photo_words(features[split]), args.top) @ model.caption_words(data.texts).T).T
+        evidence = (keep_top(model.photo_words(features[split]), args.top) @ model.text_rows(data.texts).T).T.toarray()
 
         def sparse(direction: str, queries: np.ndarray, items: np.ndarray) -> np.ndarray:
             return evidence[np.ix_(items, queries)].T.copy() if direction == "i2t" else evidence[np.ix_(queries, items)]

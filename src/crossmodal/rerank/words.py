@@ -49,6 +49,23 @@ def lite_tokenizer() -> tuple[Callable[[list[str]], list[list[int]]], list[str]]
     return lambda texts: [e.ids for e in tokenizer.encode_batch(list(texts))], tokens
 
 
+def position_table(vocab: np.ndarray) -> np.ndarray:
+    """WordPiece id -> position in ``vocab`` (-1: not a word of it)."""
+    position = np.full(int(np.max(vocab, initial=0)) + 1, -1, dtype=np.int64)
+    position[vocab] = np.arange(len(vocab))
+    return position
+
+
+def bags(token_ids: list[list[int]], position: np.ndarray) -> list[np.ndarray]:
+    """Each text's vocabulary positions (``position``: ``position_table`` of the vocabulary), sorted, each once."""
+    out = []
+    for ids in token_ids:
+        ids = np.asarray(ids, dtype=np.int64)
+        found = np.unique(position[ids[ids < len(position)]])
+        out.append(found[found >= 0])
+    return out
+
+
 @dataclass
 class WordModel:
     """``weight`` (F, V) and ``bias`` (V,) over standardised features ((x - mean) / scale); ``vocab`` (V,) the
@@ -109,28 +126,13 @@ class WordModel:
 
     @cached_property
     def _position(self) -> np.ndarray:
-        """WordPiece id -> position in the vocabulary (-1: not a word of it)."""
-        position = np.full(int(self.vocab.max(initial=0)) + 1, -1, dtype=np.int64)
-        position[self.vocab] = np.arange(len(self.vocab))
-        return position
+        return position_table(self.vocab)
 
     def words_of(self, texts: list[str]) -> list[np.ndarray]:
         """Each text's vocabulary positions, each once (words outside the vocabulary, such as another
         language's, have none)."""
         tokenize, _ = lite_tokenizer()
-        out = []
-        for ids in tokenize(texts) if texts else []:
-            ids = np.asarray(ids, dtype=np.int64)
-            found = np.unique(self._position[ids[ids < len(self._position)]])
-            out.append(found[found >= 0])
-        return out
-
-    def caption_words(self, texts: list[str]) -> np.ndarray:
-        """Each caption's words as idf weights (n, V) float32."""
-        out = np.zeros((len(texts), len(self.vocab)), dtype=np.float32)
-        for row, found in enumerate(self.words_of(texts)):
-            out[row, found] = self.idf[found]
-        return out
+        return bags(tokenize(texts) if texts else [], self._position)
 
     def evidence(self, photo_words: np.ndarray, texts: list[str]) -> np.ndarray:
         """The score of each caption (n,) for one photo's word probabilities (V,)."""

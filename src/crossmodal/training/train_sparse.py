@@ -28,7 +28,7 @@ from ..collection.keywords import STOPWORDS
 from ..encoders.base import Encoder
 from ..evaluation.metrics import evaluate_embeddings
 from ..evaluation.runner import dataset_sparse, embed_dataset
-from ..rerank.words import lite_tokenizer
+from ..rerank.words import bags, lite_tokenizer, position_table
 from ..search.pipeline import Ranking, SetScores
 from ..search.sparse import SparseHeads
 from ..sources.datasets import CaptionDataset
@@ -84,12 +84,6 @@ def vocabulary(token_ids: list[list[int]], tokens: list[str]) -> np.ndarray:
     keep = [i for i, n in counts.items()
             if n >= MIN_COUNT and _WORDLIKE.match(tokens[i]) and tokens[i] not in STOPWORDS]
     return np.array(sorted(keep), dtype=np.int64)
-
-
-def bags(token_ids: list[list[int]], vocab: np.ndarray) -> list[np.ndarray]:
-    """Each text's vocabulary positions (its words that have a dimension)."""
-    where = {int(t): i for i, t in enumerate(vocab)}
-    return [np.array(sorted({where[t] for t in ids if t in where}), dtype=np.int64) for ids in token_ids]
 
 
 def _targets(rows: list[np.ndarray], vocab: int) -> torch.Tensor:
@@ -210,7 +204,8 @@ def train_lite_sparse(model: str, data: str, out: Path, cache: Path, config: Spa
     ids = tokenize(train_data.texts)
     vocab = vocabulary(ids, tokens)
     log(f"vocabulary: {len(vocab)} WordPiece tokens of the training captions")
-    heads, history = train_sparse(train, bags(ids, vocab), dev, vocab, tokens, encoder.fingerprint, config, log)
+    caption_bags = bags(ids, position_table(vocab))
+    heads, history = train_sparse(train, caption_bags, dev, vocab, tokens, encoder.fingerprint, config, log)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, heads.save)
     return history

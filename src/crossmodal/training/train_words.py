@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..rerank.words import WordModel, lite_tokenizer
-from .train_sparse import bags, vocabulary
+from ..rerank.words import WordModel, bags, lite_tokenizer, position_table
+from .train_sparse import vocabulary
 
 
 def train_words(pooled: np.ndarray, texts: list[str], text_image: np.ndarray, share: float, epochs: int = 40,
@@ -27,7 +27,7 @@ def train_words(pooled: np.ndarray, texts: list[str], text_image: np.ndarray, sh
     vocab = vocabulary(ids, tokens)
     if not len(vocab):
         raise ValueError("no caption word is frequent enough for a word classifier")
-    caption_bags = bags(ids, vocab)
+    caption_bags = bags(ids, position_table(vocab))
     targets = np.zeros((len(pooled), len(vocab)), dtype=np.float32)
     counts = np.zeros(len(vocab))
     for j, words in enumerate(caption_bags):
