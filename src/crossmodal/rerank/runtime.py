@@ -25,12 +25,13 @@ DEFAULT_FOLDER = Path(__file__).resolve().parents[1] / "encoders" / "weights" / 
 GRAPHS = ("photo.onnx", "score.onnx")
 
 
-def weights_fingerprint(folder: Path, graphs: tuple[str, ...] = GRAPHS) -> str:
-    """sha256 over the ONNX graphs' names and bytes, first 16 hex digits."""
+def weights_fingerprint(folder: Path, graphs: tuple[str, ...] = GRAPHS, read: dict[str, bytes] | None = None) -> str:
+    """sha256 over the ONNX graphs' names and bytes, first 16 hex digits (``read``: files' bytes already read, by
+    name, so that several fingerprints of one folder read each file once)."""
     h = hashlib.sha256()
     for name in graphs:
         h.update(name.encode())
-        h.update((Path(folder) / name).read_bytes())
+        h.update(read[name] if read is not None else (Path(folder) / name).read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -45,13 +46,18 @@ class Reranker:
         self.tokens = int(self.meta["tokens"])
         self.d = int(self.meta["d"])
         words = (WORDS_FILE,) if (self.folder / WORDS_FILE).is_file() else ()
-        self.fingerprint = weights_fingerprint(self.folder, GRAPHS + words)  # what its scores depend on
+        read = {name: (self.folder / name).read_bytes() for name in GRAPHS + words}
+        self.fingerprint = weights_fingerprint(self.folder, GRAPHS + words, read)  # what its scores depend on
         # What stored photo tokens depend on: the photo graph alone (a re-quantised score graph keeps them); a
         # photo's stored words depend on the classifier too (None: no classifier, no words stored).
-        self.tokens_fingerprint = weights_fingerprint(self.folder, ("photo.onnx",))
-        self.words_fingerprint = weights_fingerprint(self.folder, ("photo.onnx", *words)) if words else None
-        self.stored_fingerprint = f"{self.tokens_fingerprint}/{self.words_fingerprint}"  # all a photo stores
+        self.tokens_fingerprint = weights_fingerprint(self.folder, ("photo.onnx",), read)
+        self.words_fingerprint = weights_fingerprint(self.folder, ("photo.onnx", *words), read) if words else None
         self.name = self.meta.get("name") or self.folder.name
+
+    @property
+    def stored_fingerprint(self) -> str:
+        """Names all a photo stores for this reranker (its tokens and words)."""
+        return f"{self.tokens_fingerprint}/{self.words_fingerprint}"
 
     @classmethod
     def load(cls, folder: str | Path | None = None, threads: int = 1) -> Reranker:

@@ -41,11 +41,15 @@ class WordSparse:
         rebuilt."""
         return f"words-{self.reranker.words_fingerprint}"
 
-    def text_rows(self, texts: list[str]) -> sparse.csr_matrix:
-        """Texts' rows; a text the model's English tower does not read (one the multilingual tower encodes)
-        has no words of this vocabulary, so its row is empty (as the reranker leaves such a query alone)."""
+    def _native(self, texts: list[str]) -> list[str]:
+        """The texts, each one the model's English tower does not read (one the multilingual tower encodes) left
+        empty: it has no words of this vocabulary, as the reranker leaves such a query alone."""
         encoder = self._encoder()
-        return self.words.text_rows([t if encoder.reads_natively(t) else "" for t in texts])
+        return [t if encoder.reads_natively(t) else "" for t in texts]
+
+    def text_rows(self, texts: list[str]) -> sparse.csr_matrix:
+        """Texts' rows (``_native``: an empty one for a text of another language)."""
+        return self.words.text_rows(self._native(texts))
 
     def item_rows(self, kind: str, store: ItemStore, ids: np.ndarray, vectors: np.ndarray) -> sparse.csr_matrix:
         """Stored items' rows: a photo's stored words (an empty row until the next ``index`` stores them for a
@@ -59,10 +63,10 @@ class WordSparse:
         """A text or photo query's row (a photo's from its own encoding, shared with the rerank stage), as the
         stored rows hold them; a mixed query has none, nor a photo when the model cannot give its spatial features
         (an older ONNX export). No SciPy: this is a cold text search's path."""
-        encoder = self._encoder()
         if query.modality == "text" and isinstance(query.source, str):
-            found = self.words.words_of([query.source])[0] if encoder.reads_natively(query.source) else []
-            return Row(np.asarray(found, dtype=np.int64), self.words.idf[found].astype(np.float32))
+            found = self.words.words_of(self._native([query.source]))[0]
+            return Row(found, self.words.idf[found].astype(np.float32))
+        encoder = self._encoder()
         if query.modality == "image" and query.source is not None and encoder.rerank_inputs:
             from .rerank import photo_query_inputs
 
