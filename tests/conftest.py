@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -112,3 +113,11 @@ def album_photos(root: Path, n: int, seed: int) -> Path:
         make_photo(root / "photos" / ("paris" if i % 2 else "rome") / f"p{i:02d}.jpg", color, size=(96, 72),
                    noise=int(rng.integers(5, 60)))
     return root / "photos"
+
+
+def sample_photos(folder: Path, n: int) -> Path:
+    """A folder holding copies of the first ``n`` sample photos (by name)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for photo in sorted((SAMPLES / "photos").glob("*.jpg"))[:n]:
+        shutil.copy(photo, folder / photo.name)
+    return folder

@@ -4,7 +4,6 @@ no transformers), the text graph alone opened, and the same results as the trans
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SAMPLES
+from conftest import sample_photos
 from crossmodal import Collection
 from crossmodal.encoders import load_encoder
 from crossmodal.encoders.onnx import TextInputs
@@ -49,11 +48,8 @@ def lite():
 @pytest.fixture(scope="module")
 def collection(lite, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("cold")
-    for photo in sorted((SAMPLES / "photos").glob("*.jpg"))[:12]:
-        (folder / "photos").mkdir(exist_ok=True)
-        shutil.copy(photo, folder / "photos" / photo.name)
     with Collection.open(folder / "col", model=lite) as c:
-        c.index_folder(folder / "photos", progress=False)  # as `crossmodal index` does: its indexes built
+        c.index_folder(sample_photos(folder / "photos", 12), progress=False)  # as `crossmodal index` does
     return folder / "col"
 
 

@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import sample_photos
 from crossmodal import Collection
 from crossmodal.search import hybrid
 from crossmodal.search.pipeline import Ranking
-
-SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "photos"
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +26,6 @@ def lite():
     if reranker is None or reranker.words is None:
         pytest.skip("lite ships no reranker with a word classifier")
     return encoder, reranker
-
-
-def _photos(folder: Path, n: int) -> Path:
-    folder.mkdir()
-    for photo in sorted(SAMPLES.glob("*.jpg"))[:n]:
-        shutil.copy(photo, folder / photo.name)
-    return folder
 
 
 def _brute(c: Collection, query: str) -> np.ndarray:
@@ -59,7 +51,7 @@ def test_indexing_stores_each_photos_words_and_hybrid_search_fuses_them(tmp_path
     from crossmodal.sources.datasets import CaptionDataset
 
     encoder, reranker = lite
-    folder = _photos(tmp_path / "photos", 12)
+    folder = sample_photos(tmp_path / "photos", 12)
     with Collection.open(tmp_path / "c", model=encoder) as c:
         c.index_folder(folder, progress=False)
         assert (c.folder / "index" / "words-image.npz").is_file()  # built when indexing, not by the first search
@@ -90,7 +82,7 @@ def test_photos_get_their_words_when_the_reranker_gains_a_classifier(tmp_path: P
     from crossmodal.search.sparse_words import WordSparse
 
     encoder, reranker = lite
-    folder = _photos(tmp_path / "photos", 6)
+    folder = sample_photos(tmp_path / "photos", 6)
     Collection.open(tmp_path / "c", model=encoder).close()
     own = tmp_path / "c" / RERANKER_DIR
     shutil.copytree(reranker.folder, own, ignore=shutil.ignore_patterns("words.npz"))
