@@ -91,6 +91,19 @@ def test_ranking_options_and_min_score_paging(client: TestClient) -> None:
     assert bad.status_code == 422
 
 
+def test_the_servers_ranking_options_are_the_default_of_each_request(folder: Path) -> None:
+    query = {"text": "a black dog running on the grass", "k": 8, "kind": "text"}
+    with Collection.open(folder / "col") as c:
+        dense = c.search(query["text"], kind="text", k=8, ranking=Ranking(retriever="dense"))
+        hybrid = c.search(query["text"], kind="text", k=8, ranking=Ranking(retriever="hybrid"))
+    assert [h.score for h in dense] != [h.score for h in hybrid]  # BM25 adds to the texts that share words
+    with TestClient(create_app(folder / "col", ranking=Ranking(retriever="dense"))) as server:
+        served = server.post("/api/search", json=query).json()["results"]
+        asked = server.post("/api/search", json={**query, "retriever": "hybrid"}).json()["results"]
+    assert np.allclose([h["score"] for h in served], [h.score for h in dense], atol=1e-5)
+    assert np.allclose([h["score"] for h in asked], [h.score for h in hybrid], atol=1e-5)
+
+
 def test_more_like_this_mixes_and_items(client: TestClient) -> None:
     hit = client.post("/api/search", json={"text": "a black dog", "k": 1}).json()["results"][0]
     similar = client.get(f"/api/items/{hit['id']}/similar", params={"k": 5}).json()

@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -113,7 +112,8 @@ class SearchIn(BaseModel):
         return Ranking(norm=default.norm if self.norm is None else self.norm,
                        rerank=default.rerank if self.rerank is None else self.rerank,
                        min_score=default.min_score if self.min_score is None else self.min_score,
-                       diversity=default.diversity if self.diverse is None else self.diverse)
+                       diversity=default.diversity if self.diverse is None else self.diverse,
+                       retriever=default.retriever if self.retriever is None else self.retriever)
 
 
 @pydantic_dataclass
@@ -267,8 +267,6 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
     async def run_search(job: SearchJob, body: SearchIn, read: Understood | None = None) -> JSONResponse:
         start = time.perf_counter()
         job.k, job.kind, job.path, job.ranking = body.k + body.offset, body.kind, body.path, body.ranking(ranking)
-        if body.retriever is not None:
-            job.ranking = replace(job.ranking, retriever=body.retriever)
         job.where = tuple(check_filters(state["collection"], body.where)) + tuple(read.conditions if read else ())
         try:
             hits = await state["batcher"].search(job)
