@@ -41,6 +41,18 @@ def test_bm25_finds_file_names_folders_and_fields(collection: Collection) -> Non
     assert found(collection, "the") == [] and found(collection, "   ") == []
 
 
+def test_a_word_half_the_items_hold_is_left_out_when_others_remain(collection: Collection) -> None:
+    db = collection.store.db
+    assert db.execute("SELECT count(*) FROM keywords").fetchone()[0] == 6  # "brittany": the 3 photos' field
+    with_it = db.execute("SELECT rowid, -bm25(keywords, 0, 2, 1, 1, 2) FROM keywords WHERE keywords MATCH "
+                         "'\"brittany\" OR \"eiffel\"' ORDER BY 2 DESC").fetchall()
+    assert len(with_it) == 3 and max(score for _, score in with_it[1:]) < 1e-5  # BM25 gives it no weight
+    for generation in (None, collection.store.generation):
+        scores, ids = keywords.search(db, "brittany eiffel", "image", 10, generation=generation)
+        assert ids.tolist() == [with_it[0][0]] and abs(float(scores[0]) - with_it[0][1]) < 1e-5
+    assert len(found(collection, "brittany")) == 3  # the only word: kept
+
+
 def test_an_exact_phrase_must_appear_as_written(collection: Collection) -> None:
     assert found(collection, '"red car"', "text") == ["a red car parked by the road"]
     assert set(found(collection, "red car", "text")) == {"a red car parked by the road",

@@ -12,6 +12,7 @@ from crossmodal import Collection
 from crossmodal.encoders.base import normalize
 from crossmodal.search.exact import topk
 from crossmodal.search.filters import parse_condition
+from crossmodal.search.pipeline import Ranking
 from crossmodal.search.query import Term, parse_term, query_vector
 
 
@@ -30,7 +31,8 @@ def test_topk_matches_brute_force_and_breaks_ties_by_row() -> None:
     assert topk(many_ties, np.ones((2, 4)), 5)[1].tolist() == [[0, 3, 6, 9, 12]] * 2
 
 
-def test_topk_with_mask_and_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("step", [7, 2])  # a sparse mask gathers its rows, a dense one masks scanned blocks
+def test_topk_with_mask_and_blocks(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     import crossmodal.search.exact as exact
 
     monkeypatch.setattr(exact, "BLOCK", 16)
@@ -38,7 +40,7 @@ def test_topk_with_mask_and_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     vectors = rng.normal(size=(100, 8)).astype(np.float32)
     q = rng.normal(size=8).astype(np.float32)
     mask = np.zeros(100, dtype=bool)
-    mask[::7] = True
+    mask[::step] = True
     _, rows = topk(vectors, q, 5, mask)
     allowed = np.flatnonzero(mask)
     assert rows[0].tolist() == allowed[np.argsort(-(vectors[allowed] @ q))[:5]].tolist()
@@ -106,6 +108,24 @@ def test_search_texts_and_deletes_are_visible(tagged: Collection) -> None:
     assert [h.text for h in hits][0] == "red red red" and len(hits) == 2
     tagged.remove([hits[0].id])
     assert [h.text for h in tagged.search("red", kind="text", k=5)] == ["blue sky"]
+
+
+def test_exact_search_over_a_vector_file_out_of_id_order(tagged: Collection, tmp_path: Path) -> None:
+    from crossmodal.collection.vector_file import GatheredRows
+
+    for i in (2, 5):  # re-embedded: new rows at the end of the file, their old rows unused
+        make_photo(tmp_path / "photos" / "blue" / f"{i}.png", (200, 200 - 30 * i, 40))
+    tagged.index_folder(tmp_path / "photos" / "blue", fields={"album": "blue"}, progress=False)
+    ids, matrix = tagged.store.matrix("image")
+    assert isinstance(matrix, GatheredRows)
+    vectors = np.asarray(matrix)
+    blue = [i.id for i in tagged.store.select("kind = 'image' AND path LIKE '%blue%'")]
+    for query, where in (("a photo", []), ("red", ["album=blue"])):
+        q = tagged.encoder.encode_texts([query])[0]
+        keep = np.isin(ids, blue) if where else np.ones(len(ids), dtype=bool)
+        expected = ids[keep][np.argsort(-(vectors[keep] @ q), kind="stable")][:4]
+        assert [h.id for h in tagged.search(query, k=4, where=where, ranking=Ranking(retriever="dense"))] == \
+            expected.tolist()
 
 
 def test_reopened_collection_answers_the_same(tagged: Collection) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from collections.abc import Callable
+from functools import lru_cache, partial
 
 import numpy as np
 
@@ -84,14 +86,16 @@ def available(db: sqlite3.Connection) -> bool:
     return _version(db) == VERSION
 
 
-def match_expression(query: str) -> str | None:
+def match_expression(query: str, held_widely: Callable[[str], bool] | None = None) -> str | None:
     """An FTS5 query for a user's words: "quoted phrases" are required, other words are alternatives
-    (common words left out when others remain); None when there is no word at all."""
+    (stopwords, and words ``held_widely``, left out when others remain); None when there is no word at all."""
     phrases = [p.split() for p in _PHRASE.findall(query)]
     phrases = [" ".join(_WORD.findall(" ".join(p))) for p in phrases]
     phrases = [f'"{p}"' for p in phrases if p]
     words = [w.lower() for w in _WORD.findall(_PHRASE.sub(" ", query))]
     kept = [w for w in words if w not in STOPWORDS] or words
+    if held_widely is not None:
+        kept = [w for w in kept if not held_widely(w)] or kept
     terms = list(dict.fromkeys(f'"{w}"' for w in kept))
     if phrases:
         required = " AND ".join(phrases)
@@ -99,14 +103,18 @@ def match_expression(query: str) -> str | None:
     return " OR ".join(terms) or None
 
 
-def search(db: sqlite3.Connection, query: str, kind: str, k: int, allowed: np.ndarray | None = None
-           ) -> tuple[np.ndarray, np.ndarray]:
+def search(db: sqlite3.Connection, query: str, kind: str, k: int, allowed: np.ndarray | None = None,
+           generation: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` items of ``kind`` (among ``allowed`` ids, if given) that match ``query`` best by BM25:
-    (scores, ids), highest first (scores are positive; equal scores keep the lower id first)."""
+    (scores, ids), highest first (scores are positive; equal scores keep the lower id first).
+
+    Words that half the rows or more hold are left out when others remain: BM25 gives them no weight, yet
+    ranking their matches would read every one (a folder all photos share). ``generation``, the store's,
+    lets their counts be remembered until it changes."""
     if not available(db):
         raise NoKeywordIndex("this collection has no keyword index yet: run `crossmodal index` on it once "
                              "with write access (or open it from Python without read-only)")
-    expression = match_expression(query)
+    expression = match_expression(query, partial(_held_widely, db, generation))
     if expression is None or k < 1 or (allowed is not None and not len(allowed)):
         return np.zeros(0, np.float32), np.zeros(0, np.int64)
     rank = f"bm25(keywords, {', '.join(map(str, WEIGHTS))})"
@@ -118,6 +126,25 @@ def search(db: sqlite3.Connection, query: str, kind: str, k: int, allowed: np.nd
     rows = db.execute(f"{sql} ORDER BY score DESC, rowid LIMIT ?", [*params, k]).fetchall()
     return (np.array([r[1] for r in rows], dtype=np.float32).reshape(-1),
             np.array([r[0] for r in rows], dtype=np.int64).reshape(-1))
+
+
+def _held_widely(db: sqlite3.Connection, generation: int | None, word: str) -> bool:
+    """Whether half the keyword rows or more hold ``word``: FTS5's BM25 clamps such a word's idf,
+    log((N - n + 0.5) / (n + 0.5)) with n of N rows holding it, to 1e-6 (counts cached per ``generation``,
+    none when it is None)."""
+    holding, rows = (_holding, _rows) if generation is not None else (_holding.__wrapped__, _rows.__wrapped__)
+    n = holding(db, generation, word)
+    return n > 0 and 2 * n >= rows(db, generation)
+
+
+@lru_cache(maxsize=4096)
+def _holding(db: sqlite3.Connection, generation: int | None, word: str) -> int:
+    return db.execute("SELECT count(*) FROM keywords WHERE keywords MATCH ?", (f'"{word}"',)).fetchone()[0]
+
+
+@lru_cache(maxsize=64)
+def _rows(db: sqlite3.Connection, generation: int | None) -> int:
+    return db.execute("SELECT count(*) FROM keywords").fetchone()[0]
 
 
 def _version(db: sqlite3.Connection) -> str | None:

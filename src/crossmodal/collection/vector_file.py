@@ -128,6 +128,14 @@ class GatheredRows:
         out[order] = self.mapping[rows[order], : self.cols]
         return out
 
+    def file_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """(the position in this view of each row of the file up to the last one used, -1 where unused; those
+        rows of the file, ``cols`` columns): an exact search scans them front to back rather than gather them."""
+        stop = int(self.row_of.max()) + 1 if len(self.row_of) else 0
+        position = np.full(stop, -1, dtype=np.int64)
+        position[self.row_of] = np.arange(len(self.row_of))
+        return position, self.mapping[:stop, : self.cols]
+
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self[:]
         return out if dtype is None else out.astype(dtype)

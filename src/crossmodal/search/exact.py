@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 BLOCK = 65536
+# A mask that keeps at least this share of the rows is applied to the scores of contiguous blocks: gathering
+# the rows it keeps would copy most of the matrix on every search.
+SCAN_SHARE = 0.25
 
 
 def scores(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -28,13 +31,17 @@ def topk(vectors: np.ndarray, queries: np.ndarray, k: int, mask: np.ndarray | No
     best_rows = np.zeros((len(queries), 0), dtype=np.int64)
     if k <= 0:
         return best_scores, best_rows
-    contiguous = mask is None
+    contiguous = mask is None or len(rows) >= SCAN_SHARE * len(vectors)
+    if contiguous:
+        rows = np.arange(len(vectors))
     for start in range(0, len(rows), BLOCK):
         block_rows = rows[start:start + BLOCK]
         block = vectors[start:start + BLOCK] if contiguous else vectors[block_rows]
         block_scores = scores(block, queries)
         if bias is not None and shares is not None:
             block_scores -= np.outer(shares, bias[block_rows]).astype(np.float32)
+        if contiguous and mask is not None:
+            block_scores[:, ~mask[start:start + BLOCK]] = -np.inf
         best_scores = np.concatenate([best_scores, block_scores], axis=1)
         best_rows = np.concatenate([best_rows, np.broadcast_to(block_rows, block_scores.shape)], axis=1)
         if best_scores.shape[1] > k:

@@ -144,7 +144,8 @@ def stage(collection: Collection, queries: Sequence[Query], dense: list[Ranked],
     out = []
     for query, share, ranked in zip(queries, shares, dense, strict=True):
         words = words_of(query)
-        found = (keywords.search(collection.store.db, words, kind, fetch, allowed) if words
+        store = collection.store
+        found = (keywords.search(store.db, words, kind, fetch, allowed, store.generation) if words
                  else (np.zeros(0, np.float32), np.zeros(0, np.int64)))
         keep = ~np.isin(found[1], np.asarray(query.exclude, dtype=np.int64)) & _stored(collection, kind, found[1])
         found = (found[0][keep], found[1][keep])

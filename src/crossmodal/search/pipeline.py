@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from ..collection.vector_file import GatheredRows
 from ..defaults import DEFAULT_RERANK, DEFAULT_RETRIEVER
 from . import hybrid
 from .diversity import POOL, check_lambda, mmr
@@ -270,8 +271,17 @@ def retrieve(collection: Collection, vectors: np.ndarray, shares: np.ndarray, no
         ids, matrix = collection.store.matrix(kind)
         mask = None if allowed is None else np.isin(ids, allowed)
         biases = collection.store.biases(kind) if normalised else None
-        scores, rows = topk(matrix, vectors, fetch, mask, biases, shares)
-        return scores, ids[rows]
+        if not isinstance(matrix, GatheredRows):
+            scores, rows = topk(matrix, vectors, fetch, mask, biases, shares)
+            return scores, ids[rows]
+        # the file holds the rows in another order (after re-embeds): scan it as it lies, unused rows masked
+        position, matrix = matrix.file_order()
+        used = np.maximum(position, 0)
+        mask = (position >= 0) & (True if mask is None else mask[used])
+        scores, rows = topk(matrix, vectors, fetch, mask, None if biases is None else biases[used], shares)
+        found = ids[position[rows]]
+        order = np.lexsort((found, -scores), axis=1)  # equal scores by id, as in id order
+        return np.take_along_axis(scores, order, axis=1), np.take_along_axis(found, order, axis=1)
     queries = augment_queries(vectors, shares, index_dim(vectors.shape[1], index.kind))
     return index.query(queries, fetch, allowed=allowed, lookup=collection.indexes.lookup(kind, index))
 
