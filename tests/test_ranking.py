@@ -3,6 +3,7 @@ rerank stage, the score cutoff, and eval ranking the way search does."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -252,6 +253,35 @@ def test_eval_with_rerank_equals_search_with_rerank(lite_samples: Collection) ->
         hits = c.search(image=photo, kind="text", k=10, ranking=ranking)
         assert [h.id for h in hits] == text_ids[order].tolist()
         assert np.allclose([h.score for h in hits], expected, atol=1e-3)  # the query photo encoded alone
+
+
+def test_a_photo_query_runs_the_photo_tower_once(lite_samples: Collection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its vector and the grid the rerank and hybrid stages read come from one model call, searched alone or
+    in the server's batches; the answers are those of encoding it twice."""
+    from crossmodal.server.batcher import SearchBatcher, SearchJob
+    from crossmodal.sources.images import load_image
+
+    c, encoder = lite_samples, lite_samples.encoder
+    photo = SAMPLES / "photos" / "1679557684_50a206e4a9.jpg"
+    twice = [(h.id, h.score) for h in c.search(image=photo, kind="text", k=5)]
+    calls = []
+
+    def counted(name: str):
+        call = getattr(encoder, name)
+        return lambda *args: calls.append(name) or call(*args)
+
+    for name in ("encode_images", "encode_prepared_grids"):
+        monkeypatch.setattr(encoder, name, counted(name))
+    once = [(h.id, h.score) for h in c.search(image=photo, kind="text", k=5)]
+    assert calls == ["encode_prepared_grids"]
+    assert [i for i, _ in once] == [i for i, _ in twice] and np.allclose([s for _, s in once], [s for _, s in twice])
+    calls.clear()
+    batcher = SearchBatcher(c, max_wait=0.01)
+    try:
+        served = asyncio.run(batcher.search(SearchJob(images=[(1.0, load_image(photo))], k=5, kind="text")))
+    finally:
+        batcher.close()
+    assert calls == ["encode_prepared_grids"] and [h.id for h in served] == [i for i, _ in twice]
 
 
 def test_rerank_reorders_only_the_top_n(lite_samples: Collection) -> None:

@@ -85,6 +85,8 @@ class Query:
     source: Any = None
     exclude: Sequence[int] = ()
     states: tuple[np.ndarray, np.ndarray] | None = None  # a text source's token states and mask, if at hand
+    # a photo source's spatial features (1, C, H, W) for the reranker, if at hand
+    grid: np.ndarray | None = field(default=None, compare=False, repr=False)
     # the best caption-word score over a whole sharded collection, gathered from its shards, so that each shard
     # scales the hybrid's word evidence as one collection would (search/hybrid.py); None: the candidates' best
     words_best: float | None = None

@@ -74,14 +74,18 @@ def encode_query(encoder: Encoder, terms: list[Term], max_pixels: int | None = N
         else:
             vecs = encoder.encode_texts(values)
         parts += [(t.weight, v) for t, v in zip(texts, vecs, strict=True)]
+    grid = None
     if images:
         kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
         photos = [load_image(t.value, **kwargs) for t in images]
-        vecs = encoder.encode_images(photos)
+        if len(terms) == 1 and encoder.rerank_inputs:  # the reranker reads a lone photo's grid: same pass
+            vecs, grid = encoder.encode_prepared_grids([encoder.prepare_image(photos[0])])
+        else:
+            vecs = encoder.encode_images(photos)
         parts += [(t.weight, v) for t, v in zip(images, vecs, strict=True)]
     ordered = [(t.weight, False) for t in texts] + [(t.weight, True) for t in images]
     return Query(combine(parts, encoder.dim), *modality_of(ordered, [str(t.value) for t in texts] + photos),
-                 states=states)
+                 states=states, grid=grid)
 
 
 def text_queries(encoder: Encoder, texts: Sequence[str], states: bool = False) -> list[Query]:

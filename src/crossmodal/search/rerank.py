@@ -65,7 +65,9 @@ def photo_query_inputs(encoder: Encoder, reranker: Reranker, query: Query) -> tu
     (None when the reranker has no word classifier), computed once per query: the hybrid and rerank stages
     both read them."""
     if "photo" not in query.memo:
-        _, grid = encoder.encode_prepared_grids([encoder.prepare_image(query.source)])
+        grid = query.grid
+        if grid is None:
+            _, grid = encoder.encode_prepared_grids([encoder.prepare_image(query.source)])
         query.memo["photo"] = reranker.photo_tokens(grid), reranker.photo_words(grid)
     return query.memo["photo"]
 

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ..collection.collection import Collection, Hit
+from ..encoders.base import Encoder
 from ..search.filters import Condition
 from ..search.pipeline import Query, Ranking
 from ..search.query import combine, modality_of
@@ -42,18 +43,20 @@ class SearchJob:
     exclude: list[int] = field(default_factory=list)
     future: Future = field(default_factory=Future)
 
-    def query(self, text_vectors: Iterator[tuple[np.ndarray, Any]], image_vectors: Iterator[np.ndarray], dim: int
-              ) -> Query:
-        """This job's query, taking its terms' vectors (and texts' token states) from the batch's encoded texts
-        and photos in order."""
+    def query(self, text_vectors: Iterator[tuple[np.ndarray, Any]], image_vectors: Iterator[tuple[np.ndarray, Any]],
+              dim: int) -> Query:
+        """This job's query, taking its terms' vectors (and texts' token states, photos' grids) from the batch's
+        encoded texts and photos in order."""
         texts = [(w, *next(text_vectors)) for w, _ in self.texts]
-        parts = [(w, v) for w, v, _ in texts] + [(w, next(image_vectors)) for w, _ in self.images]
+        photos = [(w, *next(image_vectors)) for w, _ in self.images]
+        parts = [(w, v) for w, v, _ in texts] + [(w, v) for w, v, _ in photos]
         terms = [(w, False) for w, _ in self.texts] + [(w, True) for w, _ in self.images]
         terms += [(w, kind == "image") for w, _, kind in self.vectors]
         values = [t for _, t in self.texts] + [im for _, im in self.images] + [None] * len(self.vectors)
         vector = combine(parts + [(w, v) for w, v, _ in self.vectors], dim)
         states = texts[0][2] if len(texts) == 1 else None
-        return Query(vector, *modality_of(terms, values), exclude=self.exclude, states=states)
+        grid = photos[0][2] if len(photos) == 1 else None
+        return Query(vector, *modality_of(terms, values), exclude=self.exclude, states=states, grid=grid)
 
 
 class SearchBatcher:
@@ -127,6 +130,16 @@ class SearchBatcher:
             return list(zip(vectors, states, strict=True))
         return [(v, None) for v in encoder.encode_texts(texts)]
 
+    @staticmethod
+    def _encode_images(encoder: Encoder, images: list[Image.Image]) -> list[tuple[np.ndarray, Any]]:
+        """The batch's photos' (vector, spatial features for the reranker, or None), from one model call."""
+        if not images:
+            return []
+        if encoder.rerank_inputs:
+            vectors, grids = encoder.encode_prepared_grids([encoder.prepare_image(im) for im in images])
+            return [(v, g[None]) for v, g in zip(vectors, grids, strict=True)]
+        return [(v, None) for v in encoder.encode_images(images)]
+
     def _serve(self, batch: list[SearchJob]) -> None:
         if self.on_batch is not None:
             self.on_batch(len(batch))
@@ -134,7 +147,7 @@ class SearchBatcher:
         texts = [t for job in batch for _, t in job.texts]
         images = [im for job in batch for _, im in job.images]
         text_vecs = iter(self._encode_texts(encoder, texts, batch))
-        image_vecs = iter(encoder.encode_images(images)) if images else iter(())
+        image_vecs = iter(self._encode_images(encoder, images))
         groups: dict[tuple, list[tuple[SearchJob, Query]]] = defaultdict(list)
         for job in batch:
             try:
