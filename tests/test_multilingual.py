@@ -275,6 +275,49 @@ def test_queries_in_other_languages_are_not_reranked(english_collection: Collect
     assert ranked(english, 8) != ranked(english, 0)
 
 
+def test_queries_the_tower_encodes_are_normalised_by_its_bank(english_collection: Collection) -> None:
+    """A German query's scores subtract the photos' biases against the tower's own bank, an English one's those
+    against the model's bank; eval ranks them as search does."""
+    from crossmodal.evaluation.runner import embed_dataset, pipeline_scores
+    from crossmodal.search.pipeline import Ranking
+    from crossmodal.sources.datasets import CaptionDataset
+
+    encoder = load_encoder("lite")
+    if encoder.multilingual is None or encoder.multilingual.bank is None:
+        pytest.skip("lite ships no multilingual tower with a bank here")
+    c = Collection.open(english_collection.folder, model=encoder)
+    ids, matrix = c.store.matrix("image")
+    vectors = np.asarray(matrix, dtype=np.float32)
+    tower_bank, model_bank = encoder.multilingual.bank, c.store.bank
+    english, german = TRANSLATED["3419634480_c390f62a6e.jpg"][:2]
+    dense = Ranking(rerank=0, retriever="dense")
+    for text, reference in ((german, tower_bank), (english, model_bank)):
+        scores = vectors @ encoder.encode_texts([text])[0] - reference.share * reference.biases("image", vectors)
+        hits = c.search(text, k=5, ranking=dense)
+        assert [h.id for h in hits] == ids[np.argsort(-scores, kind="stable")[:5]].tolist()
+        assert np.allclose([h.score for h in hits], np.sort(scores)[::-1][:5], atol=1e-5)
+    assert (c.folder / "index" / "tower-biases-image.npz").is_file()
+    exact = [(h.id, h.score) for h in c.search(german, k=5, ranking=dense)]
+    c.configure_index("hnsw")  # its vectors hold the model's biases: the tower's replace them on its candidates
+    try:
+        assert [h.id for h in c.search(german, k=5, ranking=dense)] == [i for i, _ in exact]
+        assert np.allclose([h.score for h in c.search(german, k=5, ranking=dense)], [s for _, s in exact], atol=1e-5)
+    finally:
+        c.configure_index("auto")
+    texts = [t for group in TRANSLATED.values() for t in group]
+    photos = [Path(it.path) for it in c.store.get(ids).values()]
+    data = CaptionDataset(name="translated", images=photos, texts=texts, text_image=np.array(
+        [[p.name for p in photos].index(name) for name, group in TRANSLATED.items() for _ in group]))
+    emb = embed_dataset(encoder, data, progress=False)  # eval's own vectors (the int8 tower's vary with the batch)
+    rows = pipeline_scores(encoder, emb, dense, model_bank, None)("t2i", np.arange(len(texts)), np.arange(len(ids)))
+    took = [not encoder.reads_natively(t) for t in texts]
+    assert any(took) and not all(took)
+    for row, text_took in enumerate(took):
+        reference = tower_bank if text_took else model_bank
+        assert np.allclose(rows[row], emb.images @ emb.texts[row] - reference.share * reference.biases(
+            "image", emb.images), atol=1e-5)
+
+
 def test_train_multilingual_command_writes_a_head_the_model_loads(tmp_path: Path) -> None:
     rows = []
     for name, texts in TRANSLATED.items():
@@ -300,3 +343,5 @@ def test_train_multilingual_command_writes_a_head_the_model_loads(tmp_path: Path
     assert "dev es: RSUM" in result.output
     tower = TowerWeights.load(out / HEAD_FILE)
     assert tower.model_fingerprint == load_encoder("lite").fingerprint and tower.frozen == 8
+    bank = MultilingualTower(tower).bank  # its normalisation bank: its vectors of the German training captions
+    assert bank is not None and bank.vectors("texts").shape == (len(TRANSLATED), tower.dim)

@@ -43,6 +43,7 @@ from .video_sync import index_videos
 
 if TYPE_CHECKING:
     from .sparse_index import SparseIndexes
+    from .tower_biases import TowerBiases
 
 DEFAULT_MODEL = "lite"
 SHARDS_FILE = "shards.json"  # marks a sharded collection's folder (sharded.py)
@@ -199,6 +200,15 @@ class Collection(Searchable):
 
         return SparseIndexes(self.folder, self.store, find_words(self.store.reranker, lambda: self.encoder), "words")
 
+    @cached_property
+    def tower_biases(self) -> TowerBiases:
+        """The photos' biases for the queries the model's multilingual tower encodes, against that tower's own
+        bank (collection/tower_biases.py); none when the model has no tower or the tower no bank."""
+        from .tower_biases import TowerBiases
+
+        tower = self.encoder.multilingual
+        return TowerBiases(self.folder, self.store, None if tower is None else tower.bank)
+
     def matches(self, kind: str, condition: Condition) -> bool:
         """Whether any item of ``kind`` meets ``condition`` (a date or place read from a query's words)."""
         sql, params = where_clause(kind, None, [condition])
@@ -311,11 +321,12 @@ class Collection(Searchable):
     def refresh_indexes(self, progress: bool = False) -> None:
         """Bring every index up to date now, so that the next search finds it ready (``index`` does this
         at its end; otherwise the next search does it), compacting vector files with many unused rows first;
-        the hybrid retriever's word index too, when the collection has one."""
+        the hybrid retriever's word index and the multilingual tower's photo biases too, when there are ones."""
         for item_kind in KINDS:
             self.store.compact(item_kind)
             self.indexes.get(item_kind, progress=progress)
             self.words.get(item_kind)  # None, at once, when the collection's reranker has no word classifier
+        self.tower_biases.get("image")  # None, at once, when the model has no multilingual tower with a bank
 
     # -- facts -------------------------------------------------------------------------------------
 

@@ -17,18 +17,23 @@ import os
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .base import normalize
 
+if TYPE_CHECKING:
+    from ..search.normalise import Bank
+
 SHIPPED = Path(__file__).parent / "weights"
 HEAD_FILE = "multilingual.safetensors"
+BANK_SUFFIX = ".bank.npz"  # beside the tower's file: the tower's own vectors of captions, to normalise its queries
+BANK_SIZE = 3000  # captions in a tower's bank (chosen on Multi30K dev: docs/benchmarks.md)
 REMEMBERED = 65_536  # routing decisions kept (text -> took this tower), for the reranker's question
 EXPORT_VERSION = 2  # bump when the export changes, so caches written by older code are not reused
 BATCH = 64
@@ -65,6 +70,15 @@ class TowerWeights:
     @property
     def dim(self) -> int:
         return int(self.tensors["proj.weight"].shape[0])
+
+    @property
+    def id(self) -> str:
+        """Names these weights (what the tower's own bank was encoded with): their projection and metadata."""
+        import hashlib
+
+        digest = hashlib.blake2b(np.ascontiguousarray(self.tensors["proj.weight"]).tobytes(), digest_size=8)
+        digest.update(json.dumps(self.metadata, sort_keys=True).encode())
+        return digest.hexdigest()
 
     @classmethod
     def load(cls, path: Path) -> TowerWeights:
@@ -132,6 +146,22 @@ class MultilingualTower:
         with self._opening:
             self.threads, self._session = threads, None
 
+    @cached_property
+    def bank(self) -> Bank | None:
+        """The tower's own normalisation bank (``BANK_SUFFIX`` beside its file): its vectors of captions in the
+        languages it reads, the reference set for its queries' photo biases (collection/tower_biases.py); None
+        when there is none for these weights (its queries then take the model's bank)."""
+        from ..search.normalise import Bank
+
+        path = bank_path(self.weights.path) if self.weights.path is not None else None
+        if path is None or not path.is_file():
+            return None
+        try:
+            bank = Bank.open(path)
+        except (OSError, ValueError, KeyError):
+            return None
+        return bank if bank.fingerprint == self.weights.id else None
+
     def warm(self) -> None:
         """Open the tower now (the first time: export it, tens of seconds), so that a server's first query in
         another language does not wait for it."""
@@ -197,6 +227,26 @@ def _exported(weights: TowerWeights) -> Path:
     tqdm.write(f"exporting the multilingual query tower to ONNX Runtime (once) into {folder}")
     publish(folder, "tower.onnx", build)
     return folder
+
+
+def bank_path(weights_path: Path) -> Path:
+    """Where the bank of the tower in ``weights_path`` lives."""
+    return Path(weights_path).with_suffix(BANK_SUFFIX)
+
+
+def build_bank(encode: Callable[[list[str]], np.ndarray], texts: Sequence[str], weights: TowerWeights,
+               size: int = BANK_SIZE, seed: int = 0) -> Bank:
+    """The bank of the tower with ``weights`` (as saved): its vectors (``encode``) of ``size`` of ``texts``
+    (drawn at random: captions in the languages it serves, not English), the reference captions that rank
+    photos (no reference photos: its queries are texts)."""
+    from ..search.normalise import Bank
+
+    texts = [t for t in dict.fromkeys(texts) if t.strip()]
+    if not texts:
+        raise ValueError("a tower's bank needs captions in the languages it reads")
+    picked = np.random.default_rng(seed).choice(len(texts), min(size, len(texts)), replace=False)
+    vectors = encode([texts[i] for i in sorted(picked)])
+    return Bank(vectors, np.zeros((0, vectors.shape[1]), np.float32), fingerprint=weights.id)
 
 
 def find_multilingual(fingerprint: str, *candidates: Path) -> MultilingualTower | None:

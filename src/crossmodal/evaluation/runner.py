@@ -136,9 +136,12 @@ def pipeline_scores(encoder: Encoder, emb: Embedded, ranking: Ranking, bank: Ban
         if heads is None:
             raise ValueError(f"the model {encoder.name!r} has no sparse heads (train some with `crossmodal train "
                              "--sparse`)")
+    tower = encoder.multilingual
+    took = np.array([not encoder.reads_natively(t) for t in emb.data.texts], dtype=bool)
     return SetScores(emb.images, emb.texts, ranking, bank, rerankers, timings,
                      dataset_keywords(emb.data) if ranking.retriever != "dense" else None,
-                     None if heads is None else dataset_sparse(heads, emb))
+                     None if heads is None else dataset_sparse(heads, emb),
+                     (tower.bank, took) if tower is not None and tower.bank is not None and took.any() else None)
 
 
 def dataset_sparse(heads: SparseModel, emb: Embedded) -> Callable[[str, np.ndarray, np.ndarray], np.ndarray]:

@@ -21,7 +21,7 @@ from ..collection import keywords
 
 if TYPE_CHECKING:
     from ..collection.collection import Collection
-    from .pipeline import Query
+    from .pipeline import Query, TowerBiases
 
 RETRIEVERS = ("dense", "keyword", "sparse", "hybrid")
 WEIGHT = 0.1  # the share of the normalised BM25 score in a hybrid score
@@ -134,15 +134,16 @@ def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
 
 
 def stage(collection: Collection, queries: Sequence[Query], dense: list[Ranked], *, kind: str,
-          allowed: np.ndarray | None, fetch: int, retriever: str, shares: np.ndarray, reranked: bool
-          ) -> list[Ranked]:
+          allowed: np.ndarray | None, fetch: int, retriever: str, shares: np.ndarray, reranked: bool,
+          tower: TowerBiases | None = None) -> list[Ranked]:
     """The keyword, sparse or hybrid retriever's candidates for each query, from the dense ones (call holding
     the collection's lock): keyword and sparse replace them by their own lists, hybrid fuses dense, BM25 and
-    the caption words (``with_words``; ``reranked``: the rerank stage will re-score the top)."""
+    the caption words (``with_words``; ``reranked``: the rerank stage will re-score the top; ``tower``: the
+    biases of the queries the multilingual tower encoded)."""
     if retriever == "sparse":
         return sparse_stage(collection, queries, kind=kind, allowed=allowed, fetch=fetch)
     out = []
-    for query, share, ranked in zip(queries, shares, dense, strict=True):
+    for i, (query, share, ranked) in enumerate(zip(queries, shares, dense, strict=True)):
         words = words_of(query)
         store = collection.store
         found = (keywords.search(store.db, words, kind, fetch, allowed, store.generation) if words
@@ -161,7 +162,8 @@ def stage(collection: Collection, queries: Sequence[Query], dense: list[Ranked],
                         & _stored(collection, kind, more)]
             found = (np.concatenate([found[0], np.zeros(len(more), np.float32)]), np.concatenate([found[1], more]))
             sparse_of = partial(_by_id, index.ids, every)
-        out.append(fuse(ranked, found, dense_scores(collection, kind, found[1], query.vector, float(share)),
+        biases = tower.biases if tower is not None and tower.took[i] else None
+        out.append(fuse(ranked, found, dense_scores(collection, kind, found[1], query.vector, float(share), biases),
                         sparse_of=sparse_of, sparse_best=query.words_best))
     return out
 
@@ -227,12 +229,13 @@ def _stored(collection: Collection, kind: str, ids: np.ndarray) -> np.ndarray:
     return (stored[rows] == ids) if len(stored) else np.zeros(len(ids), dtype=bool)
 
 
-def dense_scores(collection: Collection, kind: str, ids: np.ndarray, vector: np.ndarray, share: float
-                 ) -> np.ndarray:
-    """The (normalised, when ``share``) dense scores of stored items by id, from the search snapshot."""
+def dense_scores(collection: Collection, kind: str, ids: np.ndarray, vector: np.ndarray, share: float,
+                 biases: np.ndarray | None = None) -> np.ndarray:
+    """The (normalised, when ``share``: by ``biases`` in snapshot order, else the stored ones) dense scores of
+    stored items by id, from the search snapshot."""
     stored, matrix = collection.store.matrix(kind)
     rows = np.searchsorted(stored, ids)
     scores = np.asarray(matrix[rows], dtype=np.float32) @ np.asarray(vector, dtype=np.float32)
     if share:
-        scores -= np.float32(share) * collection.store.biases(kind)[rows]
+        scores -= np.float32(share) * (collection.store.biases(kind) if biases is None else biases)[rows]
     return scores.astype(np.float32)

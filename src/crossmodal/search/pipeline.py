@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from ..collection.tower_biases import SEARCH_COMPUTES
 from ..collection.vector_file import GatheredRows
 from ..defaults import DEFAULT_RERANK, DEFAULT_RETRIEVER
 from . import hybrid
@@ -240,8 +241,11 @@ def candidates(collection: Collection, queries: Sequence[Query], *, fetch: int, 
         normalised = ranking.norm and collection.store.biases_current(kind)
         shares = np.array([bank.share if normalised and cross_modal(q.modality, kind) else 0.0
                            for q in queries], dtype=np.float32)
+        tower = tower_normalised(collection, queries, kind) if normalised else None
+        if tower is not None:
+            shares[tower.took] = tower.share
         if hybrid.dense_scale(ranking.retriever):
-            scores, found = retrieve(collection, vectors, shares, normalised, fetch, kind, allowed)
+            scores, found = retrieve(collection, vectors, shares, normalised, fetch, kind, allowed, tower)
         else:  # keyword and sparse lists replace the dense one: do not compute it
             scores, found = np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
     started = timings.add("retrieve", started)
@@ -252,7 +256,7 @@ def candidates(collection: Collection, queries: Sequence[Query], *, fetch: int, 
     if ranking.retriever != "dense":
         with collection.lock:
             out = hybrid.stage(collection, queries, out, kind=kind, allowed=allowed, fetch=fetch,
-                               retriever=ranking.retriever, shares=shares, reranked=ranking.rerank > 0)
+                               retriever=ranking.retriever, shares=shares, reranked=ranking.rerank > 0, tower=tower)
         timings.add(ranking.retriever, started)
     return out
 
@@ -264,28 +268,73 @@ def diversify(vectors: np.ndarray, scores: np.ndarray, ids: np.ndarray, lam: flo
     return scores[order], ids[order]
 
 
+@dataclass
+class TowerBiases:
+    """Which queries the multilingual tower encoded, and the items' biases (``store.matrix`` order) and share
+    that normalise them: those against the tower's own bank (collection/tower_biases.py)."""
+
+    took: np.ndarray
+    biases: np.ndarray
+    share: float
+
+
+def tower_normalised(collection: Collection, queries: Sequence[Query], kind: str) -> TowerBiases | None:
+    """The tower's normalisation for these queries ranking ``kind``, when any of them took the tower and the
+    collection has biases against its bank (call holding the collection's lock)."""
+    if kind != "image" or collection.encoder.multilingual is None:
+        return None
+    took = np.array([q.modality == "text" and isinstance(q.source, str)
+                     and not collection.encoder.reads_natively(q.source) for q in queries])
+    biases = collection.tower_biases.get(kind, most=SEARCH_COMPUTES) if took.any() else None
+    return None if biases is None else TowerBiases(took, biases, collection.tower_biases.bank.share)
+
+
 def retrieve(collection: Collection, vectors: np.ndarray, shares: np.ndarray, normalised: bool,
-             fetch: int, kind: str, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+             fetch: int, kind: str, allowed: np.ndarray | None, tower: TowerBiases | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Candidates (scores, ids; -1 where fewer were found) by the normalised score, exact or through the
-    collection's index (which never makes a search wait for its update: see ``CatchingUp``)."""
+    collection's index (which never makes a search wait for its update: see ``CatchingUp``); the queries the
+    multilingual tower encoded by their own biases (``tower``)."""
     index = collection.indexes.get(kind, lag=True)
     if index is None:
         ids, matrix = collection.store.matrix(kind)
         mask = None if allowed is None else np.isin(ids, allowed)
         biases = collection.store.biases(kind) if normalised else None
-        if not isinstance(matrix, GatheredRows):
-            scores, rows = topk(matrix, vectors, fetch, mask, biases, shares)
-            return scores, ids[rows]
-        # the file holds the rows in another order (after re-embeds): scan it as it lies, unused rows masked
-        position, matrix = matrix.file_order()
-        used = np.maximum(position, 0)
-        mask = (position >= 0) & (True if mask is None else mask[used])
-        scores, rows = topk(matrix, vectors, fetch, mask, None if biases is None else biases[used], shares)
-        found = ids[position[rows]]
-        order = np.lexsort((found, -scores), axis=1)  # equal scores by id, as in id order
-        return np.take_along_axis(scores, order, axis=1), np.take_along_axis(found, order, axis=1)
+        if tower is None:
+            return exact_candidates(ids, matrix, vectors, fetch, mask, biases, shares)
+        scores, found = exact_candidates(ids, matrix, vectors, fetch, mask, biases, shares)
+        took = tower.took
+        scores[took], found[took] = exact_candidates(ids, matrix, vectors[took], fetch, mask, tower.biases,
+                                                     shares[took])
+        return scores, found
     queries = augment_queries(vectors, shares, index_dim(vectors.shape[1], index.kind))
-    return index.query(queries, fetch, allowed=allowed, lookup=collection.indexes.lookup(kind, index))
+    scores, found = index.query(queries, fetch, allowed=allowed, lookup=collection.indexes.lookup(kind, index))
+    if tower is not None:  # the index holds the model's biases: trade them for the tower's on its candidates
+        stored, english = collection.store.matrix(kind)[0], collection.store.biases(kind)
+        for row in np.flatnonzero(tower.took):
+            ok = found[row] >= 0
+            at = np.searchsorted(stored, found[row][ok])
+            scores[row][ok] += shares[row] * (english[at] - tower.biases[at])
+            scores[row][~ok] = -np.inf
+            order = np.lexsort((found[row], -scores[row]))
+            scores[row], found[row] = scores[row][order], found[row][order]
+    return scores, found
+
+
+def exact_candidates(ids: np.ndarray, matrix: Any, vectors: np.ndarray, fetch: int, mask: np.ndarray | None,
+          biases: np.ndarray | None, shares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact candidates (scores, ids) over the snapshot ``(ids, matrix)`` of ``store.matrix``."""
+    if not isinstance(matrix, GatheredRows):
+        scores, rows = topk(matrix, vectors, fetch, mask, biases, shares)
+        return scores, ids[rows]
+    # the file holds the rows in another order (after re-embeds): scan it as it lies, unused rows masked
+    position, matrix = matrix.file_order()
+    used = np.maximum(position, 0)
+    mask = (position >= 0) & (True if mask is None else mask[used])
+    scores, rows = topk(matrix, vectors, fetch, mask, None if biases is None else biases[used], shares)
+    found = ids[position[rows]]
+    order = np.lexsort((found, -scores), axis=1)  # equal scores by id, as in id order
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(found, order, axis=1)
 
 
 # logits(query index, item indices) -> reranker logits over a set held in memory (eval), or None: not reranked.
@@ -300,7 +349,10 @@ class SetScores:
 
     def __init__(self, image_emb: np.ndarray, text_emb: np.ndarray, ranking: Ranking, bank: Bank | None = None,
                  rerankers: dict[str, tuple[SetScorer, float]] | None = None, timings: Timings | None = None,
-                 keywords: SetEvidence | None = None, sparse: SetEvidence | None = None) -> None:
+                 keywords: SetEvidence | None = None, sparse: SetEvidence | None = None,
+                 tower: tuple[Bank, np.ndarray] | None = None) -> None:
+        """``tower``: the multilingual tower's bank and which captions it encoded, normalised by it (as search
+        normalises them, collection/tower_biases.py)."""
         self.emb = {"image": image_emb, "text": text_emb}
         self.ranking, self.bank = ranking, bank if ranking.norm else None
         self.rerankers = (rerankers or {}) if ranking.rerank and hybrid.dense_scale(ranking.retriever) else {}
@@ -308,6 +360,8 @@ class SetScores:
         self.sparse = sparse if ranking.retriever in ("sparse", "hybrid") else None
         self.timings = timings if timings is not None else Timings()
         self.bias = {kind: self.bank.biases(kind, emb) for kind, emb in self.emb.items()} if self.bank else {}
+        self.tower = None if tower is None or self.bank is None else TowerBiases(
+            tower[1], tower[0].biases("image", image_emb), tower[0].share)
 
     def __call__(self, direction: str, queries: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Scores (queries, items) whose row order is search's order (the re-ranked or diversified head of
@@ -336,7 +390,12 @@ class SetScores:
         self.timings.queries += len(queries)
         scores = inner_products(self.emb[kind][items], self.emb[query_kind][queries])
         if self.bank is not None:
-            scores -= np.float32(self.bank.share) * self.bias[kind][items]
+            took = self.tower.took[queries] if self.tower is not None and kind == "image" else None
+            if took is not None and took.any():
+                scores[took] -= np.float32(self.tower.share) * self.tower.biases[items]
+                scores[~took] -= np.float32(self.bank.share) * self.bias[kind][items]
+            else:
+                scores -= np.float32(self.bank.share) * self.bias[kind][items]
         started = self.timings.add("retrieve", started)
         if self.ranking.retriever != "dense":  # over every item: the candidates of all of search's lists, and more
             bm25 = None if self.keywords is None else self.keywords(direction, queries, items)

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..encoders import e5_model
 from ..encoders.base import Encoder
-from ..encoders.multilingual import HEAD_FILE, TowerWeights
+from ..encoders.multilingual import HEAD_FILE, TowerWeights, bank_path, build_bank
 from ..encoders.multilingual_student import Student
 from ..evaluation.metrics import per_language_metrics, retrieval_ranks
 from ..sources.datasets import CaptionDataset
@@ -189,11 +189,16 @@ def language_metrics(student: Student, pairs: Pairs, langs: list[str], max_token
 
 def train_multilingual(encoder: Encoder, train: CaptionDataset, dev: CaptionDataset | None, out: Path,
                        config: MultilingualConfig, log: Callable[[str], Any] = print) -> dict[str, Any]:
-    """Train the encoder's multilingual tower on ``train``, report ``dev`` per language, write ``out/HEAD_FILE``."""
+    """Train the encoder's multilingual tower on ``train``, report ``dev`` per language, write ``out/HEAD_FILE``
+    and, beside it, the tower's normalisation bank from ``train``'s captions that are not English."""
     log(f"encoding {len(train.texts)} training captions and {len(train.images)} photos")
     student = fit_student(table_pairs(encoder, train), config, log)
     out.mkdir(parents=True, exist_ok=True)
     export(student, encoder.fingerprint, config, {"trained_on": train.name}).save(out / HEAD_FILE)
+    foreign = [t for t, lang in zip(train.texts, train.langs or [], strict=False) if lang != ENGLISH]
+    if foreign:  # the tower's own normalisation bank (collection/tower_biases.py), from the student's vectors
+        build_bank(lambda texts: encode(student, lower_states(student, texts, config.max_tokens)), foreign,
+                   TowerWeights.load(out / HEAD_FILE)).save(bank_path(out / HEAD_FILE))
     report: dict[str, Any] = {"config": asdict(config)}
     if dev is not None and dev.texts:
         langs = dev.langs or [ENGLISH] * len(dev.texts)
