@@ -204,9 +204,13 @@ class Collection(Searchable):
     def tower_biases(self) -> TowerBiases:
         """The photos' biases for the queries the model's multilingual tower encodes, against that tower's own
         bank (collection/tower_biases.py); none when the model has no tower or the tower no bank."""
+        from ..encoders.multilingual import find_multilingual
         from .tower_biases import TowerBiases
 
-        tower = self.encoder.multilingual
+        # the model's tower when it is loaded (its queries' encoder), else the one it ships: a shard that is handed
+        # encoded queries loads no model for this
+        tower = self._encoder.multilingual if self._encoder is not None else find_multilingual(
+            self.manifest.fingerprint)
         return TowerBiases(self.folder, self.store, None if tower is None else tower.bank)
 
     def matches(self, kind: str, condition: Condition) -> bool:

@@ -88,6 +88,7 @@ class Query:
     states: tuple[np.ndarray, np.ndarray] | None = None  # a text source's token states and mask, if at hand
     # a photo source's spatial features (1, C, H, W) for the reranker, if at hand
     grid: np.ndarray | None = field(default=None, compare=False, repr=False)
+    tower: bool = False  # its texts went through the multilingual tower: normalised against that tower's bank
     # the best caption-word score over a whole sharded collection, gathered from its shards, so that each shard
     # scales the hybrid's word evidence as one collection would (search/hybrid.py); None: the candidates' best
     words_best: float | None = None
@@ -281,11 +282,8 @@ class TowerBiases:
 def tower_normalised(collection: Collection, queries: Sequence[Query], kind: str) -> TowerBiases | None:
     """The tower's normalisation for these queries ranking ``kind``, when any of them took the tower and the
     collection has biases against its bank (call holding the collection's lock)."""
-    if kind != "image" or collection.encoder.multilingual is None:
-        return None
-    took = np.array([q.modality == "text" and isinstance(q.source, str)
-                     and not collection.encoder.reads_natively(q.source) for q in queries])
-    biases = collection.tower_biases.get(kind, most=SEARCH_COMPUTES) if took.any() else None
+    took = np.array([q.tower and q.modality == "text" for q in queries])
+    biases = collection.tower_biases.get(kind, most=SEARCH_COMPUTES) if kind == "image" and took.any() else None
     return None if biases is None else TowerBiases(took, biases, collection.tower_biases.bank.share)
 
 
@@ -322,7 +320,7 @@ def retrieve(collection: Collection, vectors: np.ndarray, shares: np.ndarray, no
 
 
 def exact_candidates(ids: np.ndarray, matrix: Any, vectors: np.ndarray, fetch: int, mask: np.ndarray | None,
-          biases: np.ndarray | None, shares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                     biases: np.ndarray | None, shares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact candidates (scores, ids) over the snapshot ``(ids, matrix)`` of ``store.matrix``."""
     if not isinstance(matrix, GatheredRows):
         scores, rows = topk(matrix, vectors, fetch, mask, biases, shares)

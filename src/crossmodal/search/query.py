@@ -84,8 +84,9 @@ def encode_query(encoder: Encoder, terms: list[Term], max_pixels: int | None = N
             vecs = encoder.encode_images(photos)
         parts += [(t.weight, v) for t, v in zip(images, vecs, strict=True)]
     ordered = [(t.weight, False) for t in texts] + [(t.weight, True) for t in images]
+    tower = bool(texts) and not images and not any(encoder.reads_natively(str(t.value)) for t in texts)
     return Query(combine(parts, encoder.dim), *modality_of(ordered, [str(t.value) for t in texts] + photos),
-                 states=states, grid=grid)
+                 states=states, grid=grid, tower=tower)
 
 
 def text_queries(encoder: Encoder, texts: Sequence[str], states: bool = False) -> list[Query]:
@@ -97,7 +98,8 @@ def text_queries(encoder: Encoder, texts: Sequence[str], states: bool = False) -
         vectors, token_states = encoder.encode_texts_with_states(list(texts))
     else:
         vectors, token_states = encoder.encode_texts(list(texts)), [None] * len(texts)
-    return [Query(v, "text", source=t, states=s) for v, t, s in zip(vectors, texts, token_states, strict=True)]
+    return [Query(v, "text", source=t, states=s, tower=not encoder.reads_natively(t))
+            for v, t, s in zip(vectors, texts, token_states, strict=True)]
 
 
 def modality_of(terms: Sequence[tuple[float, bool]], values: Sequence[object]) -> tuple[str, object]:

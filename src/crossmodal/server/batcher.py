@@ -44,7 +44,7 @@ class SearchJob:
     future: Future = field(default_factory=Future)
 
     def query(self, text_vectors: Iterator[tuple[np.ndarray, Any]], image_vectors: Iterator[tuple[np.ndarray, Any]],
-              dim: int) -> Query:
+              encoder: Encoder) -> Query:
         """This job's query, taking its terms' vectors (and texts' token states, photos' grids) from the batch's
         encoded texts and photos in order."""
         texts = [(w, *next(text_vectors)) for w, _ in self.texts]
@@ -53,10 +53,12 @@ class SearchJob:
         terms = [(w, False) for w, _ in self.texts] + [(w, True) for w, _ in self.images]
         terms += [(w, kind == "image") for w, _, kind in self.vectors]
         values = [t for _, t in self.texts] + [im for _, im in self.images] + [None] * len(self.vectors)
-        vector = combine(parts + [(w, v) for w, v, _ in self.vectors], dim)
+        vector = combine(parts + [(w, v) for w, v, _ in self.vectors], encoder.dim)
         states = texts[0][2] if len(texts) == 1 else None
         grid = photos[0][2] if len(photos) == 1 else None
-        return Query(vector, *modality_of(terms, values), exclude=self.exclude, states=states, grid=grid)
+        tower = bool(self.texts) and not (self.images or self.vectors) and not any(
+            encoder.reads_natively(t) for _, t in self.texts)
+        return Query(vector, *modality_of(terms, values), exclude=self.exclude, states=states, grid=grid, tower=tower)
 
 
 class SearchBatcher:
@@ -151,7 +153,7 @@ class SearchBatcher:
         groups: dict[tuple, list[tuple[SearchJob, Query]]] = defaultdict(list)
         for job in batch:
             try:
-                query = job.query(text_vecs, image_vecs, encoder.dim)
+                query = job.query(text_vecs, image_vecs, encoder)
             except ValueError as e:
                 _settle(job, error=e)
                 continue
