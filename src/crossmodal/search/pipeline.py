@@ -306,16 +306,28 @@ def retrieve(collection: Collection, vectors: np.ndarray, shares: np.ndarray, no
                                                      shares[took])
         return scores, found
     queries = augment_queries(vectors, shares, index_dim(vectors.shape[1], index.kind))
-    scores, found = index.query(queries, fetch, allowed=allowed, lookup=collection.indexes.lookup(kind, index))
-    if tower is not None:  # the index holds the model's biases: trade them for the tower's on its candidates
-        stored, english = collection.store.matrix(kind)[0], collection.store.biases(kind)
-        for row in np.flatnonzero(tower.took):
-            ok = found[row] >= 0
-            at = np.searchsorted(stored, found[row][ok])
-            scores[row][ok] += shares[row] * (english[at] - tower.biases[at])
-            scores[row][~ok] = -np.inf
-            order = np.lexsort((found[row], -scores[row]))
-            scores[row], found[row] = scores[row][order], found[row][order]
+    lookup = collection.indexes.lookup(kind, index)
+    scores, found = index.query(queries, fetch, allowed=allowed, lookup=lookup)
+    if tower is None:
+        return scores, found
+    # The index holds the model's biases: trade them for the tower's on its candidates, fetching deeper until no
+    # item left out could rank in the top ``fetch`` by the tower's normalised score.
+    stored, english = collection.store.matrix(kind)[0], collection.store.biases(kind)
+    gap = english - tower.biases
+    for row in np.flatnonzero(tower.took):
+        depth, row_scores, row_found = fetch, scores[row], found[row]
+        while True:
+            ok = row_found >= 0
+            traded = row_scores[ok] + shares[row] * gap[np.searchsorted(stored, row_found[ok])]
+            if ok.sum() < depth or depth >= len(stored) or (
+                    np.sort(traded)[-min(fetch, len(traded))] >= row_scores[ok].min() + shares[row] * gap.max()):
+                break
+            depth = min(4 * depth, len(stored))
+            row_scores, row_found = (a[0] for a in index.query(queries[row:row + 1], depth, allowed=allowed,
+                                                                lookup=lookup))
+        order = np.lexsort((row_found[ok], -traded))[:fetch]
+        scores[row], found[row] = -np.inf, -1
+        scores[row][:len(order)], found[row][:len(order)] = traded[order], row_found[ok][order]
     return scores, found
 
 
