@@ -223,10 +223,13 @@ def test_training_lowers_the_loss_and_learns_to_find_the_photos() -> None:
         return float(((encode(student, states) @ photos.T).argmax(1) == owner).mean())
 
     before = t2i_r1(untrained)
-    trained = fit_student(pairs, config, log=lambda line: losses.append(float(line.rsplit(" ", 1)[1])))
+    measured: list[int] = []
+    trained = fit_student(pairs, config, log=lambda line: losses.append(float(line.rsplit(" ", 1)[1])),
+                          after_epoch=lambda student, epoch: measured.append(epoch))
     assert before < 0.5
     assert t2i_r1(trained) > 0.9
     assert losses[-1] < 0.5 * losses[0]
+    assert measured == list(range(1, 41))
 
 
 @pytest.fixture(scope="module")
@@ -337,11 +340,19 @@ def test_train_multilingual_command_writes_a_head_the_model_loads(tmp_path: Path
     out = tmp_path / "tower"
     result = CliRunner().invoke(app, ["train", "--multilingual", "--data", str(table), "--images",
                                       str(SAMPLES / "photos"), "--extra-data", str(extra / "captions.tsv"),
-                                      "--out", str(out), "--epochs", "1"])
+                                      "--out", str(out), "--epochs", "1", "--unfreeze", "text:2"])
     assert result.exit_code == 0, result.output
     assert f"encoding {3 * len(TRANSLATED)} training captions and {len(TRANSLATED)} photos" in result.output
     assert "dev es: RSUM" in result.output
     tower = TowerWeights.load(out / HEAD_FILE)
-    assert tower.model_fingerprint == load_encoder("lite").fingerprint and tower.frozen == 8
+    assert tower.model_fingerprint == load_encoder("lite").fingerprint and tower.frozen == 10
+    assert {k.split(".")[3] for k in tower.tensors if k.startswith("bert.")} == {"10", "11"}  # e5's last 2 layers
     bank = MultilingualTower(tower).bank  # its normalisation bank: its vectors of the German training captions
     assert bank is not None and bank.vectors("texts").shape == (len(TRANSLATED), tower.dim)
+
+
+def test_train_multilingual_refuses_more_layers_than_e5_has(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["train", "--multilingual", "--data", str(tmp_path / "captions.tsv"),
+                                      "--out", str(tmp_path / "tower"), "--unfreeze", "text:13"])
+    assert result.exit_code != 0
+    assert "text:N trains e5's last N of its 12 layers" in result.output

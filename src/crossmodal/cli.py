@@ -928,7 +928,9 @@ def train(
     multilingual: Annotated[bool, typer.Option("--multilingual", help="Train the model's multilingual query tower "
                                                "instead, from a table with lang and group columns (e.g. Multi30K); "
                                                "--out MODEL_FOLDER (or any folder) holds multilingual.safetensors, "
-                                               "which loading that model picks up.")] = False,
+                                               "which loading that model picks up. --unfreeze text:N trains e5's "
+                                               "last N layers (default 4; the shipped tower all 12, on a GPU), "
+                                               "--tower-lr and --lr are theirs and the projection's.")] = False,
     extra_data: Annotated[list[str] | None, typer.Option(
         "--extra-data", help="With --multilingual: more caption data to learn from, in any layout --data takes "
         "(e.g. the model's own training set); its captions without a lang column count as English.")] = None,
@@ -950,18 +952,24 @@ def train(
     if extra_data and not multilingual:
         raise ValueError("--extra-data goes with --multilingual")
     if multilingual:
-        from .encoders import load_encoder
+        from .encoders import load_encoder, resolve_device
         from .sources.datasets import load_dataset, merge_datasets
         from .training.train_multilingual import MultilingualConfig, train_multilingual
 
+        layers = MultilingualConfig.layers
+        trained = layers - MultilingualConfig.frozen if unfreeze == "heads" else parse_unfreeze(unfreeze)[1]
+        if not 0 < trained <= layers:
+            raise ValueError(f"--unfreeze {unfreeze!r}: with --multilingual, text:N trains e5's last N of its "
+                             f"{layers} layers (1 to {layers})")
         encoder = load_encoder(model, multilingual=False)
         dev_data = load_dataset(data, dev_split, images)
         train_data = [load_dataset(spec, train_split, images if spec == data else None)
                       for spec in (data, *(extra_data or ()))]
         train_multilingual(encoder, merge_datasets(train_data) if extra_data else train_data[0],
                            dev_data if dev_data.texts else None, out,
-                           MultilingualConfig(**({} if epochs is None else {"epochs": epochs}), seed=seed),
-                           log=lambda line: err.print(line, highlight=False))
+                           MultilingualConfig(**({} if epochs is None else {"epochs": epochs}), seed=seed,
+                                              frozen=layers - trained, lr=tower_lr, head_lr=lr),
+                           log=lambda line: err.print(line, highlight=False), device=resolve_device())
         err.print(f"wrote {out / 'multilingual.safetensors'}", highlight=False)
         return
     epochs = 10 if epochs is None else epochs

@@ -40,7 +40,7 @@ class MultilingualConfig:
 
     epochs: int = 3
     batch_size: int = 256
-    lr: float = 5e-5
+    lr: float = 1e-4
     head_lr: float = 1e-3
     weight_decay: float = 0.01
     frozen: int = 8
@@ -67,45 +67,58 @@ class Pairs:
 def lower_states(student: Student, texts: list[str], max_tokens: int, batch: int = 256) -> list[torch.Tensor]:
     """Each text's token states after the frozen layers (float16, one (L, hidden) tensor per text)."""
     image = e5_model.read()
-    ids = e5_model.token_ids(image, e5_model.tokenizer(image), texts, max_tokens, student.prefix)
-    out: list[torch.Tensor] = [torch.empty(0)] * len(texts)
+    return token_states(student, e5_model.token_ids(image, e5_model.tokenizer(image), texts, max_tokens,
+                                                    student.prefix), image, batch)
+
+
+def token_states(student: Student, ids: list[list[int]], image: e5_model.E5File, batch: int = 256
+                 ) -> list[torch.Tensor]:
+    """``lower_states`` of texts already read into token ids, embedded by ``image`` (the word rows), on the
+    student's device; the states are kept on the CPU."""
+    device = next(student.parameters()).device
+    out: list[torch.Tensor] = [torch.empty(0)] * len(ids)
     with torch.no_grad():
         for rows in e5_model.length_batches(ids, batch):
             embeds, mask = e5_model.embedded(image, [ids[i] for i in rows])
-            states = student.lower(torch.from_numpy(embeds), torch.from_numpy(mask)).to(torch.float16)
+            states = student.lower(torch.from_numpy(embeds).to(device), torch.from_numpy(mask).to(device))
+            states = states.to(torch.float16).cpu()
             for j, i in enumerate(rows):
                 out[i] = states[j, :len(ids[i])].clone()
     return out
 
 
-def _stack(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _stack(states: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in states)
     x = torch.zeros(len(states), width, states[0].shape[1])
     mask = torch.zeros(len(states), width, dtype=torch.int64)
     for row, s in enumerate(states):
         x[row, :len(s)], mask[row, :len(s)] = s.float(), 1
-    return x, mask
+    return x.to(device), mask.to(device)
 
 
 def encode(student: Student, states: list[torch.Tensor], batch: int = 512) -> np.ndarray:
     """The student's vectors of texts given their ``lower_states``."""
     student.eval()
+    device = next(student.parameters()).device
     with torch.no_grad():
-        return np.concatenate([student.upper(*_stack(states[s:s + batch])).numpy()
+        return np.concatenate([student.upper(*_stack(states[s:s + batch], device)).cpu().numpy()
                                for s in range(0, len(states), batch)])
 
 
 def fit_student(pairs: Pairs, config: MultilingualConfig, log: Callable[[str], Any] = print,
-                student: Student | None = None) -> Student:
-    """Fine-tune e5's upper layers and the projection on ``pairs`` (one-cycle schedule over ``config.epochs``)."""
+                student: Student | None = None, device: str = "cpu", states: list[torch.Tensor] | None = None,
+                after_epoch: Callable[[Student, int], Any] | None = None) -> Student:
+    """Fine-tune e5's upper layers and the projection on ``pairs`` (one-cycle schedule over ``config.epochs``), on
+    ``device``. ``states``: the texts' ``lower_states`` when the caller has them; ``after_epoch`` is called with
+    the student and the epoch's number (1-based) after each epoch, e.g. to measure it on dev."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    student = student or Student(pairs.photos.shape[1], config.frozen, config.layers, config.prefix)
-    states = lower_states(student, pairs.texts, config.max_tokens)
-    photos = torch.from_numpy(pairs.photos.astype(np.float32))
-    photo = torch.from_numpy(pairs.photo.astype(np.int64))
-    teacher = torch.from_numpy(pairs.teacher.astype(np.float32))
-    has_teacher = torch.from_numpy(pairs.has_teacher)
+    student = (student or Student(pairs.photos.shape[1], config.frozen, config.layers, config.prefix)).to(device)
+    states = lower_states(student, pairs.texts, config.max_tokens) if states is None else states
+    photos = torch.from_numpy(pairs.photos.astype(np.float32)).to(device)
+    photo = torch.from_numpy(pairs.photo.astype(np.int64)).to(device)
+    teacher = torch.from_numpy(pairs.teacher.astype(np.float32)).to(device)
+    has_teacher = torch.from_numpy(pairs.has_teacher).to(device)
     batch = min(config.batch_size, len(states))
     steps = max(1, len(states) // batch)
     trained = [p for layer in student.bert.encoder.layer[config.frozen:] for p in layer.parameters()]
@@ -119,7 +132,8 @@ def fit_student(pairs: Pairs, config: MultilingualConfig, log: Callable[[str], A
         order, total = rng.permutation(len(states)), 0.0
         for step in range(steps):
             rows = torch.from_numpy(order[step * batch:(step + 1) * batch])
-            vectors = student.upper(*_stack([states[i] for i in rows.tolist()]))
+            vectors = student.upper(*_stack([states[i] for i in rows.tolist()], photos.device))
+            rows = rows.to(photos.device)
             loss = _loss(vectors, photos[photo[rows]], photo[rows], teacher[rows], has_teacher[rows], config)
             optimizer.zero_grad()
             loss.backward()
@@ -127,15 +141,17 @@ def fit_student(pairs: Pairs, config: MultilingualConfig, log: Callable[[str], A
             schedule.step()
             total += loss.item()
         log(f"epoch {epoch + 1}/{config.epochs}: loss {total / steps:.4f}")
+        if after_epoch is not None:
+            after_epoch(student, epoch + 1)
     return student.eval()
 
 
 def _loss(mapped: torch.Tensor, photos: torch.Tensor, owner: torch.Tensor, teacher: torch.Tensor,
           has_teacher: torch.Tensor, config: MultilingualConfig) -> torch.Tensor:
     logits = mapped @ photos.T / config.temperature
-    same_photo = (owner[:, None] == owner[None]) & ~torch.eye(len(owner), dtype=torch.bool)
+    same_photo = (owner[:, None] == owner[None]) & ~torch.eye(len(owner), dtype=torch.bool, device=owner.device)
     logits = logits.masked_fill(same_photo, -1e4)
-    target = torch.arange(len(owner))
+    target = torch.arange(len(owner), device=owner.device)
     loss = (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target)) / 2
     if config.distill and has_teacher.any():
         loss = loss + config.distill * (1 - (mapped[has_teacher] * teacher[has_teacher]).sum(1)).mean()
@@ -188,11 +204,13 @@ def language_metrics(student: Student, pairs: Pairs, langs: list[str], max_token
 
 
 def train_multilingual(encoder: Encoder, train: CaptionDataset, dev: CaptionDataset | None, out: Path,
-                       config: MultilingualConfig, log: Callable[[str], Any] = print) -> dict[str, Any]:
-    """Train the encoder's multilingual tower on ``train``, report ``dev`` per language, write ``out/HEAD_FILE``
-    and, beside it, the tower's normalisation bank from ``train``'s captions that are not English."""
+                       config: MultilingualConfig, log: Callable[[str], Any] = print, device: str = "cpu"
+                       ) -> dict[str, Any]:
+    """Train the encoder's multilingual tower on ``train`` (on ``device``), report ``dev`` per language, write
+    ``out/HEAD_FILE`` and, beside it, the tower's normalisation bank from ``train``'s captions that are not
+    English."""
     log(f"encoding {len(train.texts)} training captions and {len(train.images)} photos")
-    student = fit_student(table_pairs(encoder, train), config, log)
+    student = fit_student(table_pairs(encoder, train), config, log, device=device)
     out.mkdir(parents=True, exist_ok=True)
     export(student, encoder.fingerprint, config, {"trained_on": train.name}).save(out / HEAD_FILE)
     foreign = [t for t, lang in zip(train.texts, train.langs or [], strict=False) if lang != ENGLISH]
