@@ -278,6 +278,38 @@ def test_queries_in_other_languages_are_not_reranked(english_collection: Collect
     assert ranked(english, 8) != ranked(english, 0)
 
 
+def test_a_photo_ranking_captions_in_other_languages_is_not_reranked(tmp_path: Path) -> None:
+    """A photo query whose candidate captions include one the multilingual tower encoded keeps the dual-encoder
+    order (the reranker would read that caption as English); among English captions it is reranked. Eval's
+    scorer answers as search's does."""
+    from crossmodal.search.pipeline import Ranking
+    from crossmodal.search.rerank import dataset_scorers, find_reranker
+    from crossmodal.sources.datasets import CaptionDataset
+
+    encoder = load_encoder("lite")
+    reranker = find_reranker(encoder.fingerprint)
+    if encoder.multilingual is None or reranker is None:
+        pytest.skip("lite ships no multilingual tower or reranker here")
+    photo = SAMPLES / "photos" / "3419634480_c390f62a6e.jpg"
+    orders = {}
+    for lang, column in (("en", 0), ("de", 1)):
+        c = Collection.open(tmp_path / lang, model=encoder)
+        c.add_texts([group[column] for group in TRANSLATED.values()])
+
+        def ranked(rerank: int) -> list[tuple[int, float]]:
+            return [(h.id, round(h.score, 5)) for h in c.search(image=photo, kind="text", k=6,  # noqa: B023
+                                                                 ranking=Ranking(rerank=rerank))]
+
+        orders[lang] = ranked(6), ranked(0)
+    assert orders["de"][0] == orders["de"][1]
+    assert orders["en"][0] != orders["en"][1]
+    texts = [group[column] for column in (0, 1) for group in TRANSLATED.values()]
+    data = CaptionDataset(name="mixed", images=[photo], texts=texts, text_image=np.zeros(len(texts), np.int64))
+    tokens = np.zeros((1, 9, 8), np.float32)  # the photo's tokens are not read before the captions are checked
+    scorer = dataset_scorers(encoder, reranker, data, tokens)["text"]
+    assert scorer(0, np.arange(len(TRANSLATED) + 1)) is None  # the first German caption is among them
+
+
 def test_queries_the_tower_encodes_are_normalised_by_its_bank(english_collection: Collection) -> None:
     """A German query's scores subtract the photos' biases against the tower's own bank, an English one's those
     against the model's bank; eval ranks them as search does."""

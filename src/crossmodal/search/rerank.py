@@ -88,9 +88,9 @@ def captions_for_photo(reranker: Reranker, states: np.ndarray, mask: np.ndarray,
 def collection_scorer(store: ItemStore, encoder: Encoder, reranker: Reranker, kind: str,
                       lock: AbstractContextManager) -> Scorer:
     """Logits of a query against stored candidates of ``kind``; None when a candidate photo has no stored
-    tokens yet (indexed before the reranker: the next ``index`` adds them) or the query text went through the
-    multilingual tower (the reranker reads English token states), and the query is not reranked.
-    ``lock`` is held around store reads only."""
+    tokens yet (indexed before the reranker: the next ``index`` adds them) or the query text, or a candidate
+    caption of a photo query, went through the multilingual tower (the reranker reads English token states),
+    and the query is not reranked. ``lock`` is held around store reads only."""
     def photos_for_text(query: Query, ids: np.ndarray) -> np.ndarray | None:
         if not encoder.reads_natively(str(query.source)):
             return None
@@ -102,10 +102,12 @@ def collection_scorer(store: ItemStore, encoder: Encoder, reranker: Reranker, ki
         n = len(ids)
         return reranker.score(np.repeat(states, n, 0), np.repeat(mask, n, 0), tokens)
 
-    def texts_for_photo(query: Query, ids: np.ndarray) -> np.ndarray:
+    def texts_for_photo(query: Query, ids: np.ndarray) -> np.ndarray | None:
         with lock:
             items = store.get(ids)
         texts = [items[int(i)].text or "" for i in ids]
+        if not all(map(encoder.reads_natively, texts)):
+            return None
         states, mask = encoder.token_states(texts)
         tokens, words = photo_query_inputs(encoder, reranker, query)
         return captions_for_photo(reranker, states, mask, tokens[0], None if words is None else words[0], texts)
@@ -117,7 +119,8 @@ def dataset_scorers(encoder: Encoder, reranker: Reranker, data: CaptionDataset, 
                     batch: int = 256, words: np.ndarray | None = None) -> dict[str, SetScorer]:
     """Scorers over a dataset held in memory (eval), by the kind they rank: the photos' reranker tokens and word
     probabilities (computed with their vectors), token states of every caption computed once. A caption the
-    multilingual tower encoded is not reranked as a query (None), as in search."""
+    multilingual tower encoded is not reranked as a query, nor a photo query with such a caption among its
+    candidates (None), as in search."""
     states: list[np.ndarray] = []
     for start in range(0, len(data.texts), batch):
         s, m = encoder.token_states(data.texts[start:start + batch])
@@ -131,7 +134,9 @@ def dataset_scorers(encoder: Encoder, reranker: Reranker, data: CaptionDataset, 
         s, m = pad_states([states[query]])
         return reranker.score(np.repeat(s, len(items), 0), np.repeat(m, len(items), 0), tokens[items])
 
-    def texts_for_photo(query: int, items: np.ndarray) -> np.ndarray:
+    def texts_for_photo(query: int, items: np.ndarray) -> np.ndarray | None:
+        if not all(native[i] for i in items):
+            return None
         s, m = pad_states([states[i] for i in items])
         return captions_for_photo(reranker, s, m, tokens[query], None if words is None else words[query],
                                   [data.texts[i] for i in items])
