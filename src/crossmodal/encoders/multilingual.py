@@ -37,6 +37,7 @@ BANK_SIZE = 3000  # captions in a tower's bank (chosen on Multi30K dev: docs/ben
 REMEMBERED = 65_536  # routing decisions kept (text -> took this tower), for the reranker's question
 EXPORT_VERSION = 2  # bump when the export changes, so caches written by older code are not reused
 BATCH = 64
+ROW_SCALE = ".row_scale"  # beside a matrix stored as int8 rows: each row's float16 scale
 
 
 @dataclass
@@ -82,19 +83,36 @@ class TowerWeights:
 
     @classmethod
     def load(cls, path: Path) -> TowerWeights:
+        """The file ``save`` wrote (or a float16 one from before int8 rows), matrices stored as int8 rows back in
+        float32."""
         from safetensors.numpy import load_file
 
         with Path(path).open("rb") as f:
             header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-        return cls(load_file(str(path)), header.get("__metadata__", {}), Path(path))
+        raw = load_file(str(path))
+        tensors = {k: v for k, v in raw.items() if not k.endswith(ROW_SCALE)}
+        for key in tensors.keys() & {k[:-len(ROW_SCALE)] for k in raw if k.endswith(ROW_SCALE)}:
+            tensors[key] = tensors[key].astype(np.float32) * raw[key + ROW_SCALE].astype(np.float32)[:, None]
+        return cls(tensors, header.get("__metadata__", {}), Path(path))
 
     def save(self, path: Path) -> None:
-        """Write float16 safetensors with the metadata, atomically (it computes in float32 or int8)."""
+        """Write safetensors with the metadata, atomically: e5's weight matrices as int8 rows with a float16 scale
+        each (half of float16's bytes; the tower computes its matrix products in int8 anyway: dev R@10 within
+        noise, docs/benchmarks.md), the rest float16."""
         from safetensors.numpy import save
 
         from ..collection.atomic import atomic_write
 
-        tensors = {k: v.astype(np.float16) for k, v in self.tensors.items()}
+        tensors = {}
+        for key, value in self.tensors.items():
+            if key.startswith("bert.") and value.ndim == 2:
+                value = value.astype(np.float32)
+                scale = (np.abs(value).max(1) / 127).astype(np.float16)
+                scale[scale == 0] = 1
+                tensors[key] = np.clip(np.round(value / scale.astype(np.float32)[:, None]), -127, 127).astype(np.int8)
+                tensors[key + ROW_SCALE] = scale
+            else:
+                tensors[key] = value.astype(np.float16)
         atomic_write(Path(path), lambda f: f.write(save(tensors, metadata=self.metadata)))
 
 
