@@ -29,6 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from multilingual_bank import recalls  # noqa: E402 (beside this script)
+
 SHARED = ROOT.parent / "shared" / "datasets"
 LANGS = ("de", "fr", "cs")
 MAX_TOKENS, PREFIX, BANK, TOP_K, SHARE = 64, "query: ", 3000, 64, 0.75
@@ -76,9 +78,6 @@ def prepare(out: Path, table: Path) -> None:
     words = np.unique(np.concatenate([np.asarray(i) for i in ids]))
     compact = np.searchsorted(words, np.concatenate([np.asarray(i) for i in ids])).astype(np.int32)
     offsets = np.cumsum([0] + [len(i) for i in ids]).astype(np.int64)
-    row = int(image.sizes["hidden"]) // e5_model.QK * e5_model.BLOCK_BYTES
-    start = image.tensors["emb.word"][0]
-    table_rows = np.frombuffer(image.data, np.uint8, int(image.sizes["vocab"]) * row, start).reshape(-1, row)
     tensors = {f"t:{name}": np.frombuffer(image.data, np.uint8, size, offset).copy()
                for name, (offset, size) in image.tensors.items() if name != "emb.word"}
     dev_photos = photo_vectors(dev_names)
@@ -90,22 +89,15 @@ def prepare(out: Path, table: Path) -> None:
                      top_k=TOP_K).biases("image", dev_photos)
     train_where = {n: i for i, n in enumerate(train_names)}
     np.savez_compressed(
-        out, sizes=json.dumps(image.sizes), word_rows=table_rows[words], ids=compact, offsets=offsets,
+        out, sizes=json.dumps(image.sizes), word_rows=image.word_blocks(words), ids=compact, offsets=offsets,
         n_train=len(train), n_dev=len(dev), train_photo=np.array([train_where[r["image"]] for r in train], np.int32),
         train_photos=photo_vectors(train_names).astype(np.float16), teacher=teacher,
         teachers=own_text_vectors(encoder, teachers).astype(np.float16), dev_photos=dev_photos.astype(np.float32),
         dev_photo=np.array([where[r["image"]] for r in dev], np.int32), dev_lang=np.array([r["lang"] for r in dev]),
-        english=np.array([recalls(own, gold, dev_photos, 0 * lite_bias), recalls(own, gold, dev_photos,
-                                                                                  SHARE * lite_bias)]),
+        english=np.array([recalls(own, gold, dev_photos, lite_bias, 0.0),
+                          recalls(own, gold, dev_photos, lite_bias, SHARE)]),
         fingerprint=encoder.fingerprint, **tensors)
     print(f"wrote {out}: {len(train)} train, {len(dev)} dev captions, {len(words)} e5 words")
-
-
-def recalls(queries: np.ndarray, gold: np.ndarray, photos: np.ndarray, bias: np.ndarray) -> list[float]:
-    """Text->image R@1/5/10 (%) of ``queries`` whose right photo is ``gold``, by score minus ``bias``."""
-    scores = queries @ photos.T - bias[None]
-    rank = (scores > scores[np.arange(len(queries)), gold][:, None]).sum(1)
-    return [100 * float(np.mean(rank < k)) for k in (1, 5, 10)]
 
 
 class Bundle:
@@ -148,6 +140,7 @@ def sweep(bundle_path: Path, out: Path, deadline: float, only: list[str] | None,
     from crossmodal.encoders import e5_model
     from crossmodal.encoders.multilingual import SHIPPED, TowerWeights
     from crossmodal.encoders.multilingual_student import Student
+    from crossmodal.search.normalise import Bank
     from crossmodal.training.train_multilingual import MultilingualConfig, Pairs, encode, fit_student, token_states
 
     started = time.monotonic()
@@ -168,12 +161,12 @@ def sweep(bundle_path: Path, out: Path, deadline: float, only: list[str] | None,
     def evaluate(student: Student) -> dict[str, list[float]]:
         vectors = encode(student, token_states(student, texts[n_train:n_train + n_dev], bundle))
         bank = encode(student, token_states(student, texts[n_train + n_dev:], bundle))
-        bias = SHARE * np.sort(dev_photos @ bank.T, axis=1)[:, -TOP_K:].mean(1)
+        bias = Bank(bank, np.zeros((0, bank.shape[1])), "", top_k=TOP_K).biases("image", dev_photos)
         figures = {}
         for lang in LANGS:
             keep = dev_lang == lang
-            figures[lang] = recalls(vectors[keep], dev_photo[keep], dev_photos, 0 * bias)
-            figures[f"{lang}-norm"] = recalls(vectors[keep], dev_photo[keep], dev_photos, bias)
+            figures[lang] = recalls(vectors[keep], dev_photo[keep], dev_photos, bias, 0.0)
+            figures[f"{lang}-norm"] = recalls(vectors[keep], dev_photo[keep], dev_photos, bias, SHARE)
         figures["mean-norm-R@10"] = [float(np.mean([figures[f"{lang}-norm"][2] for lang in LANGS]))]
         return figures
 
@@ -190,6 +183,7 @@ def sweep(bundle_path: Path, out: Path, deadline: float, only: list[str] | None,
 
     def train(name: str, config: MultilingualConfig) -> tuple[list[dict], list]:
         """One setting: each epoch's dev figures, and the best epoch's score and tensors."""
+        torch.manual_seed(config.seed)  # the projection starts as fit_student's own would (the CLI's training)
         student = Student(pairs.photos.shape[1], config.frozen).to(device)
         history, kept, begun = [], [-1.0, None], time.monotonic()
 

@@ -71,10 +71,14 @@ class E5File:
         """The word embeddings of ``ids`` (any shape) as float32, dequantized row by row: the 250k-word table is
         never held in float32 (384 MB)."""
         hidden = int(self.sizes["hidden"])
+        return dequantize(self.word_blocks(np.asarray(ids).reshape(-1))).reshape(*np.shape(ids), hidden)
+
+    def word_blocks(self, ids: np.ndarray) -> np.ndarray:
+        """The word embedding rows of ``ids`` (1-d) as stored: (len(ids), bytes per row) of Q4_0 blocks."""
+        row = int(self.sizes["hidden"]) // QK * BLOCK_BYTES
         offset = self.tensors["emb.word"][0]
-        row = hidden // QK * BLOCK_BYTES
         table = np.frombuffer(self.data, np.uint8, int(self.sizes["vocab"]) * row, offset).reshape(-1, row)
-        return dequantize(table[np.asarray(ids).reshape(-1)]).reshape(*np.shape(ids), hidden)
+        return table[ids]
 
 
 def dequantize(raw: np.ndarray) -> np.ndarray:
