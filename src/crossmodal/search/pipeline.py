@@ -314,13 +314,14 @@ def retrieve(collection: Collection, vectors: np.ndarray, shares: np.ndarray, no
     # item left out could rank in the top ``fetch`` by the tower's normalised score.
     stored, english = collection.store.matrix(kind)[0], collection.store.biases(kind)
     gap = english - tower.biases
+    widest = gap.max(initial=0.0)
     for row in np.flatnonzero(tower.took):
         depth, row_scores, row_found = fetch, scores[row], found[row]
         while True:
             ok = row_found >= 0
             traded = row_scores[ok] + shares[row] * gap[np.searchsorted(stored, row_found[ok])]
             if ok.sum() < depth or depth >= len(stored) or (
-                    np.sort(traded)[-min(fetch, len(traded))] >= row_scores[ok].min() + shares[row] * gap.max()):
+                    np.sort(traded)[-min(fetch, len(traded))] >= row_scores[ok].min() + shares[row] * widest):
                 break
             depth = min(4 * depth, len(stored))
             row_scores, row_found = (a[0] for a in index.query(queries[row:row + 1], depth, allowed=allowed,

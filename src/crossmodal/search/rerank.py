@@ -106,7 +106,7 @@ def collection_scorer(store: ItemStore, encoder: Encoder, reranker: Reranker, ki
         with lock:
             items = store.get(ids)
         texts = [items[int(i)].text or "" for i in ids]
-        if not all(map(encoder.reads_natively, texts)):
+        if encoder.foreign(texts).any():
             return None
         states, mask = encoder.token_states(texts)
         tokens, words = photo_query_inputs(encoder, reranker, query)
