@@ -74,7 +74,8 @@ def split_figures(model: str, dataset: str, split: str, sweep: bool) -> None:
             depth = K + 8  # the pipeline's own depth at k=10: max(k, rerank 16) + the excluded query, +1
             dense = ranked(c, queries, "dense", depth)
             words = ranked(c, queries, "keyword", depth)
-            unions = [hybrid.union(d, w, hybrid.dense_scores(c, "text", w[1], q.vector, 0.0))
+            snapshot = hybrid.Snapshot.of(c, "text")
+            unions = [hybrid.union(d, w, snapshot.dense_scores(w[1], q.vector, 0.0))
                       for q, d, w in zip(queries, dense, words, strict=True)]
             for weight in WEIGHTS:
                 lists = [u[0][np.lexsort((np.arange(len(u[0])), -hybrid.weighted(u[1], u[2], weight)))]

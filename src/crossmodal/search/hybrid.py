@@ -12,8 +12,9 @@ has no keyword evidence; a photo query has no BM25 but has its predicted words.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from ..collection import keywords
 if TYPE_CHECKING:
     from ..collection.collection import Collection
     from .pipeline import Query, TowerBiases
+    from .sparse import SparseIndex
 
 RETRIEVERS = ("dense", "keyword", "sparse", "hybrid")
 WEIGHT = 0.1  # the share of the normalised BM25 score in a hybrid score
@@ -136,46 +138,82 @@ def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
 def stage(collection: Collection, queries: Sequence[Query], dense: list[Ranked], *, kind: str,
           allowed: np.ndarray | None, fetch: int, retriever: str, shares: np.ndarray, reranked: bool,
           tower: TowerBiases | None = None) -> list[Ranked]:
-    """The keyword, sparse or hybrid retriever's candidates for each query, from the dense ones (call holding
-    the collection's lock): keyword and sparse replace them by their own lists, hybrid fuses dense, BM25 and
-    the caption words (``with_words``; ``reranked``: the rerank stage will re-score the top; ``tower``: the
-    biases of the queries the multilingual tower encoded)."""
+    """The keyword, sparse or hybrid retriever's candidates for each query, from the dense ones: keyword and
+    sparse replace them by their own lists, hybrid fuses dense, BM25 and the caption words (``with_words``;
+    ``reranked``: the rerank stage will re-score the top; ``tower``: the biases of the queries the multilingual
+    tower encoded). It holds the collection's lock to read the store (the keyword matches, one snapshot), not to
+    fuse: a server's threads fuse at once."""
     if retriever == "sparse":
-        return sparse_stage(collection, queries, kind=kind, allowed=allowed, fetch=fetch)
-    out = []
-    for i, (query, share, ranked) in enumerate(zip(queries, shares, dense, strict=True)):
-        words = words_of(query)
+        with collection.lock:
+            return sparse_stage(collection, queries, kind=kind, allowed=allowed, fetch=fetch)
+    with collection.lock:
         store = collection.store
-        found = (keywords.search(store.db, words, kind, fetch, allowed, store.generation) if words
-                 else (np.zeros(0, np.float32), np.zeros(0, np.int64)))
-        keep = ~np.isin(found[1], np.asarray(query.exclude, dtype=np.int64)) & _stored(collection, kind, found[1])
+        matches = [keywords.search(store.db, words, kind, fetch, allowed, store.generation)
+                   if (words := words_of(query)) else (np.zeros(0, np.float32), np.zeros(0, np.int64))
+                   for query in queries]
+        snapshot = Snapshot.of(collection, kind)
+    out = []
+    for i, (query, share, ranked, found) in enumerate(zip(queries, shares, dense, matches, strict=True)):
+        keep = ~np.isin(found[1], np.asarray(query.exclude, dtype=np.int64)) & snapshot.holds(found[1])
         found = (found[0][keep], found[1][keep])
         if retriever == "keyword":
             out.append(found)
             continue
         sparse_of = None
-        every = _word_scores(collection, query, kind, reranked)
+        every = _word_scores(collection, snapshot.words, query, kind, reranked)
         if every is not None:
-            index = collection.words.get(kind)
+            index = snapshot.words
             more = index.top(every, fetch, None if allowed is None else np.isin(index.ids, allowed))[1]
             more = more[~np.isin(more, found[1]) & ~np.isin(more, np.asarray(query.exclude, dtype=np.int64))
-                        & _stored(collection, kind, more)]
+                        & snapshot.holds(more)]
             found = (np.concatenate([found[0], np.zeros(len(more), np.float32)]), np.concatenate([found[1], more]))
             sparse_of = partial(_by_id, index.ids, every)
         biases = tower.biases if tower is not None and tower.took[i] else None
-        out.append(fuse(ranked, found, dense_scores(collection, kind, found[1], query.vector, float(share), biases),
+        out.append(fuse(ranked, found, snapshot.dense_scores(found[1], query.vector, float(share), biases),
                         sparse_of=sparse_of, sparse_best=query.words_best))
     return out
 
 
-def _word_scores(collection: Collection, query: Query, kind: str, reranked: bool) -> np.ndarray | None:
-    """Every stored item's caption-word score for ``query`` (in the word index's id order), or None when the
+@dataclass(frozen=True)
+class Snapshot:
+    """What the hybrid stage reads of one store generation: the stored ids (ascending), their rows in
+    ``store.matrix`` order, their normalisation biases (None: none current) and the caption-word index."""
+
+    ids: np.ndarray
+    matrix: Any
+    biases: np.ndarray | None
+    words: SparseIndex | None
+
+    @classmethod
+    def of(cls, collection: Collection, kind: str) -> Snapshot:
+        """The collection's items of ``kind`` now (call holding the collection's lock)."""
+        return cls(*collection.store.matrix(kind), collection.store.biases(kind), collection.words.get(kind))
+
+    def holds(self, ids: np.ndarray) -> np.ndarray:
+        """Which of ``ids`` are in the snapshot (all of them, unless the store changed under a reader)."""
+        rows = np.minimum(np.searchsorted(self.ids, ids), max(len(self.ids) - 1, 0))
+        return (self.ids[rows] == ids) if len(self.ids) else np.zeros(len(ids), dtype=bool)
+
+    def dense_scores(self, ids: np.ndarray, vector: np.ndarray, share: float,
+                     biases: np.ndarray | None = None) -> np.ndarray:
+        """The dense scores of stored items by id, normalised when ``share`` (by ``biases`` in snapshot order,
+        else the stored ones)."""
+        rows = np.searchsorted(self.ids, ids)
+        scores = np.asarray(self.matrix[rows], dtype=np.float32) @ np.asarray(vector, dtype=np.float32)
+        if share:
+            scores -= np.float32(share) * (self.biases if biases is None else biases)[rows]
+        return scores.astype(np.float32)
+
+
+def _word_scores(collection: Collection, index: SparseIndex | None, query: Query, kind: str, reranked: bool
+                 ) -> np.ndarray | None:
+    """Every stored item's caption-word score for ``query`` (in the word ``index``'s id order), or None when the
     hybrid adds no words to it (no classifier, a mixed query, ``with_words``)."""
-    words = collection.words
-    if words.heads is None or not SPARSE_WEIGHT or not with_words(query.modality, kind, reranked):
+    heads = collection.words.heads
+    if heads is None or index is None or not SPARSE_WEIGHT or not with_words(query.modality, kind, reranked):
         return None
-    row = words.heads.query_row(query)
-    return None if row is None else words.get(kind).scores(row)
+    row = heads.query_row(query)
+    return None if row is None else index.scores(row)
 
 
 def _by_id(ids: np.ndarray, scores: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -190,11 +228,12 @@ def words_best(collection: Collection, queries: Sequence[Query], *, kind: str, a
     collection's lock)."""
     out = []
     for query in queries:
-        every = _word_scores(collection, query, kind, reranked)
+        index = collection.words.get(kind)
+        every = _word_scores(collection, index, query, kind, reranked)
         if every is None:
             out.append(0.0)
             continue
-        ids = collection.words.get(kind).ids
+        ids = index.ids
         mayfind = ~np.isin(ids, np.asarray(query.exclude, dtype=np.int64))
         if allowed is not None:
             mayfind &= np.isin(ids, allowed)
@@ -220,22 +259,3 @@ def sparse_stage(collection: Collection, queries: Sequence[Query], *, kind: str,
         keep = ~np.isin(ids, np.asarray(query.exclude, dtype=np.int64))
         out.append((scores[keep], ids[keep]))
     return out
-
-
-def _stored(collection: Collection, kind: str, ids: np.ndarray) -> np.ndarray:
-    """Which ids are in the search snapshot (all of them, unless the store changed under a reader)."""
-    stored = collection.store.matrix(kind)[0]
-    rows = np.minimum(np.searchsorted(stored, ids), max(len(stored) - 1, 0))
-    return (stored[rows] == ids) if len(stored) else np.zeros(len(ids), dtype=bool)
-
-
-def dense_scores(collection: Collection, kind: str, ids: np.ndarray, vector: np.ndarray, share: float,
-                 biases: np.ndarray | None = None) -> np.ndarray:
-    """The (normalised, when ``share``: by ``biases`` in snapshot order, else the stored ones) dense scores of
-    stored items by id, from the search snapshot."""
-    stored, matrix = collection.store.matrix(kind)
-    rows = np.searchsorted(stored, ids)
-    scores = np.asarray(matrix[rows], dtype=np.float32) @ np.asarray(vector, dtype=np.float32)
-    if share:
-        scores -= np.float32(share) * (collection.store.biases(kind) if biases is None else biases)[rows]
-    return scores.astype(np.float32)

@@ -243,21 +243,20 @@ def candidates(collection: Collection, queries: Sequence[Query], *, fetch: int, 
         shares = np.array([bank.share if normalised and cross_modal(q.modality, kind) else 0.0
                            for q in queries], dtype=np.float32)
         tower = tower_normalised(collection, queries, kind) if normalised else None
-        if tower is not None:
-            shares[tower.took] = tower.share
-        if hybrid.dense_scale(ranking.retriever):
-            scores, found = retrieve(collection, vectors, shares, normalised, fetch, kind, allowed, tower)
-        else:  # keyword and sparse lists replace the dense one: do not compute it
-            scores, found = np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+    if tower is not None:
+        shares[tower.took] = tower.share
+    if hybrid.dense_scale(ranking.retriever):
+        scores, found = retrieve(collection, vectors, shares, normalised, fetch, kind, allowed, tower)
+    else:  # keyword and sparse lists replace the dense one: do not compute it
+        scores, found = np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
     started = timings.add("retrieve", started)
     out = []
     for query, row_scores, row_ids in zip(queries, scores, found, strict=True):
         keep = (row_ids >= 0) & ~np.isin(row_ids, np.asarray(query.exclude, dtype=np.int64))
         out.append((row_scores[keep], row_ids[keep]))
     if ranking.retriever != "dense":
-        with collection.lock:
-            out = hybrid.stage(collection, queries, out, kind=kind, allowed=allowed, fetch=fetch,
-                               retriever=ranking.retriever, shares=shares, reranked=ranking.rerank > 0, tower=tower)
+        out = hybrid.stage(collection, queries, out, kind=kind, allowed=allowed, fetch=fetch,
+                           retriever=ranking.retriever, shares=shares, reranked=ranking.rerank > 0, tower=tower)
         timings.add(ranking.retriever, started)
     return out
 
@@ -292,19 +291,33 @@ def retrieve(collection: Collection, vectors: np.ndarray, shares: np.ndarray, no
              ) -> tuple[np.ndarray, np.ndarray]:
     """Candidates (scores, ids; -1 where fewer were found) by the normalised score, exact or through the
     collection's index (which never makes a search wait for its update: see ``CatchingUp``); the queries the
-    multilingual tower encoded by their own biases (``tower``)."""
-    index = collection.indexes.get(kind, lag=True)
-    if index is None:
+    multilingual tower encoded by their own biases (``tower``). The collection's lock is held for the store's
+    reads and the index's search, not for an exact search's matrix product (the snapshot it reads never changes),
+    so that the threads of a server search at once."""
+    with collection.lock:
+        index = collection.indexes.get(kind, lag=True)
+        if index is not None:
+            return _index_candidates(collection, index, vectors, shares, fetch, kind, allowed, tower)
         ids, matrix = collection.store.matrix(kind)
-        mask = None if allowed is None else np.isin(ids, allowed)
         biases = collection.store.biases(kind) if normalised else None
-        if tower is None:
-            return exact_candidates(ids, matrix, vectors, fetch, mask, biases, shares)
-        scores, found = exact_candidates(ids, matrix, vectors, fetch, mask, biases, shares)
-        took = tower.took
-        scores[took], found[took] = exact_candidates(ids, matrix, vectors[took], fetch, mask, tower.biases,
-                                                     shares[took])
-        return scores, found
+    mask = None if allowed is None else np.isin(ids, allowed)
+    if tower is None:
+        return exact_candidates(ids, matrix, vectors, fetch, mask, biases, shares)
+    took = tower.took
+    scores = np.full((len(vectors), min(fetch, len(ids))), -np.inf, dtype=np.float32)
+    found = np.full(scores.shape, -1, dtype=np.int64)
+    for rows, row_biases in ((~took, biases), (took, tower.biases)):  # each query's matrix product once
+        if rows.any():
+            part_scores, part_found = exact_candidates(ids, matrix, vectors[rows], fetch, mask, row_biases,
+                                                       shares[rows])
+            scores[rows, :part_scores.shape[1]], found[rows, :part_found.shape[1]] = part_scores, part_found
+    return scores, found
+
+
+def _index_candidates(collection: Collection, index: Any, vectors: np.ndarray, shares: np.ndarray, fetch: int,
+                      kind: str, allowed: np.ndarray | None, tower: TowerBiases | None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """``retrieve`` through the collection's index (call holding the collection's lock)."""
     queries = augment_queries(vectors, shares, index_dim(vectors.shape[1], index.kind))
     lookup = collection.indexes.lookup(kind, index)
     scores, found = index.query(queries, fetch, allowed=allowed, lookup=lookup)
