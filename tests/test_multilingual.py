@@ -413,3 +413,33 @@ def test_train_multilingual_refuses_more_layers_than_e5_has(tmp_path: Path) -> N
                                       "--out", str(tmp_path / "tower"), "--unfreeze", "text:13"])
     assert result.exit_code != 0
     assert "text:N trains e5's last N of its 12 layers" in result.output
+
+
+def test_tower_and_english_queries_searched_together_rank_as_alone(english_collection: Collection,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server batch mixing queries the tower encoded with English ones ranks each as it would be ranked alone
+    (each by its own bank's biases, one matrix product per kind of query), exact search and the hybrid's fusion
+    running without the collection's lock (its threads search at once)."""
+    from crossmodal.search import hybrid, pipeline
+    from crossmodal.search.pipeline import Query, Ranking
+
+    encoder = load_encoder("lite")
+    if encoder.multilingual is None or encoder.multilingual.bank is None:
+        pytest.skip("lite ships no multilingual tower with a bank here")
+    c = Collection.open(english_collection.folder, model=encoder)
+    texts = [t for group in list(TRANSLATED.values())[:3] for t in group[:2]]  # English, German, English, ...
+    queries = [Query(v, "text", t, tower=not encoder.reads_natively(t)) for v, t in zip(
+        encoder.encode_texts(texts), texts, strict=True)]
+    assert [q.tower for q in queries] == [False, True] * 3
+    held: list[bool] = []
+    for name, module in (("exact_candidates", pipeline), ("fuse", hybrid)):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=original, **kw: held.append(c.lock._is_owned()) or _f(*a, **kw))
+    for retriever in ("dense", "hybrid"):
+        ranking = Ranking(rerank=0, retriever=retriever)
+        together = c.search_queries(queries, k=5, ranking=ranking)
+        alone = [c.search_queries([q], k=5, ranking=ranking)[0] for q in queries]
+        for a, b in zip(together, alone, strict=True):
+            assert [h.id for h in a] == [h.id for h in b]
+            assert np.allclose([h.score for h in a], [h.score for h in b], atol=1e-6)
+    assert held and not any(held)
