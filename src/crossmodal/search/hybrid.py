@@ -227,8 +227,8 @@ def words_best(collection: Collection, queries: Sequence[Query], *, kind: str, a
     a sharded collection gathers from its shards, so that they scale the evidence alike (call holding the
     collection's lock)."""
     out = []
+    index = collection.words.get(kind)
     for query in queries:
-        index = collection.words.get(kind)
         every = _word_scores(collection, index, query, kind, reranked)
         if every is None:
             out.append(0.0)
