@@ -151,7 +151,7 @@ def stage(collection: Collection, queries: Sequence[Query], dense: list[Ranked],
         matches = [keywords.search(store.db, words, kind, fetch, allowed, store.generation)
                    if (words := words_of(query)) else (np.zeros(0, np.float32), np.zeros(0, np.int64))
                    for query in queries]
-        snapshot = Snapshot.of(collection, kind)
+        snapshot = Snapshot.of(collection, kind, words=retriever == "hybrid")
     out = []
     for i, (query, share, ranked, found) in enumerate(zip(queries, shares, dense, matches, strict=True)):
         keep = ~np.isin(found[1], np.asarray(query.exclude, dtype=np.int64)) & snapshot.holds(found[1])
@@ -185,9 +185,11 @@ class Snapshot:
     words: SparseIndex | None
 
     @classmethod
-    def of(cls, collection: Collection, kind: str) -> Snapshot:
-        """The collection's items of ``kind`` now (call holding the collection's lock)."""
-        return cls(*collection.store.matrix(kind), collection.store.biases(kind), collection.words.get(kind))
+    def of(cls, collection: Collection, kind: str, words: bool = True) -> Snapshot:
+        """The collection's items of ``kind`` now, with the caption-word index when ``words`` (the keyword
+        retriever reads none: it is not built for it); call holding the collection's lock."""
+        return cls(*collection.store.matrix(kind), collection.store.biases(kind),
+                   collection.words.get(kind) if words else None)
 
     def holds(self, ids: np.ndarray) -> np.ndarray:
         """Which of ``ids`` are in the snapshot (all of them, unless the store changed under a reader)."""
