@@ -184,9 +184,10 @@ def test_the_onnx_tower_equals_the_pytorch_student(tiny_tower: TowerWeights, tmp
     quantized = {n.name.split("/")[3] for n in graph.graph.node
                  if n.op_type == "MatMulInteger" and n.name.endswith("/output/dense/MatMul_quant")
                  and "attention" not in n.name}
-    float_down = {n.name.split("/")[3] for n in graph.graph.node
-                  if n.op_type == "MatMul" and n.name.endswith("/output/dense/MatMul") and "attention" not in n.name}
-    assert float_down == {f"layer.{i}" for i in range(6)} and quantized == {f"layer.{i}" for i in range(6, 12)}
+    float_products = [n.name for n in graph.graph.node if n.op_type in ("MatMul", "Attention")]
+    smoothed = [n for n in graph.graph.node if n.op_type == "Mul" and n.name.endswith("/smoothed")]
+    # smoothed, every product is int8: the attention, its output, the feed-forward's two, in each of the 12 layers
+    assert quantized == {f"layer.{i}" for i in range(12)} and not float_products and len(smoothed) == 4 * 12
 
 
 def _embedded(texts: list[str], prefix: str = e5_model.PREFIX) -> tuple[torch.Tensor, torch.Tensor]:
