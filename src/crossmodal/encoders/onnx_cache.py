@@ -20,7 +20,7 @@ from .fingerprint import fingerprint_files
 from .lite_spec import model_name
 
 # Bump when the export changes, so caches written by older code are not reused.
-EXPORT_VERSION = 3
+EXPORT_VERSION = 4
 
 
 def cache_root() -> Path:
