@@ -20,8 +20,8 @@ def load_encoder(name: str, device: str | None = None, backend: str | None = Non
     ``auto`` uses ONNX Runtime when it is installed (the model is exported once into the user cache;
     same vectors and fingerprint, 2-4x faster), ``torch`` PyTorch, ``onnx`` ONNX Runtime or an error.
     ``device`` (default ``$CROSSMODAL_DEVICE``, else ``cpu``) is where PyTorch models run, e.g. ``cuda``.
-    ``int8_text`` runs a lite model on ONNX Runtime with its int8 text tower (1.4x faster queries, same photo
-    vectors and fingerprint, dev RSUM -0.8; see docs/benchmarks.md); other models ignore it.
+    ``int8_text`` runs a lite model on ONNX Runtime with its int8 text tower (1.5x faster queries, same photo
+    vectors and fingerprint, dev RSUM +0.5 for the dual encoder; see docs/benchmarks.md); other models ignore it.
     ``multilingual`` (default: on unless ``$CROSSMODAL_MULTILINGUAL`` is ``0``) attaches the model's multilingual
     query tower when it has one (encoders/multilingual.py): texts in a language other than English go through it.
     """
