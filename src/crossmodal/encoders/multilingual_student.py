@@ -81,7 +81,7 @@ def export_tower(weights: TowerWeights, path: Path) -> None:
     """The tower of ``weights`` as one ONNX graph (inputs_embeds, attention_mask -> embedding): ONNX Runtime's
     fused BERT operators (attention, skip + layer norm, GELU), the matrix products' inputs smoothed
     (encoders/onnx_smooth.py), then every matrix product in int8. Unsmoothed, the down-projections of the first
-    half of the layers had to stay float32; smoothed, all of them in int8 make a foreign query 11% faster at the same
+    half of the layers had to stay float32; smoothed, all of them in int8 make a foreign query 15% faster at the same
     dev R@10, and its vector depends less on the other queries in its batch (docs/benchmarks.md)."""
     from onnxruntime.transformers.optimizer import optimize_model
 

@@ -12,9 +12,10 @@ Multi30K dev (docs/benchmarks.md).
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -68,10 +69,11 @@ def smooth_activations(path: Path, feeds: Iterable[dict[str, np.ndarray]], alpha
 
     model = onnx.load(str(path))
     weights = {t.name: t for t in model.graph.initializer}
+    uses = Counter(name for node in model.graph.node for name in node.input)
     readers: dict[str, list] = defaultdict(list)
-    for node in model.graph.node:
+    for node in model.graph.node:  # a weight another node reads too (tied) would be scaled twice: left as is
         if node.op_type in ("MatMul", "Attention") and len(node.input) > 1 and node.input[1] in weights \
-                and len(weights[node.input[1]].dims) == 2:
+                and len(weights[node.input[1]].dims) == 2 and uses[node.input[1]] == 1:
             readers[node.input[0]].append(node)
     ranges = _channel_ranges(model, list(readers), feeds)
     for name, nodes in readers.items():
@@ -92,7 +94,7 @@ def smooth_activations(path: Path, feeds: Iterable[dict[str, np.ndarray]], alpha
     return len(readers)
 
 
-def _channel_ranges(model: object, names: list[str], feeds: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def _channel_ranges(model: Any, names: list[str], feeds: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """max |x| per channel (the last axis) of each tensor in ``names`` over ``feeds``, from the float graph."""
     import onnx
     import onnxruntime as ort
