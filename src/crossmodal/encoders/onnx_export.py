@@ -8,6 +8,7 @@ with its matrix products' inputs smoothed first: encoders/onnx_smooth.py).
 
 from __future__ import annotations
 
+import logging
 import re
 import warnings
 from collections import defaultdict
@@ -197,9 +198,14 @@ def quantize_text_tower(path: Path, fused: bool = False, down_from_layer: int | 
     if down_from_layer is not None:
         keep_float = [name for name in keep_float if _layer(name) < down_from_layer]
     tmp = path.with_suffix(".int8.onnx")
-    quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
-                     op_types_to_quantize=["MatMul", "Attention"] if fused else ["MatMul"], nodes_to_exclude=keep_float,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT} if fused else {})
+    logging.disable(logging.WARNING)  # the quantizer's advice on static quantization, printed on a user's first query
+    try:
+        quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                         op_types_to_quantize=["MatMul", "Attention"] if fused else ["MatMul"],
+                         nodes_to_exclude=keep_float,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT} if fused else {})
+    finally:
+        logging.disable(logging.NOTSET)
     tmp.replace(path)
 
 
