@@ -77,10 +77,10 @@ class Student(nn.Module):
         return student.eval()
 
 
-def export_tower(weights: TowerWeights, path: Path) -> None:
+def export_tower(weights: TowerWeights, path: Path, int8: bool = True) -> None:
     """The tower of ``weights`` as one ONNX graph (inputs_embeds, attention_mask -> embedding): ONNX Runtime's
-    fused BERT operators (attention, skip + layer norm, GELU), the matrix products' inputs smoothed
-    (encoders/onnx_smooth.py), then every matrix product in int8. Unsmoothed, the down-projections of the first
+    fused BERT operators (attention, skip + layer norm, GELU), then (``int8``) the matrix products' inputs smoothed
+    (encoders/onnx_smooth.py) and every matrix product in int8. Unsmoothed, the down-projections of the first
     half of the layers had to stay float32; smoothed, all of them in int8 make a foreign query 15% faster at the same
     dev R@10, and its vector depends less on the other queries in its batch (docs/benchmarks.md)."""
     from onnxruntime.transformers.optimizer import optimize_model
@@ -98,6 +98,8 @@ def export_tower(weights: TowerWeights, path: Path) -> None:
     config = student.bert.config
     optimize_model(str(path), model_type="bert", num_heads=config.num_attention_heads,
                    hidden_size=config.hidden_size).save_model_to_file(str(path))
+    if not int8:
+        return
     ids = e5_model.token_ids(image, e5_model.tokenizer(image), list(CALIBRATION), prefix=weights.prefix)
     feeds = (dict(zip(("inputs_embeds", "attention_mask"), e5_model.embedded(image, [one]), strict=True))
              for one in ids)

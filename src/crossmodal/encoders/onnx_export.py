@@ -69,7 +69,7 @@ def export_onnx(encoder: Encoder, folder: str | Path, int8: bool = False) -> Pat
         from .onnx_smooth import smooth_activations
 
         # smoothed, the later half's down-projections go to int8 too: Flickr8k dev RSUM 339.26 against 337.78 with
-        # all six float32 and 338.76 all float32, every caption's vector closer to float32's, 15% faster; all six
+        # all six float32 and 338.76 all float32, every caption's vector closer to float32's, 7-15% faster; all six
         # in int8: 29% faster but one caption in 5,000 at cosine 0.968 (docs/benchmarks.md)
         smooth_activations(folder / "text.onnx", calibration)
         quantize_text_tower(folder / "text.onnx", down_from_layer=encoder.towers.text.config.num_hidden_layers // 2)
