@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +34,9 @@ from rich.console import Console
 from rich.table import Table
 
 from crossmodal.encoders import e5_model, load_encoder
-from crossmodal.encoders.multilingual import TowerWeights
+from crossmodal.encoders.multilingual import TowerWeights, run_graph
 from crossmodal.encoders.multilingual_student import export_tower
-from crossmodal.encoders.onnx import OnnxEncoder, _session, length_groups
+from crossmodal.encoders.onnx import OnnxEncoder, _session
 from crossmodal.encoders.onnx_export import export_onnx, quantize_text_tower
 from crossmodal.evaluation.metrics import recall_metrics
 from crossmodal.search.normalise import SHARE
@@ -65,9 +66,6 @@ def cosines(vectors: np.ndarray, reference: np.ndarray) -> str:
 
 
 def english(folder: Path, args: argparse.Namespace, console: Console) -> None:
-    import torch
-
-    torch.set_num_threads(2)
     source = load_encoder("lite", backend="torch", multilingual=False)
     float32 = export_onnx(source, folder / "float32")
     before = folder / "before"
@@ -78,8 +76,7 @@ def english(folder: Path, args: argparse.Namespace, console: Console) -> None:
     data = load_flickr_layout(args.flickr, "dev")
     photos = OnnxEncoder(float32).encode_images([load_image(p) for p in data.images])
     encoders = {name: OnnxEncoder(path, threads=1, batch_size=BATCH) for name, path in graphs.items()}
-    vectors = {name: np.concatenate([e.encode_texts(data.texts[i:i + BATCH]) for i in range(0, len(data.texts), BATCH)])
-               for name, e in encoders.items()}
+    vectors = {name: batched(e.encode_texts, list(data.texts)) for name, e in encoders.items()}
     ms = timed({name: e.encode_texts for name, e in encoders.items()}, list(data.texts[:1600]), args.repeats)
     table = Table(title=f"lite's English text tower: Flickr8k dev ({len(photos)} photos, {len(data.texts)} captions), "
                         f"batches of {BATCH}, one thread")
@@ -102,22 +99,8 @@ def multilingual(folder: Path, args: argparse.Namespace, console: Console) -> No
     export_tower(weights, folder / "now.onnx")
     graphs = {"float32": "float32", "int8 before": "before", "int8 smoothed (shipped)": "now"}
     sessions = {name: _session(folder / f"{stem}.onnx", 1) for name, stem in graphs.items()}
-    image = e5_model.read()
-    tokenizer = e5_model.tokenizer(image)
-
-    def encoding(session: object) -> Callable[[list[str]], np.ndarray]:
-        def encode(texts: list[str]) -> np.ndarray:  # as MultilingualTower.encode: runs of similar lengths
-            ids = e5_model.token_ids(image, tokenizer, texts, prefix=weights.prefix)
-            out = np.zeros((len(texts), weights.dim), np.float32)
-            order = np.argsort([len(i) for i in ids], kind="stable")
-            for group in length_groups(np.array([len(ids[i]) for i in order])):
-                rows = order[group]
-                embeds, mask = e5_model.embedded(image, [ids[i] for i in rows])
-                out[rows] = session.run(["embedding"], {"inputs_embeds": embeds, "attention_mask": mask})[0]
-            return out / np.linalg.norm(out, axis=1, keepdims=True)
-        return encode
-
-    encoders = {name: encoding(s) for name, s in sessions.items()}
+    tokenizer = e5_model.tokenizer(e5_model.read())
+    encoders = {name: partial(run_graph, s, tokenizer, weights) for name, s in sessions.items()}
     with args.table.open(newline="") as f:
         dev = [r for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
                if r["split"] == "dev" and r["source"] == "task1"]

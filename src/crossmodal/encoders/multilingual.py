@@ -187,24 +187,11 @@ class MultilingualTower:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(N, dim) L2-normalised vectors in the model's space, in batches of similar lengths."""
-        from . import e5_model
-        from .onnx import length_groups
-
         texts = list(texts)
-        out = np.zeros((len(texts), self.weights.dim), dtype=np.float32)
         if not texts:
-            return out
+            return np.zeros((0, self.weights.dim), dtype=np.float32)
         session, tokenizer = self._open()
-        image = e5_model.read()
-        ids = e5_model.token_ids(image, tokenizer, texts, prefix=self.weights.prefix)
-        for batch in e5_model.length_batches(ids, BATCH):
-            # runs of similar lengths, as the own tower's (onnx.py): a server's batch of a few queries padded to
-            # its longest cost a tenth more
-            for group in length_groups(np.array([len(ids[i]) for i in batch])):
-                rows = batch[group]
-                embeds, mask = e5_model.embedded(image, [ids[i] for i in rows])
-                out[rows] = session.run(["embedding"], {"inputs_embeds": embeds, "attention_mask": mask})[0]
-        return normalize(out)
+        return run_graph(session, tokenizer, self.weights, texts)
 
     def _open(self) -> tuple[Any, Any]:
         with self._opening:
@@ -217,6 +204,25 @@ class MultilingualTower:
                 self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
                 self._session = _session(folder / "tower.onnx", self.threads)
         return self._session, self._tokenizer
+
+
+def run_graph(session: Any, tokenizer: Any, weights: TowerWeights, texts: list[str]) -> np.ndarray:
+    """(N, dim) L2-normalised vectors of ``texts`` through an ONNX Runtime session of a tower graph of ``weights``
+    (the cached export, or another one a benchmark compares), in runs of similar token lengths."""
+    from . import e5_model
+    from .onnx import length_groups
+
+    out = np.zeros((len(texts), weights.dim), dtype=np.float32)
+    image = e5_model.read()
+    ids = e5_model.token_ids(image, tokenizer, texts, prefix=weights.prefix)
+    for batch in e5_model.length_batches(ids, BATCH):
+        # runs of similar lengths, as the own tower's (onnx.py): a server's batch of a few queries padded to its
+        # longest cost a tenth more
+        for group in length_groups(np.array([len(ids[i]) for i in batch])):
+            rows = batch[group]
+            embeds, mask = e5_model.embedded(image, [ids[i] for i in rows])
+            out[rows] = session.run(["embedding"], {"inputs_embeds": embeds, "attention_mask": mask})[0]
+    return normalize(out)
 
 
 def cache_folder(weights: TowerWeights) -> Path:

@@ -55,23 +55,21 @@ def export_onnx(encoder: Encoder, folder: str | Path, int8: bool = False) -> Pat
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    calibration = None
     if isinstance(encoder, LiteEncoder):
         towers = _export_lite(encoder, folder)
-        calibration = _lite_calibration(encoder)
     elif isinstance(encoder, HFDualEncoder):
         from .onnx_hf import export_transformers
 
         towers = {"preprocess": "transformers", **export_transformers(encoder, folder)}
     else:
         raise ValueError(f"cannot export a {type(encoder).__name__} to ONNX")
-    if int8 and calibration is not None:
+    if int8 and isinstance(encoder, LiteEncoder):
         from .onnx_smooth import smooth_activations
 
         # smoothed, the later half's down-projections go to int8 too: Flickr8k dev RSUM 339.26 against 337.78 with
         # all six float32 and 338.76 all float32, every caption's vector closer to float32's, 7-15% faster; all six
         # in int8: 29% faster but one caption in 5,000 at cosine 0.968 (docs/benchmarks.md)
-        smooth_activations(folder / "text.onnx", calibration)
+        smooth_activations(folder / "text.onnx", _lite_calibration(encoder))
         quantize_text_tower(folder / "text.onnx", down_from_layer=encoder.towers.text.config.num_hidden_layers // 2)
     elif int8:
         quantize_text_tower(folder / "text.onnx")
