@@ -32,6 +32,8 @@ from crossmodal.training.train_multilingual import (
     export,
     fit_student,
     lower_states,
+    shallow_student,
+    tower_teachers,
 )
 
 # Sample photos with one of their English captions and translations of it (German, French, and Spanish: a
@@ -258,6 +260,45 @@ def test_training_lowers_the_loss_and_learns_to_find_the_photos() -> None:
     assert measured == list(range(1, 41))
 
 
+def test_a_tower_distils_into_a_shallower_one(tiny_tower: TowerWeights, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 3-layer student starts from the tower's layers 0, 4 and 8 and its projection, learns to give the tower's
+    vectors, and its file runs (3 layers, all its own) through ONNX as the PyTorch student does."""
+    monkeypatch.setenv("CROSSMODAL_CACHE", str(tmp_path))
+    tower = MultilingualTower(tiny_tower)
+    student = shallow_student(tiny_tower, 3)
+    source = Student.from_weights(tiny_tower)
+    assert len(student.bert.encoder.layer) == 3 and student.frozen == 0
+    for i, kept in enumerate((0, 4, 8)):
+        assert torch.equal(student.bert.encoder.layer[i].output.dense.weight,
+                           source.bert.encoder.layer[kept].output.dense.weight)
+    assert torch.equal(student.proj.weight, source.proj.weight)
+    texts = [t for group in TRANSLATED.values() for t in group]
+    rng = np.random.default_rng(0)
+    photos = rng.normal(size=(len(TRANSLATED), 8)).astype(np.float32)
+    pairs = tower_teachers(Pairs(texts, np.repeat(np.arange(len(TRANSLATED)), 4), photos,
+                                 np.zeros((len(texts), 8), np.float32), np.zeros(len(texts), dtype=bool)), tower)
+    assert pairs.has_teacher.all() and np.allclose(pairs.teacher, tower.encode(texts))
+    states = lower_states(student, texts, 64)
+
+    def fidelity(s: Student) -> float:
+        return float((encode(s, states) * pairs.teacher).sum(1).mean())
+
+    before = fidelity(student)
+    config = MultilingualConfig(epochs=15, batch_size=len(texts), frozen=0, layers=3, lr=3e-4, head_lr=1e-3,
+                                distill=4.0)
+    trained = fit_student(pairs, config, log=lambda line: None, student=student)
+    after = fidelity(trained)
+    assert after > before + 0.4, (before, after)
+    path = tmp_path / HEAD_FILE
+    export(trained, "the-fingerprint", config).save(path)
+    weights = TowerWeights.load(path)
+    assert (weights.layers, weights.frozen) == (3, 0)
+    assert {k.split(".")[3] for k in weights.tensors if k.startswith("bert.")} == {"0", "1", "2"}
+    onnx_vectors = MultilingualTower(weights).encode(texts)
+    assert (onnx_vectors * encode(Student.from_weights(weights), states)).sum(1).min() > 0.98
+
+
 @pytest.fixture(scope="module")
 def english_collection(tmp_path_factory: pytest.TempPathFactory) -> Collection:
     """The sample photos indexed by English-only lite: a collection from before the multilingual tower."""
@@ -379,17 +420,23 @@ def test_queries_the_tower_encodes_are_normalised_by_its_bank(english_collection
             "image", emb.images), atol=1e-5)
 
 
-def test_train_multilingual_command_writes_a_head_the_model_loads(tmp_path: Path) -> None:
+def _translated_table(folder: Path) -> Path:
+    """TRANSLATED as a table: English and German rows to train on, French and Spanish ones for dev."""
     rows = []
     for name, texts in TRANSLATED.items():
         for i, (lang, text) in enumerate(zip(("en", "de", "fr", "es"), texts, strict=True)):
             rows.append({"image": name, "caption": text, "lang": lang, "group": name,
                          "split": "train" if i < 2 else "dev"})
-    table = tmp_path / "captions.tsv"
+    table = folder / "captions.tsv"
     with table.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
         writer.writeheader()
         writer.writerows(rows)
+    return table
+
+
+def test_train_multilingual_command_writes_a_head_the_model_loads(tmp_path: Path) -> None:
+    table = _translated_table(tmp_path)
     extra = tmp_path / "extra"  # more English captions of the same photos, found from another folder
     extra.mkdir()
     (extra / "photos").symlink_to(SAMPLES / "photos")
@@ -407,6 +454,19 @@ def test_train_multilingual_command_writes_a_head_the_model_loads(tmp_path: Path
     assert {k.split(".")[3] for k in tower.tensors if k.startswith("bert.")} == {"10", "11"}  # e5's last 2 layers
     bank = MultilingualTower(tower).bank  # its normalisation bank: its vectors of the German training captions
     assert bank is not None and bank.vectors("texts").shape == (len(TRANSLATED), tower.dim)
+
+
+def test_train_multilingual_layers_distils_the_models_tower(tmp_path: Path) -> None:
+    """--layers 2: a tower of 2 layers, all trained, distilled from the model's own (shipped) tower."""
+    out = tmp_path / "tower"
+    result = CliRunner().invoke(app, ["train", "--multilingual", "--data", str(_translated_table(tmp_path)),
+                                      "--images", str(SAMPLES / "photos"), "--out", str(out), "--epochs", "1",
+                                      "--layers", "2"])
+    assert result.exit_code == 0, result.output
+    tower = TowerWeights.load(out / HEAD_FILE)
+    assert (tower.layers, tower.frozen) == (2, 0)
+    assert {k.split(".")[3] for k in tower.tensors if k.startswith("bert.")} == {"0", "1"}
+    assert tower.metadata["distilled_from"] == load_encoder("lite").multilingual.weights.id
 
 
 def test_train_multilingual_refuses_more_layers_than_e5_has(tmp_path: Path) -> None:

@@ -932,6 +932,10 @@ def train(
                                                "which loading that model picks up. --unfreeze text:N trains e5's "
                                                "last N layers (default 4; the shipped tower all 12, on a GPU), "
                                                "--tower-lr and --lr are theirs and the projection's.")] = False,
+    layers: Annotated[int | None, typer.Option(
+        "--layers", min=1, max=12, help="With --multilingual: distil the model's current tower into one of N "
+        "layers (all trained, starting from every other of its layers; its vector of each caption the teacher): "
+        "cheaper queries. The shipped tower is 6 layers distilled from 12 (docs/benchmarks.md).")] = None,
     extra_data: Annotated[list[str] | None, typer.Option(
         "--extra-data", help="With --multilingual: more caption data to learn from, in any layout --data takes "
         "(e.g. the model's own training set); its captions without a lang column count as English.")] = None,
@@ -950,18 +954,23 @@ def train(
       crossmodal train --multilingual --data ../shared/datasets/multi30k-flickr8k/captions.tsv \\
           --images ../shared/datasets/flickr8k/images --out runs/my-lite
     """
-    if extra_data and not multilingual:
-        raise ValueError("--extra-data goes with --multilingual")
+    if (extra_data or layers) and not multilingual:
+        raise ValueError("--extra-data and --layers go with --multilingual")
     if multilingual:
         from .encoders import load_encoder, resolve_device
         from .sources.datasets import load_dataset, merge_datasets
-        from .training.train_multilingual import MultilingualConfig, train_multilingual
+        from .training.train_multilingual import DISTIL_FROM_TOWER, MultilingualConfig, train_multilingual
 
-        layers = MultilingualConfig.layers
-        trained = layers - MultilingualConfig.frozen if unfreeze == "heads" else parse_unfreeze(unfreeze)[1]
-        if not 0 < trained <= layers:
+        e5_layers = MultilingualConfig.layers
+        trained = e5_layers - MultilingualConfig.frozen if unfreeze == "heads" else parse_unfreeze(unfreeze)[1]
+        if not 0 < trained <= e5_layers:
             raise ValueError(f"--unfreeze {unfreeze!r}: with --multilingual, text:N trains e5's last N of its "
-                             f"{layers} layers (1 to {layers})")
+                             f"{e5_layers} layers (1 to {e5_layers})")
+        teacher = None
+        if layers is not None:
+            teacher = load_encoder(model).multilingual
+            if teacher is None:
+                raise ValueError(f"--layers distils {model}'s multilingual tower, and it has none: train one first")
         encoder = load_encoder(model, multilingual=False)
         dev_data = load_dataset(data, dev_split, images)
         train_data = [load_dataset(spec, train_split, images if spec == data else None)
@@ -969,8 +978,11 @@ def train(
         train_multilingual(encoder, merge_datasets(train_data) if extra_data else train_data[0],
                            dev_data if dev_data.texts else None, out,
                            MultilingualConfig(**({} if epochs is None else {"epochs": epochs}), seed=seed,
-                                              frozen=layers - trained, lr=tower_lr, head_lr=lr),
-                           log=lambda line: err.print(line, highlight=False), device=resolve_device())
+                                              frozen=e5_layers - trained, lr=tower_lr, head_lr=lr,
+                                              **({} if layers is None else {"layers": layers,
+                                                                            "distill": DISTIL_FROM_TOWER})),
+                           log=lambda line: err.print(line, highlight=False), device=resolve_device(),
+                           teacher=teacher)
         err.print(f"wrote {out / 'multilingual.safetensors'}", highlight=False)
         return
     epochs = 10 if epochs is None else epochs

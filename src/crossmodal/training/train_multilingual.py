@@ -7,13 +7,16 @@ states kept in memory as float16), its upper layers and a projection into the mo
   photo vectors, which stay fixed: the query tower learns to find photos, in every language it sees;
 - distillation (Reimers and Gurevych 2020): where a caption has an English translation in its group, its vector
   should equal the model's own vector of that translation, so every language lands where English does.
+A tower can also be distilled into a shallower one (``teacher``): the student starts from every other of the
+teacher's layers (DistilBERT's start) and each caption's teacher vector is the tower's own vector of it, so queries
+cost less for nearly the same ranking (docs/benchmarks.md).
 The model's photo vectors, text tower and fingerprint are not touched.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +26,16 @@ from torch import nn
 
 from ..encoders import e5_model
 from ..encoders.base import Encoder
-from ..encoders.multilingual import HEAD_FILE, TowerWeights, bank_path, build_bank
+from ..encoders.multilingual import HEAD_FILE, MultilingualTower, TowerWeights, bank_path, build_bank
 from ..encoders.multilingual_student import Student
 from ..evaluation.metrics import per_language_metrics, retrieval_ranks
 from ..sources.datasets import CaptionDataset
 from ..sources.images import load_image
 
 ENGLISH = "en"
+# The distillation loss's weight when a tower teaches a shallower one: its cosine loss starts near 0.6 against
+# InfoNCE's 2-3; 4 puts the two on a par (not swept: a CPU run takes 20 min an epoch).
+DISTIL_FROM_TOWER = 4.0
 
 
 @dataclass
@@ -186,6 +192,23 @@ def table_pairs(encoder: Encoder, data: CaptionDataset, photos: np.ndarray | Non
     return Pairs(list(data.texts), np.asarray(data.text_image), photos, teacher, has_teacher)
 
 
+def shallow_student(tower: TowerWeights, layers: int) -> Student:
+    """A student of ``layers`` layers for ``tower``: its layer i starts as the tower's layer ``i * tower.layers //
+    layers`` (every other one for 6 of 12), its projection as the tower's; all of it trains (``frozen`` 0)."""
+    source = Student.from_weights(tower)
+    student = Student(tower.dim, 0, layers, tower.prefix)
+    for i, layer in enumerate(student.bert.encoder.layer):
+        layer.load_state_dict(source.bert.encoder.layer[i * tower.layers // layers].state_dict())
+    student.proj.load_state_dict(source.proj.state_dict())
+    return student
+
+
+def tower_teachers(pairs: Pairs, tower: MultilingualTower) -> Pairs:
+    """``pairs`` with ``tower``'s own vector of every caption as its teacher, in every language (what a shallower
+    student distils)."""
+    return replace(pairs, teacher=tower.encode(pairs.texts), has_teacher=np.ones(len(pairs.texts), dtype=bool))
+
+
 def own_text_vectors(encoder: Encoder, texts: list[str]) -> np.ndarray:
     """The encoder's own text tower on ``texts``, whatever multilingual tower it has."""
     tower, encoder.multilingual = encoder.multilingual, None
@@ -204,15 +227,21 @@ def language_metrics(student: Student, pairs: Pairs, langs: list[str], max_token
 
 
 def train_multilingual(encoder: Encoder, train: CaptionDataset, dev: CaptionDataset | None, out: Path,
-                       config: MultilingualConfig, log: Callable[[str], Any] = print, device: str = "cpu"
-                       ) -> dict[str, Any]:
+                       config: MultilingualConfig, log: Callable[[str], Any] = print, device: str = "cpu",
+                       teacher: MultilingualTower | None = None) -> dict[str, Any]:
     """Train the encoder's multilingual tower on ``train`` (on ``device``), report ``dev`` per language, write
     ``out/HEAD_FILE`` and, beside it, the tower's normalisation bank from ``train``'s captions that are not
-    English."""
+    English. With a ``teacher`` tower, the tower of ``config.layers`` layers is distilled from it (all of them
+    train)."""
     log(f"encoding {len(train.texts)} training captions and {len(train.images)} photos")
-    student = fit_student(table_pairs(encoder, train), config, log, device=device)
+    pairs, student, extra = table_pairs(encoder, train), None, {"trained_on": train.name}
+    if teacher is not None:
+        config = replace(config, frozen=0)
+        pairs, student = tower_teachers(pairs, teacher), shallow_student(teacher.weights, config.layers)
+        extra["distilled_from"] = teacher.weights.id
+    student = fit_student(pairs, config, log, student=student, device=device)
     out.mkdir(parents=True, exist_ok=True)
-    export(student, encoder.fingerprint, config, {"trained_on": train.name}).save(out / HEAD_FILE)
+    export(student, encoder.fingerprint, config, extra).save(out / HEAD_FILE)
     foreign = [t for t, lang in zip(train.texts, train.langs or [], strict=False) if lang != ENGLISH]
     if foreign:  # the tower's own normalisation bank (collection/tower_biases.py), from the student's vectors
         build_bank(lambda texts: encode(student, lower_states(student, texts, config.max_tokens)), foreign,
