@@ -62,10 +62,9 @@ def with_unseen(task1: Path, out: Path) -> Path:
     """Task 1's table with UNSEEN's rows added (photo paths made absolute as ``task_table`` makes them)."""
     with UNSEEN.open(newline="") as f:
         extra = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    photos = {Path(r["image"]).name: r["image"] for r in read_rows(task1)}
-    with task1.open() as f:
-        header = f.readline().rstrip("\n").split("\t")
-    rows = read_rows(task1) + [{**{k: "" for k in header}, **r, "image": photos[r["image"]]} for r in extra]
+    rows = read_rows(task1)
+    photos, header = {Path(r["image"]).name: r["image"] for r in rows}, list(rows[0])
+    rows += [{**{k: "" for k in header}, **r, "image": photos[r["image"]]} for r in extra]
     with out.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=header, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None)
         writer.writeheader()

@@ -8,8 +8,8 @@ states kept in memory as float16), its upper layers and a projection into the mo
 - distillation (Reimers and Gurevych 2020): where a caption has an English translation in its group, its vector
   should equal the model's own vector of that translation, so every language lands where English does.
 A tower can also be distilled into a shallower one (``teacher``): the student starts from every other of the
-teacher's layers (DistilBERT's start) and each caption's teacher vector is the tower's own vector of it, so queries
-cost less for nearly the same ranking (docs/benchmarks.md).
+teacher's layers (DistilBERT's start) and each caption's teacher vector is the tower's own vector of it: cheaper
+queries for some R@10, most of it in languages the captions do not cover (docs/benchmarks.md).
 The model's photo vectors, text tower and fingerprint are not touched.
 """
 
