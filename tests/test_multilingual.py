@@ -31,6 +31,7 @@ from crossmodal.training.train_multilingual import (
     encode,
     export,
     fit_student,
+    kept_layers,
     lower_states,
     shallow_student,
     tower_teachers,
@@ -258,6 +259,13 @@ def test_training_lowers_the_loss_and_learns_to_find_the_photos() -> None:
     assert t2i_r1(trained) > 0.9
     assert losses[-1] < 0.5 * losses[0]
     assert measured == list(range(1, 41))
+
+
+def test_a_shallower_student_keeps_every_other_lower_layer_and_the_top_ones() -> None:
+    assert kept_layers(12, 6) == [0, 2, 4, 6, 8, 10]
+    assert kept_layers(12, 8) == [0, 2, 4, 6, 8, 9, 10, 11]
+    assert kept_layers(12, 12) == list(range(12))
+    assert kept_layers(12, 3) == [0, 4, 8]
 
 
 def test_a_tower_distils_into_a_shallower_one(tiny_tower: TowerWeights, tmp_path: Path,

@@ -934,9 +934,9 @@ def train(
                                                "--tower-lr and --lr are theirs and the projection's.")] = False,
     layers: Annotated[int | None, typer.Option(
         "--layers", min=1, max=12, help="With --multilingual: distil the model's current tower into one of N "
-        "layers (all trained, starting from every other of its layers; its vector of each caption the teacher): "
-        "about twice as fast a query at 6, for a few points of R@10 (more in languages it did not train on: "
-        "docs/benchmarks.md).")] = None,
+        "layers (all trained, starting from every other lower layer and its top ones; its vector of each caption "
+        "the teacher): about twice as fast a query at 6, for a few points of R@10 (more in languages it did not "
+        "train on: docs/benchmarks.md).")] = None,
     extra_data: Annotated[list[str] | None, typer.Option(
         "--extra-data", help="With --multilingual: more caption data to learn from, in any layout --data takes "
         "(e.g. the model's own training set); its captions without a lang column count as English.")] = None,
