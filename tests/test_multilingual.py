@@ -35,6 +35,7 @@ from crossmodal.training.train_multilingual import (
     lower_states,
     shallow_student,
     tower_teachers,
+    with_texts,
 )
 
 # Sample photos with one of their English captions and translations of it (German, French, and Spanish: a
@@ -307,6 +308,34 @@ def test_a_tower_distils_into_a_shallower_one(tiny_tower: TowerWeights, tmp_path
     assert (onnx_vectors * encode(Student.from_weights(weights), states)).sum(1).min() > 0.98
 
 
+def test_texts_without_photos_are_learned_from_the_tower_alone(tiny_tower: TowerWeights, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Texts added by ``with_texts`` have no photo (-1) and the tower's vectors as teachers; a student trained on
+    them alone (no InfoNCE: no photos) learns to give the tower's vectors."""
+    monkeypatch.setenv("CROSSMODAL_CACHE", str(tmp_path))
+    tower = MultilingualTower(tiny_tower)
+    texts = [t for group in TRANSLATED.values() for t in group]
+    empty = Pairs([], np.zeros(0, np.int64), np.zeros((1, 8), np.float32), np.zeros((0, 8), np.float32),
+                  np.zeros(0, dtype=bool))
+    pairs = with_texts(empty, [*texts, texts[0], " "], tower)  # a repeat and a blank are left out
+    assert pairs.texts == texts and (pairs.photo == -1).all() and pairs.has_teacher.all()
+    assert np.allclose(pairs.teacher, tower.encode(texts))
+    student = shallow_student(tiny_tower, 3)
+    states = lower_states(student, texts, 64)
+
+    def fidelity(s: Student) -> float:
+        return float((encode(s, states) * pairs.teacher).sum(1).mean())
+
+    before = fidelity(student)
+    config = MultilingualConfig(epochs=15, batch_size=len(texts), frozen=0, layers=3, lr=3e-4, head_lr=1e-3,
+                                distill=4.0)
+    losses: list[float] = []
+    trained = fit_student(pairs, config, log=lambda line: losses.append(float(line.rsplit(" ", 1)[1])),
+                          student=student)
+    assert fidelity(trained) > before + 0.4
+    assert losses[-1] == pytest.approx(4.0 * (1 - fidelity(trained)), abs=0.1)  # the distillation loss alone
+
+
 @pytest.fixture(scope="module")
 def english_collection(tmp_path_factory: pytest.TempPathFactory) -> Collection:
     """The sample photos indexed by English-only lite: a collection from before the multilingual tower."""
@@ -467,14 +496,20 @@ def test_train_multilingual_command_writes_a_head_the_model_loads(tmp_path: Path
 def test_train_multilingual_layers_distils_the_models_tower(tmp_path: Path) -> None:
     """--layers 2: a tower of 2 layers, all trained, distilled from the model's own (shipped) tower."""
     out = tmp_path / "tower"
-    result = CliRunner().invoke(app, ["train", "--multilingual", "--data", str(_translated_table(tmp_path)),
-                                      "--images", str(SAMPLES / "photos"), "--out", str(out), "--epochs", "1",
-                                      "--layers", "2"])
+    texts = tmp_path / "texts.txt"
+    texts.write_text("Un perro corre por la playa.\n\n犬が浜辺を走っている。\nUn perro corre por la playa.\n",
+                     encoding="utf-8")
+    args = ["train", "--multilingual", "--data", str(_translated_table(tmp_path)), "--images", str(SAMPLES / "photos"),
+            "--out", str(out), "--epochs", "1", "--distil-texts", str(texts)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "--distil-texts goes with --multilingual --layers N" in result.output
+    result = CliRunner().invoke(app, [*args, "--layers", "2"])
     assert result.exit_code == 0, result.output
     tower = TowerWeights.load(out / HEAD_FILE)
     assert (tower.layers, tower.frozen) == (2, 0)
     assert {k.split(".")[3] for k in tower.tensors if k.startswith("bert.")} == {"0", "1"}
     assert tower.metadata["distilled_from"] == load_encoder("lite").multilingual.weights.id
+    assert tower.metadata["distil_texts"] == "2"  # distinct, not blank
 
 
 def test_train_multilingual_refuses_more_layers_than_e5_has(tmp_path: Path) -> None:

@@ -937,6 +937,10 @@ def train(
         "layers (all trained, starting from every other lower layer and its top ones; its vector of each caption "
         "the teacher): about twice as fast a query at 6, for a few points of R@10 (more in languages it did not "
         "train on: docs/benchmarks.md).")] = None,
+    distil_texts: Annotated[Path | None, typer.Option(
+        "--distil-texts", exists=True, dir_okay=False, help="With --layers: a file of texts in any languages, one a "
+        "line, that the student learns only to encode as the tower does (no photos): what keeps the languages the "
+        "captions lack (benchmarks/distil_texts.py writes one).")] = None,
     extra_data: Annotated[list[str] | None, typer.Option(
         "--extra-data", help="With --multilingual: more caption data to learn from, in any layout --data takes "
         "(e.g. the model's own training set); its captions without a lang column count as English.")] = None,
@@ -957,6 +961,8 @@ def train(
     """
     if (extra_data or layers) and not multilingual:
         raise ValueError("--extra-data and --layers go with --multilingual")
+    if distil_texts and not layers:
+        raise ValueError("--distil-texts goes with --multilingual --layers N (the texts are distilled from the tower)")
     if multilingual:
         from .encoders import load_encoder, resolve_device
         from .sources.datasets import load_dataset, merge_datasets
@@ -983,7 +989,8 @@ def train(
                                               **({} if layers is None else {"layers": layers,
                                                                             "distill": DISTIL_FROM_TOWER})),
                            log=lambda line: err.print(line, highlight=False), device=resolve_device(),
-                           teacher=teacher)
+                           teacher=teacher,
+                           distil_texts=distil_texts.read_text(encoding="utf-8").splitlines() if distil_texts else None)
         err.print(f"wrote {out / 'multilingual.safetensors'}", highlight=False)
         return
     epochs = 10 if epochs is None else epochs

@@ -60,8 +60,9 @@ class MultilingualConfig:
 
 @dataclass
 class Pairs:
-    """What the tower learns from: each caption, its photo's index in ``photos``, and the model's own vector of
-    its English translation (``has_teacher`` False where the group has none)."""
+    """What the tower learns from: each caption, its photo's index in ``photos`` (-1: a text without a photo, learnt
+    from its teacher vector alone), and the model's own vector of its English translation (``has_teacher`` False
+    where the group has none)."""
 
     texts: list[str]
     photo: np.ndarray
@@ -140,7 +141,7 @@ def fit_student(pairs: Pairs, config: MultilingualConfig, log: Callable[[str], A
             rows = torch.from_numpy(order[step * batch:(step + 1) * batch])
             vectors = student.upper(*_stack([states[i] for i in rows.tolist()], photos.device))
             rows = rows.to(photos.device)
-            loss = _loss(vectors, photos[photo[rows]], photo[rows], teacher[rows], has_teacher[rows], config)
+            loss = _loss(vectors, photos, photo[rows], teacher[rows], has_teacher[rows], config)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -154,11 +155,16 @@ def fit_student(pairs: Pairs, config: MultilingualConfig, log: Callable[[str], A
 
 def _loss(mapped: torch.Tensor, photos: torch.Tensor, owner: torch.Tensor, teacher: torch.Tensor,
           has_teacher: torch.Tensor, config: MultilingualConfig) -> torch.Tensor:
-    logits = mapped @ photos.T / config.temperature
-    same_photo = (owner[:, None] == owner[None]) & ~torch.eye(len(owner), dtype=torch.bool, device=owner.device)
-    logits = logits.masked_fill(same_photo, -1e4)
-    target = torch.arange(len(owner), device=owner.device)
-    loss = (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target)) / 2
+    """InfoNCE against the photos of the texts that have one (``owner`` >= 0) plus the distillation loss."""
+    loss = mapped.new_zeros(())
+    pictured = owner >= 0
+    if pictured.any():
+        owner = owner[pictured]
+        logits = mapped[pictured] @ photos[owner].T / config.temperature
+        same_photo = (owner[:, None] == owner[None]) & ~torch.eye(len(owner), dtype=torch.bool, device=owner.device)
+        logits = logits.masked_fill(same_photo, -1e4)
+        target = torch.arange(len(owner), device=owner.device)
+        loss = (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target)) / 2
     if config.distill and has_teacher.any():
         loss = loss + config.distill * (1 - (mapped[has_teacher] * teacher[has_teacher]).sum(1)).mean()
     return loss
@@ -219,6 +225,16 @@ def tower_teachers(pairs: Pairs, tower: MultilingualTower) -> Pairs:
     return replace(pairs, teacher=tower.encode(pairs.texts), has_teacher=np.ones(len(pairs.texts), dtype=bool))
 
 
+def with_texts(pairs: Pairs, texts: list[str], tower: MultilingualTower) -> Pairs:
+    """``pairs`` and ``texts`` without photos (photo -1), each with ``tower``'s vector of it as its teacher: a
+    student learns of them only to encode them as the tower does, which keeps what the tower reads in languages
+    the captions lack."""
+    texts = [t for t in dict.fromkeys(texts) if t.strip()]
+    return Pairs(pairs.texts + texts, np.concatenate([pairs.photo, np.full(len(texts), -1, dtype=np.int64)]),
+                 pairs.photos, np.concatenate([pairs.teacher, tower.encode(texts).astype(np.float32)]),
+                 np.concatenate([pairs.has_teacher, np.ones(len(texts), dtype=bool)]))
+
+
 def own_text_vectors(encoder: Encoder, texts: list[str]) -> np.ndarray:
     """The encoder's own text tower on ``texts``, whatever multilingual tower it has."""
     tower, encoder.multilingual = encoder.multilingual, None
@@ -238,17 +254,23 @@ def language_metrics(student: Student, pairs: Pairs, langs: list[str], max_token
 
 def train_multilingual(encoder: Encoder, train: CaptionDataset, dev: CaptionDataset | None, out: Path,
                        config: MultilingualConfig, log: Callable[[str], Any] = print, device: str = "cpu",
-                       teacher: MultilingualTower | None = None) -> dict[str, Any]:
+                       teacher: MultilingualTower | None = None, distil_texts: list[str] | None = None
+                       ) -> dict[str, Any]:
     """Train the encoder's multilingual tower on ``train`` (on ``device``), report ``dev`` per language, write
     ``out/HEAD_FILE`` and, beside it, the tower's normalisation bank from ``train``'s captions that are not
     English. With a ``teacher`` tower, the tower of ``config.layers`` layers is distilled from it (all of them
-    train)."""
+    train), on ``train``'s captions and on ``distil_texts`` (texts without photos, see ``with_texts``)."""
+    if distil_texts and teacher is None:
+        raise ValueError("texts without photos are distilled from a teacher tower: give one")
     log(f"encoding {len(train.texts)} training captions and {len(train.images)} photos")
     pairs, student, extra = table_pairs(encoder, train), None, {"trained_on": train.name}
     if teacher is not None:
         config = replace(config, frozen=0)
         pairs, student = tower_teachers(pairs, teacher), shallow_student(teacher.weights, config.layers)
         extra["distilled_from"] = teacher.weights.id
+        if distil_texts:
+            pairs = with_texts(pairs, distil_texts, teacher)
+            extra["distil_texts"] = str(len(pairs.texts) - len(train.texts))
     student = fit_student(pairs, config, log, student=student, device=device)
     out.mkdir(parents=True, exist_ok=True)
     export(student, encoder.fingerprint, config, extra).save(out / HEAD_FILE)
