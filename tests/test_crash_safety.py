@@ -217,8 +217,8 @@ def read_only(tmp_path: Path) -> Iterator[Callable[[Path], Path]]:
         return view
 
     yield make
-    for view in mounts:
-        subprocess.run(["umount", str(view)], check=False)
+    for view in mounts:  # lazily: a file the collection mapped may still be open, and a busy mount would stay
+        subprocess.run(["umount", "--lazy", str(view)], check=False)
     for folder in chmodded:
         for path in [folder, *folder.rglob("*")]:
             path.chmod(path.stat().st_mode | 0o200)
