@@ -180,14 +180,17 @@ def export(student: Student, fingerprint: str, config: MultilingualConfig, extra
     return TowerWeights(student.trained_tensors(), metadata)
 
 
-def table_pairs(encoder: Encoder, data: CaptionDataset, photos: np.ndarray | None = None) -> Pairs:
-    """Pairs of one split: the encoder's photo vectors (or ``photos``) and its own vectors of each group's English
-    caption as teachers."""
+def table_pairs(encoder: Encoder, data: CaptionDataset, photos: np.ndarray | None = None,
+                english_teachers: bool = True) -> Pairs:
+    """Pairs of one split: the encoder's photo vectors (or ``photos``) and (``english_teachers``) its own vectors of
+    each group's English caption as teachers; without them, no caption has a teacher (dev metrics read the photos
+    alone, and a tower that teaches gives its own)."""
     if photos is None:
         photos = encoder.encode_images([load_image(p) for p in data.images])
     langs = data.langs or [ENGLISH] * len(data.texts)
     groups = data.groups or [str(i) for i in range(len(data.texts))]
-    english = {g: t for t, lang, g in zip(data.texts, langs, groups, strict=True) if lang == ENGLISH}
+    english = {g: t for t, lang, g in zip(data.texts, langs, groups, strict=True)
+               if lang == ENGLISH and english_teachers}
     wanted = sorted(set(english.values()))
     own = dict(zip(wanted, own_text_vectors(encoder, wanted), strict=True))
     teacher = np.zeros((len(data.texts), photos.shape[1]), dtype=np.float32)
@@ -263,7 +266,8 @@ def train_multilingual(encoder: Encoder, train: CaptionDataset, dev: CaptionData
     if distil_texts and teacher is None:
         raise ValueError("texts without photos are distilled from a teacher tower: give one")
     log(f"encoding {len(train.texts)} training captions and {len(train.images)} photos")
-    pairs, student, extra = table_pairs(encoder, train), None, {"trained_on": train.name}
+    pairs, student = table_pairs(encoder, train, english_teachers=teacher is None), None
+    extra = {"trained_on": train.name}
     if teacher is not None:
         config = replace(config, frozen=0)
         pairs, student = tower_teachers(pairs, teacher), shallow_student(teacher.weights, config.layers)
@@ -281,7 +285,8 @@ def train_multilingual(encoder: Encoder, train: CaptionDataset, dev: CaptionData
     report: dict[str, Any] = {"config": asdict(config)}
     if dev is not None and dev.texts:
         langs = dev.langs or [ENGLISH] * len(dev.texts)
-        report["dev_by_lang"] = language_metrics(student, table_pairs(encoder, dev), langs, config.max_tokens)
+        dev_pairs = table_pairs(encoder, dev, english_teachers=False)
+        report["dev_by_lang"] = language_metrics(student, dev_pairs, langs, config.max_tokens)
         for lang, m in report["dev_by_lang"].items():
             log(f"dev {lang}: RSUM {m['rsum']:.1f}, text->image R@10 {m['t2i_R@10']:.1f}")
     return report
