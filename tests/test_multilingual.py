@@ -288,16 +288,8 @@ def test_a_tower_distils_into_a_shallower_one(tiny_tower: TowerWeights, tmp_path
     pairs = tower_teachers(Pairs(texts, np.repeat(np.arange(len(TRANSLATED)), 4), photos,
                                  np.zeros((len(texts), 8), np.float32), np.zeros(len(texts), dtype=bool)), tower)
     assert pairs.has_teacher.all() and np.allclose(pairs.teacher, tower.encode(texts))
-    states = lower_states(student, texts, 64)
-
-    def fidelity(s: Student) -> float:
-        return float((encode(s, states) * pairs.teacher).sum(1).mean())
-
-    before = fidelity(student)
-    config = MultilingualConfig(epochs=15, batch_size=len(texts), frozen=0, layers=3, lr=3e-4, head_lr=1e-3,
-                                distill=4.0)
-    trained = fit_student(pairs, config, log=lambda line: None, student=student)
-    after = fidelity(trained)
+    config = _three_layers(len(texts))
+    before, trained, after, _ = _distil(student, pairs, config)
     assert after > before + 0.4, (before, after)
     path = tmp_path / HEAD_FILE
     export(trained, "the-fingerprint", config).save(path)
@@ -305,6 +297,7 @@ def test_a_tower_distils_into_a_shallower_one(tiny_tower: TowerWeights, tmp_path
     assert (weights.layers, weights.frozen) == (3, 0)
     assert {k.split(".")[3] for k in weights.tensors if k.startswith("bert.")} == {"0", "1", "2"}
     onnx_vectors = MultilingualTower(weights).encode(texts)
+    states = lower_states(trained, texts, 64)
     assert (onnx_vectors * encode(Student.from_weights(weights), states)).sum(1).min() > 0.98
 
 
@@ -320,20 +313,27 @@ def test_texts_without_photos_are_learned_from_the_tower_alone(tiny_tower: Tower
     pairs = with_texts(empty, [*texts, texts[0], " "], tower)  # a repeat and a blank are left out
     assert pairs.texts == texts and (pairs.photo == -1).all() and pairs.has_teacher.all()
     assert np.allclose(pairs.teacher, tower.encode(texts))
-    student = shallow_student(tiny_tower, 3)
-    states = lower_states(student, texts, 64)
+    before, _, after, losses = _distil(shallow_student(tiny_tower, 3), pairs, _three_layers(len(texts)))
+    assert after > before + 0.4
+    assert losses[-1] == pytest.approx(4.0 * (1 - after), abs=0.1)  # the distillation loss alone
+
+
+def _three_layers(batch: int) -> MultilingualConfig:
+    return MultilingualConfig(epochs=15, batch_size=batch, frozen=0, layers=3, lr=3e-4, head_lr=1e-3, distill=4.0)
+
+
+def _distil(student: Student, pairs: Pairs, config: MultilingualConfig) -> tuple[float, Student, float, list[float]]:
+    """Train ``student`` on ``pairs``: (its mean cosine to the teacher vectors before, the trained student, that
+    cosine after, each epoch's loss)."""
+    states = lower_states(student, pairs.texts, 64)
 
     def fidelity(s: Student) -> float:
         return float((encode(s, states) * pairs.teacher).sum(1).mean())
 
-    before = fidelity(student)
-    config = MultilingualConfig(epochs=15, batch_size=len(texts), frozen=0, layers=3, lr=3e-4, head_lr=1e-3,
-                                distill=4.0)
-    losses: list[float] = []
+    before, losses = fidelity(student), []
     trained = fit_student(pairs, config, log=lambda line: losses.append(float(line.rsplit(" ", 1)[1])),
                           student=student)
-    assert fidelity(trained) > before + 0.4
-    assert losses[-1] == pytest.approx(4.0 * (1 - fidelity(trained)), abs=0.1)  # the distillation loss alone
+    return before, trained, fidelity(trained), losses
 
 
 @pytest.fixture(scope="module")
