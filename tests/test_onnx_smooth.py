@@ -3,6 +3,8 @@ int8 version loses far less to an input channel with outliers."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +67,27 @@ def test_smoothing_needs_a_calibration_input(tmp_path: Path) -> None:
     _graph(path)
     with pytest.raises(ValueError, match="calibration"):
         smooth_activations(path, [])
+
+
+def test_the_quantizers_advice_is_dropped_and_nothing_else(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """ONNX Runtime's quantizer logs advice on the root logger; quantizing hides it, not a warning another thread
+    (a server's request) logs meanwhile, nor one logged after."""
+    import onnxruntime.quantization as quantization
+
+    real = quantization.quantize_dynamic
+
+    def with_a_neighbour(*args: object, **kwargs: object) -> None:
+        neighbour = threading.Thread(target=lambda: logging.warning("a request's own warning"))
+        neighbour.start()
+        neighbour.join()
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(quantization, "quantize_dynamic", with_a_neighbour)
+    _graph(tmp_path / "g.onnx")
+    with caplog.at_level(logging.WARNING):
+        quantize_text_tower(tmp_path / "g.onnx")
+        logging.warning("after")
+    assert [r.getMessage() for r in caplog.records] == ["a request's own warning", "after"]
+    real(str(tmp_path / "g.onnx"), str(tmp_path / "q.onnx"))  # unfiltered, the advice is there
+    assert any("pre-processing before quantization" in r.getMessage() for r in caplog.records)

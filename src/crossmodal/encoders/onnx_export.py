@@ -9,6 +9,7 @@ with its matrix products' inputs smoothed first: encoders/onnx_smooth.py).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import warnings
 from collections import defaultdict
@@ -196,15 +197,24 @@ def quantize_text_tower(path: Path, fused: bool = False, down_from_layer: int | 
     if down_from_layer is not None:
         keep_float = [name for name in keep_float if _layer(name) < down_from_layer]
     tmp = path.with_suffix(".int8.onnx")
-    logging.disable(logging.WARNING)  # the quantizer's advice on static quantization, printed on a user's first query
+    root, quiet = logging.getLogger(), _QuantizerAdvice()
+    root.addFilter(quiet)  # its advice on static quantization, printed on a user's first query otherwise
     try:
         quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
                          op_types_to_quantize=["MatMul", "Attention"] if fused else ["MatMul"],
                          nodes_to_exclude=keep_float,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT} if fused else {})
     finally:
-        logging.disable(logging.NOTSET)
+        root.removeFilter(quiet)
     tmp.replace(path)
+
+
+class _QuantizerAdvice(logging.Filter):
+    """Drops what ONNX Runtime's quantizer logs on the root logger and nothing else: ``logging.disable`` would also
+    silence every other thread of a server while a tower is exported."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f"onnxruntime{os.sep}quantization{os.sep}" not in record.pathname
 
 
 def _layer(node: str) -> int:
