@@ -39,8 +39,9 @@ from crossmodal.sources.datasets import load_dataset
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 LANGS = ("en", "de", "fr", "cs")
-# 50 Multi30K dev English captions translated here into languages the tower never trained on (one in 19 of the
-# task-1 captions, in file order): a small probe of the languages a held-out check may use.
+# 99 Multi30K dev English captions translated here into languages the tower never trained on (groups u0-u49: one in
+# 19 of the task-1 captions from the first, in file order; u50-u98: one in 19 from the tenth): a small probe of the
+# languages a held-out check may use.
 UNSEEN = Path(__file__).resolve().parent / "data" / "multi30k-dev-unseen-languages.tsv"
 
 
@@ -148,8 +149,10 @@ def quality(paths: dict[str, Encoder], args: argparse.Namespace) -> None:
     print("\nMRV (" + reports["multilingual"]["protocol"]["mrv"] + "): "
           + ", ".join(f"{name} {r['metrics']['mrv']:.1f}" for name, r in reports.items()))
     if unseen:
-        print(f"\nLanguages the tower never trained on: {UNSEEN.name}, 50 captions each over the same photos "
-              "(text->image; one query moves R@10 by 2 points)\n")
+        with UNSEEN.open(newline="") as f:
+            per_lang = len({r["group"] for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)})
+        print(f"\nLanguages the tower never trained on: {UNSEEN.name}, {per_lang} captions each over the same photos "
+              f"(text->image; one query moves R@10 by {100 / per_lang:.1f} points)\n")
         print("| query path | language | t2i R@1 | t2i R@5 | t2i R@10 | t2i R@10 / English (all 934) |")
         print("|---|---|---|---|---|---|")
         for name, by_lang in unseen.items():
