@@ -35,8 +35,9 @@ def main() -> None:
             words = 3 + i % 10  # 3-12 words: query-length text
             lines.append(" ".join(fake.sentence(nb_words=words).split()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(dict.fromkeys(lines)) + "\n", encoding="utf-8")
-    print(f"{len(set(lines))} texts in {len(locales)} languages -> {args.out}: {', '.join(locales)}")
+    texts = list(dict.fromkeys(lines))  # a small word list draws some sentences twice
+    args.out.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    print(f"{len(texts)} texts in {len(locales)} languages -> {args.out}: {', '.join(locales)}")
 
 
 if __name__ == "__main__":

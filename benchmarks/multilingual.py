@@ -61,9 +61,7 @@ def task_table(table: Path, split: str, source: str, out: Path) -> Path:
 
 def with_unseen(task1: Path, out: Path) -> Path:
     """Task 1's table with UNSEEN's rows added (photo paths made absolute as ``task_table`` makes them)."""
-    with UNSEEN.open(newline="") as f:
-        extra = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    rows = read_rows(task1)
+    extra, rows = read_rows(UNSEEN), read_rows(task1)
     photos, header = {Path(r["image"]).name: r["image"] for r in rows}, list(rows[0])
     rows += [{**{k: "" for k in header}, **r, "image": photos[r["image"]]} for r in extra]
     with out.open("w", newline="") as f:
@@ -149,8 +147,7 @@ def quality(paths: dict[str, Encoder], args: argparse.Namespace) -> None:
     print("\nMRV (" + reports["multilingual"]["protocol"]["mrv"] + "): "
           + ", ".join(f"{name} {r['metrics']['mrv']:.1f}" for name, r in reports.items()))
     if unseen:
-        with UNSEEN.open(newline="") as f:
-            per_lang = len({r["group"] for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)})
+        per_lang = len({r["group"] for r in read_rows(UNSEEN)})
         print(f"\nLanguages the tower never trained on: {UNSEEN.name}, {per_lang} captions each over the same photos "
               f"(text->image; one query moves R@10 by {100 / per_lang:.1f} points)\n")
         print("| query path | language | t2i R@1 | t2i R@5 | t2i R@10 | t2i R@10 / English (all 934) |")
