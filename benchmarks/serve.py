@@ -1,7 +1,7 @@
 """Load test of `crossmodal serve` on 127.0.0.1: concurrent clients sending text queries.
 
     python benchmarks/serve.py [--clients 16] [--seconds 30] [--split all]
-        [--only torch|onnx|plain|int8|dense|rerank32|multilingual]
+        [--only torch|onnx|plain|int8|dense|rerank32|multilingual] [--workers N ...] [--max-batch N ...]
 
 Builds (once, cached in runs/) a collection of the Flickr8k photos with the default model, then for
 each query encoder in turn (PyTorch eager, ONNX Runtime float32, ONNX Runtime with the int8 text
@@ -10,7 +10,8 @@ tower = the default; with and without the ranking pipeline's normalisation and r
 closed-loop load: each client sends its next query as soon as the previous answer arrives, for a fixed
 time. Queries are distinct Flickr8k `dev` captions (no query repeats, so no cache can help); for
 `multilingual`, distinct Multi30K German, French and Czech captions (through the multilingual query tower).
-Prints throughput, latency percentiles and errors, one row per encoder.
+Prints throughput, latency percentiles and errors, one row per encoder; with ``--workers``/``--max-batch``
+(repeatable), one row per encoder and server setting, the settings taking turns within each encoder.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import itertools
 import json
 import os
 import re
@@ -139,6 +141,10 @@ def main() -> None:
     parser.add_argument("--only", choices=("torch", "onnx", "plain", "int8", "dense", "rerank32", "multilingual"),
                         action="append",
                         help="run only these configurations (repeatable; default: all)")
+    parser.add_argument("--workers", type=int, action="append", help="server worker threads to compare "
+                        "(repeatable; default: the server's own)")
+    parser.add_argument("--max-batch", type=int, action="append", help="most queries per model call to compare "
+                        "(repeatable; default: the server's own)")
     args = parser.parse_args()
     console = Console(width=160)
 
@@ -161,8 +167,13 @@ def main() -> None:
     for col in ("query encoder", "requests", "errors", "requests/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
                 "queries/encode", "server cores busy"):
         table.add_column(col, justify="left" if col == "query encoder" else "right")
-    for key in args.only or list(encoders):
+    settings = [(w, b) for w in args.workers or [None] for b in args.max_batch or [None]]
+    for key, (workers, max_batch) in itertools.product(args.only or list(encoders), settings):
         name, backend, flags = encoders[key]
+        flags = [*flags, *(["--workers", str(workers)] if workers else []),
+                 *(["--max-batch", str(max_batch)] if max_batch else [])]
+        if len(settings) > 1:
+            name += f"; workers {workers or 'default'}, max batch {max_batch or 'default'}"
         latencies, errors, wall, mean_batch, cores = run_server(
             args.collection / args.split, backend, flags,
             foreign_queries(args.multi30k) if key == "multilingual" else queries, args)

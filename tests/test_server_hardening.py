@@ -435,3 +435,24 @@ def test_serve_starts_uvicorn_with_the_deadlines_and_host_list(root: Path, monke
     assert seen["http"].header_seconds > 0 and seen["timeout_keep_alive"] <= 5
     guard = next(m for m in seen["app"].user_middleware if m.cls is Guard)
     assert guard.kwargs["hosts"] >= {"localhost", "127.0.0.1", "::1", "photos.lan"}
+
+
+def test_serve_passes_its_workers_and_batch_size_to_the_batcher(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from crossmodal.cli import app as cli
+    from crossmodal.server import app as server_app
+
+    seen: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(app=app))
+    made: list[SearchBatcher] = []
+    monkeypatch.setattr(server_app, "SearchBatcher", lambda *a, **kw: made.append(SearchBatcher(*a, **kw)) or made[-1])
+    result = CliRunner().invoke(cli, ["serve", str(root / "col"), "--workers", "3", "--max-batch", "2"])
+    assert result.exit_code == 0, result.output
+    with TestClient(seen["app"], base_url="http://127.0.0.1") as client:  # serve allows loopback names only
+        assert client.post("/api/search", json={"text": "a dog", "k": 2}).status_code == 200
+        assert len(made[0]._threads) == 3 and made[0].max_batch == 2
+        encoder = made[0].collection.encoder
+        assert encoder.threads == max(1, (os.cpu_count() or 1) // 3)  # the workers share the cores
+    assert CliRunner().invoke(cli, ["serve", str(root / "col"), "--workers", "0"]).exit_code == 2

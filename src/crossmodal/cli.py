@@ -813,6 +813,12 @@ def serve(
     shard_timeout: Annotated[float, typer.Option("--shard-timeout", min=0.01, help="Seconds a search waits for each "
                                                  "shard; later shards are left out and the answer is marked "
                                                  "partial.")] = DEFAULT_SHARD_TIMEOUT,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Threads that encode and search batches "
+                                                "of queries (default: one per core for an ONNX model, each on "
+                                                "one thread; one for PyTorch).", show_default=False)] = None,
+    max_batch: Annotated[int | None, typer.Option("--max-batch", min=1, help="Most queries a worker encodes in "
+                                                  "one model call (default: 8 with several workers, 32 with "
+                                                  "one).", show_default=False)] = None,
 ) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs) and the search page at http://HOST:PORT/.
 
@@ -842,7 +848,8 @@ def serve(
                            int8_queries=int8_queries, ranking=Ranking(norm=norm, rerank=rerank, min_score=min_score,
                                                                        retriever=retriever),
                            allowed_hosts=allowed_hosts(host, allowed_host or ()), ray=ray or bool(ray_address),
-                           ray_address=ray_address, shard_timeout=shard_timeout),
+                           ray_address=ray_address, shard_timeout=shard_timeout, workers=workers,
+                           max_batch=max_batch),
                 host=host, port=port, log_level="warning", **uvicorn_options())
 
 

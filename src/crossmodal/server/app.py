@@ -143,7 +143,8 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
     """Build the app over one collection; the model loads once, at start. ``model`` may name another
     backend of the collection's model (e.g. its ONNX export); a different model is refused. ``workers``
     batcher threads encode and search (default: one per core, each on one-thread ONNX Runtime sessions,
-    or one for a PyTorch model, whose own thread pool already uses every core), each batch at most
+    or one for a PyTorch model, whose own thread pool already uses every core; an ONNX model's sessions share
+    the cores among the workers), each batch at most
     ``max_batch`` queries (default 8 with several workers, 32 with one). ``int8_queries`` encodes queries
     with a lite model's int8 text tower when no ``model`` is given (see ``load_encoder``). ``ranking`` holds
     the defaults of requests that set no ranking options. ``allowed_hosts``: the Host names it answers
@@ -183,9 +184,9 @@ def create_app(collection: str | Path, api_key: str | None = None, max_upload_mb
         state["collection"] = c
         encoder = c.encoder  # load the model now, not on the first request
         n = workers or 1
-        if isinstance(encoder, OnnxEncoder) and workers is None:  # a batch per core, one thread each
-            n = os.cpu_count() or 1
-            encoder.use_threads(1)  # its multilingual tower's too
+        if isinstance(encoder, OnnxEncoder):  # by default a batch per core, one thread each
+            n = workers or os.cpu_count() or 1
+            encoder.use_threads(max(1, (os.cpu_count() or 1) // n))  # its multilingual tower's too
         if encoder.multilingual is not None:
             await run_in_threadpool(encoder.multilingual.warm)
         # With several workers a small batch bounds how long a request waits behind another one
