@@ -35,7 +35,7 @@ HEAD_FILE = "multilingual.safetensors"
 BANK_SUFFIX = ".bank.npz"  # beside the tower's file: the tower's own vectors of captions, to normalise its queries
 BANK_SIZE = 3000  # captions in a tower's bank (chosen on Multi30K dev: docs/benchmarks.md)
 REMEMBERED = 65_536  # routing decisions kept (text -> took this tower), for the reranker's question
-EXPORT_VERSION = 3  # bump when the export changes, so caches written by older code are not reused
+EXPORT_VERSION = 4  # bump when the export changes, so caches written by older code are not reused
 BATCH = 64
 ROW_SCALE = ".row_scale"  # beside a matrix stored as int8 rows: each row's float16 scale
 

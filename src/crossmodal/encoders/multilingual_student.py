@@ -79,10 +79,12 @@ class Student(nn.Module):
 
 def export_tower(weights: TowerWeights, path: Path, int8: bool = True) -> None:
     """The tower of ``weights`` as one ONNX graph (inputs_embeds, attention_mask -> embedding): ONNX Runtime's
-    fused BERT operators (attention, skip + layer norm, GELU), then (``int8``) the matrix products' inputs smoothed
+    fused BERT operators (attention, GELU; not skip + layer norm, see ``onnx.SLOW_FUSIONS``), then (``int8``) the
+    matrix products' inputs smoothed
     (encoders/onnx_smooth.py) and every matrix product in int8. Unsmoothed, the down-projections of the first
     half of the layers had to stay float32; smoothed, all of them in int8 make a foreign query 15% faster at the same
     dev R@10, and its vector depends less on the other queries in its batch (docs/benchmarks.md)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     from .onnx_export import _export, quantize_text_tower
@@ -96,8 +98,10 @@ def export_tower(weights: TowerWeights, path: Path, int8: bool = True) -> None:
     path = Path(path)
     _export(student, example, {"inputs_embeds": axes, "attention_mask": axes}, path)
     config = student.bert.config
-    optimize_model(str(path), model_type="bert", num_heads=config.num_attention_heads,
-                   hidden_size=config.hidden_size).save_model_to_file(str(path))
+    fusions = FusionOptions("bert")
+    fusions.enable_skip_layer_norm = fusions.enable_bias_skip_layer_norm = False
+    optimize_model(str(path), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size,
+                   optimization_options=fusions).save_model_to_file(str(path))
     if not int8:
         return
     ids = e5_model.token_ids(image, e5_model.tokenizer(image), list(CALIBRATION), prefix=weights.prefix)

@@ -28,6 +28,12 @@ from .lite_spec import preprocess_array
 CONFIG = "crossmodal-onnx.json"
 
 
+# ONNX Runtime fusions that make our graphs slower on the CPU. Its SkipLayerNormalization kernel (residual add + layer
+# norm, fused at load in lite's text tower) ran 4-5x slower than Add + LayerNormalization (1.32, one thread,
+# 8 x 25 x 384: 577 against 114 us), a quarter of the multilingual tower's time (docs/benchmarks.md).
+SLOW_FUSIONS = ["SkipLayerNormFusion"]
+
+
 def _session(path: Path, threads: int) -> Any:
     import onnxruntime as ort
 
@@ -36,7 +42,8 @@ def _session(path: Path, threads: int) -> Any:
     options.log_severity_level = 3  # errors only: ONNX Runtime's notes on the graph are not for users
     # Idle worker threads sleep instead of spinning, so decoding threads and the server keep their cores.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=SLOW_FUSIONS)
 
 
 class OnnxEncoder(Encoder):
