@@ -7,7 +7,8 @@ a BERT graph (and the transformers optimizer writes them into a graph). On this 
 slower than Add + LayerNormalization, so crossmodal's sessions leave the fusion out (encoders/onnx.py
 ``SLOW_FUSIONS``). This opens the same graph file both ways, for lite's int8 English text tower and the int8
 multilingual tower, and runs the same queries (Flickr8k dev captions; Multi30K dev German, French and Czech ones)
-through both, taking turns batch by batch. Prints ms per query, the ratio, and how close the two graphs' vectors are.
+through both, taking turns batch by batch. Prints ms per query, the ratio, and how close the two graphs' vectors are;
+first, one such operator against the plain ones it replaces.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import onnxruntime as ort
 
 from crossmodal.encoders import e5_model, load_encoder
 from crossmodal.encoders.multilingual import _exported
-from crossmodal.encoders.onnx import _session
+from crossmodal.encoders.onnx import SLOW_FUSIONS, _session
 from crossmodal.sources.datasets import load_dataset
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -36,6 +37,42 @@ def fused_session(path: Path) -> ort.InferenceSession:
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def one_operator(shape: tuple[int, ...], repeats: int = 2000) -> tuple[float, float]:
+    """(us) one SkipLayerNormalization against Add, Add, LayerNormalization of the same sum, one thread each."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    width = shape[-1]
+    rng = np.random.default_rng(0)
+    params = [numpy_helper.from_array(rng.random(width, dtype=np.float32), n) for n in ("gamma", "beta", "bias")]
+    fused = [helper.make_node("SkipLayerNormalization", ["x", "skip", "gamma", "beta", "bias"], ["y"],
+                              domain="com.microsoft", epsilon=1e-12)]
+    apart = [helper.make_node("Add", ["x", "skip"], ["sum"]), helper.make_node("Add", ["sum", "bias"], ["biased"]),
+             helper.make_node("LayerNormalization", ["biased", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-12)]
+    x = rng.standard_normal(shape, dtype=np.float32)
+    feeds = {"x": x, "skip": x[::-1].copy()}
+    out = []
+    for nodes in (fused, apart):
+        inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, None, width]) for n in feeds]
+        graph = helper.make_graph(nodes, "one", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                                  params)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                        helper.make_opsetid("com.microsoft", 1)])
+        session = _session_of(model.SerializeToString())
+        session.run(None, feeds)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            session.run(None, feeds)
+        out.append(1e6 * (time.perf_counter() - start) / repeats)
+    return out[0], out[1]
+
+
+def _session_of(model: bytes) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"], disabled_optimizers=SLOW_FUSIONS)
 
 
 def english_feeds(encoder, texts: list[str], batch: int) -> list[dict[str, np.ndarray]]:
@@ -89,7 +126,11 @@ def main() -> None:
         rows = [r for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
                 if r["split"] == "dev" and r["lang"] in ("de", "fr", "cs")]
     foreign = [r["caption"] for r in rows][::max(1, len(rows) // args.queries)][:args.queries]
-    print("| tower | queries | batch | fused ms/query | unfused ms/query | speed-up | vectors' cosine min / mean |")
+    print("| input | SkipLayerNormalization us | Add, Add, LayerNormalization us | ratio |\n|---|---|---|---|")
+    for shape in ((1, 21, 384), (8, 25, 384)):
+        fused, apart = one_operator(shape)
+        print(f"| {' x '.join(map(str, shape))} | {fused:.1f} | {apart:.1f} | {fused / apart:.1f}x |", flush=True)
+    print("\n| tower | queries | batch | fused ms/query | unfused ms/query | speed-up | vectors' cosine min / mean |")
     print("|---|---|---|---|---|---|---|")
     towers = (("lite int8 English", english.folder / "text.onnx", captions, partial(english_feeds, english)),
               ("multilingual int8", _exported(tower.weights) / "tower.onnx", foreign, partial(tower_feeds, tower)))

@@ -29,8 +29,8 @@ CONFIG = "crossmodal-onnx.json"
 
 
 # ONNX Runtime fusions that make our graphs slower on the CPU. Its SkipLayerNormalization kernel (residual add + layer
-# norm, fused at load in lite's text tower) ran 4-5x slower than Add + LayerNormalization (1.32, one thread,
-# 8 x 25 x 384: 577 against 114 us), a quarter of the multilingual tower's time (docs/benchmarks.md).
+# norm, fused at load in lite's text tower) ran 2.6-5.5x slower than Add + LayerNormalization (1.32, one thread,
+# 8 x 25 x 384: 641 against 117 us), about a fifth of the multilingual tower's time (benchmarks/skip_layer_norm.py).
 SLOW_FUSIONS = ["SkipLayerNormFusion"]
 
 
