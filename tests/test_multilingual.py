@@ -17,6 +17,7 @@ from crossmodal.cli import app
 from crossmodal.collection.collection import Collection
 from crossmodal.encoders import e5_model, load_encoder
 from crossmodal.encoders.languages import likely_english
+from crossmodal.encoders.tokenizer import WholeWords
 from crossmodal.encoders.multilingual import (
     HEAD_FILE,
     MultilingualTower,
@@ -70,6 +71,9 @@ def test_the_shipped_tower_takes_other_languages_only() -> None:
     others = [t for _, *rest in TRANSLATED.values() for t in rest]
     assert encoder.foreign(others).all()
     assert not encoder.foreign(english).any()  # "climb up a snowy hill" included, which lid.176 takes for Polish
+    # lone words lid.176 calls English by its prior, which lite's vocabulary lacks, take the tower too
+    assert encoder.foreign(["Hund", "playa", "gatto"]).all() and not encoder.foreign(["dog", "beach", "red car"]).any()
+    assert not encoder.reads_natively("Hund") and encoder.reads_natively("dog")
 
 
 def test_one_thread_per_server_worker_reaches_the_tower() -> None:
@@ -94,6 +98,21 @@ def test_english_sentences_lid_doubts_stay_english() -> None:
     texts = ["A group of girls climb up a snowy hill .", "two people",
              "Eine Gruppe Mädchen klettert einen verschneiten Hügel hinauf.", "ein Hund", "voiture rouge"]
     assert list(likely_english(texts)) == [True, True, False, False, False]
+
+
+def test_a_short_text_with_a_word_the_own_vocabulary_lacks_is_not_english() -> None:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(["[UNK]", "dog", "red", "car", "!", "hu", "##nd", "##s"])}
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    known = WholeWords(tokenizer)
+    assert known("Red car!") and known("DOG") and not known("hund") and not known("dogs")
+    texts = ["hund", "dog", "red car", "a dog runs on the beach with a hund"]
+    assert list(likely_english(texts)) == [True, True, True, True]  # lid.176's prior favours English for a lone word
+    # a sentence keeps lid.176's judgement whatever its words
+    assert list(likely_english(texts, known)) == [False, True, True, True]
 
 
 @pytest.fixture(scope="module")

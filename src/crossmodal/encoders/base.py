@@ -106,12 +106,17 @@ class Encoder(ABC):
         """Which texts the multilingual tower encodes (all False when the model has none)."""
         if self.multilingual is None or not len(texts):
             return np.zeros(len(texts), dtype=bool)
-        return self.multilingual.foreign(list(texts))
+        return self.multilingual.foreign(list(texts), self.knows_words)
 
     def reads_natively(self, text: str) -> bool:
         """Whether the model's own text tower encoded ``text`` (not its multilingual tower): what reads that
         tower's token states, the reranker, applies only then."""
-        return self.multilingual is None or not self.multilingual.took(text)
+        return self.multilingual is None or not self.multilingual.took(text, self.knows_words)
+
+    def knows_words(self, text: str) -> bool:
+        """Whether the own text tower's vocabulary holds each word of ``text`` whole (``tokenizer.WholeWords``),
+        which decides where a short text goes when it has a multilingual tower; True when the model cannot say."""
+        return True
 
     def _run(self, fn, items: list) -> np.ndarray:
         if not items:

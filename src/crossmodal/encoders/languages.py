@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from importlib.util import find_spec
 from pathlib import Path
@@ -30,19 +30,24 @@ ENGLISH_SHARE = 0.1  # a sentence with at least this probability of English is E
 SENTENCE_WORDS = 4
 
 
-def likely_english(texts: Sequence[str]) -> np.ndarray:
+def likely_english(texts: Sequence[str], known: Callable[[str], bool] | None = None) -> np.ndarray:
     """Whether each text is English to lid.176 (lower-cased: capitals mislead it): English is its most likely
     language, or, for a text of ``SENTENCE_WORDS`` words or more, English has probability ``ENGLISH_SHARE`` or more.
     The second rule keeps English sentences lid.176 takes for another language ("a group of girls climb up a snowy
     hill": Polish) with the model's own tower: on Flickr8k and Multi30K dev, every such English caption gets
     P(English) >= 0.14, while 99.5% of German, French and Czech captions get under 0.1. Short texts do not get
     it: there the probability is mostly lid.176's prior (0.125 for "hund" as for "dog"). A text it knows nothing
-    of (a lone word it has not seen) gets that prior, which favours English."""
+    of (a lone word it has not seen) gets that prior, which favours English; so a shorter text is English only if
+    ``known`` (the own tower's vocabulary holds each of its words whole) also says so: "hund", "playa" and "gatto"
+    are not, "dog" is (docs/benchmarks.md, short queries)."""
     model = _model()
     out = np.zeros(len(texts), dtype=bool)
     for i, text in enumerate(texts):
         words = text.lower().split()
         labels, probs = model.predict(" ".join(words), k=3)
         english = dict(zip(labels, probs, strict=True)).get(ENGLISH, 0.0)
-        out[i] = labels[0] == ENGLISH or (len(words) >= SENTENCE_WORDS and english >= ENGLISH_SHARE)
+        if len(words) >= SENTENCE_WORDS:
+            out[i] = labels[0] == ENGLISH or english >= ENGLISH_SHARE
+        else:
+            out[i] = labels[0] == ENGLISH and (known is None or known(text))
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from .base import Encoder, normalize
 from .efficientnet_lite import EfficientNetLite
 from .fingerprint import fingerprint_files
 from .lite_spec import TEXT_MAX_TOKENS, WEIGHTS, model_name, preprocess_array
+from .tokenizer import WholeWords
 
 IMAGE_FEATURES = 1280
 TEXT_FEATURES = 384
@@ -183,6 +185,13 @@ class LiteEncoder(Encoder):
 
     def prepare_image(self, image: Image.Image) -> torch.Tensor:
         return preprocess_image(image, self.towers.resolution)
+
+    def knows_words(self, text: str) -> bool:
+        return self._whole_words(text)
+
+    @cached_property
+    def _whole_words(self) -> WholeWords:
+        return WholeWords(self.towers.tokenizer.backend_tokenizer)
 
     @torch.inference_mode()
     def _encode_images(self, images: Sequence[torch.Tensor]) -> np.ndarray:

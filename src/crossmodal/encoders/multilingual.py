@@ -132,13 +132,14 @@ class MultilingualTower:
     def fingerprint(self) -> str:
         return self.weights.model_fingerprint
 
-    def foreign(self, texts: list[str]) -> np.ndarray:
-        """Which texts this tower encodes: those whose most likely language is not English (fastText lid.176);
-        the model's own tower keeps English, which it reads best, and a short English query costs no multilingual
-        encoding. Each decision is remembered for ``took``."""
+    def foreign(self, texts: list[str], known: Callable[[str], bool] | None = None) -> np.ndarray:
+        """Which texts this tower encodes: those whose most likely language is not English (fastText lid.176), and
+        short ones with a word the own tower's vocabulary lacks (``known``: ``likely_english``); the model's own
+        tower keeps English, which it reads best, and a short English query costs no multilingual encoding. Each
+        decision is remembered for ``took``."""
         from .languages import likely_english
 
-        foreign = ~likely_english(texts)
+        foreign = ~likely_english(texts, known)
         with self._remembering:
             for text, flag in zip(texts, foreign, strict=True):
                 self._took[text] = bool(flag)
@@ -147,16 +148,16 @@ class MultilingualTower:
                 self._took.popitem(last=False)
         return foreign
 
-    def took(self, text: str) -> bool:
+    def took(self, text: str, known: Callable[[str], bool] | None = None) -> bool:
         """Whether ``foreign`` gave ``text`` to this tower (remembered from its encoding; a text not encoded
-        lately is judged by language identification alone)."""
+        lately is judged again, as ``foreign`` would)."""
         with self._remembering:
             known = self._took.get(text)
         if known is not None:
             return known
         from .languages import likely_english
 
-        return not likely_english([text])[0]
+        return not likely_english([text], known)[0]
 
     def use_threads(self, threads: int) -> None:
         """Run the tower with ``threads`` threads (its session opens again on next use), as the own tower's

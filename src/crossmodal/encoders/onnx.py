@@ -16,6 +16,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from PIL import Image
 
 from .base import Encoder, normalize
 from .lite_spec import preprocess_array
+from .tokenizer import WholeWords
 
 CONFIG = "crossmodal-onnx.json"
 
@@ -68,6 +70,15 @@ class OnnxEncoder(Encoder):
             self.inputs: Any = TransformersInputs(folder, self.config)
         else:
             self.inputs = _LiteInputs(folder, self.config)
+
+    def knows_words(self, text: str) -> bool:
+        return self._whole_words is None or self._whole_words(text)
+
+    @cached_property
+    def _whole_words(self) -> WholeWords | None:
+        """The text tower's vocabulary, when the tokenizers library reads it (lite's exports)."""
+        tokenizer = getattr(self.inputs.tokenize, "tokenizer", None)
+        return None if tokenizer is None else WholeWords(tokenizer)
 
     def use_threads(self, threads: int) -> None:
         """Run each session with ``threads`` threads (sessions open again on next use). One thread suits callers

@@ -44,6 +44,22 @@ class FastTokenizer:
         return {name: np.array([getattr(e, field) for e in encodings], dtype=np.int64).reshape(len(texts), -1)
                 for name, field in FIELDS.items()}
 
+class WholeWords:
+    """Whether a WordPiece vocabulary holds every word of a text whole, as its tokenizer normalises and splits the
+    text. An English tower reads a word it lacks in pieces; in a short query that is mostly another language ("hund"
+    -> "hu", "##nd"), which language identification cannot tell from one word (encoders/languages.py)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.normalizer, self.pre_tokenizer = tokenizer.normalizer, tokenizer.pre_tokenizer
+        self.words = frozenset(t for t in tokenizer.get_vocab() if not t.startswith("##"))
+
+    def __call__(self, text: str) -> bool:
+        text = self.normalizer.normalize_str(text) if self.normalizer is not None else text
+        pieces = (self.pre_tokenizer.pre_tokenize_str(text) if self.pre_tokenizer is not None
+                  else [(w, None) for w in text.split()])
+        return all(word in self.words for word, _ in pieces)
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     """tokenizer_config.json's settings, or none when it is missing."""
     return json.loads(path.read_text()) if path.is_file() else {}
