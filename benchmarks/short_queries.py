@@ -2,8 +2,8 @@
 
     python benchmarks/short_queries.py [--per-set 400]
 
-lid.176 cannot tell the language of a lone word ("hund" and "dog" get the same English prior), so a short query
-is English only when lid.176 says so and lite's vocabulary holds each of its words whole (encoders/languages.py).
+lid.176 cannot tell the language of a lone word ("hund" and "dog" get the same English prior), so a one-word query
+is English only when lid.176 says so and lite's vocabulary holds the word whole (encoders/languages.py).
 This measures that rule against lid.176 alone, on Flickr8k `dev` photos: the queries are words and 2- and 3-word
 runs of the dev captions (Flickr8k's English ones; Multi30K's German, French and Czech ones for the same photos)
 found in the captions of 3 to 150 photos, and a photo is relevant when one of its captions in that language holds

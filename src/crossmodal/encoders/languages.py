@@ -37,9 +37,11 @@ def likely_english(texts: Sequence[str], known: Callable[[str], bool] | None = N
     hill": Polish) with the model's own tower: on Flickr8k and Multi30K dev, every such English caption gets
     P(English) >= 0.14, while 99.5% of German, French and Czech captions get under 0.1. Short texts do not get
     it: there the probability is mostly lid.176's prior (0.125 for "hund" as for "dog"). A text it knows nothing
-    of (a lone word it has not seen) gets that prior, which favours English; so a shorter text is English only if
-    ``known`` (the own tower's vocabulary holds each of its words whole) also says so: "hund", "playa" and "gatto"
-    are not, "dog" is (docs/benchmarks.md, short queries)."""
+    of (a lone word it has not seen) gets that prior, which favours English; so a one-word text is English only if
+    ``known`` (the own tower's vocabulary holds it whole) also says so: "hund", "playa" and "gatto" are not, "dog"
+    is. Longer texts keep lid.176's word: two or three words already tell it the language more often than not, and an
+    English caption the rule sent away ("a snowboarder") would leave its photos' captions unreranked
+    (docs/benchmarks.md, short queries)."""
     model = _model()
     out = np.zeros(len(texts), dtype=bool)
     for i, text in enumerate(texts):
@@ -49,5 +51,5 @@ def likely_english(texts: Sequence[str], known: Callable[[str], bool] | None = N
         if len(words) >= SENTENCE_WORDS:
             out[i] = labels[0] == ENGLISH or english >= ENGLISH_SHARE
         else:
-            out[i] = labels[0] == ENGLISH and (known is None or known(text))
+            out[i] = labels[0] == ENGLISH and (len(words) > 1 or known is None or known(text))
     return out
