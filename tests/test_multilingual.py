@@ -74,6 +74,7 @@ def test_the_shipped_tower_takes_other_languages_only() -> None:
     # lone words lid.176 calls English by its prior, which lite's vocabulary lacks, take the tower too
     assert encoder.foreign(["Hund", "playa", "gatto"]).all() and not encoder.foreign(["dog", "beach", "red car"]).any()
     assert not encoder.reads_natively("Hund") and encoder.reads_natively("dog")
+    assert not encoder.reads_natively("hond") and not encoder.reads_natively("Hunde")  # judged afresh: not encoded
 
 
 def test_one_thread_per_server_worker_reaches_the_tower() -> None:

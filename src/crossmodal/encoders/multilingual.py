@@ -152,9 +152,9 @@ class MultilingualTower:
         """Whether ``foreign`` gave ``text`` to this tower (remembered from its encoding; a text not encoded
         lately is judged again, as ``foreign`` would)."""
         with self._remembering:
-            known = self._took.get(text)
-        if known is not None:
-            return known
+            remembered = self._took.get(text)
+        if remembered is not None:
+            return remembered
         from .languages import likely_english
 
         return not likely_english([text], known)[0]
