@@ -17,7 +17,6 @@ from crossmodal.cli import app
 from crossmodal.collection.collection import Collection
 from crossmodal.encoders import e5_model, load_encoder
 from crossmodal.encoders.languages import likely_english
-from crossmodal.encoders.tokenizer import WholeWords
 from crossmodal.encoders.multilingual import (
     HEAD_FILE,
     MultilingualTower,
@@ -26,6 +25,7 @@ from crossmodal.encoders.multilingual import (
     find_multilingual,
 )
 from crossmodal.encoders.multilingual_student import Student
+from crossmodal.encoders.tokenizer import WholeWords
 from crossmodal.training.train_multilingual import (
     MultilingualConfig,
     Pairs,
