@@ -44,6 +44,7 @@ class FastTokenizer:
         return {name: np.array([getattr(e, field) for e in encodings], dtype=np.int64).reshape(len(texts), -1)
                 for name, field in FIELDS.items()}
 
+
 class WholeWords:
     """Whether a WordPiece vocabulary holds every word of a text whole, as its tokenizer normalises and splits the
     text. An English tower reads a word it lacks in pieces; in a short query that is mostly another language ("hund"
