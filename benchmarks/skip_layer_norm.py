@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -31,12 +31,13 @@ from crossmodal.sources.datasets import load_dataset
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
-def fused_session(path: Path) -> ort.InferenceSession:
-    """The graph as ONNX Runtime opens it by default (one thread): residual adds and layer norms fused."""
+def one_thread(model: str | bytes, disabled: Sequence[str] = ()) -> ort.InferenceSession:
+    """A one-thread session of ``model`` with ONNX Runtime's optimizations but ``disabled`` (by default all of them:
+    residual adds and layer norms fused, as ONNX Runtime opens a graph unless told otherwise)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled))
 
 
 def one_operator(shape: tuple[int, ...], repeats: int = 2000) -> tuple[float, float]:
@@ -59,20 +60,13 @@ def one_operator(shape: tuple[int, ...], repeats: int = 2000) -> tuple[float, fl
                                   params)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                         helper.make_opsetid("com.microsoft", 1)])
-        session = _session_of(model.SerializeToString())
+        session = one_thread(model.SerializeToString(), SLOW_FUSIONS)
         session.run(None, feeds)
         start = time.perf_counter()
         for _ in range(repeats):
             session.run(None, feeds)
         out.append(1e6 * (time.perf_counter() - start) / repeats)
     return out[0], out[1]
-
-
-def _session_of(model: bytes) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"], disabled_optimizers=SLOW_FUSIONS)
 
 
 def english_feeds(encoder, texts: list[str], batch: int) -> list[dict[str, np.ndarray]]:
@@ -96,11 +90,14 @@ def tower_feeds(tower, texts: list[str], batch: int) -> list[dict[str, np.ndarra
 
 def compare(path: Path, feeds: list[dict[str, np.ndarray]], queries: int) -> tuple[float, float, float, float]:
     """(fused ms/query, unfused ms/query, min and mean cosine of their vectors), the two sessions taking turns."""
-    sessions = {"fused": fused_session(path), "unfused": _session(path, 1)}
+    sessions = {"fused": one_thread(str(path)), "unfused": _session(path, 1)}
     names = {k: [i.name for i in s.get_inputs()] for k, s in sessions.items()}
     seconds = dict.fromkeys(sessions, 0.0)
     vectors: dict[str, list[np.ndarray]] = {k: [] for k in sessions}
-    run: Callable = lambda k, f: sessions[k].run(["embedding"], {n: f[n] for n in names[k]})[0]  # noqa: E731
+
+    def run(k: str, f: dict[str, np.ndarray]) -> np.ndarray:
+        return sessions[k].run(["embedding"], {n: f[n] for n in names[k]})[0]
+
     for f in feeds[:3]:
         for k in sessions:
             run(k, f)
