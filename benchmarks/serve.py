@@ -2,6 +2,7 @@
 
     python benchmarks/serve.py [--clients 16] [--seconds 30] [--split all]
         [--only torch|onnx|plain|int8|dense|rerank32|multilingual] [--workers N ...] [--max-batch N ...]
+        [--rounds N]
 
 Builds (once, cached in runs/) a collection of the Flickr8k photos with the default model, then for
 each query encoder in turn (PyTorch eager, ONNX Runtime float32, ONNX Runtime with the int8 text
@@ -11,7 +12,8 @@ closed-loop load: each client sends its next query as soon as the previous answe
 time. Queries are distinct Flickr8k `dev` captions (no query repeats, so no cache can help); for
 `multilingual`, distinct Multi30K German, French and Czech captions (through the multilingual query tower).
 Prints throughput, latency percentiles and errors, one row per encoder; with ``--workers``/``--max-batch``
-(repeatable), one row per encoder and server setting, the settings taking turns within each encoder.
+(repeatable), one row per encoder and server setting, the settings taking turns within each encoder; with
+``--rounds N``, every configuration N times in turn, then each one's medians.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import os
 import re
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import httpx
@@ -145,6 +148,8 @@ def main() -> None:
                         "(repeatable; default: the server's own)")
     parser.add_argument("--max-batch", type=int, action="append", help="most queries per model call to compare "
                         "(repeatable; default: the server's own)")
+    parser.add_argument("--rounds", type=int, default=1, help="run every configuration this many times, taking "
+                        "turns, and also print each one's medians: the machine's speed drifts within minutes")
     args = parser.parse_args()
     console = Console(width=160)
 
@@ -168,7 +173,9 @@ def main() -> None:
                 "queries/encode", "server cores busy"):
         table.add_column(col, justify="left" if col == "query encoder" else "right")
     settings = [(w, b) for w in args.workers or [None] for b in args.max_batch or [None]]
-    for key, (workers, max_batch) in itertools.product(args.only or list(encoders), settings):
+    rounds: dict[str, list[tuple[float, float, float]]] = defaultdict(list)  # name -> (requests/s, p50, p99) a round
+    for turn, key, (workers, max_batch) in itertools.product(range(args.rounds), args.only or list(encoders),
+                                                             settings):
         name, backend, flags = encoders[key]
         flags = [*flags, *(["--workers", str(workers)] if workers else []),
                  *(["--max-batch", str(max_batch)] if max_batch else [])]
@@ -178,12 +185,21 @@ def main() -> None:
             args.collection / args.split, backend, flags,
             foreign_queries(args.multi30k) if key == "multilingual" else queries, args)
         ms = np.asarray(latencies) * 1000
-        table.add_row(name, str(len(ms)), str(len(errors)), f"{len(ms) / wall:.1f}", f"{np.percentile(ms, 50):.1f}",
-                      f"{np.percentile(ms, 90):.1f}", f"{np.percentile(ms, 99):.1f}", f"{ms.max():.1f}",
-                      f"{mean_batch:.1f}", f"{cores:.2f}")
+        rounds[name].append((len(ms) / wall, np.percentile(ms, 50), np.percentile(ms, 99)))
+        table.add_row(name + (f" (round {turn + 1})" if args.rounds > 1 else ""), str(len(ms)), str(len(errors)),
+                      f"{len(ms) / wall:.1f}", f"{np.percentile(ms, 50):.1f}", f"{np.percentile(ms, 90):.1f}",
+                      f"{np.percentile(ms, 99):.1f}", f"{ms.max():.1f}", f"{mean_batch:.1f}", f"{cores:.2f}")
         for e in errors[:5]:
             console.print(f"{name}: error: {e}")
     console.print(table)
+    if args.rounds > 1:
+        medians = Table(title=f"medians over {args.rounds} rounds")
+        for col in ("query encoder", "requests/s", "p50 ms", "p99 ms", "p99 ms by round"):
+            medians.add_column(col, justify="left" if col == "query encoder" else "right")
+        for name, runs in rounds.items():
+            rate, p50, p99 = np.median(np.asarray(runs), axis=0)
+            medians.add_row(name, f"{rate:.1f}", f"{p50:.1f}", f"{p99:.1f}", " / ".join(f"{r[2]:.1f}" for r in runs))
+        console.print(medians)
 
 
 if __name__ == "__main__":
