@@ -15,6 +15,14 @@ from pathlib import Path
 SKIPPED = ("en_", "la")  # English is what the caption table holds most of; Latin is not a query language
 
 
+def faker_locales(skipped: tuple[str, ...] = SKIPPED) -> list[str]:
+    """The locales Faker has word lists for, but those whose names start with one of ``skipped``."""
+    import faker.providers.lorem as lorem
+
+    return sorted(p.name for p in Path(lorem.__file__).parent.iterdir()
+                  if p.is_dir() and not p.name.startswith(("_", *skipped)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-language", type=int, default=600)
@@ -22,11 +30,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    import faker.providers.lorem as lorem
     from faker import Faker
 
-    locales = sorted(p.name for p in Path(lorem.__file__).parent.iterdir()
-                     if p.is_dir() and not p.name.startswith(("_", *SKIPPED)))
+    locales = faker_locales()
     lines = []
     for locale in locales:
         fake = Faker(locale)

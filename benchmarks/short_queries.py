@@ -23,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from distil_texts import faker_locales
 
 from crossmodal.encoders import load_encoder
 from crossmodal.encoders.languages import likely_english
@@ -94,13 +95,11 @@ def other_languages(encoder) -> None:
     """With Faker installed (not a dependency): the share of its word lists' lone words in languages the tower never
     trained on that each rule sends to the English tower (no photos to score them against)."""
     try:
-        import faker.providers.lorem as lorem
         from faker import Faker
     except ImportError:
         print("\n(pip install faker to also count lone words of other languages)")
         return
-    locales = sorted(p.name for p in Path(lorem.__file__).parent.iterdir()
-                     if p.is_dir() and not p.name.startswith(("_", "en", "la", "de", "fr", "cs")))
+    locales = faker_locales(("en", "la", "de", "fr", "cs"))
     words = []
     for locale in locales:
         fake = Faker(locale)

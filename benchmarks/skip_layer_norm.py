@@ -83,9 +83,9 @@ def english_feeds(encoder, texts: list[str], batch: int) -> list[dict[str, np.nd
 def tower_feeds(tower, texts: list[str], batch: int) -> list[dict[str, np.ndarray]]:
     """The multilingual tower's inputs, batches of similar token lengths."""
     image = e5_model.read()
-    ids = sorted(e5_model.token_ids(image, e5_model.tokenizer(image), texts, prefix=tower.weights.prefix), key=len)
-    return [dict(zip(("inputs_embeds", "attention_mask"), e5_model.embedded(image, ids[s:s + batch]), strict=True))
-            for s in range(0, len(ids), batch)]
+    ids = e5_model.token_ids(image, e5_model.tokenizer(image), texts, prefix=tower.weights.prefix)
+    return [dict(zip(("inputs_embeds", "attention_mask"), e5_model.embedded(image, [ids[i] for i in rows]),
+                     strict=True)) for rows in e5_model.length_batches(ids, batch)]
 
 
 def compare(path: Path, feeds: list[dict[str, np.ndarray]], queries: int) -> tuple[float, float, float, float]:

@@ -190,7 +190,7 @@ def table_pairs(encoder: Encoder, data: CaptionDataset, photos: np.ndarray | Non
     langs = data.langs or [ENGLISH] * len(data.texts)
     groups = data.groups or [str(i) for i in range(len(data.texts))]
     english = {g: t for t, lang, g in zip(data.texts, langs, groups, strict=True)
-               if lang == ENGLISH and english_teachers}
+               if lang == ENGLISH} if english_teachers else {}
     wanted = sorted(set(english.values()))
     own = dict(zip(wanted, own_text_vectors(encoder, wanted), strict=True))
     teacher = np.zeros((len(data.texts), photos.shape[1]), dtype=np.float32)
