@@ -196,3 +196,30 @@ def test_an_export_without_reranker_inputs_indexes_and_searches_unreranked(lite_
     assert np.allclose(vectors, OnnxEncoder(lite_onnx).encode_texts(["a dog", "two people on a beach"]), atol=1e-5)
     for (s, m), full, row in zip(states, expected, mask, strict=True):
         assert m.shape[1] == row.sum() and np.allclose(s[0], full[: row.sum()], atol=1e-4)
+
+
+def test_sessions_keep_residual_adds_and_layer_norms_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX Runtime fuses lite's text tower's adds and layer norms into SkipLayerNormalization when it opens the graph
+    unless told not to; that kernel is the slower one here (benchmarks/skip_layer_norm.py)."""
+    import onnxruntime as ort
+
+    from crossmodal.encoders.onnx import _session
+
+    graph = load_encoder("lite", int8_text=True).folder / "text.onnx"
+
+    def optimized_ops(open_session) -> list[str]:
+        saved = tmp_path / f"optimized-{len(list(tmp_path.iterdir()))}.onnx"
+
+        class Saving(ort.SessionOptions):  # what ONNX Runtime runs, written out
+            def __init__(self) -> None:
+                super().__init__()
+                self.optimized_model_filepath = str(saved)
+
+        with monkeypatch.context() as m:
+            m.setattr(ort, "SessionOptions", Saving)
+            open_session()
+        return [n.op_type for n in onnx.load(str(saved)).graph.node]
+
+    assert "SkipLayerNormalization" in optimized_ops(lambda: ort.InferenceSession(str(graph), ort.SessionOptions()))
+    ops = optimized_ops(lambda: _session(graph, 1))
+    assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops
