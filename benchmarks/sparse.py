@@ -63,7 +63,9 @@ def split_table(encoder, bank, models: dict[str, SparseModel], emb: Embedded, sp
         print(f"  {label:<28} RSUM {value:7.2f}  ({value - rows['dense']:+.2f} vs dense)")
     dense = emb.images.shape[1] * 4
     for label, heads in models.items():
-        for kind, rows_of in heads.dataset_rows(emb).items():
+        rows_by_kind = heads.dataset_rows(emb)
+        for kind in ("image", "text"):
+            rows_of = rows_by_kind[kind]
             index = SparseIndex(np.arange(rows_of.shape[0]), rows_of)
             per = index.nbytes() / len(index)
             print(f"  {label}: index bytes per {'photo' if kind == 'image' else 'caption'}: sparse {per:.0f} "

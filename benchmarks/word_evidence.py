@@ -110,7 +110,8 @@ def main() -> None:
                 rerankers = {kind: (both_ways(kind, share) if args.stage == "rerank" else s, reranker.weight)
                              for kind, s in scorers.items()} if rerank else {}
                 score = SetScores(emb.images, emb.texts, ranking, bank, rerankers,
-                                  keywords=dataset_keywords(data) if share else None, sparse=sparse)
+                                  keywords=dataset_keywords(data) if share else None, sparse=sparse,
+                                  caption_emb=emb.caption_vectors)
                 ranks = evaluate_embeddings(emb.images, emb.texts, data.text_image, score)
                 out[rerank, share] = ranks.metrics()["rsum"]
         return out

@@ -258,6 +258,29 @@ def test_english_keeps_the_own_tower_and_other_languages_take_the_multilingual_o
     assert states == [None, None]  # the reranker reads the own tower's states only: not computed
 
 
+def test_stored_english_captions_blend_both_towers_and_queries_keep_the_own(
+        tiny_tower: TowerWeights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caption stored for photo queries to rank is read by both towers when the own one reads it (their vectors
+    blended, the tower's ``caption_share`` of it); one in another language by the tower alone; a query by one."""
+    monkeypatch.setenv("CROSSMODAL_CACHE", str(tmp_path))
+    texts = ["a dog runs on the beach", "ein Hund rennt am Strand", "two people"]
+    plain = ColorEncoder(dim=tiny_tower.dim)
+    routed = ColorEncoder(dim=tiny_tower.dim)
+    tower = routed.multilingual = MultilingualTower(tiny_tower)
+    stored, queries = routed.encode_captions(texts), routed.encode_texts(texts)
+    english = [texts[0], texts[2]]
+    own, other = plain.encode_texts(english), tower.encode(english)
+    share = tower.caption_share
+    expected = (1 - share) * own + share * other
+    assert 0 < share < 1
+    assert np.allclose(stored[[0, 2]], expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-5)
+    assert np.allclose(stored[1], queries[1]) and np.allclose(queries[[0, 2]], own)
+    assert np.allclose(np.linalg.norm(stored, axis=1), 1, atol=1e-5)
+    assert np.allclose(plain.encode_captions(texts), plain.encode_texts(texts))  # no tower: as queries
+    tower.caption_share = 0.0
+    assert np.allclose(routed.encode_captions(texts), queries)
+
+
 def test_training_lowers_the_loss_and_learns_to_find_the_photos() -> None:
     """Captions in four languages of six photos (random vectors): fine-tuning e5's last layer and the
     projection makes every caption find its photo, and the loss falls."""

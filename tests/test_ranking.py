@@ -238,11 +238,14 @@ def test_eval_with_rerank_equals_search_with_rerank(lite_samples: Collection) ->
         query_kind, kind = ("image", "text") if direction == "i2t" else ("text", "image")
         return (rows[query_kind][queries] @ rows[kind][items].T).toarray()
 
+    queries = c.encoder.encode_texts(captions)  # the captions as queries; as stored, blended with the tower's
+    blended = c.encoder.encode_captions(captions)  # (the int8 tower's scales follow its batches: not to the digit)
+    assert (blended * texts).sum(1).min() > 0.998 and np.median((queries * texts).sum(1)) < 0.99
     for retriever in ("dense", "hybrid"):  # hybrid: with the caption words stored per photo
         ranking = Ranking(rerank=8, retriever=retriever)
-        score = SetScores(np.asarray(images), np.asarray(texts), ranking, c.store.bank,
+        score = SetScores(np.asarray(images), queries, ranking, c.store.bank,
                           {k: (s, reranker.weight) for k, s in scorers.items()}, keywords=dataset_keywords(data),
-                          sparse=word_scores)
+                          sparse=word_scores, caption_emb=np.asarray(texts))
         for row in (0, 7, 50):
             (expected, order), = score.ranked("t2i", np.array([row]), np.arange(len(ids)), 10)
             hits = c.search(captions[row], k=10, ranking=ranking)

@@ -456,7 +456,7 @@ def index_texts(
         hashes = [text_hash(r.text) for r in batch]
         reuse = {h: store.by_hash(h, "text") for h in set(hashes)}
         need = sorted({r.text for r, h in zip(batch, hashes, strict=True) if not reuse[h]})
-        encoded = dict(zip(need, encoder.encode_texts(need), strict=True)) if need else {}
+        encoded = dict(zip(need, encoder.encode_captions(need), strict=True)) if need else {}
         writes = store.with_biases([
             NewItem(kind="text", vector=store.vector(reuse[h][0].id) if reuse[h] else encoded[rec.text], hash=h,
                     path=source, text=rec.text, fields=rec.fields)

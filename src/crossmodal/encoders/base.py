@@ -90,6 +90,26 @@ class Encoder(ABC):
         texts = list(texts)
         return self._routed(texts, self.foreign(texts))
 
+    def encode_captions(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors of texts stored for photo queries to rank (a collection's captions, eval's photo -> caption
+        direction): ``encode_texts``'s, blended with the multilingual tower's (``blend_captions``)."""
+        texts = list(texts)
+        return self.blend_captions(texts, self.encode_texts(texts))
+
+    def blend_captions(self, texts: Sequence[str], vectors: np.ndarray) -> np.ndarray:
+        """``encode_captions`` from ``encode_texts``'s ``vectors`` of ``texts``. With a multilingual tower, a text
+        the own tower reads is encoded by both towers and the two vectors blended (the tower's ``caption_share``):
+        two views of a caption rank it better than either alone, for the tower's time once per stored caption;
+        queries keep ``encode_texts``, so they cost nothing more."""
+        tower = self.multilingual
+        native = np.flatnonzero(~self.foreign(list(texts)))
+        if tower is None or not tower.caption_share or not len(native):
+            return vectors
+        out = vectors.copy()
+        out[native] = normalize((1 - tower.caption_share) * vectors[native]
+                                + tower.caption_share * tower.encode([texts[i] for i in native]))
+        return out
+
     def _routed(self, texts: list[str], foreign: np.ndarray) -> np.ndarray:
         """``encode_texts`` once ``foreign`` is known."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)

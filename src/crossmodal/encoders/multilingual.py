@@ -119,6 +119,10 @@ class TowerWeights:
 class MultilingualTower:
     """Texts the model's own tower does not read well -> the model's space, through the fine-tuned e5."""
 
+    # This tower's share of a stored English caption's vector, blended with the own tower's (``Encoder.
+    # encode_captions``): chosen on Flickr8k dev (docs/benchmarks.md, "Captions stored through both text towers").
+    caption_share = 0.4
+
     def __init__(self, weights: TowerWeights) -> None:
         self.weights = weights
         self._took: OrderedDict[str, bool] = OrderedDict()

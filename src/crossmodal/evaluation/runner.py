@@ -49,6 +49,12 @@ class Embedded:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     photo_tokens: np.ndarray | None = None  # the reranker's tokens of each photo, when reranking
     photo_words: np.ndarray | None = None  # P(word | photo) of each photo, when the reranker has a word classifier
+    captions: np.ndarray | None = None  # the captions' vectors as a collection stores them, when not ``texts``
+
+    @property
+    def caption_vectors(self) -> np.ndarray:
+        """What photo queries rank: the captions as stored (``Encoder.encode_captions``)."""
+        return self.texts if self.captions is None else self.captions
 
 
 def embed_dataset(encoder: Encoder, data: CaptionDataset, progress: bool = True,
@@ -88,7 +94,8 @@ def embed_dataset(encoder: Encoder, data: CaptionDataset, progress: bool = True,
     text_seconds = time.perf_counter() - start
     images = np.concatenate(vectors) if vectors else np.zeros((0, encoder.dim), dtype=np.float32)
     return Embedded(data, images, texts, image_seconds, text_seconds, skipped,
-                    np.concatenate(tokens) if tokens else None, np.concatenate(words) if words else None)
+                    np.concatenate(tokens) if tokens else None, np.concatenate(words) if words else None,
+                    encoder.blend_captions(data.texts, texts))
 
 
 def _top(score: Scores, direction: str, queries: np.ndarray, n_items: int, shown: int) -> np.ndarray:
@@ -141,7 +148,8 @@ def pipeline_scores(encoder: Encoder, emb: Embedded, ranking: Ranking, bank: Ban
     return SetScores(emb.images, emb.texts, ranking, bank, rerankers, timings,
                      dataset_keywords(emb.data) if ranking.retriever != "dense" else None,
                      None if heads is None else dataset_sparse(heads, emb),
-                     (tower.bank, took) if tower is not None and tower.bank is not None and took.any() else None)
+                     (tower.bank, took) if tower is not None and tower.bank is not None and took.any() else None,
+                     emb.caption_vectors)
 
 
 def dataset_sparse(heads: SparseModel, emb: Embedded) -> Callable[[str, np.ndarray, np.ndarray], np.ndarray]:
@@ -150,7 +158,8 @@ def dataset_sparse(heads: SparseModel, emb: Embedded) -> Callable[[str, np.ndarr
 
     def scores(direction: str, queries: np.ndarray, items: np.ndarray) -> np.ndarray:
         query_kind, kind = ("image", "text") if direction == "i2t" else ("text", "image")
-        return (rows[query_kind][queries] @ rows[kind][items].T).toarray().astype(np.float32)
+        return (rows[query_kind][queries] @ rows["caption" if kind == "text" else kind][items].T
+                ).toarray().astype(np.float32)
 
     return scores
 

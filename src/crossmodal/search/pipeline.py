@@ -374,16 +374,18 @@ class SetScores:
     def __init__(self, image_emb: np.ndarray, text_emb: np.ndarray, ranking: Ranking, bank: Bank | None = None,
                  rerankers: dict[str, tuple[SetScorer, float]] | None = None, timings: Timings | None = None,
                  keywords: SetEvidence | None = None, sparse: SetEvidence | None = None,
-                 tower: tuple[Bank, np.ndarray] | None = None) -> None:
+                 tower: tuple[Bank, np.ndarray] | None = None, caption_emb: np.ndarray | None = None) -> None:
         """``tower``: the multilingual tower's bank and which captions it encoded, normalised by it (as search
-        normalises them, collection/tower_biases.py)."""
+        normalises them, collection/tower_biases.py). ``caption_emb``: the captions as a collection stores them,
+        what photo queries rank (``Encoder.encode_captions``; by default ``text_emb``, the captions as queries)."""
         self.emb = {"image": image_emb, "text": text_emb}
+        self.items = {"image": image_emb, "text": text_emb if caption_emb is None else caption_emb}
         self.ranking, self.bank = ranking, bank if ranking.norm else None
         self.rerankers = (rerankers or {}) if ranking.rerank and hybrid.dense_scale(ranking.retriever) else {}
         self.keywords = keywords if ranking.retriever in ("keyword", "hybrid") else None
         self.sparse = sparse if ranking.retriever in ("sparse", "hybrid") else None
         self.timings = timings if timings is not None else Timings()
-        self.bias = {kind: self.bank.biases(kind, emb) for kind, emb in self.emb.items()} if self.bank else {}
+        self.bias = {kind: self.bank.biases(kind, emb) for kind, emb in self.items.items()} if self.bank else {}
         self.tower = None if tower is None or self.bank is None else TowerBiases(
             tower[1], tower[0].biases("image", image_emb), tower[0].share)
 
@@ -412,7 +414,7 @@ class SetScores:
         started = time.perf_counter()
         query_kind, kind = ("image", "text") if direction == "i2t" else ("text", "image")
         self.timings.queries += len(queries)
-        scores = inner_products(self.emb[kind][items], self.emb[query_kind][queries])
+        scores = inner_products(self.items[kind][items], self.emb[query_kind][queries])
         if self.bank is not None:
             took = self.tower.took[queries] if self.tower is not None and kind == "image" else None
             if took is not None and took.any():
@@ -447,7 +449,7 @@ class SetScores:
         if self.ranking.diverse:
             started = time.perf_counter()
             pool_scores, pool = ranked[0][:max(k, POOL)], ranked[1][:max(k, POOL)]
-            picked = mmr(pool_scores, self.emb[kind][items[pool]], self.ranking.diversity, k)
+            picked = mmr(pool_scores, self.items[kind][items[pool]], self.ranking.diversity, k)
             ranked = pool_scores[picked], pool[picked]
             self.timings.add("diversify", started)
         return ranked

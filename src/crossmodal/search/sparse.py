@@ -74,8 +74,10 @@ class SparseHeads:
         return self.encode(query.vector, query.modality) if query.modality in SIDES else None
 
     def dataset_rows(self, emb: Embedded) -> dict[str, sparse.csr_matrix]:
-        """Rows of a dataset held in memory (eval), from its dense vectors."""
-        return {"image": self.encode(emb.images, "image"), "text": self.encode(emb.texts, "text")}
+        """Rows of a dataset held in memory (eval), from its dense vectors: ``caption`` of the captions as stored
+        (what photo queries rank), ``text`` of the captions as queries."""
+        return {"image": self.encode(emb.images, "image"), "text": self.encode(emb.texts, "text"),
+                "caption": self.encode(emb.caption_vectors, "text")}
 
     def terms(self, row: sparse.csr_matrix, n: int = 10) -> list[tuple[str, float]]:
         """The ``n`` heaviest words of one sparse vector (what it "says")."""

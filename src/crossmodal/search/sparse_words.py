@@ -80,8 +80,9 @@ class WordSparse:
         word probabilities."""
         if emb.photo_words is None:
             raise ValueError("the dataset was embedded without the reranker, so its photos have no words")
-        return {"image": self.words.photo_rows(list(self.words.records(emb.photo_words))),
-                "text": self.text_rows(emb.data.texts)}
+        texts = self.text_rows(emb.data.texts)
+        return {"image": self.words.photo_rows(list(self.words.records(emb.photo_words))), "text": texts,
+                "caption": texts}
 
 
 def find_words(reranker: Reranker | None, encoder: Callable[[], Encoder]) -> WordSparse | None:
