@@ -1,6 +1,7 @@
 """Ranking quality and cost of each pipeline stage on Flickr8k dev and test, in one run.
 
     python benchmarks/quality.py [--model lite] [--splits dev test] [--ns 8 16 32 64] [--also runs/lite-v5]
+        [--caption-shares 0 0.3 0.4 0.5]
 
 Each split is encoded once; every configuration ranks the same vectors through the search pipeline's
 stages (search/pipeline.py), as `crossmodal eval` does, by the dense and the hybrid retriever (dense + BM25 +
@@ -59,6 +60,25 @@ def cutoff_table(score, emb, thresholds: list[float]) -> list[tuple[float, float
     return [(t, float((wrong < t).mean()), float((right >= t).mean())) for t in thresholds]
 
 
+def caption_shares(encoder, emb, bank, reranker, shares: list[float]) -> None:
+    """Photo -> caption RSUM and RSUM of dense + norm and of the default pipeline with the captions stored at each
+    multilingual tower's share of the blend (``Encoder.blend_captions``; 0: lite's tower alone)."""
+    tower = encoder.multilingual
+    shipped = tower.caption_share
+    print("\n| tower's share | dense + norm: i2t | dense + norm: RSUM | default: i2t | default: RSUM |")
+    print("|---|---|---|---|---|")
+    for share in shares:
+        tower.caption_share = share
+        blended = replace(emb, captions=encoder.blend_captions(emb.data.texts, emb.texts))
+        cells = []
+        for ranking in (Ranking(rerank=0, retriever="dense"), Ranking()):
+            m = evaluate_embeddings(emb.images, emb.texts, emb.data.text_image,
+                                    pipeline_scores(encoder, blended, ranking, bank, reranker)).metrics()
+            cells += [f"{sum(m[f'i2t_R@{k}'] for k in (1, 5, 10)):.2f}", f"{m['rsum']:.2f}"]
+        print(f"| {share} | " + " | ".join(cells) + " |", flush=True)
+    tower.caption_share = shipped
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="lite")
@@ -67,6 +87,9 @@ def main() -> None:
     parser.add_argument("--ns", nargs="+", type=int, default=[8, 16, 32, 64])
     parser.add_argument("--dataset", default=str(FLICKR))
     parser.add_argument("--cutoffs", nargs="+", type=float, default=[0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3])
+    parser.add_argument("--caption-shares", nargs="*", type=float, default=[],
+                        help="Also rank the first split with the captions stored at these shares of the "
+                             "multilingual tower (0.4 ships).")
     args = parser.parse_args()
     table: dict[tuple[str, str], dict[str, float]] = {}
     for model in [args.model, *args.also]:
@@ -91,6 +114,8 @@ def main() -> None:
             if split == "dev" and model == args.model:
                 cut = pipeline_scores(encoder, emb, Ranking(), bank, reranker)
                 cutoffs = cutoff_table(cut, emb, args.cutoffs)
+            if args.caption_shares and split == args.splits[0] and encoder.multilingual is not None:
+                caption_shares(encoder, emb, bank, reranker, args.caption_shares)
     labels = list(dict.fromkeys(label for label, _ in table))
     print(f"\nFlickr8k (1K photos, 5K captions per split), {os.cpu_count()} cores\n")
     header = " | ".join(f"{s} RSUM | {s} t2i R@1 / R@10 | {s} i2t R@1 / R@10" for s in args.splits)
