@@ -240,7 +240,8 @@ def test_eval_with_rerank_equals_search_with_rerank(lite_samples: Collection) ->
 
     queries = c.encoder.encode_texts(captions)  # the captions as queries; as stored, blended with the tower's
     blended = c.encoder.encode_captions(captions)  # (the int8 tower's scales follow its batches: not to the digit)
-    assert (blended * texts).sum(1).min() > 0.998 and np.median((queries * texts).sum(1)) < 0.99
+    assert (blended * texts).sum(1).min() > 0.998
+    assert c.encoder.multilingual is None or np.median((queries * texts).sum(1)) < 0.99
     for retriever in ("dense", "hybrid"):  # hybrid: with the caption words stored per photo
         ranking = Ranking(rerank=8, retriever=retriever)
         score = SetScores(np.asarray(images), queries, ranking, c.store.bank,
