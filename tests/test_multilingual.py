@@ -287,6 +287,60 @@ def test_stored_english_captions_blend_both_towers_and_queries_keep_the_own(
     assert np.allclose(routed.encode_captions(texts), queries)
 
 
+def test_captions_stored_before_the_blend_are_encoded_again_once(
+        tiny_tower: TowerWeights, tower_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A collection whose captions were stored by the own tower alone stores them again, blended, on its next
+    caption index, and only then; searches read the new vectors. Stopped part-way, it answers with the captions of
+    both kinds, and the next index finishes the work."""
+    from crossmodal.collection.sync import refresh_captions
+    from crossmodal.search.pipeline import Ranking
+
+    monkeypatch.setenv("CROSSMODAL_CACHE", str(tower_cache))
+    texts = ["a dog runs on the beach", "ein Hund rennt am Strand", "two people", "a red car", "a blue boat"]
+    folder = tmp_path / "c"
+    with Collection.open(folder, model=ColorEncoder(dim=tiny_tower.dim)) as c:
+        c.add_texts(texts)
+        assert c.store.recorded("captions") is None  # no tower: nothing to record
+    routed = ColorEncoder(dim=tiny_tower.dim)
+    routed.multilingual = MultilingualTower(tiny_tower)
+    expected = dict(zip(texts, routed.encode_captions(texts), strict=True))
+
+    def stored(c: Collection) -> dict[str, np.ndarray]:
+        ids, vectors = c.store.matrix("text")
+        items = c.store.get(ids)
+        return {items[int(i)].text: v for i, v in zip(ids, vectors, strict=True)}
+
+    with Collection.open(folder, model=routed) as c:
+        before = stored(c)
+        real, calls = routed.encode_captions, []
+
+        def stopped(batch: list[str]) -> np.ndarray:
+            calls.append(batch)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return real(batch)
+
+        monkeypatch.setattr(routed, "encode_captions", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            refresh_captions(c.store, routed, batch=2, progress=False)
+        monkeypatch.setattr(routed, "encode_captions", real)
+        assert c.store.recorded("captions") is None
+        half = stored(c)
+        assert all(np.allclose(half[t], expected[t], atol=1e-4) for t in calls[0])
+        assert all(np.allclose(half[t], before[t]) for t in texts if t not in calls[0])
+        assert len(c.search("a red car", kind="text", k=10)) == len(texts)
+        c.add_texts(["a cat"])
+        assert c.store.recorded("captions") == routed.caption_recipe != ""
+        now = stored(c)
+        assert all(np.allclose(now[t], expected[t], atol=1e-4) for t in texts)
+        query = routed.encode_texts(["a red car"])[0]
+        hits = c.search("a red car", kind="text", k=10, ranking=Ranking(norm=False, rerank=0, retriever="dense"))
+        assert np.allclose([h.score for h in hits], [float(now[h.text] @ query) for h in hits], atol=1e-4)
+        encoded = routed.texts_encoded
+        c.add_texts(["a bird"])
+        assert routed.texts_encoded == encoded + 1  # done once: only the new caption is encoded
+
+
 def test_training_lowers_the_loss_and_learns_to_find_the_photos() -> None:
     """Captions in four languages of six photos (random vectors): fine-tuning e5's last layer and the
     projection makes every caption find its photo, and the loss falls."""

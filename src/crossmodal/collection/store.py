@@ -522,6 +522,26 @@ class ItemStore:
                         it.bias = float(bias)
         return items
 
+    def replace_vectors(self, kind: str, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Overwrite stored items' vectors in one transaction, with their biases from the current bank (left to
+        ``fill_biases`` when the stored biases are another bank's), marked as written so that indexes read them."""
+        current = self._bank_is_current()
+        biases = self.bank.biases(kind, vectors) if current else np.zeros(len(ids), np.float32)
+        with self.transaction() as db:
+            rows = self.stage_rows(kind, np.column_stack([vectors, -biases]))
+            db.executemany("UPDATE items SET bias = ?, seq = ?, vector_row = ? WHERE id = ? AND kind = ?",
+                           [(float(b) if current else None, self._writing, int(r), int(i), kind)
+                            for b, r, i in zip(biases, rows, ids, strict=True)])
+
+    def recorded(self, key: str) -> str | None:
+        """A value the collection recorded about how its items were made (``record``)."""
+        return self._meta(key)
+
+    def record(self, key: str, value: str) -> None:
+        """Record ``value`` under ``key``, atomically."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
     def fill_biases(self, batch: int = 4096) -> int:
         """Compute the biases items lack (all of them when the bank changed); returns how many were written.
 

@@ -427,6 +427,26 @@ def _image_item(entry: _Pending, digest: str, vector: Any, fields: dict[str, Any
                    mtime=entry.stat.st_mtime, fields=fields, id=item_id)
 
 
+def refresh_captions(store: ItemStore, encoder: Encoder, batch: int = 256, progress: bool = True,
+                     report: Reporter = _warn) -> int:
+    """Encode again the stored captions that ``encoder`` now encodes another way (``Encoder.caption_recipe``:
+    since captions are read by both of lite's text towers, a collection indexed before gets them on its next
+    caption index); returns how many. Each batch is one transaction; the recipe is recorded after the last, so an
+    interrupted run leaves captions that answer (some encoded each way) and is done again by the next index."""
+    recipe = encoder.caption_recipe
+    if not recipe or store.recorded("captions") == recipe:
+        return 0
+    ids = store.ids_where("kind = 'text'")
+    if len(ids):
+        report(f"encoding the {len(ids)} stored captions again, as this model now stores captions (once)")
+    for start in tqdm(range(0, len(ids), batch), unit="batch", desc="captions", disable=not progress or not len(ids)):
+        chunk = ids[start:start + batch]
+        items = store.get(chunk)
+        store.replace_vectors("text", chunk, encoder.encode_captions([items[int(i)].text or "" for i in chunk]))
+    store.record("captions", recipe)
+    return len(ids)
+
+
 def index_texts(
     store: ItemStore,
     encoder: Encoder,
@@ -440,6 +460,7 @@ def index_texts(
     """Store texts. With a ``source`` (a caption file), re-indexing it adds new captions and drops
     captions no longer in it; identical texts reuse their stored vector."""
     result = IndexReport()
+    refresh_captions(store, encoder, progress=progress)
     existing = store.select("kind = 'text' AND path IS ?", (encode_path(source),)) if source is not None else []
     available = Counter(_text_key(it.text or "", it.fields) for it in existing)
     new: list[CaptionRecord] = []

@@ -110,6 +110,13 @@ class Encoder(ABC):
                                 + tower.caption_share * tower.encode([texts[i] for i in native]))
         return out
 
+    @property
+    def caption_recipe(self) -> str:
+        """How ``encode_captions`` encodes now ("" when it is ``encode_texts``): a collection records it, and
+        re-encodes the captions it stored another way (``sync.refresh_captions``)."""
+        tower = self.multilingual
+        return f"{tower.weights.id}:{tower.caption_share}" if tower is not None and tower.caption_share else ""
+
     def _routed(self, texts: list[str], foreign: np.ndarray) -> np.ndarray:
         """``encode_texts`` once ``foreign`` is known."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
