@@ -38,7 +38,7 @@ from .manifest import MANIFEST, Manifest
 from .moments import any_moments, count_videos, search_kind, videos_of
 from .searching import Hit, Searchable, check_search, hits_of
 from .store import KINDS, ItemStore, ReadOnlyCollectionError
-from .sync import IndexReport, fill_metadata, fill_tokens, index_images, index_texts
+from .sync import IndexReport, fill_metadata, fill_tokens, index_images, index_texts, refresh_captions
 from .video_sync import index_videos
 
 if TYPE_CHECKING:
@@ -167,6 +167,7 @@ class Collection(Searchable):
         records, problems = read_captions(path)
         records = [r for r in records if only is None or only(r.text)]
         with self._writing():
+            refresh_captions(self.store, self.encoder, progress=progress)
             report = index_texts(self.store, self.encoder, records, source=str(path), prune=prune, progress=progress)
             self._after_adding(progress)
             self.refresh_indexes(progress)

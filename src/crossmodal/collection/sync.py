@@ -431,8 +431,9 @@ def refresh_captions(store: ItemStore, encoder: Encoder, batch: int = 256, progr
                      report: Reporter = _warn) -> int:
     """Encode again the stored captions that ``encoder`` now encodes another way (``Encoder.caption_recipe``:
     since captions are read by both of lite's text towers, a collection indexed before gets them on its next
-    caption index); returns how many. Each batch is one transaction; the recipe is recorded after the last, so an
-    interrupted run leaves captions that answer (some encoded each way) and is done again by the next index."""
+    caption file index, not on an upload of a few texts); returns how many. Each batch is one transaction; the
+    recipe is recorded after the last, so an interrupted run leaves captions that answer (some encoded each way)
+    and is done again by the next index."""
     recipe = encoder.caption_recipe
     if not recipe or store.recorded("captions") == recipe:
         return 0
@@ -460,7 +461,6 @@ def index_texts(
     """Store texts. With a ``source`` (a caption file), re-indexing it adds new captions and drops
     captions no longer in it; identical texts reuse their stored vector."""
     result = IndexReport()
-    refresh_captions(store, encoder, progress=progress)
     existing = store.select("kind = 'text' AND path IS ?", (encode_path(source),)) if source is not None else []
     available = Counter(_text_key(it.text or "", it.fields) for it in existing)
     new: list[CaptionRecord] = []
