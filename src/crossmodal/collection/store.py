@@ -524,14 +524,18 @@ class ItemStore:
 
     def replace_vectors(self, kind: str, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Overwrite stored items' vectors in one transaction, with their biases from the current bank (left to
-        ``fill_biases`` when the stored biases are another bank's), marked as written so that indexes read them."""
-        current = self._bank_is_current()
-        biases = self.bank.biases(kind, vectors) if current else np.zeros(len(ids), np.float32)
+        ``fill_biases`` when the stored biases are another bank's)."""
+        self._rewrite_rows(kind, ids, vectors, self.bank.biases(kind, vectors) if self._bank_is_current() else None)
+
+    def _rewrite_rows(self, kind: str, ids: np.ndarray, vectors: np.ndarray, biases: np.ndarray | None) -> None:
+        """Give stored items of ``kind`` new rows ``[vector, -bias]`` (``biases`` None: none yet) in one transaction,
+        marked as written so that indexes read them (vector files are only appended to)."""
         with self.transaction() as db:
-            rows = self.stage_rows(kind, np.column_stack([vectors, -biases]))
+            stored = np.zeros(len(ids), np.float32) if biases is None else biases
+            rows = self.stage_rows(kind, np.column_stack([vectors, -stored]))
             db.executemany("UPDATE items SET bias = ?, seq = ?, vector_row = ? WHERE id = ? AND kind = ?",
-                           [(float(b) if current else None, self._writing, int(r), int(i), kind)
-                            for b, r, i in zip(biases, rows, ids, strict=True)])
+                           [(None if biases is None else float(biases[j]), self._writing, int(r), int(i), kind)
+                            for j, (r, i) in enumerate(zip(rows, ids, strict=True))])
 
     def recorded(self, key: str) -> str | None:
         """A value the collection recorded about how its items were made (``record``)."""
@@ -545,8 +549,8 @@ class ItemStore:
     def fill_biases(self, batch: int = 4096) -> int:
         """Compute the biases items lack (all of them when the bank changed); returns how many were written.
 
-        Each batch is one transaction and marks its items as written, so indexes pick up the new scores; it
-        appends their rows again, with the new bias (vector files are only appended to).
+        Each batch is one transaction (``_rewrite_rows``: their rows appended again, with the new bias), so
+        indexes pick up the new scores.
         """
         bank_id = self.bank.id if self.bank is not None else ""
         stale = "1" if self._meta("bank") != bank_id else "bias IS NULL"
@@ -556,12 +560,7 @@ class ItemStore:
             for start in range(0, len(ids), batch):
                 chunk = ids[start:start + batch]
                 vectors, _ = self.vectors_of(chunk)
-                biases = self.bank.biases(kind, vectors)
-                with self.transaction() as db:
-                    rows = self.stage_rows(kind, np.column_stack([vectors, -biases]))
-                    db.executemany("UPDATE items SET bias = ?, seq = ?, vector_row = ? WHERE id = ?",
-                                   [(float(b), self._writing, int(r), int(i))
-                                    for b, r, i in zip(biases, rows, chunk, strict=True)])
+                self._rewrite_rows(kind, chunk, vectors, self.bank.biases(kind, vectors))
                 done += len(chunk)
         if self._meta("bank") != bank_id:
             with self.transaction() as db:
