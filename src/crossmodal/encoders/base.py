@@ -94,20 +94,25 @@ class Encoder(ABC):
         """Vectors of texts stored for photo queries to rank (a collection's captions, eval's photo -> caption
         direction): ``encode_texts``'s, blended with the multilingual tower's (``blend_captions``)."""
         texts = list(texts)
-        return self.blend_captions(texts, self.encode_texts(texts))
+        foreign = self.foreign(texts)
+        return self._blended(texts, foreign, self._routed(texts, foreign))
 
     def blend_captions(self, texts: Sequence[str], vectors: np.ndarray) -> np.ndarray:
         """``encode_captions`` from ``encode_texts``'s ``vectors`` of ``texts``. With a multilingual tower, a text
         the own tower reads is encoded by both towers and the two vectors blended (the tower's ``caption_share``):
         two views of a caption rank it better than either alone, for the tower's time once per stored caption;
         queries keep ``encode_texts``, so they cost nothing more."""
-        tower = self.multilingual
-        native = np.flatnonzero(~self.foreign(list(texts)))
-        if tower is None or not tower.caption_share or not len(native):
+        texts = list(texts)
+        return self._blended(texts, self.foreign(texts), vectors)
+
+    def _blended(self, texts: list[str], foreign: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """``blend_captions`` once ``foreign`` (which texts the tower alone encodes) is known."""
+        native = np.flatnonzero(~foreign)
+        if not self.caption_recipe or not len(native):
             return vectors
-        out = vectors.copy()
-        out[native] = normalize((1 - tower.caption_share) * vectors[native]
-                                + tower.caption_share * tower.encode([texts[i] for i in native]))
+        share, out = self.multilingual.caption_share, vectors.copy()
+        out[native] = normalize((1 - share) * vectors[native]
+                                + share * self.multilingual.encode([texts[i] for i in native]))
         return out
 
     @property

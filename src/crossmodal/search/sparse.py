@@ -76,8 +76,9 @@ class SparseHeads:
     def dataset_rows(self, emb: Embedded) -> dict[str, sparse.csr_matrix]:
         """Rows of a dataset held in memory (eval), from its dense vectors: ``caption`` of the captions as stored
         (what photo queries rank), ``text`` of the captions as queries."""
-        return {"image": self.encode(emb.images, "image"), "text": self.encode(emb.texts, "text"),
-                "caption": self.encode(emb.caption_vectors, "text")}
+        texts = self.encode(emb.texts, "text")
+        return {"image": self.encode(emb.images, "image"), "text": texts,
+                "caption": texts if emb.caption_vectors is emb.texts else self.encode(emb.caption_vectors, "text")}
 
     def terms(self, row: sparse.csr_matrix, n: int = 10) -> list[tuple[str, float]]:
         """The ``n`` heaviest words of one sparse vector (what it "says")."""
