@@ -8,7 +8,9 @@ Three tables:
    captions/s, peak memory while encoding, agreement with eager (minimum cosine) and the split's RSUM,
    so the accuracy cost of int8 is measured, not guessed.
 2. The same for a ViT-B/32-shaped CLIP with random weights (speed and agreement only).
-3. End-to-end indexing of the split's photos into a fresh collection (walk, read, hash, decode,
+3. Captions as queries (`encode_texts`: lite's text tower) against captions as a collection stores them
+   (`encode_captions`: lite's and the multilingual tower's vectors blended), the default model, two rounds.
+4. End-to-end indexing of the split's photos into a fresh collection (walk, read, hash, decode,
    encode, write): the core issue's pipeline (eager PyTorch, decoding inline) against the ONNX
    Runtime backend with decoding threads ahead of the model, and the steps in between; then the
    same with phone-size photos, where decoding costs as much as the model, and the decoding alone
@@ -176,13 +178,27 @@ def index_rows(photos: list[Path], tmp: Path, large: int) -> None:
     decode_rows(sorted(big.iterdir()))
 
 
+def caption_rows(texts: list[str], rounds: int = 2) -> None:
+    """ms per caption encoded as a query and as stored (blended with the multilingual tower), taking turns."""
+    encoder = load_encoder("lite")
+    encoder.encode_captions(texts[:64])  # open both towers (and export the tower, the first time)
+    table = Table(title=f"lite: {len(texts)} captions as queries and as stored")
+    for column in ("round", "as queries ms/caption", "as stored ms/caption", "stored / queries"):
+        table.add_column(column, justify="right")
+    for r in range(rounds):
+        _, queries = timed(encoder.encode_texts, texts)  # captions a second
+        _, stored = timed(encoder.encode_captions, texts)
+        table.add_row(str(r + 1), f"{1000 / queries:.2f}", f"{1000 / stored:.2f}", f"{queries / stored:.2f}x")
+    console.print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/datasets/flickr8k"))
     parser.add_argument("--split", default="dev")
     parser.add_argument("--clip-photos", type=int, default=256, help="photos (and 4x captions) for the CLIP table")
     parser.add_argument("--large", type=int, default=200, help="photos re-encoded at 2048x1536 for the index table")
-    parser.add_argument("--only", choices=("lite", "clip", "index"), default=None, help="run one table")
+    parser.add_argument("--only", choices=("lite", "clip", "captions", "index"), default=None, help="run one table")
     args = parser.parse_args()
     data = load_flickr_layout(args.data, args.split)
     start = time.perf_counter()
@@ -211,6 +227,8 @@ def main() -> None:
                 ("ONNX Runtime, int8 text tower",
                  lambda: OnnxEncoder(export_onnx(clip, tmp / "clip-int8", int8=True))),
             ], images[:n], data.texts[:4 * n], None)
+        if args.only in (None, "captions"):
+            caption_rows(data.texts)
         if args.only in (None, "index"):
             index_rows(data.images, tmp, args.large)
 
