@@ -333,8 +333,9 @@ def test_captions_stored_before_the_blend_are_encoded_again_once(
         assert len(c.search("a red car", kind="text", k=10)) == len(texts)
         c.add_texts(["a cat"])  # an upload of a few texts does not take on the whole collection
         assert c.store.recorded("captions") is None and np.allclose(stored(c)[texts[-1]], half[texts[-1]])
-        c.index_captions(captions, progress=False)
+        report, _ = c.index_captions(captions, progress=False)
         assert c.store.recorded("captions") == routed.caption_recipe != ""
+        assert report.reencoded == len(texts) + 1 and "6 re-encoded" in report.summary()  # and the upload's
         now = stored(c)
         # (the int8 tower's scales follow its batch, six texts here: near, not to the digit)
         assert min(float(now[t] @ expected[t]) for t in texts) > 0.999
@@ -343,8 +344,8 @@ def test_captions_stored_before_the_blend_are_encoded_again_once(
         hits = c.search("a red car", kind="text", k=10, ranking=Ranking(norm=False, rerank=0, retriever="dense"))
         assert np.allclose([h.score for h in hits], [float(now[h.text] @ query) for h in hits], atol=1e-4)
         encoded = routed.texts_encoded
-        c.index_captions(captions, progress=False)
-        assert routed.texts_encoded == encoded  # done once
+        report, _ = c.index_captions(captions, progress=False)
+        assert routed.texts_encoded == encoded and report.reencoded == 0  # done once
 
 
 def test_training_lowers_the_loss_and_learns_to_find_the_photos() -> None:

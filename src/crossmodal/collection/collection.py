@@ -167,8 +167,9 @@ class Collection(Searchable):
         records, problems = read_captions(path)
         records = [r for r in records if only is None or only(r.text)]
         with self._writing():
-            refresh_captions(self.store, self.encoder, progress=progress)
+            reencoded = refresh_captions(self.store, self.encoder, progress=progress)
             report = index_texts(self.store, self.encoder, records, source=str(path), prune=prune, progress=progress)
+            report.reencoded = reencoded
             self._after_adding(progress)
             self.refresh_indexes(progress)
         return report, problems

@@ -58,6 +58,7 @@ class IndexReport:
     restored: int = 0
     removed: int = 0
     kept: int = 0
+    reencoded: int = 0  # stored items encoded again, their content unchanged (sync.refresh_captions)
     skipped_known_bad: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
 
@@ -69,9 +70,9 @@ class IndexReport:
 
     def summary(self) -> str:
         parts = [f"{self.added} added", f"{self.updated} updated", f"{self.unchanged} unchanged"]
-        for name in ("moved", "reused", "restored", "removed", "kept"):
+        for name in ("moved", "reused", "restored", "removed", "kept", "reencoded"):
             if getattr(self, name):
-                parts.append(f"{getattr(self, name)} {name}")
+                parts.append(f"{getattr(self, name)} {name.replace('reencoded', 're-encoded')}")
         if self.failed:
             parts.append(f"{len(self.failed)} unreadable")
         if self.skipped_known_bad:
