@@ -215,7 +215,7 @@ def test_eval_with_rerank_equals_search_with_rerank(lite_samples: Collection) ->
     """Both directions: eval's ranking of a set (SetScores, dataset scorers) and search's (the pipeline over
     the collection, stored photo tokens) agree, reranked top N included (for a photo query, with the caption
     words predicted from the photo), by the dense and the hybrid retriever (its caption-word evidence read from
-    the words stored per photo)."""
+    the words stored per photo), text queries through one tower or both (``Ranking.both_towers``)."""
     from crossmodal.evaluation.runner import dataset_keywords, embed_dataset
     from crossmodal.search.rerank import dataset_scorers
     from crossmodal.sources.datasets import CaptionDataset
@@ -242,16 +242,20 @@ def test_eval_with_rerank_equals_search_with_rerank(lite_samples: Collection) ->
     blended = c.encoder.encode_captions(captions)  # (the int8 tower's scales follow its batches: not to the digit)
     assert (blended * texts).sum(1).min() > 0.998
     assert c.encoder.multilingual is None or np.median((queries * texts).sum(1)) < 0.99
-    for retriever in ("dense", "hybrid"):  # hybrid: with the caption words stored per photo
-        ranking = Ranking(rerank=8, retriever=retriever)
+    # both towers: eval's queries are the captions as stored; each encoded alone, as search encodes a query
+    alone = np.stack([c.encoder.encode_captions([t])[0] for t in captions])
+    for retriever, both_towers in (("dense", False), ("hybrid", False), ("hybrid", True)):
+        ranking = Ranking(rerank=8, retriever=retriever, both_towers=both_towers)  # hybrid: caption words per photo
         score = SetScores(np.asarray(images), queries, ranking, c.store.bank,
                           {k: (s, reranker.weight) for k, s in scorers.items()}, keywords=dataset_keywords(data),
-                          sparse=word_scores, caption_emb=np.asarray(texts))
+                          sparse=word_scores, caption_emb=alone if both_towers else np.asarray(texts))
         for row in (0, 7, 50):
             (expected, order), = score.ranked("t2i", np.array([row]), np.arange(len(ids)), 10)
             hits = c.search(captions[row], k=10, ranking=ranking)
             assert [h.id for h in hits] == ids[order].tolist()
             assert np.allclose([h.score for h in hits], expected, atol=1e-4)
+        if both_towers:
+            continue  # a photo query is encoded the same either way
         photo = SAMPLES / "photos" / Path(c.store.get([ids[3]])[int(ids[3])].path).name
         (expected, order), = score.ranked("i2t", np.array([3]), np.arange(len(text_ids)), 10)
         hits = c.search(image=photo, kind="text", k=10, ranking=ranking)
@@ -286,6 +290,44 @@ def test_a_photo_query_runs_the_photo_tower_once(lite_samples: Collection, monke
     finally:
         batcher.close()
     assert calls == ["encode_prepared_grids"] and [h.id for h in served] == [i for i, _ in twice]
+
+
+def test_both_towers_encodes_an_english_query_as_captions_are_stored(lite_samples: Collection) -> None:
+    """``Ranking.both_towers``: an English text query ranks by its vector as a stored caption's (both towers,
+    blended), a German one by the tower's alone as without it; in search, in a file of queries and in the
+    server's batches, where requests that ask for it and requests that do not are answered each as alone."""
+    from crossmodal.search.query import text_queries
+    from crossmodal.server.batcher import SearchBatcher, SearchJob
+
+    c = lite_samples
+    if c.encoder.multilingual is None:
+        pytest.skip("lite ships no multilingual tower here")
+    english, german = "a black dog running across green grass", "ein schwarzer Hund rennt über grünes Gras"
+    dense, both = Ranking(rerank=0, retriever="dense"), Ranking(rerank=0, retriever="dense", both_towers=True)
+
+    def ranked(hits) -> list[tuple[int, float]]:
+        return [(h.id, round(h.score, 4)) for h in hits]
+
+    blended = c.encoder.encode_captions([english])[0]
+    assert ranked(c.search(english, ranking=both)) == ranked(c.search_vector(blended, modality="text", ranking=dense))
+    assert ranked(c.search(english, ranking=both)) != ranked(c.search(english, ranking=dense))
+    assert ranked(c.search(german, ranking=both)) == ranked(c.search(german, ranking=dense))
+    from_file = c.search_queries(text_queries(c.encoder, [english, german], both_towers=True), ranking=both)
+    assert [ranked(h) for h in from_file] == [ranked(c.search(t, ranking=both)) for t in (english, german)]
+    asked = [(english, Ranking()), (english, Ranking(both_towers=True)), (german, Ranking(both_towers=True))]
+    batcher = SearchBatcher(c, max_wait=0.05)
+
+    async def many() -> list:
+        return await asyncio.gather(*(batcher.search(SearchJob(texts=[(1.0, t)], k=10, ranking=r)) for t, r in asked))
+
+    try:
+        served = asyncio.run(many())
+    finally:
+        batcher.close()
+    for (text, ranking), hits in zip(asked, served, strict=True):
+        alone = c.search(text, k=10, ranking=ranking)
+        assert [h.id for h in hits] == [h.id for h in alone]
+        assert np.allclose([h.score for h in hits], [h.score for h in alone], atol=1e-3)
 
 
 def test_rerank_reorders_only_the_top_n(lite_samples: Collection) -> None:

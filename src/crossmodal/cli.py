@@ -9,7 +9,6 @@ import sys
 import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import replace
 from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -170,6 +169,10 @@ RetrieverOpt = Annotated[str, typer.Option("--retriever", help="Where candidates
                                            "sparse (learned word weights, inverted index) or hybrid (dense plus "
                                            "keyword evidence and the photos' predicted caption words; "
                                            "docs/ranking.md).")]
+BothTowersOpt = Annotated[bool, typer.Option("--both-towers", help="Encode English text queries through both of the "
+                                             "model's text towers (its own and its multilingual one), blended as "
+                                             "stored captions are: better answers for about twice the query's "
+                                             "encoding time (docs/ranking.md).")]
 
 
 WhereOpt = Annotated[list[str] | None, typer.Option("--where", help="Only items with KEY=VALUE (also !=, <, <=, >, "
@@ -347,6 +350,7 @@ def search(
     norm: NormOpt = True,
     min_score: MinScoreOpt = None,
     retriever: RetrieverOpt = defaults.DEFAULT_RETRIEVER,
+    both_towers: BothTowersOpt = False,
     understand: Annotated[bool, typer.Option("--understand/--literal", help="Read a year or date in QUERY as a "
                                              "filter on the date taken, and a place the photos know (country, "
                                              "region, city) as a filter on it; stderr says what was read. "
@@ -371,8 +375,8 @@ def search(
     from .search.pipeline import Ranking
     from .search.query import Term, parse_term
 
-    ranking = Ranking(norm=norm, rerank=rerank, min_score=min_score, diversity=diverse)
-    ranking = replace(ranking, retriever=retriever)
+    ranking = Ranking(norm=norm, rerank=rerank, min_score=min_score, diversity=diverse, retriever=retriever,
+                      both_towers=both_towers)
     if kind not in ("image", "video", "text"):
         raise ValueError(f"--kind {kind!r}: use image (photos and videos), video or text")
     kind = "text" if texts else kind
@@ -427,7 +431,8 @@ def search_file(file: Path, collection: Path | None, model: str | None, where: l
                   and c.reranker("image") is not None)
         for start in range(0, len(texts), QUERY_CHUNK):
             chunk = texts[start:start + QUERY_CHUNK]
-            results = c.search_queries(text_queries(c.encoder, chunk, states), where=conditions, **options)
+            results = c.search_queries(text_queries(c.encoder, chunk, states, options["ranking"].both_towers),
+                                       where=conditions, **options)
             for text, hits in zip(chunk, results, strict=True):
                 print(json.dumps({"query": text, "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
 
@@ -685,6 +690,7 @@ def evaluate(
     rerank: RerankOpt = DEFAULT_RERANK,
     norm: NormOpt = True,
     retriever: RetrieverOpt = defaults.DEFAULT_RETRIEVER,
+    both_towers: BothTowersOpt = False,
     bank: Annotated[Path | None, typer.Option("--bank", help="Normalisation bank file (`crossmodal bank --out`); "
                                               "default: the one the model ships with, if any.")] = None,
     reranker: Annotated[Path | None, typer.Option("--reranker", help="Reranker folder (`crossmodal train "
@@ -721,7 +727,7 @@ def evaluate(
     command += [a for x in k or () for a in ("--k", str(x))] + (["--folds", str(folds)] if folds else [])
     command += ["--rerank", str(rerank)] + ([] if norm else ["--no-norm"]) + (["--bank", str(bank)] if bank else [])
     command += ["--reranker", str(reranker)] if reranker else []
-    command += ["--retriever", retriever]
+    command += ["--retriever", retriever] + (["--both-towers"] if both_towers else [])
     encoder = load_encoder(model)
     found = find_bank(encoder.fingerprint, *([bank] if bank else []))
     if bank is not None and (found is None or found.path != bank):
@@ -730,7 +736,8 @@ def evaluate(
     if reranker is not None and (scorer is None or scorer.folder.resolve() != reranker.resolve()):
         raise ValueError(f"{reranker} is not a reranker for {encoder.name!r} (trained for other weights?)")
     result = finish_report(run(encoder, data, tuple(k or ()), folds, progress=not quiet,
-                               ranking=Ranking(norm=norm, rerank=rerank, retriever=retriever), bank=found,
+                               ranking=Ranking(norm=norm, rerank=rerank, retriever=retriever,
+                                               both_towers=both_towers), bank=found,
                                reranker=scorer), split, command)
     if report is not None:
         for path in write_report(result, report):
@@ -754,7 +761,8 @@ def evaluate(
     stages = ", ".join(f"{stage} {ms:.2f}" for stage, ms in pipe["stage_ms_per_query"].items())
     print(f"RSUM {m['rsum']:.2f}")
     print(f"ranking: normalisation {'on' if pipe['bank'] else 'off'}, rerank top "
-          f"{pipe['rerank'] if pipe['reranker'] else 0}, retriever {pipe['retriever']}; ms per query: {stages}")
+          f"{pipe['rerank'] if pipe['reranker'] else 0}, retriever {pipe['retriever']}"
+          f"{', text queries through both towers' if pipe.get('both_towers') else ''}; ms per query: {stages}")
 
 
 @eval_app.command("compare")
@@ -803,6 +811,7 @@ def serve(
     norm: NormOpt = True,
     min_score: MinScoreOpt = None,
     retriever: RetrieverOpt = defaults.DEFAULT_RETRIEVER,
+    both_towers: BothTowersOpt = False,
     allowed_host: Annotated[list[str] | None, typer.Option(help="Also answer requests for this Host name "
                                                            "(repeatable); bound to loopback, the server answers "
                                                            "only localhost names by default.")] = None,
@@ -822,7 +831,7 @@ def serve(
 ) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs) and the search page at http://HOST:PORT/.
 
-    --rerank, --norm and --min-score are the defaults of requests that do not set them.
+    --rerank, --norm, --min-score, --retriever and --both-towers are the defaults of requests that do not set them.
 
     Examples:
       crossmodal serve ./my-collection --port 8000
@@ -846,7 +855,7 @@ def serve(
     err.print(f"serving {folder} on http://{host}:{port}/  (API docs: /docs)", highlight=False)
     uvicorn.run(create_app(folder, api_key=api_key, max_upload_mb=max_upload_mb, model=model,
                            int8_queries=int8_queries, ranking=Ranking(norm=norm, rerank=rerank, min_score=min_score,
-                                                                       retriever=retriever),
+                                                                       retriever=retriever, both_towers=both_towers),
                            allowed_hosts=allowed_hosts(host, allowed_host or ()), ray=ray or bool(ray_address),
                            ray_address=ray_address, shard_timeout=shard_timeout, workers=workers,
                            max_batch=max_batch),

@@ -100,8 +100,9 @@ class Encoder(ABC):
     def blend_captions(self, texts: Sequence[str], vectors: np.ndarray) -> np.ndarray:
         """``encode_captions`` from ``encode_texts``'s ``vectors`` of ``texts``. With a multilingual tower, a text
         the own tower reads is encoded by both towers and the two vectors blended (the tower's ``caption_share``):
-        two views of a caption rank it better than either alone, for the tower's time once per stored caption;
-        queries keep ``encode_texts``, so they cost nothing more."""
+        two views of a caption rank it better than either alone, for the tower's time once per stored caption.
+        Queries keep ``encode_texts``, so they cost nothing more, unless a search asks for this blend
+        (``Ranking.both_towers``)."""
         texts = list(texts)
         return self._blended(texts, self.foreign(texts), vectors)
 

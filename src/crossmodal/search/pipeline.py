@@ -2,7 +2,7 @@
 
 ``Collection.search``, ``crossmodal search``, ``crossmodal eval`` and ``crossmodal serve`` all rank
 through these functions with the same ``Ranking`` options, so the number eval prints is the number
-users get. Stages:
+users get. Stages (after the query is encoded: ``Ranking.both_towers`` says how a text query is):
 
 - retrieve: exact (a matrix product on the snapshot) or through the collection's ANN index, with
   filters applied before ranking; the ``keyword`` and ``sparse`` retrievers take BM25's list or the learned
@@ -51,13 +51,16 @@ class Ranking:
     """How results are ranked, with the same defaults everywhere: normalisation on, rerank the top
     ``rerank`` (0: off), drop results under ``min_score`` (None: keep all), diversify with MMR at lambda
     ``diversity`` (None or 1: off; lower is more diverse); candidates from the ``retriever`` (dense,
-    keyword, sparse or hybrid: search/hybrid.py)."""
+    keyword, sparse or hybrid: search/hybrid.py). ``both_towers`` encodes a text query the model's own text
+    tower reads through its multilingual tower as well, blended as its stored captions are
+    (``Encoder.blend_captions``): better answers for about twice the query's encoding time, so off by default."""
 
     norm: bool = True
     rerank: int = DEFAULT_RERANK
     min_score: float | None = None
     diversity: float | None = None
     retriever: str = DEFAULT_RETRIEVER
+    both_towers: bool = False
 
     def __post_init__(self) -> None:
         if self.rerank < 0:
@@ -73,7 +76,7 @@ class Ranking:
 
     def to_dict(self) -> dict[str, Any]:
         return {"norm": self.norm, "rerank": self.rerank, "min_score": self.min_score, "diversity": self.diversity,
-                "retriever": self.retriever}
+                "retriever": self.retriever, "both_towers": self.both_towers}
 
 
 @dataclass
@@ -377,8 +380,10 @@ class SetScores:
                  tower: tuple[Bank, np.ndarray] | None = None, caption_emb: np.ndarray | None = None) -> None:
         """``tower``: the multilingual tower's bank and which captions it encoded, normalised by it (as search
         normalises them, collection/tower_biases.py). ``caption_emb``: the captions as a collection stores them,
-        what photo queries rank (``Encoder.encode_captions``; by default ``text_emb``, the captions as queries)."""
-        self.emb = {"image": image_emb, "text": text_emb}
+        what photo queries rank (``Encoder.encode_captions``; by default ``text_emb``, the captions as queries),
+        and with ``ranking.both_towers`` the captions as queries too."""
+        both = ranking.both_towers and caption_emb is not None
+        self.emb = {"image": image_emb, "text": caption_emb if both else text_emb}
         self.items = {"image": image_emb, "text": text_emb if caption_emb is None else caption_emb}
         self.ranking, self.bank = ranking, bank if ranking.norm else None
         self.rerankers = (rerankers or {}) if ranking.rerank and hybrid.dense_scale(ranking.retriever) else {}

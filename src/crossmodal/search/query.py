@@ -54,9 +54,11 @@ def query_vector(encoder: Encoder, terms: list[Term], max_pixels: int | None = N
     return encode_query(encoder, terms, max_pixels).vector
 
 
-def encode_query(encoder: Encoder, terms: list[Term], max_pixels: int | None = None) -> Query:
+def encode_query(encoder: Encoder, terms: list[Term], max_pixels: int | None = None,
+                 both_towers: bool = False) -> Query:
     """Encode every term into one query: the combined L2-normalised vector, its modality (text, image or
-    mixed) and, for a query of one text or one photo, that text or photo (the reranker reads it)."""
+    mixed) and, for a query of one text or one photo, that text or photo (the reranker reads it).
+    ``both_towers``: texts as ``Ranking.both_towers`` says."""
     if not terms:
         raise ValueError("empty query: give a text, an image, or both")
     texts = [t for t in terms if not t.is_image]
@@ -73,6 +75,8 @@ def encode_query(encoder: Encoder, terms: list[Term], max_pixels: int | None = N
             vecs, (states,) = encoder.encode_texts_with_states(values)
         else:
             vecs = encoder.encode_texts(values)
+        if both_towers:
+            vecs = encoder.blend_captions(values, vecs)
         parts += [(t.weight, v) for t, v in zip(texts, vecs, strict=True)]
     grid = None
     if images:
@@ -89,15 +93,19 @@ def encode_query(encoder: Encoder, terms: list[Term], max_pixels: int | None = N
                  states=states, grid=grid, tower=tower)
 
 
-def text_queries(encoder: Encoder, texts: Sequence[str], states: bool = False) -> list[Query]:
+def text_queries(encoder: Encoder, texts: Sequence[str], states: bool = False,
+                 both_towers: bool = False) -> list[Query]:
     """One text query per text, encoded together; with ``states``, also each text's token states for the
-    reranker, from the same model pass (encoders that give none leave them to the reranker's scorer)."""
+    reranker, from the same model pass (encoders that give none leave them to the reranker's scorer);
+    ``both_towers`` as ``Ranking.both_towers`` says."""
     if any(not t.strip() for t in texts):
         raise ValueError("empty text in the queries")
     if states and encoder.rerank_inputs:
         vectors, token_states = encoder.encode_texts_with_states(list(texts))
     else:
         vectors, token_states = encoder.encode_texts(list(texts)), [None] * len(texts)
+    if both_towers:
+        vectors = encoder.blend_captions(texts, vectors)
     return [Query(v, "text", source=t, states=s, tower=not encoder.reads_natively(t))
             for v, t, s in zip(vectors, texts, token_states, strict=True)]
 

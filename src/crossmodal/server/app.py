@@ -100,6 +100,9 @@ class SearchIn(BaseModel):
         None, description="Where candidates come from: dense (vectors), keyword (BM25 over file names, folders, "
         "texts and fields), sparse (learned word weights) or hybrid (dense plus keyword evidence and the photos' "
         "predicted caption words); default: the server's.")
+    both_towers: bool | None = Field(None, description="Encode an English text through both of the model's text "
+                                     "towers, blended as stored captions are: better answers for about twice the "
+                                     "encoding time; default: the server's.")
     understand: bool = Field(True, description="Read a year or date in text as a filter on the date taken, and a "
                              "place the photos know (country, region, city) as a filter on it; the answer's "
                              "'understood' says what was read. false: every word goes to the model.")
@@ -113,7 +116,8 @@ class SearchIn(BaseModel):
                        rerank=default.rerank if self.rerank is None else self.rerank,
                        min_score=default.min_score if self.min_score is None else self.min_score,
                        diversity=default.diversity if self.diverse is None else self.diverse,
-                       retriever=default.retriever if self.retriever is None else self.retriever)
+                       retriever=default.retriever if self.retriever is None else self.retriever,
+                       both_towers=default.both_towers if self.both_towers is None else self.both_towers)
 
 
 @pydantic_dataclass

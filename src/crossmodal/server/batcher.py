@@ -121,16 +121,20 @@ class SearchBatcher:
                     _settle(job, error=e)
 
     def _encode_texts(self, encoder: Any, texts: list[str], batch: list[SearchJob]) -> list[tuple[np.ndarray, Any]]:
-        """(vector, token states or None) per text; the states come from the same model call when a reranker
-        will read them (text queries ranking photos)."""
+        """(vector, token states or None) per text of ``batch``'s jobs, in order; the states come from the same
+        model call when a reranker will read them (text queries ranking photos)."""
         if not texts:
             return []
         reranks = self.collection.reranker("image") is not None and any(
             job.ranking.rerank and job.kind in ("image", "video") for job in batch)
         if reranks:
             vectors, states = encoder.encode_texts_with_states(texts)
-            return list(zip(vectors, states, strict=True))
-        return [(v, None) for v in encoder.encode_texts(texts)]
+        else:
+            vectors, states = encoder.encode_texts(texts), [None] * len(texts)
+        both = np.array([job.ranking.both_towers for job in batch for _ in job.texts], dtype=bool)
+        if both.any():  # the texts of requests that ask for both towers (Ranking.both_towers)
+            vectors[both] = encoder.blend_captions([t for t, b in zip(texts, both, strict=True) if b], vectors[both])
+        return list(zip(vectors, states, strict=True))
 
     @staticmethod
     def _encode_images(encoder: Encoder, images: list[Image.Image]) -> list[tuple[np.ndarray, Any]]:
