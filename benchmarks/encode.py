@@ -9,7 +9,8 @@ Three tables:
    so the accuracy cost of int8 is measured, not guessed.
 2. The same for a ViT-B/32-shaped CLIP with random weights (speed and agreement only).
 3. Captions as queries (`encode_texts`: lite's text tower) against captions as a collection stores them
-   (`encode_captions`: lite's and the multilingual tower's vectors blended), the default model, two rounds.
+   (`encode_captions`: lite's and the multilingual tower's vectors blended, which is also a text query with
+   `--both-towers`), the default model, two rounds, in batches and one at a time.
 4. End-to-end indexing of the split's photos into a fresh collection (walk, read, hash, decode,
    encode, write): the core issue's pipeline (eager PyTorch, decoding inline) against the ONNX
    Runtime backend with decoding threads ahead of the model, and the steps in between; then the
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import tempfile
 import time
@@ -178,17 +180,23 @@ def index_rows(photos: list[Path], tmp: Path, large: int) -> None:
     decode_rows(sorted(big.iterdir()))
 
 
-def caption_rows(texts: list[str], rounds: int = 2) -> None:
-    """ms per caption encoded as a query and as stored (blended with the multilingual tower), taking turns."""
+def caption_rows(texts: list[str], rounds: int = 2, alone: int = 300) -> None:
+    """ms per caption encoded as a query and as stored (blended with the multilingual tower, as a text query is
+    with ``--both-towers``), taking turns: all captions in batches, then ``alone`` of them one at a time (a
+    search's query)."""
     encoder = load_encoder("lite")
     encoder.encode_captions(texts[:64])  # open both towers (and export the tower, the first time)
-    table = Table(title=f"lite: {len(texts)} captions as queries and as stored")
-    for column in ("round", "as queries ms/caption", "as stored ms/caption", "stored / queries"):
+    table = Table(title="lite: captions as queries and as stored (= text queries with --both-towers)")
+    for column in ("round", "captions", "as queries ms/caption", "as stored ms/caption", "stored / queries"):
         table.add_column(column, justify="right")
-    for r in range(rounds):
-        _, queries = timed(encoder.encode_texts, texts)  # captions a second
-        _, stored = timed(encoder.encode_captions, texts)
-        table.add_row(str(r + 1), f"{1000 / queries:.2f}", f"{1000 / stored:.2f}", f"{queries / stored:.2f}x")
+    one_by_one = texts[:alone]
+    for r, (label, encode, stored_encode, items) in itertools.product(range(rounds), (
+            (f"{len(texts)} in batches", encoder.encode_texts, encoder.encode_captions, texts),
+            (f"{len(one_by_one)} one at a time", lambda ts: [encoder.encode_texts([t]) for t in ts],
+             lambda ts: [encoder.encode_captions([t]) for t in ts], one_by_one))):
+        _, queries = timed(encode, items)  # captions a second
+        _, stored = timed(stored_encode, items)
+        table.add_row(str(r + 1), label, f"{1000 / queries:.2f}", f"{1000 / stored:.2f}", f"{queries / stored:.2f}x")
     console.print(table)
 
 

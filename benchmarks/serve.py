@@ -1,12 +1,13 @@
 """Load test of `crossmodal serve` on 127.0.0.1: concurrent clients sending text queries.
 
     python benchmarks/serve.py [--clients 16] [--seconds 30] [--split all]
-        [--only torch|onnx|plain|int8|dense|rerank32|multilingual] [--workers N ...] [--max-batch N ...]
+        [--only torch|onnx|plain|int8|dense|rerank32|both-towers|multilingual] [--workers N ...] [--max-batch N ...]
         [--rounds N]
 
 Builds (once, cached in runs/) a collection of the Flickr8k photos with the default model, then for
 each query encoder in turn (PyTorch eager, ONNX Runtime float32, ONNX Runtime with the int8 text
-tower = the default; with and without the ranking pipeline's normalisation and reranking) starts
+tower = the default; with and without the ranking pipeline's normalisation and reranking; English queries
+through both text towers) starts
 `crossmodal serve` in a subprocess on a free loopback port and runs a bounded
 closed-loop load: each client sends its next query as soon as the previous answer arrives, for a fixed
 time. Queries are distinct Flickr8k `dev` captions (no query repeats, so no cache can help); for
@@ -141,7 +142,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--collection", type=Path, default=ROOT / "runs" / "bench-serve")
     parser.add_argument("--multi30k", type=Path, default=ROOT.parent / "shared/datasets/multi30k-flickr8k/captions.tsv")
-    parser.add_argument("--only", choices=("torch", "onnx", "plain", "int8", "dense", "rerank32", "multilingual"),
+    parser.add_argument("--only", choices=("torch", "onnx", "plain", "int8", "dense", "rerank32", "both-towers",
+                                           "multilingual"),
                         action="append",
                         help="run only these configurations (repeatable; default: all)")
     parser.add_argument("--workers", type=int, action="append", help="server worker threads to compare "
@@ -165,6 +167,8 @@ def main() -> None:
                 "dense": ("lite, int8 text tower, dense retriever (normalised, rerank top 16)", "auto",
                           ["--retriever", "dense"]),
                 "rerank32": ("lite, int8 text tower, normalised, rerank top 32", "auto", ["--rerank", "32"]),
+                "both-towers": ("lite, default pipeline, queries through both text towers (--both-towers)", "auto",
+                                ["--both-towers"]),
                 "multilingual": ("lite, default pipeline, queries in German, French, Czech (multilingual tower)",
                                  "auto", [])}
     table = Table(title=f"crossmodal serve: {n} Flickr8k photos, {args.clients} closed-loop clients, "
