@@ -287,6 +287,31 @@ def test_stored_english_captions_blend_both_towers_and_queries_keep_the_own(
     assert np.allclose(routed.encode_captions(texts), queries)
 
 
+def test_a_towers_caption_share_is_chosen_on_dev_and_read_from_its_file(tiny_tower: TowerWeights) -> None:
+    """Training chooses the share by photo -> caption RSUM on dev: a tower that sees what the own one misses gets
+    a share, one that adds only noise gets none; a tower file that names a share is blended with it."""
+    from crossmodal.training.train_multilingual import caption_share
+
+    rng = np.random.default_rng(0)
+    photos = rng.normal(size=(60, 32)).astype(np.float32)
+    photos /= np.linalg.norm(photos, axis=1, keepdims=True)
+    owner = np.repeat(np.arange(60), 3)
+
+    def view() -> np.ndarray:  # each caption: its photo plus noise of its own
+        v = photos[owner] + 3.0 * rng.normal(size=(len(owner), 32)).astype(np.float32) / np.sqrt(32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    own, other, noise = view(), view(), view()
+    noise = noise[rng.permutation(len(noise))]  # another caption's view: nothing about this one's photo
+    share, found = caption_share(photos, owner, own, other)
+    assert share > 0 and found[share] > found[0.0]
+    share, found = caption_share(photos, owner, own, noise)
+    assert share == 0.0 and found[0.0] > found[0.6]
+    assert MultilingualTower(tiny_tower).caption_share == 0.4  # a file naming none: the shipped share
+    named = TowerWeights(tiny_tower.tensors, {**tiny_tower.metadata, "caption_share": "0.2"})
+    assert MultilingualTower(named).caption_share == 0.2
+
+
 def test_captions_stored_before_the_blend_are_encoded_again_once(
         tiny_tower: TowerWeights, tower_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A collection whose captions were stored by the own tower alone stores them again, blended, on its next
@@ -588,6 +613,8 @@ def _translated_table(folder: Path) -> Path:
 
 def test_train_multilingual_command_writes_a_head_the_model_loads(tmp_path: Path) -> None:
     table = _translated_table(tmp_path)
+    with table.open("a") as f:  # English dev captions too: the tower's share of a stored one is chosen on them
+        f.writelines(f"{name}\tA photo taken outdoors .\ten\t{name}\tdev\n" for name in TRANSLATED)
     extra = tmp_path / "extra"  # more English captions of the same photos, found from another folder
     extra.mkdir()
     (extra / "photos").symlink_to(SAMPLES / "photos")
@@ -599,8 +626,9 @@ def test_train_multilingual_command_writes_a_head_the_model_loads(tmp_path: Path
                                       "--out", str(out), "--epochs", "1", "--unfreeze", "text:2"])
     assert result.exit_code == 0, result.output
     assert f"encoding {3 * len(TRANSLATED)} training captions and {len(TRANSLATED)} photos" in result.output
-    assert "dev es: RSUM" in result.output
+    assert "dev es: RSUM" in result.output and "stored English captions: the tower's share" in result.output
     tower = TowerWeights.load(out / HEAD_FILE)
+    assert MultilingualTower(tower).caption_share == float(tower.metadata["caption_share"]) in (0, 0.2, 0.4, 0.6)
     assert tower.model_fingerprint == load_encoder("lite").fingerprint and tower.frozen == 10
     assert {k.split(".")[3] for k in tower.tensors if k.startswith("bert.")} == {"10", "11"}  # e5's last 2 layers
     bank = MultilingualTower(tower).bank  # its normalisation bank: its vectors of the German training captions

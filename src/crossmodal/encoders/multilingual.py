@@ -37,6 +37,9 @@ BANK_SIZE = 3000  # captions in a tower's bank (chosen on Multi30K dev: docs/ben
 REMEMBERED = 65_536  # routing decisions kept (text -> took this tower), for the reranker's question
 EXPORT_VERSION = 4  # bump when the export changes, so caches written by older code are not reused
 BATCH = 64
+# A tower's share of a stored English caption's vector when its file names none (the shipped tower's: chosen on
+# Flickr8k dev through the default pipeline, docs/benchmarks.md "Captions stored through both text towers").
+CAPTION_SHARE = 0.4
 ROW_SCALE = ".row_scale"  # beside a matrix stored as int8 rows: each row's float16 scale
 
 
@@ -119,12 +122,11 @@ class TowerWeights:
 class MultilingualTower:
     """Texts the model's own tower does not read well -> the model's space, through the fine-tuned e5."""
 
-    # This tower's share of a stored English caption's vector, blended with the own tower's (``Encoder.
-    # encode_captions``): chosen on Flickr8k dev (docs/benchmarks.md, "Captions stored through both text towers").
-    caption_share = 0.4
-
     def __init__(self, weights: TowerWeights) -> None:
         self.weights = weights
+        # Its share of a stored English caption's vector, blended with the own tower's (``Encoder.encode_captions``):
+        # what `crossmodal train --multilingual` chose on its dev captions, else CAPTION_SHARE.
+        self.caption_share = float(weights.metadata.get("caption_share", CAPTION_SHARE))
         self._took: OrderedDict[str, bool] = OrderedDict()
         self._remembering = threading.Lock()
         self._opening = threading.Lock()
