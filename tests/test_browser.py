@@ -183,6 +183,33 @@ def test_the_address_keeps_the_search(page, server: str) -> None:
     assert page.is_hidden("#pager")
 
 
+def test_the_both_towers_box_ranks_as_the_api_does(page, server: str) -> None:
+    """The box sends an English query through both text towers (the API's ``both_towers``), the address keeps
+    it, and unticked the page ranks as before."""
+    import httpx
+
+    query = "a dog running through the grass"
+
+    def api(both: bool) -> list[str]:
+        answer = httpx.post(f"{server}/api/search", json={"text": query, "k": 24, "both_towers": both}, timeout=60)
+        return [Path(h["path"]).name for h in answer.json()["results"]]
+
+    one, both = api(False), api(True)
+    assert one != both  # the sample photos rank a little differently read by both towers
+    search_and_wait(page, query, 2)
+    assert names(page) == one
+    page.click("#filters summary")
+    page.check("#both")
+    wait_for_results(page, 2)
+    assert query_of(page)["both"] == ["1"] and names(page) == both
+    page.reload()  # a bookmark keeps it
+    wait_for_results(page, 2)
+    assert page.is_checked("#both") and names(page) == both
+    page.uncheck("#both")
+    wait_for_results(page, 2)
+    assert "both" not in query_of(page) and names(page) == one
+
+
 def test_upload_search_honours_the_filters(page) -> None:
     search_and_wait(page, "a dog", 2)
     page.click("#filters summary")

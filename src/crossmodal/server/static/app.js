@@ -42,6 +42,7 @@ function withFilters(params) {
   put(params, "path", $("path").value.trim());
   put(params, "where", $("where").value.trim());
   put(params, "diverse", $("diverse").checked ? DIVERSE : "");
+  put(params, "both", $("both").checked ? "1" : "");
   return params;
 }
 
@@ -51,7 +52,8 @@ function showFilters(params) {
   $("path").value = params.get("path") || "";
   $("where").value = params.get("where") || "";
   $("diverse").checked = params.has("diverse");
-  if (params.has("path") || params.has("where") || params.has("diverse")) $("filters").open = true;
+  $("both").checked = params.has("both");
+  if (["path", "where", "diverse", "both"].some((key) => params.has(key))) $("filters").open = true;
 }
 
 function navigate(params, replace = false) {
@@ -118,7 +120,8 @@ async function search(params, mode, token) {
   let data;
   try {
     if (mode === "text") {
-      data = await searchJson({ text: params.get("q"), ...options });
+      // both text towers: an English query read twice, better ranked (a text query's option only)
+      data = await searchJson({ text: params.get("q"), ...options, both_towers: params.has("both") || null });
     } else if (mode === "like") {
       const id = parseInt(params.get("like"), 10);
       showLike(id);
@@ -294,7 +297,7 @@ $("search-form").addEventListener("submit", (e) => {
 $("file").addEventListener("change", (e) => { searchPhoto(e.target.files[0]); e.target.value = ""; });
 $("prev").addEventListener("click", () => goToPage(-1));
 $("next").addEventListener("click", () => goToPage(1));
-for (const id of ["kind", "k", "path", "where", "diverse"]) {
+for (const id of ["kind", "k", "path", "where", "diverse", "both"]) {
   $(id).addEventListener("change", () => {
     if (shownMode === "duplicates") return; // filters apply to searches
     const params = withFilters(new URLSearchParams(location.search));
