@@ -4,31 +4,33 @@
     python benchmarks/photo_tower.py [--epochs 20] [--variants efficientnet-lite0 efficientnet-lite2]
 
 Each photo tower runs frozen with its ImageNet weights at its own resolution (224 / 260 px), one centre view per
-photo; the text side is the MiniLM lite starts from (all-MiniLM-L6-v2, frozen). For each tower, two linear heads
-(lite's ``Head``) are trained on Flickr8k `train` with the same recipe and seed (lite's heads stage: InfoNCE both
-ways with a learnable temperature, 256 captions a step, AdamW, warm-up and cosine; the best epoch on dev) and the
-dual encoder's dev RSUM is printed beside the tower's ms per photo (PyTorch, BatchNorm folded, batches of 32,
-decoding excluded). Frozen towers and linear heads are lite v1's recipe (dev 289.6), not
-v4's fine-tuning: the table says which tower gives the better start, and at what cost per indexed photo.
+photo; the text side is the MiniLM lite starts from (all-MiniLM-L6-v2, frozen). For each tower, lite's heads are
+trained on Flickr8k `train` by lite's own heads stage (`crossmodal train`'s loop with ``HEADS_STAGE``: the same
+recipe and seed; the best epoch on dev) and the dual encoder's dev RSUM is printed beside the tower's ms per photo
+(PyTorch, BatchNorm folded, batches of 32, decoding excluded). Frozen towers and linear heads are lite v1's recipe
+(dev 289.6), not v4's fine-tuning: the table says which tower gives the better start, and at what cost per indexed
+photo.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from crossmodal.encoders.efficientnet_lite import EfficientNetLite
-from crossmodal.encoders.lite import IMAGE_FEATURES, TEXT_FEATURES, Head, LiteTowers, preprocess_image
-from crossmodal.evaluation.metrics import evaluate_embeddings
+from crossmodal.encoders.lite import LiteHeads, LiteTowers, preprocess_image
 from crossmodal.sources.datasets import load_dataset
 from crossmodal.sources.images import load_image
-from crossmodal.training.losses import infonce
+from crossmodal.training.lite_tasks import FeatureTask
+from crossmodal.training.loop import fit
+from crossmodal.training.train_lite import HEADS_STAGE
 
 FLICKR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flickr8k"
 BATCH = 32
@@ -69,44 +71,14 @@ def text_features(towers: LiteTowers, texts: list[str]) -> np.ndarray:
 
 
 def train_heads(photos: np.ndarray, texts: np.ndarray, owner: np.ndarray, epochs: int,
-                dev: tuple[np.ndarray, np.ndarray, np.ndarray], seed: int = 0) -> tuple[float, int, dict[str, float]]:
-    """Two linear heads, standardised with the train features, trained as lite's heads stage is (symmetric InfoNCE
-    with a learnable temperature, batches of 256 captions, AdamW at 2e-3 with 10% warm-up then cosine, weight decay
-    0.1); returns (best dev RSUM, its epoch, its metrics), the epoch chosen on dev as the trainer does."""
-    torch.manual_seed(seed)
-    heads = []
-    for x, width in ((photos, IMAGE_FEATURES), (texts, TEXT_FEATURES)):
-        head = Head(width, 512)
-        head.mean.copy_(torch.from_numpy(x.mean(0)))
-        head.std.copy_(torch.from_numpy(x.std(0) + 1e-6))
-        heads.append(head)
-    image_head, text_head = heads
-    logit_scale = torch.nn.Parameter(torch.tensor(np.log(1 / 0.07), dtype=torch.float32))
-    opt = torch.optim.AdamW([*image_head.parameters(), *text_head.parameters(), logit_scale], lr=2e-3,
-                            weight_decay=0.1)
-    x_img, x_txt, own = torch.from_numpy(photos), torch.from_numpy(texts), torch.from_numpy(owner)
-    steps = epochs * -(-len(x_txt) // 256)
-    warmup = max(1, steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (
-        1 + np.cos(np.pi * min(1.0, max(0, step - warmup) / max(1, steps - warmup)))))
-    best: tuple[float, int, dict[str, float]] = (-1.0, -1, {})
-    for epoch in range(epochs):
-        image_head.train(), text_head.train()
-        for rows in torch.randperm(len(x_txt)).split(256):
-            positive = own[rows][:, None] == own[rows][None]  # a photo twice in the batch: both are right
-            loss = infonce(text_head(x_txt[rows]), image_head(x_img[own[rows]]), positive, logit_scale)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            schedule.step()
-        image_head.eval(), text_head.eval()
-        with torch.no_grad():
-            images = F.normalize(image_head(torch.from_numpy(dev[0])), dim=-1).numpy()
-            captions = F.normalize(text_head(torch.from_numpy(dev[1])), dim=-1).numpy()
-        metrics = evaluate_embeddings(images, captions, dev[2]).metrics()
-        if metrics["rsum"] > best[0]:
-            best = (metrics["rsum"], epoch + 1, metrics)
-    return best
+                dev: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[float, int, dict[str, float]]:
+    """lite's heads stage (``train_lite.HEADS_STAGE`` on ``FeatureTask``, the trainer's own loop) on these
+    features; returns (best dev RSUM, its epoch, its dev metrics)."""
+    with tempfile.TemporaryDirectory() as out:
+        history = fit(FeatureTask(LiteHeads(), (photos, texts, owner), dev), replace(HEADS_STAGE, epochs=epochs),
+                      Path(out), progress=False)
+    best = max(history, key=lambda h: h["dev_rsum"])
+    return best["dev_rsum"], best["epoch"], {k.removeprefix("dev_"): v for k, v in best.items()}
 
 
 def cached(path: Path, compute) -> np.ndarray:
