@@ -261,13 +261,9 @@ def caption_share(photos: np.ndarray, owner: np.ndarray, own: np.ndarray, tower:
     best for photo queries: each photo's captions (``owner``: their photo's row in ``photos``), by photo -> caption
     RSUM (R@1 + R@5 + R@10) with the captions blended from the own tower's vectors ``own`` and this tower's
     ``tower``; returns (the best share, the RSUM at each)."""
-    from ..search.pipeline import Ranking, SetScores
-
-    plain = Ranking(norm=False, rerank=0, retriever="dense")
     found = {}
     for share in shares:
-        stored = normalize((1 - share) * own + share * tower)
-        m = evaluate_embeddings(photos, own, owner, SetScores(photos, own, plain, caption_emb=stored)).metrics()
+        m = evaluate_embeddings(photos, normalize((1 - share) * own + share * tower), owner).metrics()
         found[share] = m["i2t_R@1"] + m["i2t_R@5"] + m["i2t_R@10"]
     return max(found, key=lambda s: (found[s], -s)), found
 
