@@ -330,6 +330,35 @@ def test_both_towers_encodes_an_english_query_as_captions_are_stored(lite_sample
         assert np.allclose([h.score for h in hits], [h.score for h in alone], atol=1e-3)
 
 
+def test_eval_with_both_towers_ranks_as_search_by_every_retriever(lite_samples: Collection) -> None:
+    """Eval's pipeline (``pipeline_scores``: the model's own sparse heads and word evidence) orders photos for a
+    caption as search does with ``both_towers``, by the dense, sparse and hybrid retrievers: the sparse retriever's
+    query words come from the blended vector, as search reads them."""
+    from dataclasses import replace
+
+    from crossmodal.evaluation.runner import embed_dataset, pipeline_scores
+    from crossmodal.search.sparse import find_sparse
+    from crossmodal.sources.datasets import CaptionDataset
+
+    c = lite_samples
+    if c.encoder.multilingual is None or find_sparse(c.encoder.fingerprint) is None:
+        pytest.skip("lite ships no multilingual tower or sparse heads here")
+    ids, _ = c.store.matrix("image")
+    captions = ["a black dog running across green grass", "children playing in the water", "a man on a motorbike"]
+    data = CaptionDataset(name="samples", images=[Path(it.path) for it in c.store.get(ids).values()], texts=captions,
+                          text_image=np.zeros(len(captions), dtype=np.int64))
+    alone = np.stack([c.encoder.encode_captions([t])[0] for t in captions])  # as search encodes each query
+    emb = replace(embed_dataset(c.encoder, data, progress=False, reranker=c.store.reranker), captions=alone)
+    for retriever in ("dense", "sparse", "hybrid"):
+        ranking = Ranking(rerank=0, retriever=retriever, both_towers=True)
+        score = pipeline_scores(c.encoder, emb, ranking, c.store.bank, c.store.reranker)
+        for row, text in enumerate(captions):
+            (expected, order), = score.ranked("t2i", np.array([row]), np.arange(len(ids)), 10)
+            hits = c.search(text, k=10, ranking=ranking)
+            assert [h.id for h in hits] == ids[order].tolist(), (retriever, text)
+            assert np.allclose([h.score for h in hits], expected, atol=1e-4)
+
+
 def test_rerank_reorders_only_the_top_n(lite_samples: Collection) -> None:
     query = "a dog jumps into a swimming pool"
     plain = [h.id for h in lite_samples.search(query, k=20, ranking=Ranking(rerank=0))]

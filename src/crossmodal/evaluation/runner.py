@@ -147,18 +147,21 @@ def pipeline_scores(encoder: Encoder, emb: Embedded, ranking: Ranking, bank: Ban
     took = np.array([not encoder.reads_natively(t) for t in emb.data.texts], dtype=bool)
     return SetScores(emb.images, emb.texts, ranking, bank, rerankers, timings,
                      dataset_keywords(emb.data) if ranking.retriever != "dense" else None,
-                     None if heads is None else dataset_sparse(heads, emb),
+                     None if heads is None else dataset_sparse(heads, emb, ranking.both_towers),
                      (tower.bank, took) if tower is not None and tower.bank is not None and took.any() else None,
                      emb.caption_vectors)
 
 
-def dataset_sparse(heads: SparseModel, emb: Embedded) -> Callable[[str, np.ndarray, np.ndarray], np.ndarray]:
-    """Sparse scores between a dataset's photos and captions, as a collection's sparse index gives them."""
+def dataset_sparse(heads: SparseModel, emb: Embedded, both_towers: bool = False
+                   ) -> Callable[[str, np.ndarray, np.ndarray], np.ndarray]:
+    """Sparse scores between a dataset's photos and captions, as a collection's sparse index gives them; with
+    ``both_towers``, caption queries are read from the captions as stored, as search encodes such a query."""
     rows = heads.dataset_rows(emb)
+    queries_of = {"image": rows["image"], "text": rows["caption" if both_towers else "text"]}
 
     def scores(direction: str, queries: np.ndarray, items: np.ndarray) -> np.ndarray:
         query_kind, kind = ("image", "text") if direction == "i2t" else ("text", "image")
-        return (rows[query_kind][queries] @ rows["caption" if kind == "text" else kind][items].T
+        return (queries_of[query_kind][queries] @ rows["caption" if kind == "text" else kind][items].T
                 ).toarray().astype(np.float32)
 
     return scores
