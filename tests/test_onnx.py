@@ -9,12 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import ImageOps
 from typer.testing import CliRunner
 
 from conftest import SAMPLES
 from crossmodal import Collection
 from crossmodal.cli import app
+from crossmodal.collection.manifest import ModelMismatchError
 from crossmodal.encoders import load_encoder
+from crossmodal.encoders.base import normalize
 from crossmodal.encoders.lite import WEIGHTS
 from crossmodal.encoders.onnx import OnnxEncoder, length_groups
 from crossmodal.encoders.onnx_cache import cache_folder, cached_lite_onnx
@@ -57,6 +60,38 @@ def test_lite_export_agrees_with_pytorch(lite_onnx: Path, torch_lite, photos: li
     for batch in (photos[:1], photos):  # batch sizes other than the export example's
         assert _min_cosine(torch_lite.encode_images(batch), exported.encode_images(batch)) >= 0.9999
     assert _min_cosine(torch_lite.encode_texts(CAPTIONS), exported.encode_texts(CAPTIONS)) >= 0.9999
+
+
+def test_a_mirror_model_reads_each_photo_and_its_mirror_image(photos: list, tmp_path: Path) -> None:
+    """``lite+mirror``: the same model (fingerprint, so bank and reranker) whose photo vectors are the mean of the
+    photo's and its mirror image's; the reranker's grid stays the photo's own; a collection made with it keeps it."""
+    plain, mirror = load_encoder("lite", multilingual=False), load_encoder("lite+mirror", multilingual=False)
+    assert mirror.fingerprint == plain.fingerprint and mirror.name == "lite+mirror" and not plain.mirror
+    expected = normalize(plain.encode_images(photos) + plain.encode_images([ImageOps.mirror(p) for p in photos]))
+    assert _min_cosine(mirror.encode_images(photos), expected) >= 0.9999
+    assert _min_cosine(plain.encode_images(photos), expected) < 0.999  # a second view changes every vector
+    vectors, grid = mirror.encode_prepared_grids([mirror.prepare_image(p) for p in photos])
+    assert _min_cosine(vectors, expected) >= 0.9999
+    np.testing.assert_allclose(grid, plain.encode_prepared_grids([plain.prepare_image(p) for p in photos])[1])
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in sorted((SAMPLES / "photos").glob("*.jpg"))[:len(photos)]:
+        shutil.copy(path, folder / path.name)
+    with Collection.open(tmp_path / "c", model="lite+mirror") as c:
+        c.index_folder(folder, progress=False)
+    with Collection.open(tmp_path / "c") as c:  # reopened by the name its manifest records
+        assert c.manifest.model == "lite+mirror" and c.encoder.mirror
+        ids, stored = c.store.matrix("image")
+        by_name = {Path(it.path).name: i for i, it in c.store.get(ids).items()}
+        order = [list(ids).index(by_name[p.name]) for p in sorted(folder.glob("*.jpg"))]
+        assert _min_cosine(stored[order], expected) >= 0.999
+        first = sorted(folder.glob("*.jpg"))[0]  # a photo query is read both ways too
+        hits = c.search(image=first, k=3, ranking=Ranking(norm=False, rerank=0, retriever="dense"))
+        names = [p.name for p in sorted(folder.glob("*.jpg"))]
+        assert hits and all(abs(h.score - float(expected[0] @ expected[names.index(Path(h.path).name)])) < 1e-3
+                            for h in hits)
+    with pytest.raises(ModelMismatchError, match="two readings"):  # new photos would be read the other way
+        Collection.open(tmp_path / "c", model="lite")
 
 
 def test_same_padding_is_folded_into_the_convolutions(lite_onnx: Path) -> None:

@@ -104,8 +104,10 @@ CollectionOpt = Annotated[
 ]
 ModelOpt = Annotated[
     str | None,
-    typer.Option("--model", "-m", help="Model: 'lite' (offline default), a transformers id or folder. "
-                 "A new collection is built with it; an existing one keeps its own model and refuses another."),
+    typer.Option("--model", "-m", help="Model: 'lite' (offline default), a transformers id or folder; add "
+                 "'+mirror' ('lite+mirror') to read each photo twice, as it is and mirrored: better ranking for twice "
+                 "the photo work. A new collection is built with it; an existing one keeps its own model and refuses "
+                 "another."),
 ]
 
 

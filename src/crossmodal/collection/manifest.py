@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import __version__
+from ..encoders.base import MIRROR
 from .atomic import atomic_write_json
 
 FORMAT = "crossmodal-collection"
@@ -55,3 +56,7 @@ class Manifest:
                 f"not {model!r} (weights {fingerprint}); vectors of different models cannot be compared. "
                 f"Query without --model to use {self.model!r}, or index into a new collection with the other model."
             )
+        if model.endswith(MIRROR) != self.model.endswith(MIRROR):
+            raise ModelMismatchError(
+                f"this collection reads photos as model {self.model!r} does, not as {model!r}: its photo vectors would "
+                f"mix two readings. Use it without --model, or index into a new collection with {model!r}.")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from functools import lru_cache
 from pathlib import Path
 
-from .base import Encoder
+from .base import MIRROR, Encoder
 
 BACKENDS = ("auto", "torch", "onnx")
 
@@ -14,7 +15,8 @@ BACKENDS = ("auto", "torch", "onnx")
 def load_encoder(name: str, device: str | None = None, backend: str | None = None, int8_text: bool = False,
                  multilingual: bool | None = None) -> Encoder:
     """Load a model by name: ``lite`` (offline default), a lite weights file or a folder holding one (what
-    ``crossmodal train`` writes), an ONNX export folder, or a transformers id/folder.
+    ``crossmodal train`` writes), an ONNX export folder, or a transformers id/folder; any of them followed by
+    ``+mirror`` (``lite+mirror``) reads each photo twice, as it is and mirrored (``Encoder.mirror``).
 
     ``backend`` (default ``$CROSSMODAL_BACKEND``, else ``auto``) says how a lite model runs on the CPU:
     ``auto`` uses ONNX Runtime when it is installed (the model is exported once into the user cache;
@@ -46,6 +48,10 @@ def resolve_device(device: str | None = None) -> str:
 
 @lru_cache(maxsize=4)
 def _load(name: str, device: str, backend: str, int8_text: bool, multilingual: bool) -> Encoder:
+    if name.endswith(MIRROR):  # the same model and weights (fingerprint, bank, reranker), photos read twice
+        encoder = copy.copy(_load(name.removesuffix(MIRROR), device, backend, int8_text, multilingual))
+        encoder.mirror, encoder.name = True, name
+        return encoder
     encoder = _load_model(name, device, backend, int8_text)
     if multilingual:
         from .multilingual import find_multilingual

@@ -208,7 +208,7 @@ class LiteEncoder(Encoder):
         pixels = torch.stack(list(prepared)).contiguous(memory_format=torch.channels_last).to(self.device)
         grid = self.towers.image_grid(pixels)
         vectors = self.heads.image(grid.mean(dim=(2, 3))).cpu().numpy()
-        return normalize(vectors), grid.float().cpu().numpy()
+        return normalize(self.with_mirror(vectors, prepared)), grid.float().cpu().numpy()
 
     @torch.inference_mode()
     def token_states(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

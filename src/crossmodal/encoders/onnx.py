@@ -117,7 +117,7 @@ class OnnxEncoder(Encoder):
         if not self.rerank_inputs:
             return super().encode_prepared_grids(prepared)
         vectors, grid = self.image_session.run(["embedding", "grid"], self.inputs.images(prepared))
-        return normalize(vectors), grid
+        return normalize(self.with_mirror(vectors, prepared)), grid
 
     def token_states(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         if not self.rerank_inputs:
