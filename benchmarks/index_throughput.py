@@ -3,8 +3,9 @@
     python benchmarks/index_throughput.py [--data ../shared/datasets/flickr8k] [--split dev] [--model lite]
 
 Prints one table: the full `index` run (photos/s) with and without what the ranking pipeline stores per
-photo (normalisation bias, reranker tokens), its parts measured alone (decode, encode), and a second run
-over the unchanged folder (what re-indexing costs).
+photo (normalisation bias, reranker tokens), the same run with another model (`--also lite+mirror`, alternating with
+the others), its parts measured alone (decode, encode), and a second run over the unchanged folder (what
+re-indexing costs).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--model", default="lite")
     parser.add_argument("--limit", type=int, default=None, help="only the first N photos")
     parser.add_argument("--repeats", type=int, default=2, help="index runs of each kind (the best counts)")
+    parser.add_argument("--also", default=None, help="another model to index with, side by side (e.g. lite+mirror)")
     args = parser.parse_args()
 
     paths = load_flickr_layout(args.data, args.split).images[: args.limit]
@@ -50,10 +52,12 @@ def main() -> None:
         vectors = encoder.encode_images(images)
         encode = time.perf_counter() - start
 
-        plain, full = [], []
+        other = load_encoder(args.also) if args.also else None
+        plain, full, also = [], [], []
+        runs = [(encoder, False, plain), (encoder, True, full)] + ([(other, True, also)] if other else [])
         for run in range(args.repeats):  # alternating, best of each: the bias and reranker tokens side by side
-            for with_extras, times in ((False, plain), (True, full)):
-                c = Collection.open(Path(tmp) / f"col-{run}-{with_extras}", model=encoder)
+            for model, with_extras, times in runs:
+                c = Collection.open(Path(tmp) / f"col-{run}-{with_extras}-{model.name}", model=model)
                 if not with_extras:
                     c.store.bank, c.store.reranker = None, None
                 start = time.perf_counter()
@@ -74,6 +78,7 @@ def main() -> None:
         rows = [
             ("index (decode + encode + write), dual vectors only", plain, n / plain),
             ("index with normalisation bias and reranker tokens (default)", full, n / full),
+            *([(f"  the same with {args.also}", min(also), n / min(also))] if also else []),
             ("  decode only", decode, n / decode),
             ("  encode only", encode, n / encode),
             ("re-index, nothing changed", again, n / again),
@@ -87,6 +92,8 @@ def main() -> None:
         table.add_row(name, f"{seconds:.2f}", f"{rate:,.1f}")
     Console().print(table)
     print(f"default / dual-only indexing throughput: {plain / full:.3f}x")
+    if also:
+        print(f"{args.also} / default indexing throughput: {full / min(also):.3f}x")
 
 
 if __name__ == "__main__":
