@@ -57,8 +57,8 @@ class EncodeWorker:
         self._rerankers: dict[RerankerSpec, Reranker | None] = {}
 
     def fingerprint(self) -> str:
-        """The loaded model's fingerprint (the pool checks it against the collection's)."""
-        return self.encoder.fingerprint
+        """The loaded model's fingerprint and photo reading (the pool checks it against the collection's)."""
+        return self.encoder.photo_reading
 
     def encode(self, entries: list[_Pending], known: list[Any], max_pixels: int, reranker: RerankerSpec
                ) -> list[_Loaded]:
@@ -139,9 +139,10 @@ class EncodePool(AbstractContextManager["EncodePool"]):
 
     def check(self, encoder: Encoder) -> None:
         """Refuse to index when the workers' model is not the collection's (its vectors would not compare)."""
-        if self.fingerprints != {encoder.fingerprint}:
+        if self.fingerprints != {encoder.photo_reading}:
             raise ValueError(f"the Ray workers loaded {self.model!r} with fingerprint {', '.join(self.fingerprints)}, "
-                             f"the collection's model is {encoder.fingerprint}: give them the same model files")
+                             f"the collection's model is {encoder.photo_reading}: give them the same model files "
+                             "(and the same name, e.g. lite+mirror)")
 
     def load(self, entries: list[_Pending], known: frozenset[str], max_pixels: int, reranker: Reranker | None,
              batch_size: int) -> Iterator[_Loaded]:

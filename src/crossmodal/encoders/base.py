@@ -65,6 +65,12 @@ class Encoder(ABC):
         """Encode photos already passed through ``prepare_image`` to L2-normalised vectors."""
         return self._run(self._photo_vectors, list(prepared))
 
+    @property
+    def photo_reading(self) -> str:
+        """The weights and how photos are read (``mirror``): photo vectors of two encoders can be stored together
+        only when these match."""
+        return self.fingerprint + (MIRROR if self.mirror else "")
+
     def _photo_vectors(self, prepared: Sequence[Any]) -> np.ndarray:
         """``_encode_images``, averaged with the mirror images' when ``mirror`` is set (``with_mirror``)."""
         return self.with_mirror(self._encode_images(prepared), prepared)
