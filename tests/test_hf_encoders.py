@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from crossmodal.encoders import load_encoder
+from crossmodal.encoders.base import normalize
 from crossmodal.encoders.hf import HFDualEncoder
 
 TINY_TEXT = {"vocab_size": 30522, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
@@ -102,6 +103,16 @@ def test_outputs_match_the_model_called_directly(tiny_model: tuple[str, Path]) -
         direct = out if isinstance(out, torch.Tensor) else out.pooler_output
     direct = torch.nn.functional.normalize(direct, dim=-1).numpy()
     assert np.allclose(enc.encode_images(_photos()[:1]), direct, atol=1e-5)
+
+
+def test_a_mirror_name_averages_each_photo_with_its_mirror_image(tiny_model: tuple[str, Path]) -> None:
+    """"+mirror" works for any model: the same weights, each photo's vector the mean of its own and its mirror's."""
+    _, folder = tiny_model
+    plain, mirror = load_encoder(str(folder)), load_encoder(f"{folder}+mirror")
+    expected = normalize(plain.encode_images(_photos()) + plain.encode_images([ImageOps.mirror(p) for p in _photos()]))
+    assert mirror.fingerprint == plain.fingerprint and mirror.mirror and not plain.mirror
+    assert np.allclose(mirror.encode_images(_photos()), expected, atol=1e-5)
+    assert not np.allclose(plain.encode_images(_photos()), expected, atol=1e-3)
 
 
 def test_fingerprint_changes_with_weights(tmp_path: Path) -> None:
