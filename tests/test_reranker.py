@@ -82,6 +82,36 @@ def test_onnx_runtime_matches_torch(trained: tuple[Path, dict]) -> None:
     np.testing.assert_allclose(runtime.score(states.numpy(), mask.numpy(), tokens.numpy()), expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_a_caption_against_many_photos_runs_its_half_of_the_graph_once(
+        trained: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, int8: bool) -> None:
+    from crossmodal.rerank import Reranker, runtime
+    from crossmodal.rerank.model import RerankerModel
+
+    model = RerankerModel.load(trained[0] / "reranker.safetensors")
+    folder = runtime.export_reranker_onnx(model, tmp_path / "reranker", int8=int8)
+    gen = torch.Generator().manual_seed(1)
+    tokens = model.photo_tokens(torch.rand(6, 1280, 7, 7, generator=gen) * 6).detach().numpy()
+    states = torch.randn(2, 12, 384, generator=gen).numpy()
+    mask = np.ones((2, 12), dtype=np.int64)
+    mask[1, 5:] = 0
+    split = Reranker.load(folder)
+    assert split._halves is not None  # the cut was found: the caption's half runs once
+    monkeypatch.setattr(runtime, "PHOTO_ENTERS", "no such tensor")
+    whole = Reranker.load(folder)
+    assert whole._halves is None
+    for i, length in enumerate((12, 5)):  # caption 1 is padded, as in a batch with a longer caption
+        one = split.score_photos(states[i:i + 1], mask[i:i + 1], tokens)
+        own = states[i:i + 1, :length], mask[i:i + 1, :length]
+        repeated = split.score(np.repeat(own[0], 6, 0), np.repeat(own[1], 6, 0), tokens)
+        np.testing.assert_allclose(one, repeated, rtol=0, atol=1e-6)  # float32 sums in another order, at most
+        np.testing.assert_array_equal(whole.score_photos(states[i:i + 1], mask[i:i + 1], tokens), repeated)
+        if not int8:
+            with torch.no_grad():
+                expected = model.score_matrix(*map(torch.from_numpy, (states[i:i + 1], mask[i:i + 1], tokens)))
+            np.testing.assert_allclose(one, expected[0].numpy(), atol=1e-4)
+
+
 def test_photo_tokens_then_score_is_the_full_model() -> None:
     from crossmodal.rerank.model import RerankerModel
 

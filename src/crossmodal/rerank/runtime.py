@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[1] / "encoders" / "weights" / "reranker-lite"
 GRAPHS = ("photo.onnx", "score.onnx")
+# The scale of block 0's cross-attention LayerNorm, as ``export_reranker_onnx`` names it: the tensor that norm reads
+# is where the photo first enters the score graph, so everything before it depends on the caption alone.
+PHOTO_ENTERS = "model.blocks.0.ln_cross.weight"
 
 
 def weights_fingerprint(folder: Path, graphs: tuple[str, ...] = GRAPHS, read: dict[str, bytes] | None = None) -> str:
@@ -94,15 +97,38 @@ class Reranker:
     def _score(self) -> Any:
         return self._session("score.onnx")
 
-    def _session(self, name: str) -> Any:
-        """An ONNX Runtime session of one graph, opened when first used (opening a collection stays cheap)."""
+    @cached_property
+    def _halves(self) -> tuple[Any, Any, str] | None:
+        """The score graph cut where the photo first enters: (caption half, pair half, the tensor between them),
+        so that a caption scored against many photos runs its half once; None for a graph with no such cut."""
+        import onnx
+        from onnx.utils import Extractor
+
+        graph = onnx.load(str(self.folder / "score.onnx"))
+        cut = next((n.input[0] for n in graph.graph.node
+                    if n.op_type == "LayerNormalization" and n.input[1:2] == [PHOTO_ENTERS]), None)
+        if cut is None:
+            return None
+        if cut not in {v.name for v in graph.graph.value_info}:  # the extractor must know its type (shape: any)
+            graph.graph.value_info.append(onnx.helper.make_tensor_value_info(cut, onnx.TensorProto.FLOAT, None))
+        extractor = Extractor(graph)
+        caption = extractor.extract_model(["text_states", "text_mask"], [cut])
+        pair = extractor.extract_model([cut, "text_mask", "photo_tokens"], ["logits"])
+        if {i.name for i in pair.graph.input} != {cut, "text_mask", "photo_tokens"}:
+            return None
+        return self._session(caption.SerializeToString()), self._session(pair.SerializeToString()), cut
+
+    def _session(self, graph: str | bytes) -> Any:
+        """An ONNX Runtime session of one graph (a file of the folder, or a graph's bytes), opened when first used
+        (opening a collection stays cheap)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: ONNX Runtime's notes on the graph are not for users
-        return ort.InferenceSession(str(self.folder / name), options, providers=["CPUExecutionProvider"])
+        model = graph if isinstance(graph, bytes) else str(self.folder / graph)
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
     def photo_tokens(self, grid: np.ndarray) -> np.ndarray:
         """Grid (N, 1280, 7, 7) float32 -> photo tokens (N, T, d) float16, to store beside each photo."""
@@ -115,6 +141,23 @@ class Reranker:
                  "text_mask": np.ascontiguousarray(text_mask, dtype=np.int64),
                  "photo_tokens": np.ascontiguousarray(photo_tokens, dtype=np.float32)}
         (out,) = self._score.run(None, feeds)
+        return out.astype(np.float32)
+
+    def score_photos(self, text_states: np.ndarray, text_mask: np.ndarray, photo_tokens: np.ndarray) -> np.ndarray:
+        """Logits (N,) of one caption, token states (1, L, 384) and mask (1, L), against photo tokens (N, T, d):
+        equal to ``score`` of the caption repeated N times, with the caption's half of the graph run once. Padding
+        after the caption's last token (from a batch of longer captions) is dropped: it changes no logit but the
+        work, and int8 ranges."""
+        n, end = len(photo_tokens), int(np.flatnonzero(text_mask[0]).max(initial=0)) + 1
+        text_states, text_mask = text_states[:, :end], text_mask[:, :end]
+        if self._halves is None:
+            return self.score(np.repeat(text_states, n, 0), np.repeat(text_mask, n, 0), photo_tokens)
+        caption, pair, cut = self._halves
+        mask = np.ascontiguousarray(text_mask, dtype=np.int64)
+        (hidden,) = caption.run(None, {"text_states": np.ascontiguousarray(text_states, dtype=np.float32),
+                                       "text_mask": mask})
+        (out,) = pair.run(None, {cut: np.repeat(hidden, n, 0), "text_mask": np.repeat(mask, n, 0),
+                                 "photo_tokens": np.ascontiguousarray(photo_tokens, dtype=np.float32)})
         return out.astype(np.float32)
 
     def __repr__(self) -> str:

@@ -99,8 +99,7 @@ def collection_scorer(store: ItemStore, encoder: Encoder, reranker: Reranker, ki
         if tokens is None:
             return None
         states, mask = query.states or encoder.token_states([str(query.source)])
-        n = len(ids)
-        return reranker.score(np.repeat(states, n, 0), np.repeat(mask, n, 0), tokens)
+        return reranker.score_photos(states, mask, tokens)
 
     def texts_for_photo(query: Query, ids: np.ndarray) -> np.ndarray | None:
         with lock:
@@ -131,8 +130,7 @@ def dataset_scorers(encoder: Encoder, reranker: Reranker, data: CaptionDataset, 
     def photos_for_text(query: int, items: np.ndarray) -> np.ndarray | None:
         if not native[query]:
             return None
-        s, m = pad_states([states[query]])
-        return reranker.score(np.repeat(s, len(items), 0), np.repeat(m, len(items), 0), tokens[items])
+        return reranker.score_photos(*pad_states([states[query]]), tokens[items])
 
     def texts_for_photo(query: int, items: np.ndarray) -> np.ndarray | None:
         if not all(native[i] for i in items):
