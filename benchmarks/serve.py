@@ -2,7 +2,7 @@
 
     python benchmarks/serve.py [--clients 16] [--seconds 30] [--split all]
         [--only torch|onnx|plain|int8|dense|rerank32|both-towers|multilingual] [--workers N ...] [--max-batch N ...]
-        [--rounds N]
+        [--rounds N] [--baseline OTHER_CHECKOUT/src]
 
 Builds (once, cached in runs/) a collection of the Flickr8k photos with the default model, then for
 each query encoder in turn (PyTorch eager, ONNX Runtime float32, ONNX Runtime with the int8 text
@@ -14,7 +14,9 @@ time. Queries are distinct Flickr8k `dev` captions (no query repeats, so no cach
 `multilingual`, distinct Multi30K German, French and Czech captions (through the multilingual query tower).
 Prints throughput, latency percentiles and errors, one row per encoder; with ``--workers``/``--max-batch``
 (repeatable), one row per encoder and server setting, the settings taking turns within each encoder; with
-``--rounds N``, every configuration N times in turn, then each one's medians.
+``--rounds N``, every configuration N times in turn, then each one's medians; with ``--baseline``, every
+configuration also served by another checkout's code (e.g. ``git worktree add /tmp/base COMMIT``), taking turns,
+and the ratios of this checkout's medians to the baseline's.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from crossmodal import Collection
 from crossmodal.sources.datasets import load_flickr_layout
 
 ROOT = Path(__file__).resolve().parents[1]
+BASELINE = " (baseline code)"  # marks the rows of the baseline checkout's code (rich reads [...] as markup)
 
 
 def build_collection(data_root: Path, split: str, folder: Path) -> int:
@@ -110,11 +113,12 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_server(folder: Path, backend: str, flags: list[str], queries: list[str], args: argparse.Namespace
-               ) -> tuple[list[float], list[str], float, float, float]:
-    """Start `crossmodal serve` with one backend, warm it up, run the load; (latencies, errors, wall, mean
-    queries per model call, the server's CPU use in cores)."""
-    with serving(["--backend", backend, "serve", str(folder), *flags], ready_within=120) as (server, port):
+def run_server(folder: Path, backend: str, flags: list[str], queries: list[str], args: argparse.Namespace,
+               code: Path | None = None) -> tuple[list[float], list[str], float, float, float]:
+    """Start `crossmodal serve` with one backend (imported from ``code``, a checkout's ``src``, when given), warm it
+    up, run the load; (latencies, errors, wall, mean queries per model call, the server's CPU use in cores)."""
+    with serving(["--backend", backend, "serve", str(folder), *flags], ready_within=120, code=code) as (server,
+                                                                                                       port):
         base = f"http://127.0.0.1:{port}"
         asyncio.run(load(port, queries[:64], args.clients, 3.0, args.k))  # warm-up, not counted
         before = batch_stats(base)
@@ -150,6 +154,8 @@ def main() -> None:
                         "(repeatable; default: the server's own)")
     parser.add_argument("--max-batch", type=int, action="append", help="most queries per model call to compare "
                         "(repeatable; default: the server's own)")
+    parser.add_argument("--baseline", type=Path, help="the src folder of another checkout: serve every "
+                        "configuration with its code too, taking turns, and print the ratios to it")
     parser.add_argument("--rounds", type=int, default=1, help="run every configuration this many times, taking "
                         "turns, and also print each one's medians: the machine's speed drifts within minutes")
     args = parser.parse_args()
@@ -177,33 +183,47 @@ def main() -> None:
                 "queries/encode", "server cores busy"):
         table.add_column(col, justify="left" if col == "query encoder" else "right")
     settings = [(w, b) for w in args.workers or [None] for b in args.max_batch or [None]]
-    rounds: dict[str, list[tuple[float, float, float]]] = defaultdict(list)  # name -> (requests/s, p50, p99) a round
-    for turn, key, (workers, max_batch) in itertools.product(range(args.rounds), args.only or list(encoders),
-                                                             settings):
+    # name -> (requests/s, p50, p99, the server's CPU ms per request) a round
+    rounds: dict[str, list[tuple[float, float, float, float]]] = defaultdict(list)
+    codes = [None, args.baseline] if args.baseline else [None]
+    for turn, key, (workers, max_batch), code in itertools.product(range(args.rounds), args.only or list(encoders),
+                                                                   settings, codes):
         name, backend, flags = encoders[key]
         flags = [*flags, *(["--workers", str(workers)] if workers else []),
                  *(["--max-batch", str(max_batch)] if max_batch else [])]
         if len(settings) > 1:
             name += f"; workers {workers or 'default'}, max batch {max_batch or 'default'}"
+        name += BASELINE if code else ""
         latencies, errors, wall, mean_batch, cores = run_server(
             args.collection / args.split, backend, flags,
-            foreign_queries(args.multi30k) if key == "multilingual" else queries, args)
+            foreign_queries(args.multi30k) if key == "multilingual" else queries, args, code)
         ms = np.asarray(latencies) * 1000
-        rounds[name].append((len(ms) / wall, np.percentile(ms, 50), np.percentile(ms, 99)))
+        rounds[name].append((len(ms) / wall, np.percentile(ms, 50), np.percentile(ms, 99),
+                             1000 * cores * wall / len(ms)))
         table.add_row(name + (f" (round {turn + 1})" if args.rounds > 1 else ""), str(len(ms)), str(len(errors)),
                       f"{len(ms) / wall:.1f}", f"{np.percentile(ms, 50):.1f}", f"{np.percentile(ms, 90):.1f}",
                       f"{np.percentile(ms, 99):.1f}", f"{ms.max():.1f}", f"{mean_batch:.1f}", f"{cores:.2f}")
         for e in errors[:5]:
             console.print(f"{name}: error: {e}")
     console.print(table)
+    median = {name: np.median(np.asarray(runs), axis=0) for name, runs in rounds.items()}
     if args.rounds > 1:
         medians = Table(title=f"medians over {args.rounds} rounds")
         for col in ("query encoder", "requests/s", "p50 ms", "p99 ms", "p99 ms by round"):
             medians.add_column(col, justify="left" if col == "query encoder" else "right")
         for name, runs in rounds.items():
-            rate, p50, p99 = np.median(np.asarray(runs), axis=0)
+            rate, p50, p99, _ = median[name]
             medians.add_row(name, f"{rate:.1f}", f"{p50:.1f}", f"{p99:.1f}", " / ".join(f"{r[2]:.1f}" for r in runs))
         console.print(medians)
+    if args.baseline:
+        ratios = Table(title=f"this checkout / the baseline ({args.baseline}), medians")
+        for col in ("query encoder", "requests/s", "p50 ms", "p99 ms", "server CPU ms a request"):
+            ratios.add_column(col, justify="left" if col == "query encoder" else "right")
+        for name, figures in median.items():
+            if not name.endswith(BASELINE):
+                ratios.add_row(name, *(f"{a / b:.2f}x ({a:.1f} / {b:.1f})"
+                                       for a, b in zip(figures, median[name + BASELINE], strict=True)))
+        console.print(ratios)
 
 
 if __name__ == "__main__":

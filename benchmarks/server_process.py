@@ -9,18 +9,22 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 
 
 @contextmanager
-def serving(args: list[str], ready_within: float = 180.0) -> Iterator[tuple[subprocess.Popen, int]]:
-    """Run ``python -m crossmodal ARGS --port PORT``; yield (process, port) once /ready answers 200."""
+def serving(args: list[str], ready_within: float = 180.0, code: Path | None = None
+            ) -> Iterator[tuple[subprocess.Popen, int]]:
+    """Run ``python -m crossmodal ARGS --port PORT``; yield (process, port) once /ready answers 200. ``code``: the
+    ``src`` folder of another checkout to import crossmodal from (a baseline), instead of the installed one."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "crossmodal", *args, "--port", str(port)],
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                              env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                   **({"PYTHONPATH": str(code.resolve())} if code else {})})
     try:
         deadline = time.time() + ready_within
         while time.time() < deadline:
