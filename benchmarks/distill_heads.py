@@ -84,7 +84,7 @@ def main() -> None:
         images, texts = embed(heads, d_img, d_txt)
         train_images, train_texts = embed(heads, x_img, x_txt)
         own = Bank(train_texts[two_each], train_images, "student")
-        student = replace(emb, images=images, texts=texts,
+        student = replace(emb, images=images, texts=texts, photo_queries=None,
                           captions=texts if tower is None else normalize((1 - share) * texts + share * tower))
         cells = []
         for name, ranking in configurations.items():

@@ -135,8 +135,8 @@ def main() -> None:
     base = None
     for view in ["centre", *[v for v in args.views if v != "centre"]]:
         images, seconds, tokens, words = encode_view(model, list(emb.data.images), view, reranker=reranker)
-        seen = replace(emb, images=images) if tokens is None else \
-            replace(emb, images=images, photo_tokens=tokens, photo_words=words)
+        seen = replace(emb, images=images, photo_queries=None) if tokens is None else \
+            replace(emb, images=images, photo_queries=None, photo_tokens=tokens, photo_words=words)
         base = base or seconds
         cells = []
         for ranking in rankings.values():

@@ -94,6 +94,33 @@ def test_a_mirror_model_reads_each_photo_and_its_mirror_image(photos: list, tmp_
         Collection.open(tmp_path / "c", model="lite")
 
 
+def test_a_photo_query_ranking_captions_reads_its_mirror_image_too(photos: list, tmp_path: Path) -> None:
+    """A photo query ranking captions is the mean of the photo's and its mirror image's unit vectors (nothing
+    stored changes); ranking photos it reads the photo once, so a stored photo still finds itself at 1.0."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in sorted((SAMPLES / "photos").glob("*.jpg"))[:4]:
+        shutil.copy(path, folder / path.name)
+    first = sorted(folder.glob("*.jpg"))[0]
+    dense = Ranking(norm=False, rerank=0, retriever="dense")
+    with Collection.open(tmp_path / "c", model="lite") as c:
+        c.index_folder(folder, progress=False)
+        c.add_texts(["a dog runs on the grass", "two children play in the snow", "a man rides a bike",
+                     "a black dog and a white dog", "people on a beach"])
+        image = load_image(first)
+        plain = c.encoder.encode_images([image])[0]
+        both = normalize(plain + c.encoder.encode_images([ImageOps.mirror(image)])[0])
+        assert float(plain @ both) < 0.999  # the mirror view is another vector
+        captions = c.search(image=first, kind="text", k=5, ranking=dense)
+        assert len(captions) == 5
+        assert all(abs(h.score - float(c.store.vector(h.id) @ both)) < 1e-3 for h in captions)
+        itself = c.search(image=first, k=1, exclude_query_image=False, ranking=dense)
+        assert Path(itself[0].path).name == first.name and itself[0].score > 0.9999
+    mirror = load_encoder("lite+mirror", multilingual=False)  # already the mirror view: read no third time
+    vectors = mirror.encode_prepared([mirror.prepare_image(p) for p in photos])
+    assert mirror.caption_query_photos(vectors, []) is vectors
+
+
 def test_same_padding_is_folded_into_the_convolutions(lite_onnx: Path) -> None:
     graph = onnx.load(str(lite_onnx / "image.onnx")).graph
     ops = [node.op_type for node in graph.node]

@@ -227,7 +227,9 @@ def test_eval_with_rerank_equals_search_with_rerank(lite_samples: Collection) ->
     captions = [items[int(i)].text for i in text_ids]
     data = CaptionDataset(name="samples", images=[Path(it.path) for it in c.store.get(ids).values()], texts=captions,
                           text_image=np.zeros(len(captions), dtype=np.int64))
-    words = embed_dataset(c.encoder, data, progress=False, reranker=reranker).photo_words
+    embedded = embed_dataset(c.encoder, data, progress=False, reranker=reranker)
+    words, photo_queries = embedded.photo_words, embedded.query_photos
+    assert np.median((photo_queries * images).sum(1)) < 0.999  # photo queries ranking captions: the mirror view
     assert reranker.words is not None and words.shape == (len(ids), len(reranker.words.vocab))
     scorers = dataset_scorers(c.encoder, reranker, data, c.store.tokens(ids), words=words)
     without = dataset_scorers(c.encoder, reranker, data, c.store.tokens(ids))["text"]
@@ -248,7 +250,8 @@ def test_eval_with_rerank_equals_search_with_rerank(lite_samples: Collection) ->
         ranking = Ranking(rerank=8, retriever=retriever, both_towers=both_towers)  # hybrid: caption words per photo
         score = SetScores(np.asarray(images), queries, ranking, c.store.bank,
                           {k: (s, reranker.weight) for k, s in scorers.items()}, keywords=dataset_keywords(data),
-                          sparse=word_scores, caption_emb=alone if both_towers else np.asarray(texts))
+                          sparse=word_scores, caption_emb=alone if both_towers else np.asarray(texts),
+                          photo_queries=photo_queries)
         for row in (0, 7, 50):
             (expected, order), = score.ranked("t2i", np.array([row]), np.arange(len(ids)), 10)
             hits = c.search(captions[row], k=10, ranking=ranking)

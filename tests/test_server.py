@@ -127,6 +127,32 @@ def test_search_by_uploaded_photo(client: TestClient, folder: Path) -> None:
     assert len(names) == 4 and DOG not in names  # the photo itself is left out
     captions = client.post("/api/search/image", files={"file": ("q.jpg", data)}, data={"kind": "text", "k": "5"})
     assert sum("dog" in h["text"].lower() for h in captions.json()["results"]) >= 3
+    with Collection.open(folder / "col") as c:  # ranking captions, the photo is read with its mirror image, as search
+        alone = c.search(image=folder / "photos" / DOG, kind="text", k=5)  # reads it (test_onnx.py)
+    assert [h["id"] for h in captions.json()["results"]] == [h.id for h in alone]
+    assert np.allclose([h["score"] for h in captions.json()["results"]], [h.score for h in alone], atol=1e-3)
+
+
+def test_a_batch_reads_the_photos_of_queries_ranking_captions_with_their_mirror_images(folder: Path) -> None:
+    c = Collection.open(folder / "col", create=False)
+    sizes: list[int] = []
+    batcher = SearchBatcher(c, max_wait=0.5, on_batch=sizes.append)
+    image = Image.open(folder / "photos" / DOG).convert("RGB")
+
+    async def both() -> list:
+        jobs = [SearchJob(images=[(1.0, image)], k=5, kind=kind) for kind in ("image", "text")]
+        return await asyncio.gather(*(batcher.search(job) for job in jobs))
+
+    try:
+        photos, captions = asyncio.run(both())
+    finally:
+        batcher.close()
+    assert sizes == [2]  # one batch, one model call for both photos
+    for hits, kind in ((photos, "image"), (captions, "text")):
+        alone = c.search(image=folder / "photos" / DOG, kind=kind, k=5, exclude_query_image=False)
+        assert [h.id for h in hits] == [h.id for h in alone]
+        assert np.allclose([h.score for h in hits], [h.score for h in alone], atol=1e-3)
+    c.close()
 
 
 @pytest.mark.parametrize(

@@ -162,7 +162,8 @@ class Searchable:
             all_terms.insert(0, Term.text(text))
         if image is not None:
             all_terms.insert(0, Term.image(image))
-        query = encode_query(self.encoder, all_terms, both_towers=ranking is not None and ranking.both_towers)
+        query = encode_query(self.encoder, all_terms, both_towers=ranking is not None and ranking.both_towers,
+                             ranks_texts=kind == "text")
         query.exclude = self._query_image_ids(all_terms) if exclude_query_image and kind == "image" else []
         conditions = [c if isinstance(c, Condition) else parse_condition(c) for c in where]
         return self.search_queries([query], k=k, kind=kind, path=path, where=conditions, ranking=ranking)[0]

@@ -377,13 +377,16 @@ class SetScores:
     def __init__(self, image_emb: np.ndarray, text_emb: np.ndarray, ranking: Ranking, bank: Bank | None = None,
                  rerankers: dict[str, tuple[SetScorer, float]] | None = None, timings: Timings | None = None,
                  keywords: SetEvidence | None = None, sparse: SetEvidence | None = None,
-                 tower: tuple[Bank, np.ndarray] | None = None, caption_emb: np.ndarray | None = None) -> None:
+                 tower: tuple[Bank, np.ndarray] | None = None, caption_emb: np.ndarray | None = None,
+                 photo_queries: np.ndarray | None = None) -> None:
         """``tower``: the multilingual tower's bank and which captions it encoded, normalised by it (as search
         normalises them, collection/tower_biases.py). ``caption_emb``: the captions as a collection stores them,
         what photo queries rank (``Encoder.encode_captions``; by default ``text_emb``, the captions as queries),
-        and with ``ranking.both_towers`` the captions as queries too."""
+        and with ``ranking.both_towers`` the captions as queries too. ``photo_queries``: the photos as queries
+        ranking captions (``Encoder.caption_query_photos``; by default ``image_emb``)."""
         both = ranking.both_towers and caption_emb is not None
-        self.emb = {"image": image_emb, "text": caption_emb if both else text_emb}
+        self.emb = {"image": image_emb if photo_queries is None else photo_queries,
+                    "text": caption_emb if both else text_emb}
         self.items = {"image": image_emb, "text": text_emb if caption_emb is None else caption_emb}
         self.ranking, self.bank = ranking, bank if ranking.norm else None
         self.rerankers = (rerankers or {}) if ranking.rerank and hybrid.dense_scale(ranking.retriever) else {}

@@ -55,10 +55,11 @@ def query_vector(encoder: Encoder, terms: list[Term], max_pixels: int | None = N
 
 
 def encode_query(encoder: Encoder, terms: list[Term], max_pixels: int | None = None,
-                 both_towers: bool = False) -> Query:
+                 both_towers: bool = False, ranks_texts: bool = False) -> Query:
     """Encode every term into one query: the combined L2-normalised vector, its modality (text, image or
     mixed) and, for a query of one text or one photo, that text or photo (the reranker reads it).
-    ``both_towers``: texts as ``Ranking.both_towers`` says."""
+    ``both_towers``: texts as ``Ranking.both_towers`` says; ``ranks_texts``: the query ranks captions, so its
+    photos are read with their mirror images (``Encoder.caption_query_photos``)."""
     if not terms:
         raise ValueError("empty query: give a text, an image, or both")
     texts = [t for t in terms if not t.is_image]
@@ -82,10 +83,13 @@ def encode_query(encoder: Encoder, terms: list[Term], max_pixels: int | None = N
     if images:
         kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
         photos = [load_image(t.value, **kwargs) for t in images]
+        prepared = [encoder.prepare_image(photo) for photo in photos]
         if len(terms) == 1 and encoder.rerank_inputs:  # the reranker reads a lone photo's grid: same pass
-            vecs, grid = encoder.encode_prepared_grids([encoder.prepare_image(photos[0])])
+            vecs, grid = encoder.encode_prepared_grids(prepared)
         else:
-            vecs = encoder.encode_images(photos)
+            vecs = encoder.encode_prepared(prepared)
+        if ranks_texts:
+            vecs = encoder.caption_query_photos(vecs, prepared)
         parts += [(t.weight, v) for t, v in zip(images, vecs, strict=True)]
     ordered = [(t.weight, False) for t in texts] + [(t.weight, True) for t in images]
     tower = bool(texts) and not images and not any(encoder.reads_natively(str(t.value)) for t in texts)

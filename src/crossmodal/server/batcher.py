@@ -137,14 +137,21 @@ class SearchBatcher:
         return list(zip(vectors, states, strict=True))
 
     @staticmethod
-    def _encode_images(encoder: Encoder, images: list[Image.Image]) -> list[tuple[np.ndarray, Any]]:
-        """The batch's photos' (vector, spatial features for the reranker, or None), from one model call."""
+    def _encode_images(encoder: Encoder, images: list[Image.Image], batch: list[SearchJob]
+                       ) -> list[tuple[np.ndarray, Any]]:
+        """The batch's photos' (vector, spatial features for the reranker, or None), from one model call; the photos
+        of queries that rank captions read with their mirror images too (``Encoder.caption_query_photos``)."""
         if not images:
             return []
+        prepared = [encoder.prepare_image(im) for im in images]
         if encoder.rerank_inputs:
-            vectors, grids = encoder.encode_prepared_grids([encoder.prepare_image(im) for im in images])
-            return [(v, g[None]) for v, g in zip(vectors, grids, strict=True)]
-        return [(v, None) for v in encoder.encode_images(images)]
+            vectors, grids = encoder.encode_prepared_grids(prepared)
+        else:
+            vectors, grids = encoder.encode_prepared(prepared), [None] * len(images)
+        texts = np.flatnonzero([job.kind == "text" for job in batch for _ in job.images])
+        if len(texts):
+            vectors[texts] = encoder.caption_query_photos(vectors[texts], [prepared[i] for i in texts])
+        return [(v, None if g is None else g[None]) for v, g in zip(vectors, grids, strict=True)]
 
     def _serve(self, batch: list[SearchJob]) -> None:
         if self.on_batch is not None:
@@ -153,7 +160,7 @@ class SearchBatcher:
         texts = [t for job in batch for _, t in job.texts]
         images = [im for job in batch for _, im in job.images]
         text_vecs = iter(self._encode_texts(encoder, texts, batch))
-        image_vecs = iter(self._encode_images(encoder, images))
+        image_vecs = iter(self._encode_images(encoder, images, batch))
         groups: dict[tuple, list[tuple[SearchJob, Query]]] = defaultdict(list)
         for job in batch:
             try:
