@@ -239,6 +239,7 @@ def evaluate(encoder: Encoder, data: CaptionDataset, ks: tuple[int, ...] = (1, 5
         "worst": worst_queries(emb, ranks, score),
         "pipeline": {**ranking.to_dict(), "bank": bank.id if bank is not None and ranking.norm else None,
                      "reranker": reranker.fingerprint if reranker is not None else None,
+                     "photo_queries": "ranking captions: the mean of the photo's and its mirror image's unit vectors",
                      "stage_ms_per_query": timings.per_query_ms()},
         "wall_seconds": time.perf_counter() - started,
         "protocol": {"ties": "equal scores: lower index ranks first",
