@@ -146,8 +146,8 @@ class Reranker:
     def score_photos(self, text_states: np.ndarray, text_mask: np.ndarray, photo_tokens: np.ndarray) -> np.ndarray:
         """Logits (N,) of one caption, token states (1, L, 384) and mask (1, L), against photo tokens (N, T, d):
         equal to ``score`` of the caption repeated N times, with the caption's half of the graph run once. Padding
-        after the caption's last token (from a batch of longer captions) is dropped: it changes no logit but the
-        work, and int8 ranges."""
+        after the caption's last token (from a batch of longer captions) is dropped, so a caption scores the same
+        whatever it was encoded with (the int8 graph's ranges would count the padding)."""
         n, end = len(photo_tokens), int(np.flatnonzero(text_mask[0]).max(initial=0)) + 1
         text_states, text_mask = text_states[:, :end], text_mask[:, :end]
         if self._halves is None:
