@@ -95,8 +95,17 @@ def test_a_caption_against_many_photos_runs_its_half_of_the_graph_once(
     states = torch.randn(2, 12, 384, generator=gen).numpy()
     mask = np.ones((2, 12), dtype=np.int64)
     mask[1, 5:] = 0
+    monkeypatch.setenv("CROSSMODAL_CACHE", str(tmp_path / "cache"))
     split = Reranker.load(folder)
     assert split._halves is not None  # the cut was found: the caption's half runs once
+    assert len(list((tmp_path / "cache").glob("onnx/reranker-halves-*/pair.onnx"))) == 1
+    monkeypatch.setattr(Reranker, "_cut", lambda self: pytest.fail("cut again"))
+    cached = Reranker.load(folder)  # a later process opens the halves from the cache
+    np.testing.assert_array_equal(cached.score_photos(states[:1], mask[:1], tokens),
+                                  split.score_photos(states[:1], mask[:1], tokens))
+    monkeypatch.undo()
+    (tmp_path / "a-file").write_text("")  # a cache that cannot be written: the halves are cut for the process
+    monkeypatch.setenv("CROSSMODAL_CACHE", str(tmp_path / "a-file"))
     monkeypatch.setattr(runtime, "PHOTO_ENTERS", "no such tensor")
     whole = Reranker.load(folder)
     assert whole._halves is None

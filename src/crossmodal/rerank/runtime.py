@@ -7,15 +7,17 @@ fingerprint, dev figures). Fused score of a top-N candidate: ``dual + weight * l
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import warnings
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..encoders.onnx_cache import cache_root, publish
 from .words import WORDS_FILE
 
 if TYPE_CHECKING:
@@ -26,6 +28,8 @@ GRAPHS = ("photo.onnx", "score.onnx")
 # The scale of block 0's cross-attention LayerNorm, as ``export_reranker_onnx`` names it: the tensor that norm reads
 # is where the photo first enters the score graph, so everything before it depends on the caption alone.
 PHOTO_ENTERS = "model.blocks.0.ln_cross.weight"
+HALVES, CUT_FILE = ("caption.onnx", "pair.onnx"), "cut.txt"
+HALVES_VERSION = 1  # bump when the cut changes, so halves cut by older code are not reused
 
 
 def weights_fingerprint(folder: Path, graphs: tuple[str, ...] = GRAPHS, read: dict[str, bytes] | None = None) -> str:
@@ -100,7 +104,22 @@ class Reranker:
     @cached_property
     def _halves(self) -> tuple[Any, Any, str] | None:
         """The score graph cut where the photo first enters: (caption half, pair half, the tensor between them),
-        so that a caption scored against many photos runs its half once; None for a graph with no such cut."""
+        so that a caption scored against many photos runs its half once; None for a graph with no such cut. The
+        halves are cut once and kept in the user cache beside lite's ONNX export, so a later process opens them
+        without importing onnx (a cold search stays quick); where the cache cannot be written they are cut again."""
+        folder = cache_root() / f"reranker-halves-v{HALVES_VERSION}-{self.fingerprint}"
+        try:
+            cut = (folder / CUT_FILE).read_text()
+            graphs = [(folder / name).read_bytes() for name in HALVES] if cut else []
+        except OSError:
+            cut, graphs = self._cut()
+            with contextlib.suppress(OSError):
+                publish(folder, CUT_FILE, partial(_write_halves, cut=cut, graphs=graphs))
+        return (self._session(graphs[0]), self._session(graphs[1]), cut) if cut else None
+
+    def _cut(self) -> tuple[str, list[bytes]]:
+        """(the tensor where the photo first enters, the serialised caption and pair halves), or ("", []) when the
+        score graph has no such cut."""
         import onnx
         from onnx.utils import Extractor
 
@@ -108,15 +127,15 @@ class Reranker:
         cut = next((n.input[0] for n in graph.graph.node
                     if n.op_type == "LayerNormalization" and n.input[1:2] == [PHOTO_ENTERS]), None)
         if cut is None:
-            return None
+            return "", []
         if cut not in {v.name for v in graph.graph.value_info}:  # the extractor must know its type (shape: any)
             graph.graph.value_info.append(onnx.helper.make_tensor_value_info(cut, onnx.TensorProto.FLOAT, None))
         extractor = Extractor(graph)
         caption = extractor.extract_model(["text_states", "text_mask"], [cut])
         pair = extractor.extract_model([cut, "text_mask", "photo_tokens"], ["logits"])
         if {i.name for i in pair.graph.input} != {cut, "text_mask", "photo_tokens"}:
-            return None
-        return self._session(caption.SerializeToString()), self._session(pair.SerializeToString()), cut
+            return "", []
+        return cut, [caption.SerializeToString(), pair.SerializeToString()]
 
     def _session(self, graph: str | bytes) -> Any:
         """An ONNX Runtime session of one graph (a file of the folder, or a graph's bytes), opened when first used
@@ -162,6 +181,14 @@ class Reranker:
 
     def __repr__(self) -> str:
         return f"Reranker(name={self.name!r}, tokens={self.tokens}, d={self.d}, weight={self.weight})"
+
+
+def _write_halves(folder: Path, cut: str, graphs: list[bytes]) -> None:
+    """Write the score graph's halves and the tensor between them ("" when it has no cut) into a new ``folder``."""
+    folder.mkdir(parents=True)
+    for name, graph in zip(HALVES, graphs, strict=False):  # no graphs when there is no cut
+        (folder / name).write_bytes(graph)
+    (folder / CUT_FILE).write_text(cut)
 
 
 def export_reranker_onnx(model: Any, folder: str | Path, int8: bool = False, weight: float = 0.0, depth: int = 16,
