@@ -111,7 +111,7 @@ def main() -> None:
                              for kind, s in scorers.items()} if rerank else {}
                 score = SetScores(emb.images, emb.texts, ranking, bank, rerankers,
                                   keywords=dataset_keywords(data) if share else None, sparse=sparse,
-                                  caption_emb=emb.caption_vectors)
+                                  caption_emb=emb.caption_vectors, photo_queries=emb.query_photos)
                 ranks = evaluate_embeddings(emb.images, emb.texts, data.text_image, score)
                 out[rerank, share] = ranks.metrics()["rsum"]
         return out
