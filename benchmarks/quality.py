@@ -10,6 +10,9 @@ directions, 1K photos / 5K captions, eval's exhaustive scoring) on top of encodi
 column gives (a text query's; "both towers" rows: through both text towers, `--both-towers`).
 Also prints, for the default pipeline on dev, what a score cutoff (`--min-score`) removes: the share of
 wrong and of right results among each text query's top 10 that score under it.
+The distilled dual encoder (lite's heads distilled from this pipeline; measured, not shipped) prints its rows,
+alone, normalised and through the default pipeline, with `benchmarks/distill_heads.py --teacher pipeline --test`
+(dev, then test once, in one run); a distilled model trained in full would come in with `--also`.
 """
 
 from __future__ import annotations
