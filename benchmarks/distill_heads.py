@@ -32,14 +32,15 @@ from PIL import ImageOps
 from safetensors.torch import load_file
 
 from crossmodal.encoders import load_encoder
-from crossmodal.encoders.base import normalize
+from crossmodal.encoders.base import Encoder, normalize
 from crossmodal.encoders.lite import WEIGHTS, LiteEncoder, LiteHeads
 from crossmodal.evaluation.metrics import evaluate_embeddings
 from crossmodal.evaluation.runner import embed_dataset, pipeline_scores
+from crossmodal.rerank.runtime import Reranker
 from crossmodal.search.normalise import Bank, find_bank
 from crossmodal.search.pipeline import Ranking
 from crossmodal.search.rerank import find_reranker
-from crossmodal.sources.datasets import load_dataset
+from crossmodal.sources.datasets import CaptionDataset, load_dataset
 from crossmodal.sources.images import load_image
 from crossmodal.training.train_reranker import cached_features
 
@@ -55,7 +56,7 @@ def pooled(feats) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.inference_mode()
-def mirror_pooled(encoder: LiteEncoder, data, batch: int = 64) -> torch.Tensor:
+def mirror_pooled(encoder: LiteEncoder, data: CaptionDataset, batch: int = 64) -> torch.Tensor:
     """The photo tower's pooled features of each photo's mirror image (what a photo query ranking captions adds)."""
     towers, out = encoder.towers, []
     for lo in range(0, len(data.images), batch):
@@ -69,8 +70,8 @@ def embed(heads: LiteHeads, images: torch.Tensor, texts: torch.Tensor) -> tuple[
         return F.normalize(heads.image(images), dim=-1).numpy(), F.normalize(heads.text(texts), dim=-1).numpy()
 
 
-def pipeline_teacher(encoder, data, bank: Bank, reranker, cache: Path, block: int = 256
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def pipeline_teacher(encoder: Encoder, data: CaptionDataset, bank: Bank, reranker: Reranker, cache: Path,
+                     block: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """The default pipeline's scores of every (caption, photo) pair of ``data``, both ways, as search gives them
     (the top 16 fused with the reranker, the rest capped under them); kept in ``cache``."""
     saved = cache / f"teacher-{encoder.fingerprint}-{bank.id}-{len(data.images)}-{len(data.texts)}.npz"
@@ -111,7 +112,8 @@ def main() -> None:
     torch.manual_seed(0)
     encoder = load_encoder("lite")  # the default (ONNX, multilingual tower) for the pipeline's stages
     bank, reranker = find_bank(encoder.fingerprint), find_reranker(encoder.fingerprint)
-    train = cached_features(LiteEncoder(WEIGHTS), load_dataset(args.dataset, "train"), Path(args.cache))
+    torch_lite = LiteEncoder(WEIGHTS)  # the towers the cached features and the mirror images are read with
+    train = cached_features(torch_lite, load_dataset(args.dataset, "train"), Path(args.cache))
     x_img, x_txt = pooled(train)
     owner = torch.from_numpy(train.text_image)
     if args.teacher == "pipeline":
@@ -128,8 +130,8 @@ def main() -> None:
     def split_rsums(split: str) -> Callable[[LiteHeads], str]:
         """RSUM of a student's heads on ``split`` in each configuration, as search would rank it."""
         data = load_dataset(args.dataset, split)
-        d_img, d_txt = pooled(cached_features(LiteEncoder(WEIGHTS), data, Path(args.cache)))
-        d_mirror = mirror_pooled(LiteEncoder(WEIGHTS), data)
+        d_img, d_txt = pooled(cached_features(torch_lite, data, Path(args.cache)))
+        d_mirror = mirror_pooled(torch_lite, data)
         emb = embed_dataset(encoder, data, progress=False, reranker=reranker)
         tower = encoder.multilingual.encode(list(emb.data.texts)) if encoder.caption_recipe else None
         share = encoder.multilingual.caption_share if tower is not None else 0.0
