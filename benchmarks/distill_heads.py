@@ -163,7 +163,7 @@ def main() -> None:
     opt = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.1)
     scale, started = 1 / 0.05, time.time()
     for epoch in range(args.epochs):
-        order = torch.randperm(len(x_txt))
+        order = torch.randperm(len(x_txt), generator=torch.Generator().manual_seed(epoch))  # whatever ran before
         for start in range(0, len(x_txt), 512):
             rows = order[start:start + 512]
             images = F.normalize(student.image(x_img), dim=-1)
