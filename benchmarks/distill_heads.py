@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import ImageOps
+from mirror_head import pooled as photo_and_mirror
 from safetensors.torch import load_file
 
 from crossmodal.encoders import load_encoder
@@ -41,7 +41,6 @@ from crossmodal.search.normalise import Bank, find_bank
 from crossmodal.search.pipeline import Ranking
 from crossmodal.search.rerank import find_reranker
 from crossmodal.sources.datasets import CaptionDataset, load_dataset
-from crossmodal.sources.images import load_image
 from crossmodal.training.train_reranker import cached_features
 
 FLICKR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flickr8k"
@@ -53,16 +52,6 @@ def pooled(feats) -> tuple[torch.Tensor, torch.Tensor]:
     texts = np.stack([np.asarray(feats.tokens[a:b], dtype=np.float32).mean(0)
                       for a, b in zip(feats.offsets[:-1], feats.offsets[1:], strict=True)])
     return torch.from_numpy(images), F.normalize(torch.from_numpy(texts), dim=-1)
-
-
-@torch.inference_mode()
-def mirror_pooled(encoder: LiteEncoder, data: CaptionDataset, batch: int = 64) -> torch.Tensor:
-    """The photo tower's pooled features of each photo's mirror image (what a photo query ranking captions adds)."""
-    towers, out = encoder.towers, []
-    for lo in range(0, len(data.images), batch):
-        photos = [ImageOps.mirror(load_image(p)) for p in data.images[lo:lo + batch]]
-        out.append(towers.image_features(towers.pixels(photos)))
-    return torch.cat(out)
 
 
 def embed(heads: LiteHeads, images: torch.Tensor, texts: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -131,7 +120,8 @@ def main() -> None:
         """RSUM of a student's heads on ``split`` in each configuration, as search would rank it."""
         data = load_dataset(args.dataset, split)
         d_img, d_txt = pooled(cached_features(torch_lite, data, Path(args.cache)))
-        d_mirror = mirror_pooled(torch_lite, data)
+        mirror_cache = Path(args.cache).parent / "mirror-head" / f"{split}.npy"  # as mirror_head.py keeps them
+        d_mirror = torch.from_numpy(photo_and_mirror(torch_lite, list(data.images), mirror_cache)[:, 1])
         emb = embed_dataset(encoder, data, progress=False, reranker=reranker)
         tower = encoder.multilingual.encode(list(emb.data.texts)) if encoder.caption_recipe else None
         share = encoder.multilingual.caption_share if tower is not None else 0.0
