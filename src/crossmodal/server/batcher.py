@@ -148,9 +148,10 @@ class SearchBatcher:
             vectors, grids = encoder.encode_prepared_grids(prepared)
         else:
             vectors, grids = encoder.encode_prepared(prepared), [None] * len(images)
-        texts = np.flatnonzero([job.kind == "text" for job in batch for _ in job.images])
-        if len(texts):
-            vectors[texts] = encoder.caption_query_photos(vectors[texts], [prepared[i] for i in texts])
+        ranking_captions = np.flatnonzero([job.kind == "text" for job in batch for _ in job.images])
+        if len(ranking_captions):
+            vectors[ranking_captions] = encoder.caption_query_photos(vectors[ranking_captions],
+                                                                     [prepared[i] for i in ranking_captions])
         return [(v, None if g is None else g[None]) for v, g in zip(vectors, grids, strict=True)]
 
     def _serve(self, batch: list[SearchJob]) -> None:
