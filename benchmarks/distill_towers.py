@@ -1,7 +1,8 @@
 """Probe: distil the default ranking pipeline into lite's towers, from v4 (dev; test once with --splits test).
 
     python benchmarks/distill_towers.py [--epochs 3] [--lr 1e-4] [--weight 1.0] [--temperature 0.05]
-        [--memory] [--group 4] [--out runs/lite-towers-distilled] [--evaluate] [--splits dev test]
+        [--memory] [--group 4] [--out runs/lite-towers-distilled] [--evaluate] [--reranker FOLDER]
+        [--splits dev test]
 
 What `distill_heads.py` does for the heads, for the layers `crossmodal train` fine-tunes (photo blocks 11-15 and
 the head conv, all six text layers, the heads), starting from v4's weights: symmetric InfoNCE on the true pairs
@@ -11,9 +12,10 @@ matrix `distill_heads.py --teacher pipeline` keeps under --cache). The softmax i
 groups of ``--group`` photos near each other in v4's space so that hard negatives come together; or, with
 ``--memory``, over every train photo and caption: the batch's vectors fresh, the others computed at the start of
 each epoch (without gradient). Each epoch prints the dual encoder's dev RSUM and the best epoch is kept in --out;
-it is then ranked through the pipeline (v4's reranker reading the student's towers; normalised with v4's bank and
-with one of the student's own, built as lite's is), beside v4 read the same way (without the multilingual tower,
-which was trained against v4's photo vectors) and v4 as shipped. ``--evaluate`` ranks what a finished run left.
+it is then ranked through the pipeline (v4's reranker reading the student's towers, or ``--reranker``; normalised
+with v4's bank and with one of the student's own, built as lite's is), beside v4 read the same way (without the
+multilingual tower, which was trained against v4's photo vectors) and v4 as shipped. ``--evaluate`` ranks what a
+finished run left.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true",
                         help="distil over every train photo and caption (vectors refreshed each epoch), not the batch")
     parser.add_argument("--evaluate", action="store_true", help="rank the weights a finished run left in --out")
+    parser.add_argument("--reranker", help="the student's own reranker (`crossmodal train --reranker`); default: v4's")
     parser.add_argument("--splits", nargs="+", default=["dev"], help="where to rank the best epoch, beside v4 "
                         "(test: once, for the configuration chosen on dev)")
     args = parser.parse_args()
@@ -101,12 +104,17 @@ def main() -> None:
     two_each = np.concatenate([by_image[i][:2] for i in range(len(train.images))])
     own = Bank(train_texts[two_each], train_images, "student")
     v4_plain = load_encoder("lite", multilingual=False)
+    own_reranker = find_reranker(student.fingerprint, Path(args.reranker)) if args.reranker else reranker
+    if own_reranker is None:
+        raise SystemExit(f"{args.reranker} is not a reranker for {out / WEIGHTS_FILE}")
     for split in args.splits:
         data = load_dataset(args.dataset, split)
-        for name, encoder, banks in (("v4 as shipped", shipped, {"v4 bank": bank}),
-                                     ("v4, no multilingual tower", v4_plain, {"v4 bank": bank}),
-                                     ("distilled", student, {"v4 bank": bank, "own bank": own})):
-            print(f"{split}: {name}: {rankings(encoder, data, banks, reranker)}", flush=True)
+        for name, encoder, banks, scorer in (
+                ("v4 as shipped", shipped, {"v4 bank": bank}, reranker),
+                ("v4, no multilingual tower", v4_plain, {"v4 bank": bank}, reranker),
+                (f"distilled ({'own' if args.reranker else 'v4'} reranker)", student,
+                 {"v4 bank": bank, "own bank": own}, own_reranker)):
+            print(f"{split}: {name}: {rankings(encoder, data, banks, scorer)}", flush=True)
 
 
 def distil(task: LiteTask, args: argparse.Namespace, teacher: tuple[torch.Tensor, torch.Tensor],
