@@ -32,15 +32,17 @@ from distill_heads import pipeline_teacher
 from safetensors.torch import load_file
 
 from crossmodal.encoders import load_encoder
+from crossmodal.encoders.base import Encoder
 from crossmodal.encoders.lite import WEIGHTS, LiteHeads, LiteTowers, load_tower_tensors
 from crossmodal.evaluation.metrics import evaluate_embeddings
 from crossmodal.evaluation.runner import embed_dataset, pipeline_scores
+from crossmodal.rerank.runtime import Reranker
 from crossmodal.search.normalise import Bank, find_bank
 from crossmodal.search.pipeline import Ranking
 from crossmodal.search.rerank import find_reranker
-from crossmodal.sources.datasets import load_dataset
+from crossmodal.sources.datasets import CaptionDataset, load_dataset
 from crossmodal.training import losses
-from crossmodal.training.activations import cached_activations
+from crossmodal.training.activations import Activations, cached_activations
 from crossmodal.training.lite_model import LiteTrainable
 from crossmodal.training.lite_tasks import WEIGHTS_FILE, LiteTask
 from crossmodal.training.loop import _lr_factor
@@ -172,14 +174,14 @@ def distil(task: LiteTask, args: argparse.Namespace, teacher: tuple[torch.Tensor
     print(f"best epoch {best[1]} (0: v4's weights)", flush=True)
 
 
-def model_vectors(weights: Path, acts) -> tuple[np.ndarray, np.ndarray]:
+def model_vectors(weights: Path, acts: Activations) -> tuple[np.ndarray, np.ndarray]:
     """Unit vectors (plain photos, every caption) of a split's cached activations through the weights file."""
     towers, state = LiteTowers(), load_file(str(weights))
     load_tower_tensors(towers, state)
     return LiteTrainable(towers, LiteHeads.from_state(state), 5, 6).embed_split(acts)
 
 
-def rankings(encoder, data, banks: dict[str, Bank], reranker) -> str:
+def rankings(encoder: Encoder, data: CaptionDataset, banks: dict[str, Bank], reranker: Reranker) -> str:
     """RSUM (and t2i's share) of ``encoder`` on ``data``: alone, normalised with each bank, default with each."""
     emb = embed_dataset(encoder, data, progress=False, reranker=reranker)
     cells = []
