@@ -35,7 +35,7 @@ from crossmodal.encoders import load_encoder
 from crossmodal.encoders.base import Encoder, normalize
 from crossmodal.encoders.lite import WEIGHTS, LiteEncoder, LiteHeads
 from crossmodal.evaluation.metrics import evaluate_embeddings
-from crossmodal.evaluation.runner import embed_dataset, pipeline_scores
+from crossmodal.evaluation.runner import Embedded, embed_dataset, pipeline_scores
 from crossmodal.rerank.runtime import Reranker
 from crossmodal.search.normalise import Bank, find_bank
 from crossmodal.search.pipeline import Ranking
@@ -83,6 +83,20 @@ def pipeline_teacher(encoder: Encoder, data: CaptionDataset, bank: Bank, reranke
     return torch.from_numpy(out[0]), torch.from_numpy(out[1])
 
 
+def ranking_cells(encoder: Encoder, emb: Embedded, banks: dict[str, Bank], reranker: Reranker) -> str:
+    """RSUM (and its text -> photo part) of ``emb`` ranked by the pipeline: alone, normalised with each of ``banks``,
+    and the default pipeline with each."""
+    cells = []
+    for name, ranking in (("alone", Ranking(norm=False, rerank=0, retriever="dense")),
+                          ("normalised", Ranking(rerank=0, retriever="dense")), ("default pipeline", Ranking())):
+        for bank_name, bank in banks.items() if ranking.norm else (("", None),):
+            m = evaluate_embeddings(emb.images, emb.texts, emb.data.text_image,
+                                    pipeline_scores(encoder, emb, ranking, bank, reranker)).metrics()
+            t2i = sum(m[f"t2i_R@{k}"] for k in (1, 5, 10))
+            cells.append(f"{name}{f' ({bank_name})' if bank_name else ''} {m['rsum']:.2f} (t2i {t2i:.2f})")
+    return ", ".join(cells)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default=str(FLICKR))
@@ -113,8 +127,6 @@ def main() -> None:
         teach_t2i = torch.from_numpy(text_vec @ image_vec.T - bank.share * bank.biases("image", image_vec))
         teach_i2t = torch.from_numpy(image_vec @ text_vec.T - bank.share * bank.biases("text", text_vec))
     two_each = np.concatenate([np.flatnonzero(train.text_image == i)[:2] for i in range(len(train.image_vec))])
-    configurations = {"alone": Ranking(norm=False, rerank=0, retriever="dense"),
-                      "normalised": Ranking(rerank=0, retriever="dense"), "default pipeline": Ranking()}
 
     def split_rsums(split: str) -> Callable[[LiteHeads], str]:
         """RSUM of a student's heads on ``split`` in each configuration, as search would rank it."""
@@ -135,14 +147,7 @@ def main() -> None:
             student = replace(emb, images=images, texts=emb.texts if args.side == "caption" else texts,
                               photo_queries=normalize(images + mirrored),
                               captions=stored if tower is None else normalize((1 - share) * stored + share * tower))
-            cells = []
-            for name, ranking in configurations.items():
-                for bank_name, b in (("v4 bank", bank), ("own bank", own)) if ranking.norm else (("", None),):
-                    score = pipeline_scores(encoder, student, ranking, b, reranker)
-                    m = evaluate_embeddings(images, texts, emb.data.text_image, score).metrics()
-                    t2i = sum(m[f"t2i_R@{k}"] for k in (1, 5, 10))
-                    cells.append(f"{name}{f' ({bank_name})' if bank_name else ''} {m['rsum']:.2f} (t2i {t2i:.2f})")
-            return ", ".join(cells)
+            return ranking_cells(encoder, student, {"v4 bank": bank, "own bank": own}, reranker)
 
         return rsums
 

@@ -28,17 +28,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from distill_heads import pipeline_teacher
+from distill_heads import pipeline_teacher, ranking_cells
 from safetensors.torch import load_file
 
 from crossmodal.encoders import load_encoder
 from crossmodal.encoders.base import Encoder
 from crossmodal.encoders.lite import WEIGHTS, LiteHeads, LiteTowers, load_tower_tensors
-from crossmodal.evaluation.metrics import evaluate_embeddings
-from crossmodal.evaluation.runner import embed_dataset, pipeline_scores
+from crossmodal.evaluation.runner import embed_dataset
 from crossmodal.rerank.runtime import Reranker
 from crossmodal.search.normalise import Bank, find_bank
-from crossmodal.search.pipeline import Ranking
 from crossmodal.search.rerank import find_reranker
 from crossmodal.sources.datasets import CaptionDataset, load_dataset
 from crossmodal.training import losses
@@ -51,6 +49,16 @@ from crossmodal.training.train_lite import _cache_name
 FLICKR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flickr8k"
 SCALE = 1 / 0.05  # the student's softmax temperature, as in distill_heads.py
 VIEWS = 4
+IMAGE_BLOCKS, TEXT_LAYERS = 5, 6  # what `crossmodal train --unfreeze image:5,text:6` (v4) fine-tunes
+
+
+def activations(towers: LiteTowers, data: CaptionDataset, cache: Path, views: int = 1) -> Activations:
+    """``data``'s activations at v4's cuts (the input of the first photo block and text layer trained), cached as
+    `crossmodal train` names them."""
+    cuts = len(towers.image._blocks) - IMAGE_BLOCKS, len(towers.text.encoder.layer) - TEXT_LAYERS
+    tag = f"-v{views}-s0" if views > 1 else ""
+    return cached_activations(towers, data, cache / f"{_cache_name(data)}-acts-b{cuts[0]}-l{cuts[1]}{tag}", *cuts,
+                              n_views=views, seed=0)
 
 
 def grouped_batches(neighbours: np.ndarray, group: int, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -87,20 +95,18 @@ def main() -> None:
     args = parser.parse_args()
     cache, out = Path(args.cache), Path(args.out)
     torch.manual_seed(0)
-    train, dev = load_dataset(args.dataset, "train"), load_dataset(args.dataset, "dev")
+    train = load_dataset(args.dataset, "train")
     shipped = load_encoder("lite")
     bank, reranker = find_bank(shipped.fingerprint), find_reranker(shipped.fingerprint)
-    teach_t2i, teach_i2t = pipeline_teacher(shipped, train, bank, reranker, cache / "reranker")
     towers, state = LiteTowers(), load_file(str(WEIGHTS))
     load_tower_tensors(towers, state)
-    cuts = len(towers.image._blocks) - 5, 0  # the cuts of `crossmodal train --unfreeze image:5,text:6`
-    train_acts = cached_activations(towers, train, cache / f"{_cache_name(train)}-acts-b{cuts[0]}-l{cuts[1]}"
-                                    f"-v{VIEWS}-s0", *cuts, n_views=VIEWS, seed=0)
+    train_acts = activations(towers, train, cache, VIEWS)
     by_image = [np.flatnonzero(train.text_image == i) for i in range(len(train.images))]
     if not args.evaluate:
-        dev_acts = cached_activations(towers, dev, cache / f"{_cache_name(dev)}-acts-b{cuts[0]}-l{cuts[1]}", *cuts)
-        task = LiteTask(LiteTrainable(towers, LiteHeads.from_state(state), 5, 6), train_acts, dev_acts, train.texts)
-        distil(task, args, (teach_t2i, teach_i2t), by_image)
+        trainable = LiteTrainable(towers, LiteHeads.from_state(state), IMAGE_BLOCKS, TEXT_LAYERS)
+        dev = activations(towers, load_dataset(args.dataset, "dev"), cache)
+        task = LiteTask(trainable, train_acts, dev, train.texts)
+        distil(task, args, pipeline_teacher(shipped, train, bank, reranker, cache / "reranker"), by_image)
     student = load_encoder(str(out / WEIGHTS_FILE), multilingual=False)
     train_images, train_texts = model_vectors(out / WEIGHTS_FILE, train_acts)
     two_each = np.concatenate([by_image[i][:2] for i in range(len(train.images))])
@@ -125,8 +131,8 @@ def distil(task: LiteTask, args: argparse.Namespace, teacher: tuple[torch.Tensor
     go to ``args.out``."""
     model, train_acts, text_image, out = task.module, task.train, task.train_text_image, Path(args.out)
     teach_t2i, teach_i2t = teacher
-    v4_vectors = model.embed_split(train_acts)[0]
-    neighbours = np.argsort(-(v4_vectors @ v4_vectors.T), axis=1)[:, 1:9]
+    v4_vectors = model.embed_split(train_acts)  # the first epoch's memory too: nothing has trained yet
+    neighbours = np.argsort(-(v4_vectors[0] @ v4_vectors[0].T), axis=1)[:, 1:9]
     opt = torch.optim.AdamW([{**g, "lr": args.lr} for g in task.param_groups(args.lr, args.lr)], weight_decay=0.1)
     steps = len(grouped_batches(neighbours, args.group, args.batch_size, np.random.default_rng(0))) * args.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, steps, 0.1))
@@ -138,7 +144,9 @@ def distil(task: LiteTask, args: argparse.Namespace, teacher: tuple[torch.Tensor
     started = time.time()
     for epoch in range(1, args.epochs + 1):
         rng = np.random.default_rng(epoch)
-        memory = [torch.from_numpy(v) for v in model.embed_split(train_acts)] if args.memory else None
+        memory = None
+        if args.memory:
+            memory = [torch.from_numpy(v) for v in (v4_vectors if epoch == 1 else model.embed_split(train_acts))]
         model.train()
         totals = np.zeros(2)
         batches = grouped_batches(neighbours, args.group, args.batch_size, rng)
@@ -178,21 +186,13 @@ def model_vectors(weights: Path, acts: Activations) -> tuple[np.ndarray, np.ndar
     """Unit vectors (plain photos, every caption) of a split's cached activations through the weights file."""
     towers, state = LiteTowers(), load_file(str(weights))
     load_tower_tensors(towers, state)
-    return LiteTrainable(towers, LiteHeads.from_state(state), 5, 6).embed_split(acts)
+    return LiteTrainable(towers, LiteHeads.from_state(state), IMAGE_BLOCKS, TEXT_LAYERS).embed_split(acts)
 
 
 def rankings(encoder: Encoder, data: CaptionDataset, banks: dict[str, Bank], reranker: Reranker) -> str:
-    """RSUM (and t2i's share) of ``encoder`` on ``data``: alone, normalised with each bank, default with each."""
-    emb = embed_dataset(encoder, data, progress=False, reranker=reranker)
-    cells = []
-    for label, ranking in (("alone", Ranking(norm=False, rerank=0, retriever="dense")),
-                           ("normalised", Ranking(rerank=0, retriever="dense")), ("default", Ranking())):
-        for bank_name, b in banks.items() if ranking.norm else (("", None),):
-            m = evaluate_embeddings(emb.images, emb.texts, data.text_image,
-                                    pipeline_scores(encoder, emb, ranking, b, reranker)).metrics()
-            t2i = sum(m[f"t2i_R@{k}"] for k in (1, 5, 10))
-            cells.append(f"{label}{f' ({bank_name})' if bank_name else ''} {m['rsum']:.2f} (t2i {t2i:.2f})")
-    return ", ".join(cells)
+    """RSUM (and its text -> photo part) of ``encoder`` on ``data``: alone, normalised and through the default
+    pipeline with each of ``banks``."""
+    return ranking_cells(encoder, embed_dataset(encoder, data, progress=False, reranker=reranker), banks, reranker)
 
 
 if __name__ == "__main__":

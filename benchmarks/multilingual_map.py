@@ -16,15 +16,13 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from distill_towers import model_vectors
+from distill_towers import VIEWS, activations, model_vectors
 
 from crossmodal.encoders import load_encoder
 from crossmodal.encoders.base import normalize
 from crossmodal.encoders.lite import WEIGHTS, LiteTowers
 from crossmodal.sources.datasets import load_dataset
 from crossmodal.sources.images import load_image
-from crossmodal.training.activations import cached_activations
-from crossmodal.training.train_lite import _cache_name
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -40,9 +38,7 @@ def main() -> None:
     parser.add_argument("--cache", default="runs/cache", help="where distill_towers.py keeps the train activations")
     args = parser.parse_args()
     train = load_dataset(str(SHARED / "flickr8k"), "train")
-    cut = len(LiteTowers().image._blocks) - 5
-    acts = cached_activations(LiteTowers(), train, Path(args.cache) / f"{_cache_name(train)}-acts-b{cut}-l0-v4-s0",
-                              cut, 0, n_views=4, seed=0)
+    acts = activations(LiteTowers(), train, Path(args.cache), VIEWS)
     (old_photos, old_texts), (new_photos, new_texts) = (model_vectors(w, acts) for w in (WEIGHTS, Path(args.weights)))
     u, _, vt = np.linalg.svd(np.concatenate([old_photos, old_texts]).T @ np.concatenate([new_photos, new_texts]))
     rotation = u @ vt
