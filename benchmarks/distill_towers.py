@@ -144,6 +144,7 @@ def distil(task: LiteTask, args: argparse.Namespace, teacher: tuple[torch.Tensor
     started = time.time()
     for epoch in range(1, args.epochs + 1):
         rng = np.random.default_rng(epoch)
+        torch.manual_seed(epoch)  # dropout: as `crossmodal train`, whatever drew random numbers before
         memory = None
         if args.memory:
             memory = [torch.from_numpy(v) for v in (v4_vectors if epoch == 1 else model.embed_split(train_acts))]
