@@ -136,11 +136,12 @@ def expected_errors() -> tuple[type[Exception], ...]:
     """The failures that get one line instead of a traceback (imported when one happens)."""
     from .collection.manifest import ModelMismatchError
     from .collection.store import DiskFullError
+    from .collection.upgrade import UnreadableError
     from .sources.captions import CaptionFileError
     from .sources.images import ImageError
 
     return (FileNotFoundError, FileExistsError, PermissionError, DiskFullError, ValueError, ModelMismatchError,
-            ImageError, CaptionFileError, KeyError)
+            ImageError, CaptionFileError, KeyError, UnreadableError)
 
 
 def parse_size(text: str | None) -> int | None:
@@ -609,6 +610,39 @@ def remove(
     for it in items:
         print(item_line(it))
     err.print(f"removed {removed} item{'s' if removed != 1 else ''} from {c.folder}", highlight=False)
+
+
+@app.command()
+@friendly
+def upgrade(
+    collection: CollectionOpt = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="The model to encode with (default: the one the "
+                                              "collection names, as this crossmodal has it).")] = None,
+    drop_unreadable: Annotated[bool, typer.Option("--drop-unreadable", help="Leave out the stored photos that "
+                                                  "cannot be read again, rather than stop.")] = False,
+    max_pixels: Annotated[int, typer.Option(help="Skip images larger than this many pixels.")] = DEFAULT_MAX_PIXELS,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Encode the collection again with a newer version of its model (or another model of the same size).
+
+    Every photo is read again and every caption encoded again; the collection switches over in one step
+    at the end and answers with its old model until then. An interrupted run resumes; a photo that cannot
+    be read stops the run with nothing changed, unless --drop-unreadable.
+
+    Examples:
+      crossmodal upgrade
+      crossmodal upgrade -c ~/photos.cm --model runs/my-lite
+    """
+    with open_collection(collection, create=False) as c:
+        one_folder(c, "upgrade")
+        was = (c.manifest.model, c.manifest.fingerprint)
+        report = c.upgrade(model, drop_unreadable=drop_unreadable, max_pixels=max_pixels, progress=not quiet)
+    if not report.encoded:
+        err.print(f"{c.folder} already holds {was[0]}'s vectors (weights {was[1]}); nothing to do", highlight=False)
+        return
+    err.print(f"{c.folder}: {report.encoded.get('image', 0)} photos and {report.encoded.get('text', 0)} captions "
+              f"encoded again with {c.manifest.model} (weights {was[1]} -> {c.manifest.fingerprint})"
+              + (f"; {report.dropped} unreadable left out" if report.dropped else ""), highlight=False)
 
 
 @app.command()

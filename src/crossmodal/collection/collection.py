@@ -39,6 +39,7 @@ from .moments import any_moments, count_videos, search_kind, videos_of
 from .searching import Hit, Searchable, check_search, hits_of
 from .store import KINDS, ItemStore, ReadOnlyCollectionError
 from .sync import IndexReport, fill_metadata, fill_tokens, index_images, index_texts, refresh_captions
+from .upgrade import FINGERPRINT_KEY, MODEL_KEY, UpgradeReport, upgrade
 from .video_sync import index_videos
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class Collection(Searchable):
         self.manifest = manifest
         self._encoder = encoder
         self.store = ItemStore(folder, manifest.dim)
+        self._follow_store()
         self.store.bank = find_bank(manifest.fingerprint, folder / BANK_FILE)
         # An old collection on a read-only mount may lack the tokens table: it then ranks without reranking.
         self.store.reranker = (find_reranker(manifest.fingerprint, folder / RERANKER_DIR)
@@ -72,6 +74,16 @@ class Collection(Searchable):
         self.lock = threading.RLock()
         self._moments: tuple[int, bool] = (-1, False)  # (store generation, whether a video's moment is stored)
         self._place_names: dict[tuple[str, int], dict[str, dict[str, str]]] = {}  # (kind, generation) -> places
+
+    def _follow_store(self) -> None:
+        """Take the model an upgrade recorded in the store when the manifest still names the old one (a crash
+        came between the upgrade's commit and the manifest's write), and mend the manifest when it can."""
+        fingerprint = self.store.recorded(FINGERPRINT_KEY)
+        if fingerprint is None or fingerprint == self.manifest.fingerprint:
+            return
+        self.manifest.model, self.manifest.fingerprint = self.store.recorded(MODEL_KEY) or "", fingerprint
+        if not self.store.read_only:
+            self.manifest.write(self.folder)
 
     @classmethod
     def open(cls, folder: str | Path, model: str | Encoder | None = None, create: bool = True) -> Collection:
@@ -88,12 +100,16 @@ class Collection(Searchable):
         if folder.is_dir():
             remove_leftovers(folder)  # e.g. the manifest's temporary file, when creating it was interrupted
         if (folder / MANIFEST).is_file():
-            manifest = Manifest.read(folder)
-            encoder = None
+            collection = cls(folder, Manifest.read(folder))
             if model is not None:
-                encoder = load_encoder(model) if isinstance(model, str) else model
-                manifest.check(encoder.name, encoder.fingerprint)
-            return cls(folder, manifest, encoder)
+                try:
+                    encoder = load_encoder(model) if isinstance(model, str) else model
+                    collection.manifest.check(encoder.name, encoder.fingerprint)
+                except BaseException:
+                    collection.close()
+                    raise
+                collection._encoder = encoder
+            return collection
         if not create:
             raise FileNotFoundError(f"no collection at {folder} (run `crossmodal index` first)")
         if folder.exists() and any(folder.iterdir()):
@@ -173,6 +189,34 @@ class Collection(Searchable):
             self._after_adding(progress)
             self.refresh_indexes(progress)
         return report, problems
+
+    def upgrade(self, model: str | Encoder | None = None, *, drop_unreadable: bool = False,
+                max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True) -> UpgradeReport:
+        """Encode every stored item again with ``model`` (default: the model the collection names, as this version
+        of crossmodal has it, e.g. lite's newer weights) and switch the collection over to it atomically
+        (collection/upgrade.py); nothing to do when it already holds that model's vectors."""
+        encoder = model if isinstance(model, Encoder) else load_encoder(model or self.manifest.model)
+        if encoder.fingerprint == self.manifest.fingerprint and encoder.name == self.manifest.model:
+            return UpgradeReport()
+        if encoder.dim != self.manifest.dim:
+            raise ValueError(f"{encoder.name} makes {encoder.dim}-d vectors and this collection stores "
+                             f"{self.manifest.dim}-d ones: index into a new collection with it")
+        with self._writing():
+            self.store.reranker = find_reranker(encoder.fingerprint, self.folder / RERANKER_DIR)
+            self.store.bank = None  # the old model's; the new one's biases are computed after the switch
+            report = upgrade(self.store, encoder, drop_unreadable=drop_unreadable, max_pixels=max_pixels,
+                             progress=progress)
+            self.manifest.model, self.manifest.fingerprint = encoder.name, encoder.fingerprint
+            self.manifest.write(self.folder)
+            self.store.bank = find_bank(encoder.fingerprint, self.folder / BANK_FILE)
+            self._encoder = encoder
+            for name in ("sparse", "words", "tower_biases"):  # made for the old model
+                self.__dict__.pop(name, None)
+            self._after_adding(progress)
+            for kind in KINDS:
+                self.indexes.rebuild(kind)
+            self.refresh_indexes(progress)
+        return report
 
     def remove(self, ids: Iterable[int]) -> int:
         """Delete items by id; returns how many were deleted."""

@@ -51,11 +51,16 @@ class Manifest:
     def check(self, model: str, fingerprint: str) -> None:
         """Raise ModelMismatchError unless (model, fingerprint) is the one this collection was built with."""
         if fingerprint != self.fingerprint:
+            built = f"this collection was built with model {self.model!r} (weights {self.fingerprint})"
+            if model == self.model:
+                raise ModelMismatchError(
+                    f"{built}; this crossmodal's {model!r} is another version of it (weights {fingerprint}). "
+                    "`crossmodal upgrade -c COLLECTION` encodes the collection again with it (it answers as before "
+                    "until that is done).")
             raise ModelMismatchError(
-                f"this collection was built with model {self.model!r} (weights {self.fingerprint}), "
-                f"not {model!r} (weights {fingerprint}); vectors of different models cannot be compared. "
-                f"Query without --model to use {self.model!r}, or index into a new collection with the other model."
-            )
+                f"{built}, not {model!r} (weights {fingerprint}); vectors of different models cannot be compared. "
+                f"Query without --model to use {self.model!r}, index into a new collection with the other model, or "
+                f"encode this one again with it: `crossmodal upgrade -c COLLECTION --model {model}`.")
         if model.endswith(MIRROR) != self.model.endswith(MIRROR):
             raise ModelMismatchError(
                 f"this collection reads photos as model {self.model!r} does, not as {model!r}: its photo vectors would "
