@@ -19,6 +19,7 @@ from crossmodal.encoders import e5_model, load_encoder
 from crossmodal.encoders.languages import likely_english
 from crossmodal.encoders.multilingual import (
     HEAD_FILE,
+    SHIPPED,
     MultilingualTower,
     TowerWeights,
     cache_folder,
@@ -34,6 +35,7 @@ from crossmodal.training.train_multilingual import (
     fit_student,
     kept_layers,
     lower_states,
+    procrustes,
     shallow_student,
     tower_teachers,
     with_texts,
@@ -652,6 +654,35 @@ def test_train_multilingual_layers_distils_the_models_tower(tmp_path: Path) -> N
     assert {k.split(".")[3] for k in tower.tensors if k.startswith("bert.")} == {"0", "1"}
     assert tower.metadata["distilled_from"] == load_encoder("lite").multilingual.weights.id
     assert tower.metadata["distil_texts"] == "2"  # distinct, not blank
+
+
+def test_procrustes_recovers_a_rotation() -> None:
+    rng = np.random.default_rng(0)
+    rotation = np.linalg.qr(rng.normal(size=(8, 8)))[0]
+    source = rng.normal(size=(50, 8))
+    assert np.allclose(procrustes(source, source @ rotation), rotation, atol=1e-5)
+
+
+def test_train_multilingual_from_tower_keeps_its_layers_and_rotates_its_projection(tmp_path: Path) -> None:
+    """--from-tower with --unfreeze heads: e5's layers stay the carried tower's own (all 12 written, as the
+    runtime needs them), the projection trains from the rotation, and the file says where it came from."""
+    carried = TowerWeights.load(SHIPPED / "lite-multilingual.safetensors")
+    out = tmp_path / "tower"
+    result = CliRunner().invoke(app, ["train", "--multilingual", "--data", str(_translated_table(tmp_path)),
+                                      "--images", str(SAMPLES / "photos"), "--out", str(out), "--epochs", "1",
+                                      "--from-tower", str(carried.path)])
+    assert result.exit_code == 0, result.output
+    tower = TowerWeights.load(out / HEAD_FILE)
+    assert (tower.layers, tower.frozen) == (12, 0)
+    assert tower.metadata["carried_from"].startswith(carried.id)
+    layers = [k for k in carried.tensors if k.startswith("bert.")]
+    assert sorted(layers) == sorted(k for k in tower.tensors if k.startswith("bert."))
+    assert all(np.allclose(tower.tensors[k], carried.tensors[k], atol=1e-2 * np.abs(carried.tensors[k]).max())
+               for k in layers)
+    assert not np.allclose(tower.tensors["proj.weight"], carried.tensors["proj.weight"], atol=1e-3)
+    result = CliRunner().invoke(app, ["train", "--multilingual", "--data", str(tmp_path / "captions.tsv"),
+                                      "--out", str(out), "--unfreeze", "text:13", "--from-tower", str(carried.path)])
+    assert result.exit_code != 0 and "(0 to 12)" in result.output
 
 
 def test_train_multilingual_refuses_more_layers_than_e5_has(tmp_path: Path) -> None:

@@ -993,6 +993,11 @@ def train(
         "--distil-texts", exists=True, dir_okay=False, help="With --layers: a file of texts in any languages, one a "
         "line, that the student learns only to encode as the tower does (no photos): what keeps the languages the "
         "captions lack (benchmarks/distil_texts.py writes one).")] = None,
+    from_tower: Annotated[Path | None, typer.Option(
+        "--from-tower", exists=True, dir_okay=False, help="With --multilingual: start from this tower (e.g. the one "
+        "an earlier version of the model shipped with) rather than from e5: all its layers are kept, its projection "
+        "is rotated onto the model's space, then trained, with the layers --unfreeze names (--unfreeze heads: the "
+        "projection alone, minutes on a CPU).")] = None,
     extra_data: Annotated[list[str] | None, typer.Option(
         "--extra-data", help="With --multilingual: more caption data to learn from, in any layout --data takes "
         "(e.g. the model's own training set); its captions without a lang column count as English.")] = None,
@@ -1011,20 +1016,26 @@ def train(
       crossmodal train --multilingual --data ../shared/datasets/multi30k-flickr8k/captions.tsv \\
           --images ../shared/datasets/flickr8k/images --out runs/my-lite
     """
-    if (extra_data or layers) and not multilingual:
-        raise ValueError("--extra-data and --layers go with --multilingual")
+    if (extra_data or layers or from_tower) and not multilingual:
+        raise ValueError("--extra-data, --layers and --from-tower go with --multilingual")
     if distil_texts and not layers:
         raise ValueError("--distil-texts goes with --multilingual --layers N (the texts are distilled from the tower)")
     if multilingual:
         from .encoders import load_encoder, resolve_device
+        from .encoders.multilingual import TowerWeights
         from .sources.datasets import load_dataset, merge_datasets
         from .training.train_multilingual import DISTIL_FROM_TOWER, MultilingualConfig, train_multilingual
 
         e5_layers = MultilingualConfig.layers
-        trained = e5_layers - MultilingualConfig.frozen if unfreeze == "heads" else parse_unfreeze(unfreeze)[1]
-        if not 0 < trained <= e5_layers:
+        carry = TowerWeights.load(from_tower) if from_tower else None
+        if unfreeze == "heads":
+            trained = 0 if carry else e5_layers - MultilingualConfig.frozen
+        else:
+            trained = parse_unfreeze(unfreeze)[1]
+        least = 0 if carry else 1
+        if not least <= trained <= e5_layers:
             raise ValueError(f"--unfreeze {unfreeze!r}: with --multilingual, text:N trains e5's last N of its "
-                             f"{e5_layers} layers (1 to {e5_layers})")
+                             f"{e5_layers} layers ({least} to {e5_layers})")
         teacher = None
         if layers is not None:
             teacher = load_encoder(model).multilingual
@@ -1041,7 +1052,7 @@ def train(
                                               **({} if layers is None else {"layers": layers,
                                                                             "distill": DISTIL_FROM_TOWER})),
                            log=lambda line: err.print(line, highlight=False), device=resolve_device(),
-                           teacher=teacher,
+                           teacher=teacher, carry=carry,
                            distil_texts=distil_texts.read_text(encoding="utf-8").splitlines() if distil_texts else None)
         err.print(f"wrote {out / 'multilingual.safetensors'}", highlight=False)
         return

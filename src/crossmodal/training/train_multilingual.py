@@ -7,6 +7,9 @@ states kept in memory as float16), its upper layers and a projection into the mo
   photo vectors, which stay fixed: the query tower learns to find photos, in every language it sees;
 - distillation (Reimers and Gurevych 2020): where a caption has an English translation in its group, its vector
   should equal the model's own vector of that translation, so every language lands where English does.
+A tower trained for an earlier version of the model can be carried over to a retrained one (``carry``): its e5
+layers are kept, its projection is first rotated onto the new model's space (orthogonal Procrustes, fitted on the
+training captions) and then trained with both losses, with as many of e5's layers as the config leaves unfrozen.
 A tower can also be distilled into a shallower one (``teacher``): the student starts from some of the teacher's
 layers (``kept_layers``, as DistilBERT starts) and each caption's teacher vector is the tower's own vector of it:
 cheaper queries for some R@10, most of it in languages the captions do not cover (docs/benchmarks.md).
@@ -238,6 +241,29 @@ def with_texts(pairs: Pairs, texts: list[str], tower: MultilingualTower) -> Pair
                  np.concatenate([pairs.has_teacher, np.ones(len(texts), dtype=bool)]))
 
 
+def procrustes(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The orthogonal matrix R minimising ||source @ R - target|| (Schönemann 1966), from one SVD."""
+    u, _, vt = np.linalg.svd(source.T.astype(np.float64) @ target.astype(np.float64))
+    return (u @ vt).astype(np.float32)
+
+
+def carried_student(tower: TowerWeights, pairs: Pairs, frozen: int, max_tokens: int
+                    ) -> tuple[Student, list[torch.Tensor]]:
+    """A student holding all of ``tower``'s layers, ``frozen`` of them frozen, whose projection is rotated so that
+    its vectors of the captions with a teacher land on those teachers; with the captions' ``lower_states``."""
+    student = Student.from_weights(tower)
+    student.frozen = frozen
+    for module in (student.bert.embeddings, *student.bert.encoder.layer[:frozen]):
+        module.requires_grad_(False)
+    states = lower_states(student, pairs.texts, max_tokens)
+    rotation = torch.from_numpy(procrustes(encode(student, states)[pairs.has_teacher],
+                                           pairs.teacher[pairs.has_teacher]))
+    with torch.no_grad():  # proj(x) @ R: weight R^T W, bias b R
+        student.proj.weight.copy_(rotation.T @ student.proj.weight)
+        student.proj.bias.copy_(student.proj.bias @ rotation)
+    return student, states
+
+
 def own_text_vectors(encoder: Encoder, texts: list[str]) -> np.ndarray:
     """The encoder's own text tower on ``texts``, whatever multilingual tower it has."""
     tower, encoder.multilingual = encoder.multilingual, None
@@ -270,17 +296,24 @@ def caption_share(photos: np.ndarray, owner: np.ndarray, own: np.ndarray, tower:
 
 def train_multilingual(encoder: Encoder, train: CaptionDataset, dev: CaptionDataset | None, out: Path,
                        config: MultilingualConfig, log: Callable[[str], Any] = print, device: str = "cpu",
-                       teacher: MultilingualTower | None = None, distil_texts: list[str] | None = None
-                       ) -> dict[str, Any]:
+                       teacher: MultilingualTower | None = None, distil_texts: list[str] | None = None,
+                       carry: TowerWeights | None = None) -> dict[str, Any]:
     """Train the encoder's multilingual tower on ``train`` (on ``device``), report ``dev`` per language, write
     ``out/HEAD_FILE`` and, beside it, the tower's normalisation bank from ``train``'s captions that are not
     English. With a ``teacher`` tower, the tower of ``config.layers`` layers is distilled from it (all of them
-    train), on ``train``'s captions and on ``distil_texts`` (texts without photos, see ``with_texts``)."""
+    train), on ``train``'s captions and on ``distil_texts`` (texts without photos, see ``with_texts``). A ``carry``
+tower (trained for another version of the model) is the starting point instead of e5 (``carried_student``)."""
     if distil_texts and teacher is None:
         raise ValueError("texts without photos are distilled from a teacher tower: give one")
+    if carry is not None and teacher is not None:
+        raise ValueError("a tower is either carried over to the model or distilled into a shallower one, not both")
     log(f"encoding {len(train.texts)} training captions and {len(train.images)} photos")
-    pairs, student = table_pairs(encoder, train, english_teachers=teacher is None), None
+    pairs, student, states = table_pairs(encoder, train, english_teachers=teacher is None), None, None
     extra = {"trained_on": train.name}
+    if carry is not None:
+        config = replace(config, layers=carry.layers)
+        student, states = carried_student(carry, pairs, config.frozen, config.max_tokens)
+        extra["carried_from"] = f"{carry.id} (model {carry.model_fingerprint})"
     if teacher is not None:
         config = replace(config, frozen=0)
         pairs, student = tower_teachers(pairs, teacher), shallow_student(teacher.weights, config.layers)
@@ -288,7 +321,9 @@ def train_multilingual(encoder: Encoder, train: CaptionDataset, dev: CaptionData
         if distil_texts:
             pairs = with_texts(pairs, distil_texts, teacher)
             extra["distil_texts"] = str(len(pairs.texts) - len(train.texts))
-    student = fit_student(pairs, config, log, student=student, device=device)
+    student = fit_student(pairs, config, log, student=student, device=device, states=states)
+    if carry is not None:  # every layer differs from e5's, the frozen ones too: the file holds them all
+        student.frozen, config = 0, replace(config, frozen=0)
     report: dict[str, Any] = {"config": asdict(config)}
     if dev is not None and dev.texts:
         langs = dev.langs or [ENGLISH] * len(dev.texts)
