@@ -97,3 +97,25 @@ def test_lite_ships_sparse_heads_over_wordpiece_words() -> None:
     row = heads.encode(encoder.encode_texts(["a black dog runs on the beach"]), "text")
     words = [w for w, _ in heads.terms(row[0], 8)]
     assert len({"black", "dog", "running", "beach"} & set(words)) >= 2  # its own words are among its heaviest
+
+
+def test_train_sparse_keeps_the_best_dev_epoch() -> None:
+    """Training on vectors whose captions sit near their photos, with each photo's own words: every epoch is
+    measured on dev as eval ranks the sparse retriever, and the heads kept are those of the best epoch."""
+    from crossmodal.training.train_sparse import Features, SparseConfig, train_sparse
+
+    rng = np.random.default_rng(0)
+
+    def split(n: int) -> tuple[Features, list[np.ndarray]]:
+        photos = rng.normal(size=(n, 8)).astype(np.float32)
+        owner = np.repeat(np.arange(n), 2)
+        texts = photos[owner] + 0.1 * rng.normal(size=(2 * n, 8)).astype(np.float32)
+        unit = [v / np.linalg.norm(v, axis=1, keepdims=True) for v in (photos, texts)]
+        return Features(unit[0], unit[1], owner), [np.array([i % 12, 12 + i % 7]) for i in owner]
+
+    (train, bags), (dev, _) = split(40), split(10)
+    tokens = [f"w{i}" for i in range(19)]
+    heads, history = train_sparse(train, bags, dev, np.arange(19), tokens, "abc", SparseConfig(epochs=3, batch_size=8),
+                                  log=lambda _: None)
+    assert [h["epoch"] for h in history] == [0, 1, 2] and all(0 <= h["rsum"] <= 600 for h in history)
+    assert heads.fingerprint == "abc" and heads.tokens == tokens

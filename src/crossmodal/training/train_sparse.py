@@ -59,6 +59,11 @@ class Features:
     texts: np.ndarray
     text_image: np.ndarray
 
+    @property
+    def caption_vectors(self) -> np.ndarray:
+        """The captions as photo queries rank them (eval's ``Embedded.caption_vectors``): their own vectors here."""
+        return self.texts
+
 
 class Heads(nn.Module):
     """The two linear heads of the sparse model (training form)."""
