@@ -16,6 +16,10 @@ it is then ranked through the pipeline (v4's reranker reading the student's towe
 with v4's bank and with one of the student's own, built as lite's is), beside v4 read the same way (without the
 multilingual tower, which was trained against v4's photo vectors) and v4 as shipped. ``--evaluate`` ranks what a
 finished run left.
+
+"v4" is whatever lite the tree ships. lite v5 is this script's `--epochs 3 --memory --group 1` run from v4; to make
+it again, put v4's files back first (`git checkout d450e87 -- src/crossmodal/encoders/weights`), as the teacher, the
+starting weights, the bank and the reranker are all the shipped model's (docs/model-card-lite.md).
 """
 
 from __future__ import annotations

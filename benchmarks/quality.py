@@ -1,6 +1,6 @@
 """Ranking quality and cost of each pipeline stage on Flickr8k dev and test, in one run.
 
-    python benchmarks/quality.py [--model lite] [--splits dev test] [--ns 8 16 32 64] [--also runs/lite-v5]
+    python benchmarks/quality.py [--model lite] [--splits dev test] [--ns 8 16 32 64] [--also runs/lite-v4]
         [--caption-shares 0 0.3 0.4 0.5]
 
 Each split is encoded once; every configuration ranks the same vectors through the search pipeline's
@@ -10,9 +10,8 @@ directions, 1K photos / 5K captions, eval's exhaustive scoring) on top of encodi
 column gives (a text query's; "both towers" rows: through both text towers, `--both-towers`).
 Also prints, for the default pipeline on dev, what a score cutoff (`--min-score`) removes: the share of
 wrong and of right results among each text query's top 10 that score under it.
-The distilled dual encoder (lite's heads distilled from this pipeline; measured, not shipped) prints its rows,
-alone, normalised and through the default pipeline, with `benchmarks/distill_heads.py --teacher pipeline --test`
-(dev, then test once, in one run); a distilled model trained in full would come in with `--also`.
+`--also` measures more models in the same run: e.g. the previous lite, kept as a model folder (its
+lite.safetensors, multilingual.safetensors, and its bank.npz and reranker/, which are looked up there first).
 """
 
 from __future__ import annotations
@@ -28,9 +27,9 @@ import numpy as np
 from crossmodal.encoders import load_encoder
 from crossmodal.evaluation.metrics import evaluate_embeddings
 from crossmodal.evaluation.runner import embed_dataset, pipeline_scores
-from crossmodal.search.normalise import find_bank
+from crossmodal.search.normalise import BANK_FILE, find_bank
 from crossmodal.search.pipeline import DEFAULT_RERANK, Ranking, Timings
-from crossmodal.search.rerank import find_reranker
+from crossmodal.search.rerank import RERANKER_DIR, find_reranker
 from crossmodal.sources.datasets import load_dataset
 
 FLICKR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flickr8k"
@@ -109,7 +108,9 @@ def main() -> None:
     table: dict[tuple[str, str], dict[str, float]] = {}
     for model in [args.model, *args.also]:
         encoder = load_encoder(model)
-        bank, reranker = find_bank(encoder.fingerprint), find_reranker(encoder.fingerprint)
+        own = Path(model) if Path(model).is_dir() else None  # a model folder's own bank and reranker come first
+        bank = find_bank(encoder.fingerprint, *([own / BANK_FILE] if own else []))
+        reranker = find_reranker(encoder.fingerprint, *([own / RERANKER_DIR] if own else []))
         for split in args.splits:
             data = load_dataset(args.dataset, split)
             emb = embed_dataset(encoder, data, progress=False, reranker=reranker)
