@@ -960,7 +960,7 @@ def train(
                                           "image:N,text:M (lite: photo blocks, caption layers) or lora:R "
                                           "(transformers models: rank-R LoRA on attention, needs peft).")] = "heads",
     epochs: Annotated[int | None, typer.Option(min=1, help="Passes over the data (default 10; 3 with "
-                                               "--multilingual, whose epochs are long).")] = None,
+                                               "--multilingual, whose epochs are long; 2 with --reranker).")] = None,
     batch_size: Annotated[int, typer.Option(min=2, help="Photos per step.")] = 128,
     captions_per_image: Annotated[int, typer.Option(min=1, help="Captions of each photo per step (never each "
                                                     "other's negatives).")] = 1,
@@ -1056,7 +1056,7 @@ def train(
                            distil_texts=distil_texts.read_text(encoding="utf-8").splitlines() if distil_texts else None)
         err.print(f"wrote {out / 'multilingual.safetensors'}", highlight=False)
         return
-    epochs = 10 if epochs is None else epochs
+    epochs = (2 if reranker else 10) if epochs is None else epochs
     if sparse:
         from .training.train_sparse import SparseConfig, train_lite_sparse
 

@@ -199,8 +199,8 @@ TINY_CONFIG = {"d": 16, "layers": 1, "heads": 2, "ffn": 2, "cells": 3, "pooled":
 
 def train_reranker(encoder_or_weights: LiteEncoder | str | Path, dataset_path: str | Path, out_folder: str | Path,
                    epochs: int = 2, seed: int = 0, model_config: dict[str, Any] | None = None, group_size: int = 16,
-                   top: int = 32, chunk: int = 40, lr: float = 5e-4, weight_decay: float = 0.05,
-                   eval_depth: int = 16, cache: str | Path | None = None, tiny: bool = False, int8: bool = False,
+                   top: int = 32, chunk: int = 40, lr: float = 7e-4, weight_decay: float = 0.05,
+                   eval_depth: int = 16, cache: str | Path | None = None, tiny: bool = False, int8: bool = True,
                    max_steps: int | None = None, full_table: bool = True, images: str | Path | None = None,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train a reranker for a lite model on ``dataset_path`` (train split), keep the best dev epoch, export it.
