@@ -302,7 +302,7 @@ def train_multilingual(encoder: Encoder, train: CaptionDataset, dev: CaptionData
     ``out/HEAD_FILE`` and, beside it, the tower's normalisation bank from ``train``'s captions that are not
     English. With a ``teacher`` tower, the tower of ``config.layers`` layers is distilled from it (all of them
     train), on ``train``'s captions and on ``distil_texts`` (texts without photos, see ``with_texts``). A ``carry``
-tower (trained for another version of the model) is the starting point instead of e5 (``carried_student``)."""
+    tower (trained for another version of the model) is the starting point instead of e5 (``carried_student``)."""
     if distil_texts and teacher is None:
         raise ValueError("texts without photos are distilled from a teacher tower: give one")
     if carry is not None and teacher is not None:
