@@ -151,9 +151,14 @@ def test_upgrade_refuses_a_model_of_another_size(tmp_path: Path, photos: Path) -
         c.upgrade(ColorEncoder(name="wide", dim=32), progress=False)
 
 
-def test_upgrade_command_moves_a_collection_of_an_older_lite_to_this_one(tmp_path: Path) -> None:
-    """A collection whose manifest names lite with other weights (an earlier version): searching it says what to
-    run, and `crossmodal upgrade` encodes it again with this lite."""
+def test_upgrade_command_moves_a_collection_of_an_older_lite_to_this_one(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A collection whose manifest names lite with other weights (an earlier version): searching or serving it
+    says what to run (serve before it starts), and `crossmodal upgrade` encodes it again with this lite."""
+    import uvicorn
+
+    served: list[object] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.append(app))
     folder = tmp_path / "c"
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -166,8 +171,11 @@ def test_upgrade_command_moves_a_collection_of_an_older_lite_to_this_one(tmp_pat
     manifest.write(folder)
     result = runner.invoke(app, ["search", "a dog", "-c", str(folder)])
     assert result.exit_code != 0 and "crossmodal upgrade" in result.output
+    result = runner.invoke(app, ["serve", str(folder)])
+    assert result.exit_code == 2 and "another version of it" in result.output and not served
     result = runner.invoke(app, ["upgrade", "-c", str(folder), "-q"])
     assert result.exit_code == 0, result.output
     assert f"3 photos and 0 captions encoded again with lite (weights 0123456789abcdef -> {current})" in result.output
     assert runner.invoke(app, ["search", "a dog", "-c", str(folder)]).exit_code == 0
+    assert runner.invoke(app, ["serve", str(folder)]).exit_code == 0 and len(served) == 1
     assert "nothing to do" in runner.invoke(app, ["upgrade", "-c", str(folder), "-q"]).output

@@ -887,7 +887,12 @@ def serve(
 
         require_ray()
         sharded_folder(folder)
-    open_collection(folder, model=model, create=False).close()  # fail fast and clearly on a wrong folder/model
+    with open_collection(folder, model=model, create=False) as c:  # fail fast and clearly on a wrong folder/model
+        if model is None and c.manifest.model == "lite":  # or on a collection of another version of lite
+            from .encoders.fingerprint import fingerprint_files
+            from .encoders.lite_spec import WEIGHTS
+
+            c.manifest.check("lite", fingerprint_files([WEIGHTS]))
     err.print(f"serving {folder} on http://{host}:{port}/  (API docs: /docs)", highlight=False)
     uvicorn.run(create_app(folder, api_key=api_key, max_upload_mb=max_upload_mb, model=model,
                            int8_queries=int8_queries, ranking=Ranking(norm=norm, rerank=rerank, min_score=min_score,
