@@ -3,10 +3,10 @@
     python benchmarks/multilingual_map.py runs/towers-mem/lite.safetensors
 
 The map is orthogonal Procrustes from v4's vectors to the new model's, fitted on every Flickr8k `train` photo (plain
-view) and caption (numpy's SVD); the tower's vectors are mapped and renormalised, nothing is trained. Prints, on
-Multi30K task 1 dev (934 photos, one caption each in English, German, French and Czech, translations of each other),
-text -> photo R@10 of the dual encoders alone: the tower against v4's photos, the mapped tower against the new
-model's, and each model's own English tower.
+view) and caption (`train_multilingual.procrustes`, which `--from-tower` fits its rotation with); the tower's vectors
+are mapped and renormalised, nothing is trained. Prints, on Multi30K task 1 dev (934 photos, one caption each in
+English, German, French and Czech, translations of each other), text -> photo R@10 of the dual encoders alone: the
+tower against v4's photos, the mapped tower against the new model's, and each model's own English tower.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from crossmodal.encoders.base import normalize
 from crossmodal.encoders.lite import WEIGHTS, LiteTowers
 from crossmodal.sources.datasets import load_dataset
 from crossmodal.sources.images import load_image
+from crossmodal.training.train_multilingual import procrustes
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -40,8 +41,7 @@ def main() -> None:
     train = load_dataset(str(SHARED / "flickr8k"), "train")
     acts = activations(LiteTowers(), train, Path(args.cache), VIEWS)
     (old_photos, old_texts), (new_photos, new_texts) = (model_vectors(w, acts) for w in (WEIGHTS, Path(args.weights)))
-    u, _, vt = np.linalg.svd(np.concatenate([old_photos, old_texts]).T @ np.concatenate([new_photos, new_texts]))
-    rotation = u @ vt
+    rotation = procrustes(np.concatenate([old_photos, old_texts]), np.concatenate([new_photos, new_texts]))
     print("mean cosine of v4's train vectors, mapped, with the new model's: photos "
           f"{((old_photos @ rotation) * new_photos).sum(1).mean():.4f}, captions "
           f"{((old_texts @ rotation) * new_texts).sum(1).mean():.4f}")
