@@ -32,7 +32,7 @@ from .paths import shown
 from .store import KINDS, Item, ItemStore
 from .sync import _load, _Pending, encode_photos
 
-PLAN = "upgrade"  # the meta key of a run in progress: target model, files, rows done, rows that failed
+PLAN = "upgrade"  # the meta key of a run in progress: its items, files (named for the target model), rows done, failed
 MODEL_KEY = "model"  # the meta keys of the model the vectors are from, once a collection was upgraded
 FINGERPRINT_KEY = "fingerprint"
 CHUNK = 256  # items encoded between two progress records
@@ -61,9 +61,9 @@ def _plan(store: ItemStore, encoder: Encoder, ids: dict[str, np.ndarray]) -> dic
     alone, so a search between two runs keeps the work; those of a run given up are removed."""
     digests = {kind: _digest(ids[kind]) for kind in KINDS}
     plan = json.loads(store.recorded(PLAN) or "{}")
-    files = {kind: f"{kind}.upgrade-{encoder.fingerprint}.part" for kind in KINDS}
-    if plan.get("to") != encoder.fingerprint or plan.get("ids") != digests or plan.get("files") != files:
-        plan = {"to": encoder.fingerprint, "ids": digests, "files": files, "done": {}, "failed": {}}
+    files = {kind: f"{kind}.upgrade-{encoder.fingerprint}.part" for kind in KINDS}  # name the target model
+    if plan.get("ids") != digests or plan.get("files") != files:
+        plan = {"ids": digests, "files": files, "done": {}, "failed": {}}
     store.files.folder.mkdir(exist_ok=True)
     for kind in KINDS:
         if not (store.files.folder / files[kind]).is_file():
