@@ -140,8 +140,12 @@ def test_bank_command_normalises_a_collection_and_eval_options(tmp_path: Path) -
         assert np.allclose(c.store.biases("image"), expected, atol=1e-5)
     out = tmp_path / "bank.npz"
     result = runner.invoke(app, ["bank", "--texts", str(SAMPLES / "captions.tsv"), "--images", str(SAMPLES / "photos"),
-                                 "--out", str(out), "--limit", "20"])
+                                 "--out", str(out), "--limit", "20", "--share", "0.9", "--top-k", "8"])
     assert result.exit_code == 0 and Bank.open(out).vectors("texts").shape[0] == 20
+    assert (Bank.open(out).share, Bank.open(out).top_k) == (0.9, 8)
+    result = runner.invoke(app, ["bank", "--texts", str(SAMPLES / "captions.tsv"), "--images", str(SAMPLES / "photos"),
+                                 "--out", str(out), "--share", "3"])
+    assert result.exit_code != 0 and "a share from 0 to 2" in result.output
     result = runner.invoke(app, ["bank", "-c", str(col)])
     assert result.exit_code != 0 and "give --dataset" in result.output
 

@@ -19,7 +19,15 @@ from rich.markup import escape
 from . import __version__, defaults
 from .cli_help import TidyGroup
 from .cli_options import optional_values
-from .defaults import DEFAULT_DIVERSITY, DEFAULT_MAX_PIXELS, DEFAULT_RERANK, DEFAULT_SHARD_TIMEOUT, DUPLICATE_THRESHOLD
+from .defaults import (
+    BANK_SHARE,
+    BANK_TOP_K,
+    DEFAULT_DIVERSITY,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_RERANK,
+    DEFAULT_SHARD_TIMEOUT,
+    DUPLICATE_THRESHOLD,
+)
 
 if TYPE_CHECKING:
     from .collection.collection import Collection
@@ -659,6 +667,10 @@ def bank(
     = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the bank to this file (for `eval --bank`) "
                                              "instead of into the collection.")] = None,
+    share: Annotated[float, typer.Option(help="Share of each item's bias taken off its score (lite's: 1.0).")]
+    = BANK_SHARE,
+    top_k: Annotated[int, typer.Option("--top-k", help="A bias is the mean of an item's top K similarities to "
+                                       "the bank's queries.")] = BANK_TOP_K,
     collection: CollectionOpt = None,
     model: ModelOpt = None,
 ) -> None:
@@ -686,13 +698,14 @@ def bank(
     else:
         raise ValueError("give --dataset, or both --texts and --images")
     if out is not None:
-        built = build_bank(load_encoder(model or "lite"), caption_list, image_list, limit=limit)
+        built = build_bank(load_encoder(model or "lite"), caption_list, image_list, limit=limit, top_k=top_k,
+                           share=share)
         err.print(f"wrote {built.save(out)}: {len(built.vectors('texts'))} captions, "
                   f"{len(built.vectors('images'))} photos", highlight=False)
         return
     with open_collection(collection, model=model, create=False) as c:
         one_folder(c, "bank")
-        built = build_bank(c.encoder, caption_list, image_list, limit=limit)
+        built = build_bank(c.encoder, caption_list, image_list, limit=limit, top_k=top_k, share=share)
         built.save(c.folder / BANK_FILE)
         c.store.bank = built
         c.store.fill_biases()

@@ -15,3 +15,8 @@ DEFAULT_RETRIEVER = "hybrid"
 # Seconds a search of a sharded collection waits for each shard before answering without it (marked partial):
 # far above a loaded shard's p99 (docs/benchmarks.md), so only a stopped or stuck shard is left out.
 DEFAULT_SHARD_TIMEOUT = 10.0
+# A new bank's normalisation (search/normalise.py): each item's bias is the mean of its 64 best scores against the
+# bank's queries, and 0.75 of it comes off its score; chosen on Flickr8k dev with lite v4. lite v5's own bank
+# takes all of it (share 1.0, chosen on dev with benchmarks/tune_pipeline.py); each bank file records its own.
+BANK_TOP_K = 64
+BANK_SHARE = 0.75

@@ -287,8 +287,9 @@ class IndexManager:
         recall = self.manifest.index.get("recall", 0.95)
         from ..index.calibrate import calibrate_ef
 
+        share = self.store.bank.share if self.store.bank is not None else SHARE  # what its queries will carry
         ef, measured = calibrate_ef(index, ids, vectors, recall, self.manifest.dim,
-                                    SHARE if vectors.biases is not None else 0.0)
+                                    share if vectors.biases is not None else 0.0)
         return {"recall": recall, "ef_search": ef, "measured": round(measured, 4)}
 
     @staticmethod

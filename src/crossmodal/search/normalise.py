@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..collection.atomic import atomic_write
+from ..defaults import BANK_SHARE as SHARE
+from ..defaults import BANK_TOP_K as TOP_K
 
 if TYPE_CHECKING:
     from ..encoders.base import Encoder
 
-# Chosen on Flickr8k dev with lite (docs/benchmarks.md): the mean of the 64 best reference scores, 0.75 of it.
-TOP_K = 64
-SHARE = 0.75
 BANK_FILE = "bank.npz"
 # The query's modality whose reference vectors rank items of each kind.
 REFERENCE_OF = {"image": "texts", "text": "images"}
@@ -124,9 +123,12 @@ def augment_queries(queries: np.ndarray, share: float, width: int) -> np.ndarray
 
 
 def build_bank(encoder: Encoder, texts: list[str], images: list[Path], progress: bool = True,
-               limit: int | None = None, seed: int = 0) -> Bank:
+               limit: int | None = None, seed: int = 0, top_k: int = TOP_K, share: float = SHARE) -> Bank:
     """Encode reference captions and photos (at most ``limit`` of each, drawn at random) into a bank for
-    ``encoder``'s model. Photos that do not decode are skipped with a note."""
+    ``encoder``'s model, normalising with ``top_k`` and ``share`` (choose them on a dev split:
+    benchmarks/tune_pipeline.py). Photos that do not decode are skipped with a note."""
+    if top_k < 1 or not 0.0 <= share <= 2.0:
+        raise ValueError(f"a bank needs top_k >= 1 and a share from 0 to 2, not {top_k} and {share}")
     from tqdm import tqdm
 
     from ..sources.images import ImageError, load_image
@@ -150,4 +152,5 @@ def build_bank(encoder: Encoder, texts: list[str], images: list[Path], progress:
             vectors.append(encoder.encode_images(batch))
     if not vectors:
         raise ValueError("none of the bank's photos could be read")
-    return Bank(encoder.encode_texts(texts), np.concatenate(vectors), fingerprint=encoder.fingerprint)
+    return Bank(encoder.encode_texts(texts), np.concatenate(vectors), fingerprint=encoder.fingerprint, top_k=top_k,
+                share=share)
