@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from crossmodal.encoders import load_encoder
+from crossmodal.encoders import load_encoder, model_fingerprint
 from crossmodal.encoders.base import normalize
 from crossmodal.encoders.hf import HFDualEncoder
 
@@ -111,6 +111,7 @@ def test_a_mirror_name_averages_each_photo_with_its_mirror_image(tiny_model: tup
     plain, mirror = load_encoder(str(folder)), load_encoder(f"{folder}+mirror")
     expected = normalize(plain.encode_images(_photos()) + plain.encode_images([ImageOps.mirror(p) for p in _photos()]))
     assert mirror.fingerprint == plain.fingerprint and mirror.mirror and not plain.mirror
+    assert model_fingerprint(str(folder)) == model_fingerprint(f"{folder}+mirror") == plain.fingerprint
     assert np.allclose(mirror.encode_images(_photos()), expected, atol=1e-5)
     assert not np.allclose(plain.encode_images(_photos()), expected, atol=1e-3)
 
@@ -125,6 +126,8 @@ def test_fingerprint_changes_with_weights(tmp_path: Path) -> None:
         torch.nn.init.normal_(model.visual_projection.weight)
     a, b = HFDualEncoder(str(tmp_path / "a")), HFDualEncoder(str(tmp_path / "b"))
     assert a.fingerprint != b.fingerprint and a.name == str((tmp_path / "a").resolve())
+    assert (model_fingerprint(a.name), model_fingerprint(b.name)) == (a.fingerprint, b.fingerprint)
+    assert model_fingerprint("nobody/no-such-model-here") is None  # a hub id: only loading resolves it
 
 
 def test_unknown_hub_id_gives_a_clear_offline_error() -> None:

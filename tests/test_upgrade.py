@@ -17,6 +17,8 @@ from crossmodal.collection import upgrade as upgrade_module
 from crossmodal.collection.collection import Collection
 from crossmodal.collection.manifest import Manifest, ModelMismatchError
 from crossmodal.collection.upgrade import UnreadableError
+from crossmodal.encoders import model_fingerprint
+from crossmodal.encoders.lite_spec import WEIGHTS
 
 
 class NewerColor(ColorEncoder):
@@ -173,6 +175,7 @@ def test_upgrade_command_moves_a_collection_of_an_older_lite_to_this_one(tmp_pat
     assert result.exit_code != 0 and "crossmodal upgrade" in result.output
     result = runner.invoke(app, ["serve", str(folder)])
     assert result.exit_code == 2 and "another version of it" in result.output and not served
+    assert model_fingerprint("lite") == model_fingerprint(str(WEIGHTS)) == current  # what serve checks, unloaded
     result = runner.invoke(app, ["upgrade", "-c", str(folder), "-q"])
     assert result.exit_code == 0, result.output
     assert f"3 photos and 0 captions encoded again with lite (weights 0123456789abcdef -> {current})" in result.output

@@ -901,11 +901,12 @@ def serve(
         require_ray()
         sharded_folder(folder)
     with open_collection(folder, model=model, create=False) as c:  # fail fast and clearly on a wrong folder/model
-        if model is None and c.manifest.model == "lite":  # or on a collection of another version of lite
-            from .encoders.fingerprint import fingerprint_files
-            from .encoders.lite_spec import WEIGHTS
+        if model is None:  # or on a collection of another version of its model (`crossmodal upgrade`)
+            from .encoders import model_fingerprint
 
-            c.manifest.check("lite", fingerprint_files([WEIGHTS]))
+            fingerprint = model_fingerprint(c.manifest.model)
+            if fingerprint is not None:
+                c.manifest.check(c.manifest.model, fingerprint)
     err.print(f"serving {folder} on http://{host}:{port}/  (API docs: /docs)", highlight=False)
     uvicorn.run(create_app(folder, api_key=api_key, max_upload_mb=max_upload_mb, model=model,
                            int8_queries=int8_queries, ranking=Ranking(norm=norm, rerank=rerank, min_score=min_score,

@@ -62,6 +62,29 @@ def _load(name: str, device: str, backend: str, int8_text: bool, multilingual: b
     return encoder
 
 
+def model_fingerprint(name: str) -> str | None:
+    """The fingerprint ``load_encoder(name)`` would give, from the weight files alone (no model loaded): lite, a
+    lite weights file or folder, an ONNX export or a local transformers folder; None for a hub id, which only
+    loading can resolve. Lets a command refuse a collection of other weights before it starts anything."""
+    from .fingerprint import fingerprint_files, fingerprint_folder
+
+    name = name.removesuffix(MIRROR)
+    if name == "lite":
+        from .lite_spec import WEIGHTS
+
+        return fingerprint_files([WEIGHTS])
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / "crossmodal-onnx.json").is_file():
+        import json
+
+        return str(json.loads((path / "crossmodal-onnx.json").read_text())["fingerprint"])
+    if path.is_dir() and (path / "lite.safetensors").is_file():
+        path = path / "lite.safetensors"
+    if path.suffix == ".safetensors" and path.is_file():
+        return fingerprint_files([path])
+    return fingerprint_folder(path) if path.is_dir() else None
+
+
 def _load_model(name: str, device: str, backend: str, int8_text: bool) -> Encoder:
     if name == "lite":
         from .lite_spec import WEIGHTS
