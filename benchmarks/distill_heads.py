@@ -40,7 +40,8 @@ from crossmodal.rerank.runtime import Reranker
 from crossmodal.search.normalise import Bank, find_bank
 from crossmodal.search.pipeline import Ranking
 from crossmodal.search.rerank import find_reranker
-from crossmodal.sources.datasets import CaptionDataset, load_dataset
+from crossmodal.sources.datasets import load_dataset
+from crossmodal.training.distill_lite import pipeline_teacher
 from crossmodal.training.train_reranker import cached_features
 
 FLICKR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flickr8k"
@@ -57,30 +58,6 @@ def pooled(feats) -> tuple[torch.Tensor, torch.Tensor]:
 def embed(heads: LiteHeads, images: torch.Tensor, texts: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     with torch.no_grad():
         return F.normalize(heads.image(images), dim=-1).numpy(), F.normalize(heads.text(texts), dim=-1).numpy()
-
-
-def pipeline_teacher(encoder: Encoder, data: CaptionDataset, bank: Bank, reranker: Reranker, cache: Path,
-                     block: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """The default pipeline's scores of every (caption, photo) pair of ``data``, both ways, as search gives them
-    (the top 16 fused with the reranker, the rest capped under them); kept in ``cache``."""
-    saved = cache / f"teacher-{encoder.fingerprint}-{bank.id}-{len(data.images)}-{len(data.texts)}.npz"
-    if saved.is_file():
-        with np.load(saved) as arrays:
-            return torch.from_numpy(arrays["t2i"]), torch.from_numpy(arrays["i2t"])
-    emb = embed_dataset(encoder, data, progress=False, reranker=reranker)
-    sets = pipeline_scores(encoder, emb, Ranking(), bank, reranker)
-    out = []
-    for direction, n_queries, n_items in (("t2i", len(emb.texts), len(emb.images)),
-                                          ("i2t", len(emb.images), len(emb.texts))):
-        matrix, items, started = np.empty((n_queries, n_items), dtype=np.float32), np.arange(n_items), time.time()
-        for lo in range(0, n_queries, block):
-            queries = np.arange(lo, min(lo + block, n_queries))
-            for q, (scores, positions) in zip(queries, sets.ranked(direction, queries, items, n_items), strict=True):
-                matrix[q, positions] = scores
-        print(f"teacher {direction}: {time.time() - started:.0f} s", flush=True)
-        out.append(matrix)
-    np.savez(saved, t2i=out[0], i2t=out[1])
-    return torch.from_numpy(out[0]), torch.from_numpy(out[1])
 
 
 def ranking_cells(encoder: Encoder, emb: Embedded, banks: dict[str, Bank], reranker: Reranker) -> str:

@@ -997,6 +997,9 @@ def train(
                                          "vectors to weights over WordPiece words, for --retriever sparse and "
                                          "hybrid; --out COLLECTION/sparse.npz puts them to use in that "
                                          "collection.")] = False,
+    distill: Annotated[bool, typer.Option("--distill", help="Distil the (lite) model's own default pipeline (bank, "
+                                          "caption words, reranker) into its towers: how lite v5 was made from v4. "
+                                          "--tower-lr is every layer's peak lr.")] = False,
     multilingual: Annotated[bool, typer.Option("--multilingual", help="Train the model's multilingual query tower "
                                                "instead, from a table with lang and group columns (e.g. Multi30K); "
                                                "--out MODEL_FOLDER (or any folder) holds multilingual.safetensors, "
@@ -1026,15 +1029,19 @@ def train(
 ) -> None:
     """Fine-tune a dual encoder on image-caption data; `--model OUT` then loads the result anywhere.
 
-    With --reranker, train the cross-encoder that re-scores the model's top results (docs/ranking.md).
+    With --reranker, train the cross-encoder that re-scores the model's top results (docs/ranking.md); with
+    --distill, teach the model's towers what its whole ranking pipeline knows.
 
     Examples:
       crossmodal train --data ../shared/datasets/flickr8k --out runs/my-lite --unfreeze image:5,text:6
       crossmodal train --model ./clip-folder --data my.tsv --loss siglip --unfreeze last:2 --out runs/my-clip
       crossmodal train --reranker --data ../shared/datasets/flickr8k --out my-collection/reranker
+      crossmodal train --distill --data ../shared/datasets/flickr8k --out runs/lite-distilled
       crossmodal train --multilingual --data ../shared/datasets/multi30k-flickr8k/captions.tsv \\
           --images ../shared/datasets/flickr8k/images --out runs/my-lite
     """
+    if sum((reranker, sparse, distill, multilingual)) > 1:
+        raise ValueError("choose one of --reranker, --sparse, --distill and --multilingual")
     if (extra_data or layers or from_tower) and not multilingual:
         raise ValueError("--extra-data, --layers and --from-tower go with --multilingual")
     if distil_texts and not layers:
@@ -1075,7 +1082,24 @@ def train(
                            distil_texts=distil_texts.read_text(encoding="utf-8").splitlines() if distil_texts else None)
         err.print(f"wrote {out / 'multilingual.safetensors'}", highlight=False)
         return
-    epochs = (2 if reranker else 10) if epochs is None else epochs
+    epochs = (2 if reranker else 3 if distill else 10) if epochs is None else epochs
+    if distill:
+        from .sources.datasets import load_dataset
+        from .training.distill_lite import DistilConfig, distil_lite, pipeline_of
+        from .training.train_lite import readable
+
+        pipeline_of(model)  # before reading the data: a model without its bank or reranker cannot teach
+        warn = lambda line: err.print(line, highlight=False, markup=False)  # noqa: E731
+        history = distil_lite(model, readable(load_dataset(data, train_split, images), warn),
+                              readable(load_dataset(data, dev_split, images), warn), out,
+                              DistilConfig(epochs=epochs, lr=tower_lr, batch_size=batch_size, views=views, seed=seed),
+                              cache, log=warn)
+        best = max(history, key=lambda h: h["dev_rsum"])
+        err.print(f"wrote {out / 'lite.safetensors'}: dual encoder dev RSUM {best['dev_rsum']:.2f} (epoch "
+                  f"{best['epoch']}; before: {history[0]['dev_rsum']:.2f}). Build its bank, reranker and sparse heads "
+                  f"for its pipeline: `crossmodal bank --model {out} --out {out}/bank.npz ...`, `crossmodal train "
+                  f"--reranker --model {out} --out {out}/reranker ...`", highlight=False)
+        return
     if sparse:
         from .training.train_sparse import SparseConfig, train_lite_sparse
 
