@@ -1,7 +1,7 @@
 """Choose the ranking pipeline's settings for a model on Flickr8k dev: the bank's share and k, the caption words'
 share in the hybrid score, the reranker's fusion weight and depth.
 
-    python benchmarks/tune_pipeline.py [--model lite] [--split dev] [--rounds 2]
+    python benchmarks/tune_pipeline.py [--model lite] [--split dev] [--rounds 2] [--reranker FOLDER]
 
 The split is encoded once; each setting is then varied over its grid with the others held (coordinate ascent
 from the shipped values, ``--rounds`` passes), every candidate ranked through the default pipeline as `crossmodal
@@ -36,11 +36,13 @@ def main() -> None:
     parser.add_argument("--dataset", default=str(FLICKR))
     parser.add_argument("--split", default="dev")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--reranker", help="another reranker for the model (`crossmodal train --reranker --out`)")
     parser.add_argument("--fixed", nargs="*", default=None, metavar="NAME=VALUE",
                         help="rank these settings (and the shipped ones) only, no search")
     args = parser.parse_args()
     encoder = load_encoder(args.model)
-    bank, reranker = find_bank(encoder.fingerprint), find_reranker(encoder.fingerprint)
+    bank = find_bank(encoder.fingerprint)
+    reranker = find_reranker(encoder.fingerprint, *([Path(args.reranker)] if args.reranker else []))
     emb = embed_dataset(encoder, load_dataset(args.dataset, args.split), progress=False, reranker=reranker)
     shipped = {"share": bank.share, "top_k": bank.top_k, "words": hybrid.SPARSE_WEIGHT, "weight": reranker.weight,
                "rerank": Ranking().rerank}
