@@ -8,7 +8,7 @@ This builds the tower's bank from its vectors of `train` captions that are not E
 seed 0: `encoders/multilingual.build_bank`) and prints, on the `dev` photos and task-1 captions, text->image
 R@1/5/10 per language with no normalisation, the model's bank, and the tower's at several k and shares. English
 queries take the model's own tower and bank either way. ``--write`` saves the bank beside the shipped tower (the
-k and share it is saved with are the model bank's, 64 and 0.75, unless the table says otherwise).
+k and share it is saved with are the model bank's, unless ``--share`` says otherwise).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from rich.table import Table
 
 from crossmodal.encoders import load_encoder
 from crossmodal.encoders.multilingual import bank_path, build_bank
-from crossmodal.search.normalise import SHARE, TOP_K, Bank, find_bank
+from crossmodal.search.normalise import Bank, find_bank
 from crossmodal.sources.images import load_image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -40,7 +40,8 @@ def recalls(queries: np.ndarray, gold: np.ndarray, photos: np.ndarray, bias: np.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", type=Path, default=SHARED / "multi30k-flickr8k" / "captions.tsv")
-    parser.add_argument("--write", action="store_true", help="save the bank (k 64, share 0.75) beside the tower")
+    parser.add_argument("--write", action="store_true", help="save the bank beside the tower")
+    parser.add_argument("--share", type=float, help="the share --write saves (default: the model bank's)")
     args = parser.parse_args()
     with args.table.open(newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
@@ -66,11 +67,13 @@ def main() -> None:
     for lang in LANGS:
         table.add_column(lang, justify="right")
     table.add_column("mean R@10 de/fr/cs", justify="right")
-    settings = [("none", model_bank, TOP_K, 0.0), (f"model's bank, k {TOP_K}, share {SHARE}", model_bank, TOP_K, SHARE)]
+    k_model, share_model = model_bank.top_k, model_bank.share
+    settings = [("none", model_bank, k_model, 0.0),
+                (f"model's bank, k {k_model}, share {share_model}", model_bank, k_model, share_model)]
     settings += [(f"tower's bank, k {k}, share {share}", built, k, share) for k in (32, 64, 128)
                  for share in (0.5, 0.75, 1.0)]
     english = recalls(*queries["en"], photos, Bank(model_bank.vectors("texts"), np.zeros((0, photos.shape[1])), "",
-                                                   top_k=TOP_K).biases("image", photos), SHARE)
+                                                   top_k=k_model).biases("image", photos), share_model)
     for name, bank, k, share in settings:
         bias = Bank(bank.vectors("texts"), np.zeros((0, photos.shape[1])), "", top_k=k).biases("image", photos)
         cells = [english] + [recalls(*queries[lang], photos, bias, share) for lang in LANGS[1:]]
@@ -79,7 +82,8 @@ def main() -> None:
     Console(width=200).print(table)
     if args.write:
         path = bank_path(tower.weights.path)
-        Bank(built.vectors("texts"), built.vectors("images"), built.fingerprint, top_k=TOP_K, share=SHARE).save(path)
+        Bank(built.vectors("texts"), built.vectors("images"), built.fingerprint, top_k=k_model,
+             share=share_model if args.share is None else args.share).save(path)
         print(f"wrote {path}")
 
 
