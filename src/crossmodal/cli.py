@@ -1096,9 +1096,9 @@ def train(
                               cache, log=warn)
         best = max(history, key=lambda h: h["dev_rsum"])
         err.print(f"wrote {out / 'lite.safetensors'}: dual encoder dev RSUM {best['dev_rsum']:.2f} (epoch "
-                  f"{best['epoch']}; before: {history[0]['dev_rsum']:.2f}). Build its bank, reranker and sparse heads "
-                  f"for its pipeline: `crossmodal bank --model {out} --out {out}/bank.npz ...`, `crossmodal train "
-                  f"--reranker --model {out} --out {out}/reranker ...`", highlight=False)
+                  f"{best['epoch']}; before: {history[0]['dev_rsum']:.2f}). Its pipeline needs a bank and reranker "
+                  f"of its own: `crossmodal bank --model {out} ...`, `crossmodal train --reranker --model {out} ...`",
+                  highlight=False)
         return
     if sparse:
         from .training.train_sparse import SparseConfig, train_lite_sparse

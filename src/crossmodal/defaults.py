@@ -1,8 +1,9 @@
 """Defaults that commands show in their help, in a module light enough for `crossmodal --help` to read."""
 
-# Rerank the top N by default; chosen within the serving budget (docs/benchmarks.md): 32 scored 0.9 dev RSUM more
-# but its p99 reached 152 ms.
-DEFAULT_RERANK = 16
+# Rerank the top N by default: the best on Flickr8k dev within the serving budget (docs/benchmarks.md). With lite v5
+# and its bank's share 1.0, 32 scored 378.46 against 377.96 at 16 and 378.34 at 64, at a serve p99 of 120 ms (16:
+# 114 ms); with v4 it had reached 152 ms, and 16 was the default until then.
+DEFAULT_RERANK = 32
 DEFAULT_MAX_PIXELS = 90_000_000  # the decompression-bomb cap: Pillow's own warning threshold, rounded
 DEFAULT_DIVERSITY = 0.5  # MMR's lambda for a bare --diverse: an even trade-off, the usual default (search/diversity.py)
 # Cosine at which two photos count as copies: best F1 on half of Flickr8k dev with synthetic copies among 3,500

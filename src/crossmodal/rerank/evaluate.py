@@ -15,7 +15,8 @@ from ..search.normalise import Bank
 from ..search.pipeline import rerank_top
 
 # fine at the low end: a reranker trained longer gives sharper logits, whose best weight can be under 0.005
-WEIGHTS = (0.0, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+WEIGHTS = (0.0, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3,
+           0.5, 1.0)
 RERANK_OFFSET = 1e3  # lifts the reranked top N above everything else so only their order changes
 
 

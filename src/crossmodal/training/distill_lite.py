@@ -1,10 +1,11 @@
 """Distil a lite model's default ranking pipeline into its own towers: how lite v5 was made from v4.
 
 The teacher is the pipeline's score of every (caption, photo) pair of the train split, both ways, as search gives
-them (normalised, hybrid, the top 16 fused with the reranker, the rest capped under them). The student is the same
-model's towers (photo blocks 11-15 and the head conv, all six text layers, the heads), trained with symmetric
-InfoNCE on the batch's true pairs plus KL divergence to the teacher's softmax over every train photo and caption:
-the batch's vectors fresh, the others from the start of the epoch, without gradient (a memory bank). Over the batch
+them (normalised, hybrid, the default top N fused with the reranker, the rest capped under them; v5 learnt from
+the top 16, the default then). The student is the same model's towers (photo blocks 11-15 and the head conv, all
+six text layers, the heads), trained with symmetric InfoNCE on the batch's true pairs plus KL divergence to the
+teacher's softmax over every train photo and caption: the batch's vectors fresh, the others from the start of the
+epoch, without gradient (a memory bank). Over the batch
 alone the softmax hides most of what the teacher knows (Flickr8k dev: 343.66 against 353.18; docs/benchmarks.md).
 """
 
