@@ -77,6 +77,31 @@ def banked(tmp_path: Path) -> Collection:
     return c
 
 
+def test_a_collection_finds_its_models_own_bank_in_the_model_folder(tmp_path: Path) -> None:
+    """A model folder (what `crossmodal train` writes) carries its bank: a collection of that model normalises with
+    it, unless the collection has one of its own; lite and hub ids have no folder."""
+    from crossmodal.encoders import model_folder
+
+    model = tmp_path / "my-model"
+    model.mkdir()
+    enc = ColorEncoder(name=str(model), dim=16)
+    rng = np.random.default_rng(0)
+    Bank(rng.normal(size=(20, 16)), rng.normal(size=(10, 16)), enc.fingerprint, top_k=4, share=0.5).save(
+        model / BANK_FILE)
+    with Collection.open(tmp_path / "col", model=enc) as c:
+        c.index_folder(_photos(tmp_path / "p", 6, 1), progress=False)
+    with Collection.open(tmp_path / "col") as c:
+        assert c.store.bank is not None and c.store.bank.path == model / BANK_FILE and c.store.bank.share == 0.5
+        assert np.allclose(c.store.biases("image"), c.store.bank.biases("image", c.store.matrix("image")[1]),
+                           atol=1e-5)
+    Bank(rng.normal(size=(20, 16)), rng.normal(size=(10, 16)), enc.fingerprint, top_k=4).save(
+        tmp_path / "col" / BANK_FILE)
+    with Collection.open(tmp_path / "col") as c:
+        assert c.store.bank.path == tmp_path / "col" / BANK_FILE  # the collection's own comes first
+    assert (model_folder(str(model)), model_folder(f"{model}+mirror"), model_folder("lite"),
+            model_folder("nobody/no-such-model")) == (model, model, None, None)
+
+
 def _by_hand(c: Collection, query: np.ndarray, kind: str, share: float) -> list[tuple[int, float]]:
     ids, vectors = c.store.matrix(kind)
     scores = np.asarray(vectors) @ query - share * c.store.bank.biases(kind, np.asarray(vectors))

@@ -762,12 +762,12 @@ def evaluate(
         return
     if dataset is None:
         raise ValueError("give --dataset (a Flickr-layout folder, karpathy:FILE.json or a table)")
-    from .encoders import load_encoder
+    from .encoders import load_encoder, model_folder
     from .evaluation.report import finish_report, write_report
     from .evaluation.runner import evaluate as run
-    from .search.normalise import find_bank
+    from .search.normalise import BANK_FILE, find_bank
     from .search.pipeline import Ranking
-    from .search.rerank import find_reranker
+    from .search.rerank import RERANKER_DIR, find_reranker
     from .sources.datasets import load_dataset
 
     data = load_dataset(dataset, split, images)
@@ -778,10 +778,11 @@ def evaluate(
     command += ["--reranker", str(reranker)] if reranker else []
     command += ["--retriever", retriever] + (["--both-towers"] if both_towers else [])
     encoder = load_encoder(model)
-    found = find_bank(encoder.fingerprint, *([bank] if bank else []))
+    own = model_folder(model)  # a trained model's own bank and reranker, when `crossmodal train` wrote them there
+    found = find_bank(encoder.fingerprint, *([bank] if bank else [own / BANK_FILE] if own else []))
     if bank is not None and (found is None or found.path != bank):
         raise ValueError(f"{bank} is not a normalisation bank for {encoder.name!r} (built for other weights?)")
-    scorer = find_reranker(encoder.fingerprint, *([reranker] if reranker else []))
+    scorer = find_reranker(encoder.fingerprint, *([reranker] if reranker else [own / RERANKER_DIR] if own else []))
     if reranker is not None and (scorer is None or scorer.folder.resolve() != reranker.resolve()):
         raise ValueError(f"{reranker} is not a reranker for {encoder.name!r} (trained for other weights?)")
     result = finish_report(run(encoder, data, tuple(k or ()), folds, progress=not quiet,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from ..encoders import load_encoder
+from ..encoders import load_encoder, model_folder
 from ..encoders.base import Encoder
 from ..search import pipeline
 from ..search.filters import Condition, where_clause
@@ -56,6 +56,13 @@ def folder_gone(folder: Path, stored: int) -> FileNotFoundError:
         f"; its {stored} stored photos are kept (index it with --prune-all to remove them)" if stored else ""))
 
 
+def own_parts(folder: Path, model: str, name: str) -> list[Path]:
+    """Where a collection looks for its model's ``name`` (``bank.npz``, ``reranker/``) before the ones models ship
+    with: in its own folder, then in the model's (what `crossmodal train` wrote there travels with the model)."""
+    found = model_folder(model)
+    return [folder / name, *([found / name] if found is not None else [])]
+
+
 class Collection(Searchable):
     """Photos and texts embedded by one model, stored in one folder."""
 
@@ -65,9 +72,9 @@ class Collection(Searchable):
         self._encoder = encoder
         self.store = ItemStore(folder, manifest.dim)
         self._follow_store()
-        self.store.bank = find_bank(manifest.fingerprint, folder / BANK_FILE)
+        self.store.bank = find_bank(manifest.fingerprint, *own_parts(folder, manifest.model, BANK_FILE))
         # An old collection on a read-only mount may lack the tokens table: it then ranks without reranking.
-        self.store.reranker = (find_reranker(manifest.fingerprint, folder / RERANKER_DIR)
+        self.store.reranker = (find_reranker(manifest.fingerprint, *own_parts(folder, manifest.model, RERANKER_DIR))
                                if self.store.has_tokens() else None)
         self.indexes = IndexManager(folder, self.store, manifest)
         # Searches hold it around store and index access (one SQLite connection), not around model calls.
@@ -202,13 +209,14 @@ class Collection(Searchable):
             raise ValueError(f"{encoder.name} makes {encoder.dim}-d vectors and this collection stores "
                              f"{self.manifest.dim}-d ones: index into a new collection with it")
         with self._writing():
-            self.store.reranker = find_reranker(encoder.fingerprint, self.folder / RERANKER_DIR)
+            self.store.reranker = find_reranker(encoder.fingerprint, *own_parts(self.folder, encoder.name,
+                                                                                 RERANKER_DIR))
             self.store.bank = None  # the old model's; the new one's biases are computed after the switch
             report = upgrade(self.store, encoder, drop_unreadable=drop_unreadable, max_pixels=max_pixels,
                              progress=progress)
             self.manifest.model, self.manifest.fingerprint = encoder.name, encoder.fingerprint
             self.manifest.write(self.folder)
-            self.store.bank = find_bank(encoder.fingerprint, self.folder / BANK_FILE)
+            self.store.bank = find_bank(encoder.fingerprint, *own_parts(self.folder, encoder.name, BANK_FILE))
             self._encoder = encoder
             for name in ("sparse", "words", "tower_biases"):  # made for the old model
                 self.__dict__.pop(name, None)

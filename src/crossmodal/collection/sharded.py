@@ -36,7 +36,7 @@ from ..search.rerank import RERANKER_DIR, collection_scorer, find_reranker
 from ..sources.captions import CaptionRecord
 from ..sources.folders import iter_media
 from .atomic import atomic_write_json
-from .collection import DEFAULT_MODEL, SHARDS_FILE, Collection, folder_gone
+from .collection import DEFAULT_MODEL, SHARDS_FILE, Collection, folder_gone, own_parts
 from .manifest import MANIFEST, Manifest
 from .moments import search_kind
 from .searching import Hits, Searchable, check_search, hits_of
@@ -350,8 +350,8 @@ class ShardedCollection(Searchable):
     def _reranker(self) -> Reranker | None:
         """The reranker whose tokens the shards store (the one the first shard finds), or None."""
         first = self._call(_method, {0: ("reranker_name",)})[0]
-        return None if first is None else find_reranker(self.manifest.fingerprint,
-                                                        shard_folders(self.folder, 1)[0] / RERANKER_DIR)
+        return None if first is None else find_reranker(self.manifest.fingerprint, *own_parts(
+            shard_folders(self.folder, 1)[0], self.manifest.model, RERANKER_DIR))
 
     def reranker(self, kind: str, search: ShardedSearch | None = None) -> tuple[pipeline.Scorer, float] | None:
         """The reranker for items of ``kind`` (scorer, fusion weight), if any; run here, on the candidates' tokens

@@ -56,10 +56,18 @@ def _load(name: str, device: str, backend: str, int8_text: bool, multilingual: b
     if multilingual:
         from .multilingual import find_multilingual
 
-        path = Path(name).expanduser()
-        encoder.multilingual = find_multilingual(encoder.fingerprint, *([path if path.is_dir() else path.parent]
-                                                                        if name != "lite" and path.exists() else []))
+        own = model_folder(name)
+        encoder.multilingual = find_multilingual(encoder.fingerprint, *([own] if own else []))
     return encoder
+
+
+def model_folder(name: str) -> Path | None:
+    """The folder of a local model's files (a lite weights file's or a model folder), where its own pipeline parts
+    are looked for first (``bank.npz``, ``reranker/``, the multilingual tower); None for lite and hub ids."""
+    path = Path(name.removesuffix(MIRROR)).expanduser()
+    if name.removesuffix(MIRROR) == "lite" or not path.exists():
+        return None
+    return path if path.is_dir() else path.parent
 
 
 def model_fingerprint(name: str) -> str | None:

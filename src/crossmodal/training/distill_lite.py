@@ -200,7 +200,7 @@ def distil(task: LiteTask, teacher: tuple[torch.Tensor, torch.Tensor], out: Path
 def pipeline_of(model: str) -> tuple[Path, Bank, Reranker]:
     """The weights file, bank and reranker of a lite ``model`` (lite, or a folder `crossmodal train` wrote, which
     holds its own ``bank.npz`` and ``reranker/``), found from its files alone; a clear error when one is missing."""
-    from ..encoders import model_fingerprint
+    from ..encoders import model_fingerprint, model_folder
     from ..encoders.lite_spec import WEIGHTS
     from ..search.normalise import BANK_FILE, find_bank
     from ..search.rerank import RERANKER_DIR, find_reranker
@@ -210,7 +210,7 @@ def pipeline_of(model: str) -> tuple[Path, Bank, Reranker]:
     if weights.suffix != ".safetensors" or not weights.is_file():
         raise ValueError("--distill trains lite models: --model lite or a folder `crossmodal train` wrote")
     fingerprint = model_fingerprint(str(weights))
-    own = [] if folder is None else [folder if folder.is_dir() else folder.parent]
+    own = [] if folder is None else [model_folder(model)]
     bank = find_bank(fingerprint, *[f / BANK_FILE for f in own])
     reranker = find_reranker(fingerprint, *[f / RERANKER_DIR for f in own])
     if bank is None or reranker is None:
