@@ -1098,8 +1098,8 @@ def train(
         best = max(history, key=lambda h: h["dev_rsum"])
         err.print(f"wrote {out / 'lite.safetensors'}: dual encoder dev RSUM {best['dev_rsum']:.2f} (epoch "
                   f"{best['epoch']}; before: {history[0]['dev_rsum']:.2f}). Its pipeline needs a bank and reranker "
-                  f"of its own: `crossmodal bank --model {out} ...`, `crossmodal train --reranker --model {out} ...`",
-                  highlight=False)
+                  f"of its own, found in its folder: `crossmodal bank --model {out} --out {out}/bank.npz ...`, "
+                  f"`crossmodal train --reranker --model {out} --out {out}/reranker ...`", highlight=False)
         return
     if sparse:
         from .training.train_sparse import SparseConfig, train_lite_sparse
