@@ -238,12 +238,14 @@ class Collection(Searchable):
     @cached_property
     def sparse(self) -> SparseIndexes:
         """The sparse retriever's indexes (learned sparse retrieval, search/sparse.py), when the model has sparse
-        heads: the collection's own (``sparse.npz``) or those its model ships (imported here: SciPy only for
-        sparse searches)."""
+        heads: the collection's own (``sparse.npz``), its model folder's, or those its model ships (imported here:
+        SciPy only for sparse searches)."""
         from ..search.sparse import SPARSE_FILE, find_sparse
         from .sparse_index import SparseIndexes
 
-        return SparseIndexes(self.folder, self.store, find_sparse(self.manifest.fingerprint, self.folder / SPARSE_FILE))
+        return SparseIndexes(self.folder, self.store,
+                             find_sparse(self.manifest.fingerprint, *own_parts(self.folder, self.manifest.model,
+                                                                               SPARSE_FILE)))
 
     @cached_property
     def words(self) -> SparseIndexes:

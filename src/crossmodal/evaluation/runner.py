@@ -15,11 +15,12 @@ import numpy as np
 from tqdm import tqdm
 
 from ..collection import keywords
+from ..encoders import model_folder
 from ..encoders.base import Encoder
 from ..search.normalise import Bank
 from ..search.pipeline import Ranking, SetScores, Timings
 from ..search.rerank import dataset_scorers
-from ..search.sparse import SparseModel, find_sparse
+from ..search.sparse import SPARSE_FILE, SparseModel, find_sparse
 from ..search.sparse_words import find_words
 from ..sources.datasets import CaptionDataset
 from ..sources.images import ImageError, load_image
@@ -152,7 +153,8 @@ def pipeline_scores(encoder: Encoder, emb: Embedded, ranking: Ranking, bank: Ban
     if ranking.retriever == "hybrid":  # the caption words, as a collection's hybrid retriever reads them
         heads = sparse_heads or find_words(reranker if emb.photo_words is not None else None, lambda: encoder)
     elif ranking.retriever == "sparse":
-        heads = sparse_heads or find_sparse(encoder.fingerprint)
+        own = model_folder(encoder.name)  # a trained model's own, as its collections find them
+        heads = sparse_heads or find_sparse(encoder.fingerprint, *([own / SPARSE_FILE] if own else []))
         if heads is None:
             raise ValueError(f"the model {encoder.name!r} has no sparse heads (train some with `crossmodal train "
                              "--sparse`)")
