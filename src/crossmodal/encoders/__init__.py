@@ -77,36 +77,39 @@ def model_fingerprint(name: str) -> str | None:
     from .fingerprint import fingerprint_files, fingerprint_folder
 
     name = name.removesuffix(MIRROR)
-    if name == "lite":
-        from .lite_spec import WEIGHTS
-
-        return fingerprint_files([WEIGHTS])
     path = Path(name).expanduser()
-    if path.is_dir() and (path / "crossmodal-onnx.json").is_file():
+    if name != "lite" and path.is_dir() and (path / "crossmodal-onnx.json").is_file():
         import json
 
         return str(json.loads((path / "crossmodal-onnx.json").read_text())["fingerprint"])
-    if path.is_dir() and (path / "lite.safetensors").is_file():
-        path = path / "lite.safetensors"
-    if path.suffix == ".safetensors" and path.is_file():
-        return fingerprint_files([path])
+    weights = lite_weights(name)
+    if weights is not None:
+        return fingerprint_files([weights])
     return fingerprint_folder(path) if path.is_dir() else None
 
 
-def _load_model(name: str, device: str, backend: str, int8_text: bool) -> Encoder:
+def lite_weights(name: str) -> Path | None:
+    """The lite weights file ``name`` points to: lite's own, a ``.safetensors`` file, or a folder holding
+    ``lite.safetensors`` (what `crossmodal train` writes); None when it names no lite model."""
     if name == "lite":
         from .lite_spec import WEIGHTS
 
-        return _lite(WEIGHTS, device, backend, int8_text)
+        return WEIGHTS
     path = Path(name).expanduser()
-    if path.is_dir() and (path / "crossmodal-onnx.json").is_file():
+    if path.is_dir() and (path / "lite.safetensors").is_file():
+        path = path / "lite.safetensors"
+    return path if path.suffix == ".safetensors" and path.is_file() else None
+
+
+def _load_model(name: str, device: str, backend: str, int8_text: bool) -> Encoder:
+    path = Path(name).expanduser()
+    if name != "lite" and path.is_dir() and (path / "crossmodal-onnx.json").is_file():
         from .onnx import OnnxEncoder
 
         return OnnxEncoder(path)
-    if path.is_dir() and (path / "lite.safetensors").is_file():
-        path = path / "lite.safetensors"
-    if path.suffix == ".safetensors" and path.is_file():
-        return _lite(path, device, backend, int8_text)
+    weights = lite_weights(name)
+    if weights is not None:
+        return _lite(weights, device, backend, int8_text)
     from .hf import HFDualEncoder
 
     return HFDualEncoder(name, device=device)

@@ -29,7 +29,7 @@ from ..search.normalise import Bank
 from ..sources.datasets import CaptionDataset
 from . import losses
 from .activations import Activations, cached_activations
-from .lite_tasks import WEIGHTS_FILE, LiteTask
+from .lite_tasks import LiteTask
 from .loop import _lr_factor
 
 IMAGE_BLOCKS, TEXT_LAYERS = 5, 6  # the layers lite's recipe fine-tunes (`--unfreeze image:5,text:6`)
@@ -200,19 +200,17 @@ def distil(task: LiteTask, teacher: tuple[torch.Tensor, torch.Tensor], out: Path
 def pipeline_of(model: str) -> tuple[Path, Bank, Reranker]:
     """The weights file, bank and reranker of a lite ``model`` (lite, or a folder `crossmodal train` wrote, which
     holds its own ``bank.npz`` and ``reranker/``), found from its files alone; a clear error when one is missing."""
-    from ..encoders import model_fingerprint, model_folder
-    from ..encoders.lite_spec import WEIGHTS
+    from ..encoders import lite_weights, model_fingerprint, model_folder
     from ..search.normalise import BANK_FILE, find_bank
     from ..search.rerank import RERANKER_DIR, find_reranker
 
-    folder = None if model == "lite" else Path(model).expanduser()
-    weights = WEIGHTS if folder is None else folder / WEIGHTS_FILE if folder.is_dir() else folder
-    if weights.suffix != ".safetensors" or not weights.is_file():
+    weights = lite_weights(model)
+    if weights is None:
         raise ValueError("--distill trains lite models: --model lite or a folder `crossmodal train` wrote")
     fingerprint = model_fingerprint(str(weights))
-    own = [] if folder is None else [model_folder(model)]
-    bank = find_bank(fingerprint, *[f / BANK_FILE for f in own])
-    reranker = find_reranker(fingerprint, *[f / RERANKER_DIR for f in own])
+    own = model_folder(model)
+    bank = find_bank(fingerprint, *([own / BANK_FILE] if own else []))
+    reranker = find_reranker(fingerprint, *([own / RERANKER_DIR] if own else []))
     if bank is None or reranker is None:
         missing = "bank" if bank is None else "reranker"
         raise ValueError(f"the teacher is {model}'s whole pipeline, and it has no {missing}: build one into {model} "
