@@ -8,7 +8,8 @@ stages (search/pipeline.py), as `crossmodal eval` does, by the dense and the hyb
 the caption words stored per photo, search/hybrid.py). ms/query is the ranking time per query (both
 directions, 1K photos / 5K captions, eval's exhaustive scoring) on top of encoding the query, which the encode
 column gives (a text query's; "both towers" rows: through both text towers, `--both-towers`).
-Also prints, for the default pipeline on dev, what a score cutoff (`--min-score`) removes: the share of
+Also prints, for the default pipeline on dev (and with `--retriever dense`), what a score cutoff (`--min-score`)
+removes: the share of
 wrong and of right results among each text query's top 10 that score under it.
 `--also` measures more models in the same run: e.g. the previous lite, kept as a model folder (its
 lite.safetensors, multilingual.safetensors, and its bank.npz and reranker/, which are looked up there first).
@@ -100,7 +101,7 @@ def main() -> None:
     parser.add_argument("--splits", nargs="+", default=["dev", "test"])
     parser.add_argument("--ns", nargs="+", type=int, default=[8, 16, 32, 64])
     parser.add_argument("--dataset", default=str(FLICKR))
-    parser.add_argument("--cutoffs", nargs="+", type=float, default=[0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3])
+    parser.add_argument("--cutoffs", nargs="+", type=float, default=[-0.04, -0.02, 0.0, 0.01, 0.02, 0.05, 0.08])
     parser.add_argument("--caption-shares", nargs="*", type=float, default=[],
                         help="Also rank the first split with the captions stored at these shares of the "
                              "multilingual tower (0.4 ships).")
@@ -133,8 +134,8 @@ def main() -> None:
                     "i1": metrics["i2t_R@1"], "i10": metrics["i2t_R@10"]}
                 print(f"{model} {split} {label}: RSUM {metrics['rsum']:.2f}", flush=True)
             if split == "dev" and model == args.model:
-                cut = pipeline_scores(encoder, emb, Ranking(), bank, reranker)
-                cutoffs = cutoff_table(cut, emb, args.cutoffs)
+                cutoffs = [cutoff_table(pipeline_scores(encoder, emb, ranking, bank, reranker), emb, args.cutoffs)
+                           for ranking in (Ranking(), Ranking(retriever="dense"))]
             if args.caption_shares and split == args.splits[0] and encoder.multilingual is not None:
                 caption_shares(encoder, emb, bank, reranker, args.caption_shares)
     labels = list(dict.fromkeys(label for label, _ in table))
@@ -152,9 +153,11 @@ def main() -> None:
         print(f"| {label} | " + " | ".join(cells) + f" | {last['ms']:.2f} | {last['encode']:.2f} |")
     if "dev" in args.splits:
         print("\n--min-score on the default pipeline, Flickr8k dev, each caption's top 10 photos\n")
-        print("| min score | wrong results removed | right results kept |\n|---|---|---|")
-        for threshold, removed, kept in cutoffs:
-            print(f"| {threshold:.2f} | {100 * removed:.1f}% | {100 * kept:.1f}% |")
+        print("| min score | wrong results removed | right results kept | with `--retriever dense`: removed | kept |")
+        print("|---|---|---|---|---|")
+        for (threshold, removed, kept), (_, dense_removed, dense_kept) in zip(*cutoffs, strict=True):
+            print(f"| {threshold:.2f} | {100 * removed:.1f}% | {100 * kept:.1f}% | {100 * dense_removed:.1f}% | "
+                  f"{100 * dense_kept:.1f}% |")
 
 
 if __name__ == "__main__":
